@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny videos written with OpenCV, tiny checkpoints, offline hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_test_video(
+    path: Path, num_frames: int, size: tuple[int, int] = (64, 48), seed: int = 0
+) -> np.ndarray:
+    """Write an MJPG .avi of moving noise; returns the frames as written (T, H, W, 3) BGR."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 255, size=(num_frames, height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (width, height))
+    assert writer.isOpened(), "OpenCV cannot write MJPG here"
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return frames
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """Tiny random RT-DETR / ViTPose++ / VideoMAE folders, written once per session."""
+    from transmodal.vision.tiny import write_tiny_checkpoints
+
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny"), seed=0)

@@ -1,0 +1,491 @@
+"""Dataset index (stage ``prepare``): KTH sequences and splits, UCF101 and HMDB51 lists, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from transmodal.data.index import (
+    ARROW_SCHEMA,
+    INDEX_COLUMNS,
+    build_index,
+    hmdb51_source,
+    index_hmdb51,
+    index_kth,
+    index_ucf101,
+    kth_split,
+    parse_kth_sequences,
+)
+from transmodal.params import KTH_ACTIONS, DataConfig, ParamError
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_SEQUENCES_CANDIDATES = [
+    Path(os.environ.get("TRANSMODAL_KTH_SEQUENCES", "/nonexistent")),
+    REPO / "tests" / "data" / "kth" / "00sequences.txt",
+    REPO.parent / "shared" / "data" / "kth" / "00sequences.txt",
+]
+EXPECTED_DTYPES = {
+    "video_id": "str",
+    "path": "str",
+    "label": "str",
+    "label_idx": "int64",
+    "group": "int64",
+    "scenario": "str",
+    "split": "str",
+    "sequences": "object",
+}
+
+PAPER = {"train": set(range(1, 17)), "val": {17}, "test": set(range(18, 26))}
+SCHULDT = {
+    "train": set(range(11, 19)),
+    "val": {19, 20, 21, 23, 24, 25, 1, 4},
+    "test": {22, 2, 3, 5, 6, 7, 8, 9, 10},
+}
+
+
+def check_schema(index: pd.DataFrame) -> None:
+    assert tuple(index.columns) == INDEX_COLUMNS
+    assert {c: str(t) for c, t in index.dtypes.items()} == EXPECTED_DTYPES
+    assert index["video_id"].is_unique
+    assert index["video_id"].tolist() == sorted(index["video_id"])
+    assert set(index["split"]) <= {"train", "val", "test"}
+    assert not index["path"].str.contains("\\\\", regex=False).any()
+    # Parquet keeps one type for the column whatever the dataset (UCF/HMDB have only empty lists).
+    table = pa.Table.from_pandas(index, schema=ARROW_SCHEMA, preserve_index=False)
+    assert table.num_rows == len(index)
+
+
+def train_val_overlap(index: pd.DataFrame) -> set:
+    pairs = {
+        part: set(zip(rows["label"], rows["group"], strict=True)) for part, rows in index.groupby("split")
+    }
+    return pairs.get("train", set()) & pairs.get("val", set())
+
+
+# ----------------------------------------------------------------------------------------------- KTH
+
+
+@pytest.fixture(scope="module")
+def real_sequences() -> Path:
+    for path in REAL_SEQUENCES_CANDIDATES:
+        if path.is_file():
+            return path
+    pytest.skip("real KTH 00sequences.txt not found (set TRANSMODAL_KTH_SEQUENCES)")
+
+
+def make_kth_tree(root: Path, video_ids, sequences_text: str | None = None) -> Path:
+    for video_id in video_ids:
+        action = video_id.split("_")[1]
+        (root / action).mkdir(parents=True, exist_ok=True)
+        (root / action / f"{video_id}_uncomp.avi").touch()
+    if sequences_text is not None:
+        (root / "00sequences.txt").write_text(sequences_text, newline="")
+    return root
+
+
+def test_real_sequences_file_parses_exactly(real_sequences: Path):
+    sequences, missing = parse_kth_sequences(real_sequences)
+    assert len(sequences) == 599
+    assert sum(len(r) for r in sequences.values()) == 2391
+    assert missing == ["person13_handclapping_d3"]
+    assert "person13_handclapping_d3" not in sequences
+    # A row with only three ranges, and rows with spaces and tabs mixed between the fields.
+    assert sequences["person11_boxing_d4"] == [(1, 106), (107, 194), (195, 250)]
+    assert sequences["person13_handwaving_d3"] == [(1, 125), (126, 240), (241, 336)]
+    assert sequences["person07_handclapping_d2"] == [(1, 102), (103, 248), (249, 368), (369, 518)]
+    assert sequences["person25_walking_d4"] == [(1, 100), (178, 295), (296, 398), (488, 592)]
+    assert sum(len(r) == 3 for r in sequences.values()) == 5
+
+
+def test_kth_tree_from_real_names_indexes_599_videos(tmp_path: Path, real_sequences: Path):
+    sequences, missing = parse_kth_sequences(real_sequences)
+    make_kth_tree(tmp_path, sequences)
+    shutil.copy(real_sequences, tmp_path / "00sequences.txt")
+
+    index, summary = index_kth(tmp_path, "paper")
+
+    check_schema(index)
+    assert len(index) == 599
+    assert index["sequences"].map(len).sum() == 2391
+    assert summary["videos"] == 599 and summary["sequences_total"] == 2391
+    assert summary["marked_missing_ids"] == ["person13_handclapping_d3"]
+    assert summary["videos_without_sequences"] == 0 and summary["listed_missing_on_disk"] == 0
+    assert summary["videos_per_class"]["handclapping"] == 99
+    row = index.set_index("video_id").loc["person11_boxing_d4"]
+    assert row["sequences"] == [[1, 106], [107, 194], [195, 250]]
+    assert row["path"] == "boxing/person11_boxing_d4_uncomp.avi"
+    assert (row["label"], row["label_idx"], row["group"], row["scenario"]) == ("boxing", 0, 11, "d4")
+    walking = index.set_index("video_id").loc["person25_walking_d1"]
+    assert (walking["label_idx"], walking["split"]) == (KTH_ACTIONS.index("walking"), "test")
+
+
+INLINE_SEQUENCES = (
+    "person01_boxing_d1\t\tframes\t1-95, 96-185, 186-245, 246-360\r\n"
+    "\r\n"
+    "person01_walking_d2    \tframes\t1-120,170-288 ,  370-495\r\n"
+    "person02_running_d3\t*missing*\r\n"
+    "   \t\r\n"
+    "person02_jogging_d4 frames 5 - 10, 8-20\n"
+)
+
+
+def test_parse_sequences_irregular_whitespace(tmp_path: Path):
+    path = tmp_path / "00sequences.txt"
+    path.write_text(INLINE_SEQUENCES, newline="")
+    sequences, missing = parse_kth_sequences(path)
+    assert sequences == {
+        "person01_boxing_d1": [(1, 95), (96, 185), (186, 245), (246, 360)],
+        "person01_walking_d2": [(1, 120), (170, 288), (370, 495)],
+        "person02_jogging_d4": [(5, 10), (8, 20)],
+    }
+    assert missing == ["person02_running_d3"]
+
+
+@pytest.mark.parametrize(
+    "bad_line",
+    [
+        "person03_boxing_d1\tframes\t1-95; 96-185",
+        "person03_boxing_d1\tframes\t1-95, 96-185,",
+        "person03_boxing_d1\tframes",
+        "person03_boxing_d1\t1-95, 96-185",
+        "person03_boxing_d1\tframes\t95-1",
+        "person03_boxing_d1\tframes\t0-10",
+        "person03_swimming_d1\tframes\t1-95",
+        "person03_boxing_d7\tframes\t1-95",
+        "person01_boxing_d1\tframes\t1-95",  # listed twice
+    ],
+)
+def test_malformed_sequences_line_names_file_and_line(tmp_path: Path, bad_line: str):
+    path = tmp_path / "00sequences.txt"
+    path.write_text(f"person01_boxing_d1\tframes\t1-10\n\n{bad_line}\nperson02_boxing_d1\tframes\t1-10\n")
+    with pytest.raises(ValueError, match=r"00sequences\.txt:3: "):
+        parse_kth_sequences(path)
+
+
+@pytest.mark.parametrize(("name", "expected"), [("paper", PAPER), ("schuldt", SCHULDT)])
+def test_kth_split_subject_sets(name: str, expected: dict[str, set[int]]):
+    got: dict[str, set[int]] = {"train": set(), "val": set(), "test": set()}
+    for subject in range(1, 26):
+        got[kth_split(subject, name)].add(subject)
+    assert got == expected
+
+
+@pytest.mark.parametrize(("name", "expected"), [("paper", PAPER), ("schuldt", SCHULDT)])
+def test_index_kth_splits_by_subject(tmp_path: Path, name: str, expected: dict[str, set[int]]):
+    ids = [f"person{s:02d}_{a}_d1" for s in range(1, 26) for a in ("boxing", "running")]
+    make_kth_tree(tmp_path, ids, "".join(f"{v}\tframes\t1-10, 11-20\n" for v in ids))
+    index, summary = index_kth(tmp_path, name)
+    got = {part: set(rows["group"]) for part, rows in index.groupby("split")}
+    assert got == expected
+    assert summary["groups_in_train_and_val"] == 0
+    assert summary["videos_per_split"] == {part: 2 * len(s) for part, s in expected.items()}
+
+
+def test_kth_split_rejects_unknown():
+    with pytest.raises(ValueError, match="26"):
+        kth_split(26, "paper")
+    with pytest.raises(ValueError, match="bogus"):
+        kth_split(1, "bogus")
+
+
+def test_index_kth_reports_disk_and_list_mismatches(tmp_path: Path):
+    # The sequences file sits one folder down (as an archive extracts it); one listed video is absent,
+    # one video on disk is unlisted, and a stray .avi is not a KTH name.
+    make_kth_tree(tmp_path, ["person01_boxing_d1", "person02_boxing_d1", "person03_walking_d2"])
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "00sequences.txt").write_text(
+        "person01_boxing_d1\tframes\t1-10, 20-30\nperson02_boxing_d1\tframes\t1-5\n"
+        "person04_boxing_d1\tframes\t1-5\nperson05_boxing_d1\t*missing*\n"
+    )
+    (tmp_path / "boxing" / "notes.avi").touch()
+    (tmp_path / "boxing" / "person09_walking_d1_uncomp.avi").touch()  # action disagrees with its folder
+
+    index, summary = index_kth(tmp_path, "paper")
+
+    check_schema(index)
+    assert index["video_id"].tolist() == ["person01_boxing_d1", "person02_boxing_d1", "person03_walking_d2"]
+    assert index.set_index("video_id").loc["person03_walking_d2", "sequences"] == []
+    assert summary["sequences_file"] == "meta/00sequences.txt"
+    assert summary["videos_without_sequences"] == 1
+    assert summary["videos_without_sequences_ids"] == ["person03_walking_d2"]
+    assert summary["listed_missing_on_disk_ids"] == ["person04_boxing_d1"]
+    assert summary["marked_missing_ids"] == ["person05_boxing_d1"]
+    assert summary["unrecognised_files"] == ["boxing/notes.avi", "boxing/person09_walking_d1_uncomp.avi"]
+    assert summary["sequences_total"] == 3
+
+
+def test_index_kth_without_sequences_file_is_a_param_error(tmp_path: Path):
+    make_kth_tree(tmp_path, ["person01_boxing_d1"])
+    with pytest.raises(ParamError, match="data.root.*00sequences.txt"):
+        index_kth(tmp_path, "paper")
+
+
+# -------------------------------------------------------------------------------------------- UCF101
+
+UCF_CLASSES = {
+    "ApplyEyeMakeup": "ApplyEyeMakeup",
+    "Archery": "Archery",
+    "HandstandPushups": "HandStandPushups",
+}
+UCF_GROUPS = range(1, 10)
+
+
+def ucf_test_groups(split: int) -> set[int]:
+    return {3 * split - 2, 3 * split - 1, 3 * split}
+
+
+def make_ucf_tree(root: Path) -> Path:
+    """Three classes (one with the real dataset's HandStandPushups file-name quirk), 9 groups x 2-3 clips."""
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True)
+    (lists / "classInd.txt").write_text(
+        "".join(f"{i} {c}\r\n" for i, c in enumerate(UCF_CLASSES, start=1)), newline=""
+    )
+    entries = []
+    for number, (folder, file_class) in enumerate(UCF_CLASSES.items(), start=1):
+        (root / "UCF-101" / folder).mkdir(parents=True)
+        for group in UCF_GROUPS:
+            for clip in range(1, 2 + (group + number) % 2 + 1):
+                name = f"v_{file_class}_g{group:02d}_c{clip:02d}.avi"
+                (root / "UCF-101" / folder / name).touch()
+                entries.append((f"{folder}/{name}", number, group))
+    for split in (1, 2, 3):
+        train = [f"{p} {n}\r\n" for p, n, g in entries if g not in ucf_test_groups(split)]
+        test = [f"{p}\r\n" for p, n, g in entries if g in ucf_test_groups(split)]
+        (lists / f"trainlist{split:02d}.txt").write_text("".join(train), newline="")
+        (lists / f"testlist{split:02d}.txt").write_text("".join(test), newline="")
+    return root
+
+
+@pytest.fixture
+def ucf_root(tmp_path: Path) -> Path:
+    return make_ucf_tree(tmp_path / "ucf")
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+def test_ucf101_labels_and_splits(ucf_root: Path, split: int):
+    index, summary = index_ucf101(ucf_root, split, val_fraction=0.2, seed=0)
+
+    check_schema(index)
+    assert len(index) == summary["videos"] == sum(1 for _ in (ucf_root / "UCF-101").glob("*/*.avi"))
+    assert dict(zip(index["label"], index["label_idx"], strict=True)) == {
+        "ApplyEyeMakeup": 0,
+        "Archery": 1,
+        "HandstandPushups": 2,
+    }
+    quirk = index.set_index("video_id").loc["v_HandStandPushups_g09_c01"]
+    assert (quirk["path"], quirk["label"], quirk["group"]) == (
+        "UCF-101/HandstandPushups/v_HandStandPushups_g09_c01.avi",
+        "HandstandPushups",
+        9,
+    )
+    test = index[index["split"] == "test"]
+    assert set(test["group"]) == ucf_test_groups(split)
+    assert len(test) == sum(
+        1 for p in (ucf_root / "UCF-101").glob("*/*.avi") if _ucf_group(p) in ucf_test_groups(split)
+    )
+    # 6 training groups per class x 0.2 -> one group per class held out for validation.
+    val = index[index["split"] == "val"]
+    assert val.groupby("label")["group"].nunique().to_dict() == {c: 1 for c in UCF_CLASSES}
+    assert summary["classes_without_val"] == []
+    assert not set(val["group"]) & ucf_test_groups(split)
+    assert train_val_overlap(index) == set() and summary["groups_in_train_and_val"] == 0
+    assert (index["scenario"] == "").all() and (index["sequences"].map(len) == 0).all()
+    assert summary["listed_missing_on_disk"] == 0 and summary["unlisted_on_disk"] == 0
+
+
+def _ucf_group(path: Path) -> int:
+    return int(path.stem.split("_g")[1][:2])
+
+
+def test_ucf101_splits_differ_and_are_deterministic(ucf_root: Path):
+    splits = {n: index_ucf101(ucf_root, n, 0.2, seed=0)[0] for n in (1, 2, 3)}
+    as_tuples = {n: tuple(zip(df["video_id"], df["split"], strict=True)) for n, df in splits.items()}
+    assert len(set(as_tuples.values())) == 3
+    again = index_ucf101(ucf_root, 1, 0.2, seed=0)[0]
+    pd.testing.assert_frame_equal(splits[1], again)
+    no_val, summary = index_ucf101(ucf_root, 1, 0.0, seed=0)
+    assert "val" not in set(no_val["split"])
+    assert summary["classes_without_val"] == sorted(UCF_CLASSES)
+    seeds = {tuple(index_ucf101(ucf_root, 1, 0.2, seed=s)[0]["split"]) for s in range(6)}
+    assert len(seeds) > 1  # the seed drives the hold-out
+
+
+def test_ucf101_missing_and_unlisted_videos_are_counted(ucf_root: Path):
+    (ucf_root / "UCF-101" / "Archery" / "v_Archery_g02_c01.avi").unlink()
+    (ucf_root / "UCF-101" / "Archery" / "v_Archery_g02_c09.avi").touch()
+    index, summary = index_ucf101(ucf_root, 1, 0.2, seed=0)
+    assert "v_Archery_g02_c01" not in set(index["video_id"])
+    assert "v_Archery_g02_c09" not in set(index["video_id"])
+    assert summary["listed_missing_on_disk_ids"] == ["UCF-101/Archery/v_Archery_g02_c01.avi"]
+    assert summary["unlisted_on_disk_ids"] == ["UCF-101/Archery/v_Archery_g02_c09.avi"]
+
+
+def test_ucf101_list_label_must_match_class_ind(ucf_root: Path):
+    lists = ucf_root / "ucfTrainTestlist"
+    text = (lists / "trainlist01.txt").read_text()
+    (lists / "trainlist01.txt").write_text(text.replace("v_Archery_g04_c01.avi 2", "v_Archery_g04_c01.avi 3"))
+    with pytest.raises(ValueError, match=r"trainlist01\.txt:\d+: label 3"):
+        index_ucf101(ucf_root, 1, 0.2, seed=0)
+
+
+@pytest.mark.parametrize("missing", ["trainlist02.txt", "testlist02.txt"])
+def test_ucf101_missing_split_file(ucf_root: Path, missing: str):
+    (ucf_root / "ucfTrainTestlist" / missing).unlink()
+    with pytest.raises(ParamError, match=rf"data\.split is 2.*{missing}") as error:
+        index_ucf101(ucf_root, 2, 0.2, seed=0)
+    assert "\n" not in str(error.value)
+    index_ucf101(ucf_root, 1, 0.2, seed=0)  # the other splits are still usable
+
+
+# -------------------------------------------------------------------------------------------- HMDB51
+
+# Class "kick" is a suffix of "kick_ball", and "Movie_X" has clips in both: the class part of the name must be
+# stripped by the folder's class, and one source video keeps one group id across classes.
+HMDB_SOURCES = {
+    "brush_hair": ["April_09", "Brushing_Hair!_[HD]", "hair_routine", "z_last"],
+    "kick": ["Movie_X", "karate_kid", "kick_boxing_2", "soccer(1)"],
+    "kick_ball": ["Movie_X", "goal_1", "goal_2", "street_kick"],
+}
+HMDB_FLAGS = ["f_cm_np1_ba_med", "u_nm_np1_fr_goo", "h_cm_np2_le_bad"]
+
+
+def hmdb_mark(source_number: int, clip: int, split: int) -> str:
+    if source_number == 0 and clip == 2:
+        return "0"  # unused in every split
+    return "2" if source_number % 4 == split - 1 else "1"
+
+
+def make_hmdb_tree(root: Path) -> Path:
+    splits = root / "testTrainMulti_7030_splits"
+    splits.mkdir(parents=True)
+    for class_name, sources in HMDB_SOURCES.items():
+        (root / class_name).mkdir()
+        lines: dict[int, list[str]] = {1: [], 2: [], 3: []}
+        for source_number, source in enumerate(sources):
+            for clip, flags in enumerate(HMDB_FLAGS):
+                name = f"{source}_{class_name}_{flags}_{clip}.avi"
+                (root / class_name / name).touch()
+                for split in lines:
+                    lines[split].append(f"{name} {hmdb_mark(source_number, clip, split)} \r\n")
+        for split, split_lines in lines.items():
+            (splits / f"{class_name}_test_split{split}.txt").write_text("".join(split_lines), newline="")
+    return root
+
+
+@pytest.fixture
+def hmdb_root(tmp_path: Path) -> Path:
+    return make_hmdb_tree(tmp_path / "hmdb")
+
+
+def test_hmdb51_source_name():
+    assert hmdb51_source("April_09_brush_hair_u_nm_np1_ba_goo_0", "brush_hair") == "April_09"
+    assert hmdb51_source("kick_boxing_2_kick_f_cm_np1_ba_med_12", "kick") == "kick_boxing_2"
+    assert hmdb51_source("Movie_X_kick_ball_h_cm_np2_le_bad_2", "kick_ball") == "Movie_X"
+    assert hmdb51_source("no_flags_here", "kick") is None
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+def test_hmdb51_labels_groups_and_splits(hmdb_root: Path, split: int):
+    index, summary = index_hmdb51(hmdb_root, split, val_fraction=0.34, seed=0)
+
+    check_schema(index)
+    classes = sorted(HMDB_SOURCES)
+    assert dict(zip(index["label"], index["label_idx"], strict=True)) == {c: i for i, c in enumerate(classes)}
+    sources = sorted({s for names in HMDB_SOURCES.values() for s in names})
+    for class_name, names in HMDB_SOURCES.items():
+        for source_number, source in enumerate(names):
+            rows = index[(index["label"] == class_name) & index["video_id"].str.startswith(f"{source}_")]
+            assert set(rows["group"]) == {sources.index(source)}
+            # Unused clips (mark 0) are left out; the rest follow the split file.
+            assert len(rows) == (2 if source_number == 0 else 3)
+            if hmdb_mark(source_number, 0, split) == "2":
+                assert set(rows["split"]) == {"test"}
+            else:
+                assert set(rows["split"]) <= {"train", "val"}
+    assert summary["unused_excluded"] == len(HMDB_SOURCES)
+    assert summary["videos"] == len(HMDB_SOURCES) * (4 * 3 - 1)
+    assert summary["source_videos"] == len(sources) and summary["names_without_source"] == 0
+    row = index.set_index("video_id").loc["Movie_X_kick_ball_f_cm_np1_ba_med_0"]
+    assert (row["path"], row["label"]) == ("kick_ball/Movie_X_kick_ball_f_cm_np1_ba_med_0.avi", "kick_ball")
+    # 3 training sources per class x 0.34 -> one held out per class.
+    val = index[index["split"] == "val"]
+    assert val.groupby("label")["group"].nunique().to_dict() == {c: 1 for c in classes}
+    assert train_val_overlap(index) == set() and summary["groups_in_train_and_val"] == 0
+
+
+def test_hmdb51_splits_differ(hmdb_root: Path):
+    frames = [index_hmdb51(hmdb_root, n, 0.34, seed=0)[0] for n in (1, 2, 3)]
+    test_sets = [frozenset(df.loc[df["split"] == "test", "video_id"]) for df in frames]
+    assert len(set(test_sets)) == 3
+    assert all(
+        len(s) == len(HMDB_SOURCES) * 3 - (len(HMDB_SOURCES) if n == 1 else 0)
+        for n, s in enumerate(test_sets, 1)
+    )
+
+
+def test_hmdb51_missing_unlisted_and_split_file(hmdb_root: Path):
+    (hmdb_root / "kick" / "karate_kid_kick_f_cm_np1_ba_med_0.avi").unlink()
+    (hmdb_root / "kick" / "extra_kick_f_cm_np1_ba_med_0.avi").touch()
+    index, summary = index_hmdb51(hmdb_root, 2, 0.34, seed=0)
+    assert summary["listed_missing_on_disk_ids"] == ["kick/karate_kid_kick_f_cm_np1_ba_med_0.avi"]
+    assert summary["unlisted_on_disk_ids"] == ["kick/extra_kick_f_cm_np1_ba_med_0.avi"]
+    assert "extra_kick_f_cm_np1_ba_med_0" not in set(index["video_id"])
+
+    (hmdb_root / "testTrainMulti_7030_splits" / "kick_test_split3.txt").unlink()
+    with pytest.raises(ParamError, match=r"data\.split is 3.*kick_test_split3\.txt"):
+        index_hmdb51(hmdb_root, 3, 0.34, seed=0)
+
+
+def test_hmdb51_malformed_split_line(hmdb_root: Path):
+    path = hmdb_root / "testTrainMulti_7030_splits" / "kick_test_split1.txt"
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace(" 1 ", " 7 ").replace(" 2 ", " 7 ")
+    path.write_text("\n".join(lines))
+    with pytest.raises(ValueError, match=r"kick_test_split1\.txt:2: "):
+        index_hmdb51(hmdb_root, 1, 0.34, seed=0)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+INDEXERS = {
+    "kth": lambda root: index_kth(root, "paper"),
+    "ucf101": lambda root: index_ucf101(root, 1, 0.1, 0),
+    "hmdb51": lambda root: index_hmdb51(root, 1, 0.1, 0),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(INDEXERS))
+@pytest.mark.parametrize("exists", [False, True])
+def test_bad_root_is_one_line_param_error(tmp_path: Path, dataset: str, exists: bool):
+    root = tmp_path / "KTH"
+    if exists:
+        (root / "boxing").mkdir(parents=True)  # a folder, but no videos in the expected layout
+        (root / "boxing" / "readme.txt").touch()
+    with pytest.raises(ParamError) as error:
+        INDEXERS[dataset](root)
+    message = str(error.value)
+    assert "data.root" in message and str(root) in message and "\n" not in message
+    assert ("no " in message) if exists else ("does not exist" in message)
+
+
+def test_build_index_dispatches(tmp_path: Path, ucf_root: Path):
+    kth_root = make_kth_tree(
+        tmp_path / "kth", ["person01_boxing_d1", "person12_running_d3"], INLINE_SEQUENCES
+    )
+    index, summary = build_index(DataConfig(dataset="synthetic", root=str(kth_root), split="schuldt"))
+    assert index["split"].tolist() == ["val", "train"]
+    assert summary["dataset"] == "synthetic"
+    assert summary["videos_without_sequences_ids"] == ["person12_running_d3"]
+
+    index, summary = build_index(DataConfig(dataset="ucf101", root=str(ucf_root), split=2, val_fraction=0.2))
+    assert summary["dataset"] == "ucf101" and set(index.loc[index["split"] == "test", "group"]) == {4, 5, 6}
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ParamError, match=rf"data\.root is '{missing}'"):
+        build_index(DataConfig(dataset="kth", root=str(missing)))

@@ -1,0 +1,276 @@
+"""Frames stage: decode every video once with OpenCV, keep every ``stride``-th frame, store compactly.
+
+Layout of ``data/frames/``:
+- ``shard-NNNNN.parquet``: one row per video (one row group each, so a video reads alone):
+  ``video_id``, ``frame_idx`` (list of original 0-based frame numbers kept), ``height``, ``width``,
+  ``pixels`` (raw RGB uint8 bytes, T x H x W x 3, zstd-compressed by Parquet: lossless and fast to read).
+- ``videos.parquet``: one row per indexed video: ``video_id``, ``status`` (``ok`` | ``skipped``),
+  ``reason``, ``frames_decoded``, ``frames_reported`` (container header), ``frames_kept``, ``width``,
+  ``height``, ``fps``, ``short`` (fewer kept frames than one clip), ``shard``, ``row_group``.
+- ``frames.parquet``: the frame table, one row per kept frame: ``video_id``, ``frame_idx``, ``width``,
+  ``height``, ``fps``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from transmodal.io import atomic_dir, write_parquet
+
+SHARD_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("frame_idx", pa.list_(pa.int32())),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("pixels", pa.large_binary()),
+    ]
+)
+
+
+@dataclass
+class DecodedVideo:
+    """One decoded video, or the reason it could not be decoded (``frames`` is None then)."""
+
+    video_id: str
+    frames: np.ndarray | None  # (T, H, W, 3) uint8 RGB, only the kept frames
+    frame_idx: np.ndarray  # (T,) original 0-based frame numbers
+    frames_decoded: int
+    frames_reported: int
+    fps: float
+    reason: str = ""
+
+
+def decode_video(path: Path, video_id: str, stride: int) -> DecodedVideo:
+    """Decode all frames of ``path`` and keep every ``stride``-th (0, stride, 2*stride, ...).
+
+    Zero-byte, unreadable, non-video and truncated files come back with ``frames=None`` and a reason.
+    A file is called truncated when it decodes fewer frames than its container header announces.
+    """
+    empty = np.zeros(0, dtype=np.int32)
+    if not path.is_file():
+        return DecodedVideo(video_id, None, empty, 0, 0, 0.0, "file not found")
+    if path.stat().st_size == 0:
+        return DecodedVideo(video_id, None, empty, 0, 0, 0.0, "zero-byte file")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return DecodedVideo(
+                video_id, None, empty, 0, 0, 0.0, "not a readable video (OpenCV cannot open it)"
+            )
+        reported = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        kept, kept_idx, decoded = [], [], 0
+        while True:
+            ok = capture.grab()
+            if not ok:
+                break
+            if decoded % stride == 0:
+                ok, frame = capture.retrieve()
+                if not ok:
+                    break
+                kept.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                kept_idx.append(decoded)
+            decoded += 1
+    finally:
+        capture.release()
+    if decoded == 0:
+        return DecodedVideo(video_id, None, empty, 0, reported, fps, "no frame could be decoded")
+    if reported and decoded < reported:
+        return DecodedVideo(
+            video_id,
+            None,
+            empty,
+            decoded,
+            reported,
+            fps,
+            f"truncated: header has {reported} frames, decoded {decoded}",
+        )
+    return DecodedVideo(video_id, np.stack(kept), np.asarray(kept_idx, np.int32), decoded, reported, fps)
+
+
+def _decode_in_background(
+    jobs: list[tuple[Path, str]], stride: int, depth: int = 4
+) -> Iterator[DecodedVideo]:
+    """Decode on a worker thread (OpenCV releases the GIL) while the caller compresses and writes."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = object()
+
+    def work():
+        try:
+            for path, video_id in jobs:
+                out.put(decode_video(path, video_id, stride))
+        except BaseException as err:  # surface worker errors in the caller
+            out.put(err)
+        out.put(stop)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    while (item := out.get()) is not stop:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    worker.join()
+
+
+def extract_frames(
+    index: pd.DataFrame,
+    root: Path,
+    out_dir: Path,
+    stride: int,
+    clip_length: int,
+    videos_per_shard: int,
+    progress: bool = True,
+) -> dict:
+    """Decode every video of ``index`` (columns video_id, path) under ``root`` into ``out_dir``.
+
+    Returns the summary written to ``metrics/frames.json``.
+    """
+    jobs = [(Path(root) / rel, vid) for vid, rel in zip(index["video_id"], index["path"], strict=True)]
+    video_rows, frame_tables = [], []
+    with atomic_dir(out_dir) as tmp:
+        writer, shard, rows_in_shard = None, -1, 0
+        try:
+            decoded_iter = _decode_in_background(jobs, stride)
+            for video in tqdm(
+                decoded_iter, total=len(jobs), desc="frames", unit="video", disable=not progress
+            ):
+                row = {
+                    "video_id": video.video_id,
+                    "status": "ok" if video.frames is not None else "skipped",
+                    "reason": video.reason,
+                    "frames_decoded": video.frames_decoded,
+                    "frames_reported": video.frames_reported,
+                    "frames_kept": 0,
+                    "width": 0,
+                    "height": 0,
+                    "fps": video.fps,
+                    "short": False,
+                    "shard": -1,
+                    "row_group": -1,
+                }
+                if video.frames is not None:
+                    if writer is None or rows_in_shard == videos_per_shard:
+                        if writer is not None:
+                            writer.close()
+                        shard, rows_in_shard = shard + 1, 0
+                        writer = pq.ParquetWriter(
+                            tmp / f"shard-{shard:05d}.parquet", SHARD_SCHEMA, compression="zstd"
+                        )
+                    t, h, w, _ = video.frames.shape
+                    table = pa.table(
+                        {
+                            "video_id": [video.video_id],
+                            "frame_idx": [video.frame_idx.tolist()],
+                            "height": [h],
+                            "width": [w],
+                            "pixels": _blob(video.frames),
+                        },
+                        schema=SHARD_SCHEMA,
+                    )
+                    writer.write_table(table)  # one call -> one row group per video
+                    row.update(
+                        frames_kept=t,
+                        width=w,
+                        height=h,
+                        short=t < clip_length,
+                        shard=shard,
+                        row_group=rows_in_shard,
+                    )
+                    rows_in_shard += 1
+                    frame_tables.append(
+                        pd.DataFrame(
+                            {
+                                "video_id": video.video_id,
+                                "frame_idx": video.frame_idx,
+                                "width": np.int32(w),
+                                "height": np.int32(h),
+                                "fps": np.float32(video.fps),
+                            }
+                        )
+                    )
+                video_rows.append(row)
+        finally:
+            if writer is not None:
+                writer.close()
+        videos = pd.DataFrame(video_rows)
+        frames = (
+            pd.concat(frame_tables, ignore_index=True)
+            if frame_tables
+            else pd.DataFrame(columns=["video_id", "frame_idx", "width", "height", "fps"])
+        )
+        write_parquet(videos, tmp / "videos.parquet")
+        write_parquet(frames, tmp / "frames.parquet")
+    skipped = videos[videos["status"] == "skipped"]
+    return {
+        "videos": int(len(videos)),
+        "videos_ok": int((videos["status"] == "ok").sum()),
+        "videos_skipped": int(len(skipped)),
+        "videos_short": int(videos["short"].sum()),
+        "frames_kept": int(videos["frames_kept"].sum()),
+        "stride": stride,
+        "skipped": [
+            {"video_id": v, "reason": r} for v, r in zip(skipped["video_id"], skipped["reason"], strict=True)
+        ],
+    }
+
+
+def _blob(array: np.ndarray) -> pa.LargeBinaryArray:
+    """One large-binary value viewing ``array``'s memory (no copy of the pixels before compression)."""
+    data = pa.py_buffer(np.ascontiguousarray(array))
+    offsets = pa.py_buffer(np.array([0, data.size], dtype=np.int64))
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1, [None, offsets, data])
+
+
+class FrameStore:
+    """Read access to ``data/frames/``: ``store.read(video_id) -> (frame_idx (T,), frames (T, H, W, 3) uint8 RGB)``."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.videos = pd.read_parquet(self.directory / "videos.parquet")
+        self.frames = pd.read_parquet(self.directory / "frames.parquet")
+        ok = self.videos[self.videos["status"] == "ok"]
+        self._where = {
+            v: (int(s), int(g)) for v, s, g in zip(ok["video_id"], ok["shard"], ok["row_group"], strict=True)
+        }
+        self._files: dict[int, pq.ParquetFile] = {}
+
+    @property
+    def video_ids(self) -> list[str]:
+        """Videos that decoded, in index order."""
+        return list(self._where)
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self._where
+
+    def read(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """All kept frames of one video: original frame numbers (T,) and pixels (T, H, W, 3) uint8 RGB."""
+        if video_id not in self._where:
+            raise KeyError(
+                f"video {video_id!r} has no decoded frames (see {self.directory / 'videos.parquet'})"
+            )
+        shard, group = self._where[video_id]
+        if shard not in self._files:
+            self._files[shard] = pq.ParquetFile(self.directory / f"shard-{shard:05d}.parquet")
+        table = self._files[shard].read_row_group(group)
+        frame_idx = np.asarray(table.column("frame_idx")[0].as_py(), dtype=np.int64)
+        h, w = table.column("height")[0].as_py(), table.column("width")[0].as_py()
+        pixels = np.frombuffer(table.column("pixels")[0].as_buffer(), dtype=np.uint8)
+        return frame_idx, pixels.reshape(len(frame_idx), h, w, 3)
+
+    def iter_videos(self, video_ids: list[str] | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Yield ``(video_id, frame_idx, frames)`` one video at a time (memory stays at one video)."""
+        for video_id in video_ids if video_ids is not None else self.video_ids:
+            frame_idx, frames = self.read(video_id)
+            yield video_id, frame_idx, frames

@@ -1,0 +1,578 @@
+"""The dataset index (stage ``prepare``): one row per video, with its label, group, split and KTH sequences.
+
+Columns (see :data:`INDEX_COLUMNS`), rows sorted by ``video_id``:
+
+- ``video_id`` (str, unique): KTH ``person01_boxing_d1``; UCF101 ``v_ApplyEyeMakeup_g08_c01``; HMDB51 the
+  file stem (``<class>__<stem>`` only for a stem found in two class folders; real HMDB51 stems are unique).
+- ``path`` (str): the video relative to the dataset root, POSIX separators.
+- ``label`` (str), ``label_idx`` (int64): KTH/synthetic index in ``KTH_ACTIONS``; UCF101 ``classInd.txt``
+  number - 1; HMDB51 index in the sorted class-folder names (folders holding at least one ``.avi``).
+- ``group`` (int64): clips sharing a group come from one recording and must not straddle train and val.
+  KTH the subject number; UCF101 the ``gXX`` number (per class: g08 of two classes are unrelated);
+  HMDB51 the id of the source video, ``<source>`` in ``<source>_<class>_<flags>_<n>.avi``, numbered 0.. in
+  sorted order of the source names of every video on disk (so ids do not change with the split). Groups are
+  kept apart per class: ``(label, group)`` pairs are never in both train and val.
+- ``scenario`` (str): KTH ``d1``..``d4``; ``""`` otherwise.
+- ``split`` (str): ``train`` | ``val`` | ``test``.
+- ``sequences`` (list of ``[start, end]``): KTH's 1-based inclusive frame ranges from ``00sequences.txt``;
+  empty for UCF101/HMDB51 and for KTH videos the file does not list.
+
+The indexer never opens a video; it reads file names and the official split and sequence lists only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from transmodal.params import KTH_ACTIONS, DataConfig, ParamError
+
+INDEX_COLUMNS = ("video_id", "path", "label", "label_idx", "group", "scenario", "split", "sequences")
+SPLITS = ("train", "val", "test")
+
+# Pandas infers list<null> for a column of empty lists (UCF101/HMDB51); write with this schema to keep the
+# Parquet type the same for every dataset.
+ARROW_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("path", pa.string()),
+        ("label", pa.string()),
+        ("label_idx", pa.int64()),
+        ("group", pa.int64()),
+        ("scenario", pa.string()),
+        ("split", pa.string()),
+        ("sequences", pa.list_(pa.list_(pa.int64()))),
+    ]
+)
+
+KTH_SUBJECTS = tuple(range(1, 26))
+# paper: section 4.1 of the TransMODAL preprint; schuldt: Schuldt et al. 2004 (ICPR), the standard KTH split.
+KTH_SPLITS: dict[str, dict[str, tuple[int, ...]]] = {
+    "paper": {
+        "train": tuple(range(1, 17)),
+        "val": (17,),
+        "test": tuple(range(18, 26)),
+    },
+    "schuldt": {
+        "train": tuple(range(11, 19)),
+        "val": (19, 20, 21, 23, 24, 25, 1, 4),
+        "test": (22, 2, 3, 5, 6, 7, 8, 9, 10),
+    },
+}
+_KTH_SUBJECT_SPLIT = {
+    name: {subject: part for part, subjects in parts.items() for subject in subjects}
+    for name, parts in KTH_SPLITS.items()
+}
+for _name, _table in _KTH_SUBJECT_SPLIT.items():
+    # Each split must put every subject in exactly one part.
+    assert sorted(_table) == list(KTH_SUBJECTS), _name
+    assert sum(len(s) for s in KTH_SPLITS[_name].values()) == len(KTH_SUBJECTS), _name
+
+KTH_SEQUENCES_FILE = "00sequences.txt"
+_KTH_ID = re.compile(r"person(?P<subject>\d{2})_(?P<action>[a-z]+)_(?P<scenario>d[1-4])")
+_KTH_FILE = re.compile(_KTH_ID.pattern + r"_uncomp\.avi")
+_KTH_LINE = re.compile(r"(?P<video_id>\S+)\s+(?:(?P<missing>\*missing\*)|frames\s+(?P<ranges>\S.*))")
+_RANGE = re.compile(r"(?P<start>\d+)\s*-\s*(?P<end>\d+)")
+
+UCF101_VIDEOS = "UCF-101"
+UCF101_LISTS = "ucfTrainTestlist"
+_UCF_STEM = re.compile(r"v_(?P<name>.+)_g(?P<group>\d+)_c(?P<clip>\d+)")
+
+HMDB51_SPLITS = "testTrainMulti_7030_splits"
+# <body part>_<camera motion>_np<people>_<viewpoint>_<quality>_<clip number>, e.g. u_nm_np1_ba_goo_0.
+_HMDB_FLAGS = r"_[a-z]_[a-z]{2}_np\d+_[a-z]{2}_[a-z]{3}_\d+"
+_HMDB_MARKS = {"1": "train", "2": "test", "0": "unused"}
+
+
+def _root_error(root: Path, what: str) -> ParamError:
+    return ParamError(f"params.yaml: data.root is {str(root)!r}, which {what}")
+
+
+def _check_root(root: Path) -> None:
+    if not root.is_dir():
+        raise _root_error(root, "does not exist or is not a folder")
+
+
+def _split_file_error(split: object, path: Path) -> ParamError:
+    return ParamError(f"params.yaml: data.split is {split!r}, but split file {str(path)!r} does not exist")
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank lines of a text file with their 1-based numbers, stripped (the official lists use CRLF)."""
+    lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------------- KTH
+
+
+def parse_kth_sequences(path: Path) -> tuple[dict[str, list[tuple[int, int]]], list[str]]:
+    """Parse KTH's 00sequences.txt: {video_id: [(start, end), ...]} and the ids marked *missing*.
+
+    Ranges are 1-based inclusive frame numbers, kept exactly as listed (a few overlap; that is the file's).
+    Blank lines are skipped; any other line that is not ``<video_id> frames <a>-<b>, ...`` or
+    ``<video_id> *missing*`` raises ValueError naming the file and line number.
+    """
+    path = Path(path)
+    sequences: dict[str, list[tuple[int, int]]] = {}
+    missing: list[str] = []
+    first_seen: dict[str, int] = {}
+    for number, line in _read_lines(path):
+
+        def fail(why: str, number: int = number, line: str = line) -> ValueError:
+            return ValueError(f"{path}:{number}: {why}: {line!r}")
+
+        match = _KTH_LINE.fullmatch(line)
+        if match is None:
+            raise fail("expected '<video_id> frames <start>-<end>, ...' or '<video_id> *missing*'")
+        video_id = match["video_id"]
+        id_match = _KTH_ID.fullmatch(video_id)
+        if id_match is None or id_match["action"] not in KTH_ACTIONS:
+            raise fail(f"{video_id!r} is not a KTH video id (personNN_<action>_dS)")
+        if video_id in first_seen:
+            raise fail(f"{video_id} is listed again (first on line {first_seen[video_id]})")
+        first_seen[video_id] = number
+        if match["missing"]:
+            missing.append(video_id)
+            continue
+        ranges = []
+        for part in match["ranges"].split(","):
+            range_match = _RANGE.fullmatch(part.strip())
+            if range_match is None:
+                raise fail(f"{part.strip()!r} is not a frame range <start>-<end>")
+            start, end = int(range_match["start"]), int(range_match["end"])
+            if not 1 <= start <= end:
+                raise fail(f"frame range {start}-{end} is empty or not 1-based")
+            ranges.append((start, end))
+        sequences[video_id] = ranges
+    return sequences, missing
+
+
+def kth_split(subject: int, split: str) -> str:
+    """The part (train/val/test) of a KTH subject (1-25) under split ``paper`` or ``schuldt``."""
+    if split not in KTH_SPLITS:
+        raise ValueError(f"unknown KTH split {split!r}; expected one of {', '.join(KTH_SPLITS)}")
+    try:
+        return _KTH_SUBJECT_SPLIT[split][subject]
+    except KeyError:
+        raise ValueError(f"KTH subject {subject} is outside 1-25") from None
+
+
+def _find_kth_sequences(root: Path) -> Path:
+    """``<root>/00sequences.txt``, else the one in a folder directly under root (archives nest it)."""
+    direct = root / KTH_SEQUENCES_FILE
+    if direct.is_file():
+        return direct
+    nested = sorted(p / KTH_SEQUENCES_FILE for p in root.iterdir() if (p / KTH_SEQUENCES_FILE).is_file())
+    if len(nested) == 1:
+        return nested[0]
+    if not nested:
+        raise _root_error(root, f"has no {KTH_SEQUENCES_FILE} (expected at {str(direct)!r})")
+    names = ", ".join(str(p.relative_to(root).as_posix()) for p in nested)
+    raise _root_error(root, f"has several {KTH_SEQUENCES_FILE} ({names}); keep one")
+
+
+def index_kth(root: Path, split: str) -> tuple[pd.DataFrame, dict]:
+    """Index ``<root>/<action>/personNN_<action>_dS_uncomp.avi`` with the sequences of 00sequences.txt.
+
+    ``split`` is ``paper`` or ``schuldt`` (fixed subject lists; KTH has no random validation hold-out).
+    Videos on disk but not in 00sequences.txt are kept with no sequences and counted; listed videos
+    missing on disk are counted, not indexed; .avi files not named like KTH videos are listed, not indexed.
+    """
+    root = Path(root)
+    _check_root(root)
+    if split not in KTH_SPLITS:
+        raise ParamError(f"params.yaml: data.split is {split!r}; expected one of {', '.join(KTH_SPLITS)}")
+
+    on_disk: dict[str, tuple[str, re.Match]] = {}
+    unrecognised: list[str] = []
+    for action in KTH_ACTIONS:
+        folder = root / action
+        if not folder.is_dir():
+            continue
+        for file in sorted(folder.iterdir()):
+            if file.suffix.lower() != ".avi":
+                continue
+            match = _KTH_FILE.fullmatch(file.name)
+            if match is None or match["action"] != action:
+                unrecognised.append(f"{action}/{file.name}")
+                continue
+            on_disk[file.name.removesuffix("_uncomp.avi")] = (f"{action}/{file.name}", match)
+    if not on_disk:
+        raise _root_error(root, "has no KTH videos (<action>/personNN_<action>_dS_uncomp.avi)")
+
+    sequences_file = _find_kth_sequences(root)
+    sequences, marked_missing = parse_kth_sequences(sequences_file)
+
+    rows = []
+    for video_id, (rel_path, match) in on_disk.items():
+        subject = int(match["subject"])
+        if subject not in _KTH_SUBJECT_SPLIT[split]:
+            raise ParamError(
+                f"params.yaml: data.split is {split!r}, which covers KTH subjects 1-25, but data.root "
+                f"{str(root)!r} has {rel_path}"
+            )
+        rows.append(
+            {
+                "video_id": video_id,
+                "path": rel_path,
+                "label": match["action"],
+                "label_idx": KTH_ACTIONS.index(match["action"]),
+                "group": subject,
+                "scenario": match["scenario"],
+                "split": kth_split(subject, split),
+                "sequences": [[start, end] for start, end in sequences.get(video_id, [])],
+            }
+        )
+    index = _frame(rows)
+
+    listed_missing = sorted(set(sequences) - set(on_disk))
+    without_sequences = sorted(set(on_disk) - set(sequences))
+    overlapping = sorted(video_id for video_id, ranges in sequences.items() if _overlaps(ranges))
+    summary = _summarise(index)
+    summary.update(
+        {
+            "dataset": "kth",
+            "split": split,
+            "sequences_file": sequences_file.relative_to(root).as_posix(),
+            "sequences_listed_videos": len(sequences),
+            "marked_missing": len(marked_missing),
+            "marked_missing_ids": sorted(marked_missing),
+            "listed_missing_on_disk": len(listed_missing),
+            "listed_missing_on_disk_ids": listed_missing,
+            "videos_without_sequences": len(without_sequences),
+            "videos_without_sequences_ids": without_sequences,
+            "videos_with_overlapping_sequences": len(overlapping),
+            "unrecognised_files": unrecognised,
+        }
+    )
+    return index, summary
+
+
+def _overlaps(ranges: list[tuple[int, int]]) -> bool:
+    return any(later[0] <= earlier[1] for earlier, later in itertools.pairwise(sorted(ranges)))
+
+
+# ------------------------------------------------------------------------------------------------ UCF101
+
+
+def _parse_class_ind(path: Path) -> dict[str, int]:
+    """classInd.txt (``1 ApplyEyeMakeup``) as {class: label_idx}, label_idx = number - 1."""
+    classes: dict[str, int] = {}
+    for number, line in _read_lines(path):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ValueError(f"{path}:{number}: expected '<number> <class>': {line!r}")
+        class_number, name = int(parts[0]), parts[1]
+        if name in classes or class_number - 1 in classes.values() or class_number < 1:
+            raise ValueError(f"{path}:{number}: class {name!r} or number {class_number} repeats or is < 1")
+        classes[name] = class_number - 1
+    if not classes:
+        raise ValueError(f"{path}: lists no classes")
+    return classes
+
+
+def _parse_ucf_list(path: Path, classes: dict[str, int], has_labels: bool) -> list[tuple[str, str, int]]:
+    """A train/test list as [(path under UCF-101, class, group)]; labels, when given, must match classInd."""
+    entries = []
+    for number, line in _read_lines(path):
+        parts = line.split()
+        # Test lists carry no label; a label there is accepted but must agree with classInd.txt too.
+        if len(parts) not in ((2,) if has_labels else (1, 2)):
+            expected = "<Class>/<video>.avi <label>" if has_labels else "<Class>/<video>.avi"
+            raise ValueError(f"{path}:{number}: expected '{expected}': {line!r}")
+        rel_path = parts[0].replace("\\", "/")
+        class_name, _, file_name = rel_path.partition("/")
+        stem_match = _UCF_STEM.fullmatch(file_name.removesuffix(".avi"))
+        if class_name not in classes or not file_name.endswith(".avi") or stem_match is None:
+            raise ValueError(
+                f"{path}:{number}: expected '<Class>/v_<Class>_gXX_cYY.avi' with a class of classInd.txt: "
+                f"{line!r}"
+            )
+        # Labels are checked against the folder, not the file name: the dataset's own HandstandPushups folder
+        # holds v_HandStandPushups_* files.
+        if len(parts) == 2 and (not parts[1].isdigit() or int(parts[1]) - 1 != classes[class_name]):
+            raise ValueError(f"{path}:{number}: label {parts[1]} disagrees with classInd.txt: {line!r}")
+        entries.append((rel_path, class_name, int(stem_match["group"])))
+    return entries
+
+
+def index_ucf101(root: Path, split: int, val_fraction: float, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Index UCF101 split ``split`` (1-3): official train/test lists, val = held-out training groups.
+
+    Layout: ``<root>/UCF-101/<Class>/v_<Class>_gXX_cYY.avi`` and ``<root>/ucfTrainTestlist/`` with
+    ``classInd.txt``, ``trainlist0N.txt`` and ``testlist0N.txt``. ``val_fraction`` of each class's training
+    groups (rounded, at least one while a class has two or more) become ``val``, chosen with
+    ``numpy.random.default_rng([seed, label_idx])``. Listed videos missing on disk are counted, not indexed.
+    """
+    root = Path(root)
+    _check_root(root)
+    videos_dir = root / UCF101_VIDEOS
+    on_disk = (
+        {p.relative_to(root).as_posix() for p in videos_dir.glob("*/*.avi") if p.is_file()}
+        if videos_dir.is_dir()
+        else set()
+    )
+    if not on_disk:
+        raise _root_error(root, f"has no UCF101 videos ({UCF101_VIDEOS}/<Class>/v_<Class>_gXX_cYY.avi)")
+    lists_dir = root / UCF101_LISTS
+    class_ind = lists_dir / "classInd.txt"
+    if not class_ind.is_file():
+        raise _root_error(root, f"has no UCF101 class list {str(class_ind)!r}")
+    if split not in (1, 2, 3):
+        raise ParamError(f"params.yaml: data.split is {split!r}; expected one of 1, 2, 3")
+    train_list = lists_dir / f"trainlist{split:02d}.txt"
+    test_list = lists_dir / f"testlist{split:02d}.txt"
+    for list_path in (train_list, test_list):
+        if not list_path.is_file():
+            raise _split_file_error(split, list_path)
+
+    classes = _parse_class_ind(class_ind)
+    rows = []
+    listed: dict[str, str] = {}
+    listed_missing: list[str] = []
+    for part, list_path in (("train", train_list), ("test", test_list)):
+        for rel_path, class_name, group in _parse_ucf_list(list_path, classes, has_labels=part == "train"):
+            if rel_path in listed:
+                raise ValueError(f"{list_path}: {rel_path} is also listed in {listed[rel_path]}")
+            listed[rel_path] = list_path.name
+            disk_path = f"{UCF101_VIDEOS}/{rel_path}"
+            if disk_path not in on_disk:
+                listed_missing.append(disk_path)
+                continue
+            rows.append(
+                {
+                    "video_id": Path(rel_path).stem,
+                    "path": disk_path,
+                    "label": class_name,
+                    "label_idx": classes[class_name],
+                    "group": group,
+                    "scenario": "",
+                    "split": part,
+                    "sequences": [],
+                }
+            )
+    unlisted = sorted(on_disk - {f"{UCF101_VIDEOS}/{p}" for p in listed})
+    index = _finish_split(root, split, rows, val_fraction, seed)
+    summary = _summarise(index)
+    summary.update(
+        {
+            "dataset": "ucf101",
+            "split": split,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "classes_listed": len(classes),
+            "listed_missing_on_disk": len(listed_missing),
+            "listed_missing_on_disk_ids": sorted(listed_missing),
+            "unlisted_on_disk": len(unlisted),
+            "unlisted_on_disk_ids": unlisted,
+        }
+    )
+    return index, summary
+
+
+# ------------------------------------------------------------------------------------------------ HMDB51
+
+
+def hmdb51_source(stem: str, class_name: str) -> str | None:
+    """The source-video name of an HMDB51 clip (``<source>_<class>_<flags>_<n>``), or None if unparsable."""
+    match = re.fullmatch(rf"(?P<source>.+)_{re.escape(class_name)}{_HMDB_FLAGS}", stem)
+    return match["source"] if match else None
+
+
+def _parse_hmdb_split(path: Path) -> dict[str, str]:
+    """One ``<class>_test_splitN.txt`` as {file name: 'train' | 'test' | 'unused'}."""
+    marks: dict[str, str] = {}
+    for number, line in _read_lines(path):
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2 or parts[1] not in _HMDB_MARKS or not parts[0].endswith(".avi"):
+            raise ValueError(f"{path}:{number}: expected '<name>.avi <0|1|2>': {line!r}")
+        if parts[0] in marks:
+            raise ValueError(f"{path}:{number}: {parts[0]} is listed twice")
+        marks[parts[0]] = _HMDB_MARKS[parts[1]]
+    return marks
+
+
+def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Index HMDB51 split ``split`` (1-3): official marks (1 train, 2 test, 0 unused), val by source video.
+
+    Layout: ``<root>/<class>/<name>.avi`` and ``<root>/testTrainMulti_7030_splits/<class>_test_splitN.txt``.
+    Videos marked 0 are excluded and counted. The group of a clip is its source video (see module docs);
+    a name that does not parse as ``<source>_<class>_<flags>_<n>`` is its own source and is listed in the
+    summary. Validation holds out groups per class as in :func:`index_ucf101`.
+    """
+    root = Path(root)
+    _check_root(root)
+    on_disk: dict[str, list[str]] = {}  # class -> sorted file names
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != HMDB51_SPLITS):
+        names = sorted(f.name for f in folder.glob("*.avi") if f.is_file())
+        if names:
+            on_disk[folder.name] = names
+    if not on_disk:
+        raise _root_error(root, "has no HMDB51 videos (<class>/<name>.avi)")
+    if split not in (1, 2, 3):
+        raise ParamError(f"params.yaml: data.split is {split!r}; expected one of 1, 2, 3")
+    classes = sorted(on_disk)
+
+    source_of: dict[tuple[str, str], str] = {}
+    unparsed: list[str] = []
+    for class_name, names in on_disk.items():
+        for name in names:
+            stem = name.removesuffix(".avi")
+            source = hmdb51_source(stem, class_name)
+            if source is None:
+                unparsed.append(f"{class_name}/{name}")
+                source = stem
+            source_of[class_name, name] = source
+    group_id = {source: i for i, source in enumerate(sorted(set(source_of.values())))}
+    stem_count = Counter(name.removesuffix(".avi") for names in on_disk.values() for name in names)
+
+    rows = []
+    unused = 0
+    listed_missing: list[str] = []
+    unlisted: list[str] = []
+    for label_idx, class_name in enumerate(classes):
+        split_path = root / HMDB51_SPLITS / f"{class_name}_test_split{split}.txt"
+        if not split_path.is_file():
+            raise _split_file_error(split, split_path)
+        marks = _parse_hmdb_split(split_path)
+        names = set(on_disk[class_name])
+        unlisted += [f"{class_name}/{name}" for name in sorted(names - set(marks))]
+        for name, part in marks.items():
+            if part == "unused":
+                unused += 1
+                continue
+            if name not in names:
+                listed_missing.append(f"{class_name}/{name}")
+                continue
+            stem = name.removesuffix(".avi")
+            rows.append(
+                {
+                    "video_id": stem if stem_count[stem] == 1 else f"{class_name}__{stem}",
+                    "path": f"{class_name}/{name}",
+                    "label": class_name,
+                    "label_idx": label_idx,
+                    "group": group_id[source_of[class_name, name]],
+                    "scenario": "",
+                    "split": part,
+                    "sequences": [],
+                }
+            )
+    index = _finish_split(root, split, rows, val_fraction, seed)
+    summary = _summarise(index)
+    summary.update(
+        {
+            "dataset": "hmdb51",
+            "split": split,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "unused_excluded": unused,
+            "listed_missing_on_disk": len(listed_missing),
+            "listed_missing_on_disk_ids": sorted(listed_missing),
+            "unlisted_on_disk": len(unlisted),
+            "unlisted_on_disk_ids": unlisted,
+            "source_videos": len(group_id),
+            "names_without_source": len(unparsed),
+            "names_without_source_ids": unparsed,
+            "video_ids_prefixed_with_class": sum(1 for n in stem_count.values() if n > 1),
+        }
+    )
+    return index, summary
+
+
+# ---------------------------------------------------------------------------------------------- shared
+
+
+def hold_out_val(index: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
+    """The ``split`` column with ``val_fraction`` of each class's training groups moved to ``val``.
+
+    Per class: round(val_fraction * groups) groups (at least 1 if val_fraction > 0, at most all but one, so
+    every class keeps training data), drawn with ``numpy.random.default_rng([seed, label_idx])`` so one
+    class's draw does not depend on the others.
+    """
+    split = index["split"].copy()
+    if val_fraction <= 0:
+        return split
+    train = index[index["split"] == "train"]
+    for label_idx, rows in train.groupby("label_idx", sort=True):
+        groups = np.sort(rows["group"].unique())
+        if len(groups) < 2:
+            continue
+        n_val = min(len(groups) - 1, max(1, math.floor(val_fraction * len(groups) + 0.5)))
+        rng = np.random.default_rng([seed, int(label_idx)])
+        val_groups = rng.choice(groups, size=n_val, replace=False)
+        split.loc[rows.index[rows["group"].isin(val_groups)]] = "val"
+    return split
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows as the index DataFrame: fixed columns and dtypes, sorted by video_id."""
+    index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    for column in ("video_id", "path", "label", "scenario", "split"):
+        index[column] = index[column].astype(str)
+    for column in ("label_idx", "group"):
+        index[column] = index[column].astype("int64")
+    index = index.sort_values("video_id", kind="stable").reset_index(drop=True)
+    duplicated = index["video_id"][index["video_id"].duplicated()]
+    if len(duplicated):
+        raise ValueError(f"video ids are not unique: {sorted(set(duplicated))[:5]}")
+    return index
+
+
+def _finish_split(root: Path, split: int, rows: list[dict], val_fraction: float, seed: int) -> pd.DataFrame:
+    if not rows:
+        raise ParamError(
+            f"params.yaml: data.root is {str(root)!r}, whose videos are all missing from the lists of "
+            f"data.split {split!r}"
+        )
+    index = _frame(rows)
+    index["split"] = hold_out_val(index, val_fraction, seed).astype(str)
+    return index
+
+
+def _summarise(index: pd.DataFrame) -> dict:
+    """Counts every dataset reports: videos and sequences per split and class, group leakage."""
+    per_class_split = index.groupby(["label", "split"]).size()
+    pairs = {
+        part: set(zip(rows["label"], rows["group"], strict=True)) for part, rows in index.groupby("split")
+    }
+    sequence_counts = index["sequences"].map(len)
+    return {
+        "videos": len(index),
+        "classes": int(index["label"].nunique()),
+        "videos_per_split": {part: int((index["split"] == part).sum()) for part in SPLITS},
+        "videos_per_class": {label: int(n) for label, n in sorted(index["label"].value_counts().items())},
+        "videos_per_class_split": {
+            label: {part: int(per_class_split.get((label, part), 0)) for part in SPLITS}
+            for label in sorted(index["label"].unique())
+        },
+        "sequences_total": int(sequence_counts.sum()),
+        "sequences_per_split": {part: int(sequence_counts[index["split"] == part].sum()) for part in SPLITS},
+        # (label, group) pairs in both train and val: must be 0, or validation leaks training recordings.
+        "groups_in_train_and_val": len(pairs.get("train", set()) & pairs.get("val", set())),
+        # A class with one training group gets no validation videos (holding it out would empty train).
+        "classes_without_val": sorted(set(index["label"]) - set(index.loc[index["split"] == "val", "label"])),
+    }
+
+
+def build_index(cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
+    """Index the dataset of the ``data`` params; ``synthetic`` has the KTH layout and uses the KTH indexer."""
+    root = cfg.root_path()
+    if cfg.dataset in ("synthetic", "kth"):
+        index, summary = index_kth(root, str(cfg.split))
+    elif cfg.dataset == "ucf101":
+        index, summary = index_ucf101(root, int(cfg.split), cfg.val_fraction, cfg.seed)
+    elif cfg.dataset == "hmdb51":
+        index, summary = index_hmdb51(root, int(cfg.split), cfg.val_fraction, cfg.seed)
+    else:  # DataConfig validates the choice; this guards a new dataset added there but not here
+        raise ParamError(f"params.yaml: data.dataset is {cfg.dataset!r}, which has no indexer")
+    summary["dataset"] = cfg.dataset
+    summary["root"] = str(cfg.root)
+    return index, summary

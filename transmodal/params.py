@@ -1,0 +1,388 @@
+"""Typed, validated views of ``params.yaml``.
+
+Every section of ``params.yaml`` maps to a frozen dataclass. Unknown or misspelt keys and out-of-range
+values raise :class:`ParamError` with the full key name (``selector.top_k_frames``) before a stage does
+any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")
+SOURCES = ("model", "annotations")
+DATASETS = ("synthetic", "kth", "ucf101", "hmdb51")
+KTH_ACTIONS = ("boxing", "handclapping", "handwaving", "jogging", "running", "walking")
+KTH_SCENARIOS = ("d1", "d2", "d3", "d4")
+
+
+class ParamError(ValueError):
+    """A bad value in params.yaml; the message names the key and what is allowed."""
+
+
+def _fail(section: str, key: str, message: str) -> None:
+    raise ParamError(f"params.yaml: {section}.{key} {message}")
+
+
+def _check_choice(section: str, key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        _fail(section, key, f"is {value!r}; expected one of {', '.join(map(str, choices))}")
+
+
+def _check_int(section: str, key: str, value: Any, minimum: int | None = None, maximum: int | None = None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(section, key, f"is {value!r}; expected an integer")
+    if minimum is not None and value < minimum:
+        _fail(section, key, f"is {value}; must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        _fail(section, key, f"is {value}; must be <= {maximum}")
+
+
+def _check_float(section: str, key: str, value: Any, low: float, high: float, *, low_open: bool = False):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        _fail(section, key, f"is {value!r}; expected a number")
+    if value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        _fail(section, key, f"is {value}; must be in {bracket}{low}, {high}]")
+
+
+def _check_bool(section: str, key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(section, key, f"is {value!r}; expected true or false")
+
+
+def _check_str(section: str, key: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        _fail(section, key, f"is {value!r}; expected a non-empty string")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Synthetic KTH-like dataset (``transmodal synth``)."""
+
+    seed: int = 0
+    subjects: int = 25
+    scenarios: tuple[str, ...] = KTH_SCENARIOS
+    actions: tuple[str, ...] = KTH_ACTIONS
+    frames_per_video: int = 96
+
+    def __post_init__(self):
+        s = "synth"
+        _check_int(s, "seed", self.seed, 0)
+        _check_int(s, "subjects", self.subjects, 1, 99)
+        object.__setattr__(self, "scenarios", tuple(self.scenarios))
+        object.__setattr__(self, "actions", tuple(self.actions))
+        if not self.scenarios:
+            _fail(s, "scenarios", "is empty")
+        for v in self.scenarios:
+            _check_choice(s, "scenarios", v, KTH_SCENARIOS)
+        if not self.actions:
+            _fail(s, "actions", "is empty")
+        for v in self.actions:
+            _check_choice(s, "actions", v, KTH_ACTIONS)
+        _check_int(s, "frames_per_video", self.frames_per_video, 8, 10000)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str = "data/synthetic"
+    split: str | int = "paper"
+    val_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        s = "data"
+        _check_choice(s, "dataset", self.dataset, DATASETS)
+        _check_str(s, "root", self.root)
+        if self.dataset in ("synthetic", "kth"):
+            _check_choice(s, "split", self.split, ("paper", "schuldt"))
+        else:
+            _check_choice(s, "split", self.split, (1, 2, 3))
+        _check_float(s, "val_fraction", self.val_fraction, 0.0, 0.5)
+        _check_int(s, "seed", self.seed, 0)
+
+    def root_path(self) -> Path:
+        """The dataset root; fails with a one-line message naming the param when it is unusable."""
+        root = Path(self.root)
+        if not root.is_dir():
+            raise ParamError(
+                f"params.yaml: data.root is {self.root!r}, which does not exist or is not a folder"
+            )
+        return root
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    stride: int = 2
+    videos_per_shard: int = 64
+
+    def __post_init__(self):
+        _check_int("frames", "stride", self.stride, 1, 64)
+        _check_int("frames", "videos_per_shard", self.videos_per_shard, 1)
+
+
+@dataclass(frozen=True)
+class RuntimeMixin:
+    """Device, precision and batch size, shared by every model-running stage."""
+
+    def _check_runtime(self, s: str) -> None:
+        _check_choice(s, "device", self.device, DEVICES)
+        _check_choice(s, "precision", self.precision, PRECISIONS)
+        _check_int(s, "batch_size", self.batch_size, 1)
+
+
+@dataclass(frozen=True)
+class DetectConfig(RuntimeMixin):
+    source: str = "annotations"
+    checkpoint: str = "PekingU/rtdetr_r50vd_coco_o365"
+    score_threshold: float = 0.5
+    person_label: str = "person"
+    batch_size: int = 16
+    device: str = "auto"
+    precision: str = "fp32"
+    track_activation_threshold: float = 0.25
+    lost_track_buffer: int = 30
+    minimum_matching_threshold: float = 0.8
+    minimum_consecutive_frames: int = 1
+
+    def __post_init__(self):
+        s = "detect"
+        _check_choice(s, "source", self.source, SOURCES)
+        _check_str(s, "checkpoint", self.checkpoint)
+        _check_float(s, "score_threshold", self.score_threshold, 0.0, 1.0)
+        _check_str(s, "person_label", self.person_label)
+        self._check_runtime(s)
+        _check_float(s, "track_activation_threshold", self.track_activation_threshold, 0.0, 1.0)
+        _check_int(s, "lost_track_buffer", self.lost_track_buffer, 0)
+        _check_float(s, "minimum_matching_threshold", self.minimum_matching_threshold, 0.0, 1.0)
+        _check_int(s, "minimum_consecutive_frames", self.minimum_consecutive_frames, 1)
+
+
+@dataclass(frozen=True)
+class PoseConfig(RuntimeMixin):
+    source: str = "annotations"
+    checkpoint: str = "usyd-community/vitpose-plus-base"
+    dataset_index: int = 0
+    batch_size: int = 32
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        s = "pose"
+        _check_choice(s, "source", self.source, SOURCES)
+        _check_str(s, "checkpoint", self.checkpoint)
+        _check_int(s, "dataset_index", self.dataset_index, 0, 5)
+        self._check_runtime(s)
+
+
+@dataclass(frozen=True)
+class ClipsConfig:
+    length: int = 16
+    per_video_train: int = 4
+    per_video_test: int = 2
+    crop_margin: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self):
+        s = "clips"
+        _check_int(s, "length", self.length, 2, 256)
+        _check_int(s, "per_video_train", self.per_video_train, 1)
+        _check_int(s, "per_video_test", self.per_video_test, 1)
+        _check_float(s, "crop_margin", self.crop_margin, 0.0, 2.0)
+        _check_int(s, "seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class BackboneConfig(RuntimeMixin):
+    checkpoint: str = "MCG-NJU/videomae-base-finetuned-kinetics"
+    batch_size: int = 8
+    device: str = "auto"
+    precision: str = "fp32"
+    clips_per_shard: int = 256
+
+    def __post_init__(self):
+        s = "backbone"
+        _check_str(s, "checkpoint", self.checkpoint)
+        self._check_runtime(s)
+        _check_int(s, "clips_per_shard", self.clips_per_shard, 1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The trainable head. ``dim`` and ``num_classes`` come from the feature cache, not params."""
+
+    use_pose: bool = True
+    pose_scores: bool = False
+    fusion_depth: int = 1
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    pool: str = "rgb"
+
+    def __post_init__(self):
+        s = "model"
+        _check_bool(s, "use_pose", self.use_pose)
+        _check_bool(s, "pose_scores", self.pose_scores)
+        _check_int(s, "fusion_depth", self.fusion_depth, 1, 24)
+        _check_int(s, "num_heads", self.num_heads, 1, 64)
+        _check_float(s, "mlp_ratio", self.mlp_ratio, 0.0, 16.0, low_open=True)
+        _check_float(s, "dropout", self.dropout, 0.0, 0.9)
+        _check_choice(s, "pool", self.pool, ("rgb", "rgb_and_pose"))
+
+
+SELECTOR_POSITIONS = ("after_fusion", "before_ffn", "before_fusion")
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    enabled: bool = True
+    top_k_frames: int = 8
+    top_k_tokens: int = 12
+    scoring: str = "l2"
+    position: str = "after_fusion"
+
+    def __post_init__(self):
+        s = "selector"
+        _check_bool(s, "enabled", self.enabled)
+        _check_int(s, "top_k_frames", self.top_k_frames, 1)
+        _check_int(s, "top_k_tokens", self.top_k_tokens, 1)
+        _check_choice(s, "scoring", self.scoring, ("l2", "learned"))
+        _check_choice(s, "position", self.position, SELECTOR_POSITIONS)
+
+    def check_against_grid(self, num_frames: int, tubelet_size: int, patches_per_group: int) -> None:
+        """Fail, naming the key, when the selector asks for more frames or tokens than the grid has."""
+        if self.top_k_frames > num_frames:
+            _fail(
+                "selector", "top_k_frames", f"is {self.top_k_frames}; the clip has only {num_frames} frames"
+            )
+        if self.top_k_tokens > patches_per_group:
+            _fail(
+                "selector",
+                "top_k_tokens",
+                f"is {self.top_k_tokens}; a frame has only {patches_per_group} patch tokens",
+            )
+        del tubelet_size
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    seed: int = 0
+    device: str = "auto"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        s = "train"
+        _check_int(s, "epochs", self.epochs, 1)
+        _check_int(s, "batch_size", self.batch_size, 1)
+        _check_float(s, "lr", self.lr, 0.0, 1.0, low_open=True)
+        _check_float(s, "weight_decay", self.weight_decay, 0.0, 10.0)
+        _check_int(s, "seed", self.seed, 0)
+        _check_choice(s, "device", self.device, DEVICES)
+        _check_float(s, "label_smoothing", self.label_smoothing, 0.0, 0.9)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 16
+    device: str = "auto"
+
+    def __post_init__(self):
+        _check_int("eval", "batch_size", self.batch_size, 1)
+        _check_choice("eval", "device", self.device, DEVICES)
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    variants: dict = field(default_factory=dict)
+    latency_warmup: int = 3
+    latency_repeats: int = 20
+    device: str = "auto"
+
+    def __post_init__(self):
+        s = "ablation"
+        if not isinstance(self.variants, dict) or not self.variants:
+            _fail(s, "variants", "must be a non-empty mapping of variant name -> param overrides")
+        if "full" not in self.variants:
+            _fail(s, "variants", "must contain 'full' (the reference row of the table)")
+        for name, overrides in self.variants.items():
+            overrides = overrides or {}
+            if not isinstance(overrides, dict):
+                _fail(s, f"variants.{name}", "must be a mapping of 'section.key: value' overrides")
+            for key in overrides:
+                if key.split(".")[0] not in ("model", "selector", "train"):
+                    _fail(
+                        s,
+                        f"variants.{name}",
+                        f"overrides {key!r}; only model.*, selector.*, train.* may vary",
+                    )
+        _check_int(s, "latency_warmup", self.latency_warmup, 0)
+        _check_int(s, "latency_repeats", self.latency_repeats, 1)
+        _check_choice(s, "device", self.device, DEVICES)
+
+
+SECTIONS: dict[str, type] = {
+    "synth": SynthConfig,
+    "data": DataConfig,
+    "frames": FramesConfig,
+    "detect": DetectConfig,
+    "pose": PoseConfig,
+    "clips": ClipsConfig,
+    "backbone": BackboneConfig,
+    "model": ModelConfig,
+    "selector": SelectorConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "ablation": AblationConfig,
+}
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    """Read params.yaml as a plain dict."""
+    with open(path) as f:
+        params = yaml.safe_load(f) or {}
+    if not isinstance(params, dict):
+        raise ParamError(f"{path}: expected a mapping of sections at the top level")
+    return params
+
+
+def section(params: dict, name: str):
+    """Build the dataclass of one section; unknown keys are an error naming them."""
+    cls = SECTIONS[name]
+    raw = params.get(name)
+    if raw is None:
+        raise ParamError(f"params.yaml: section {name!r} is missing")
+    if not isinstance(raw, dict):
+        raise ParamError(f"params.yaml: {name} must be a mapping")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ParamError(
+                f"params.yaml: {name}.{key} is not a known key (known: {', '.join(sorted(known))})"
+            )
+    return cls(**raw)
+
+
+def apply_overrides(params: dict, overrides: dict) -> dict:
+    """Return a copy of ``params`` with ``{'selector.top_k_frames': 4, ...}`` applied (ablation variants)."""
+    import copy
+
+    result = copy.deepcopy(params)
+    for dotted, value in (overrides or {}).items():
+        sect, _, key = dotted.partition(".")
+        if sect not in result or not isinstance(result[sect], dict):
+            raise ParamError(f"params.yaml: override {dotted!r} names an unknown section")
+        result[sect][key] = value
+        section(result, sect)  # validate the changed section now, naming the key
+    return result
