@@ -11,6 +11,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
+
+# Tiny models gain nothing from a second thread, and OpenMP threads spin badly when the two cores are shared
+# (another test process, a parallel job): one thread keeps test times stable.
+torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -152,6 +152,7 @@ class DetectConfig(RuntimeMixin):
     lost_track_buffer: int = 30
     minimum_matching_threshold: float = 0.8
     minimum_consecutive_frames: int = 1
+    stitch_tracks: bool = True
 
     def __post_init__(self):
         s = "detect"
@@ -164,6 +165,7 @@ class DetectConfig(RuntimeMixin):
         _check_int(s, "lost_track_buffer", self.lost_track_buffer, 0)
         _check_float(s, "minimum_matching_threshold", self.minimum_matching_threshold, 0.0, 1.0)
         _check_int(s, "minimum_consecutive_frames", self.minimum_consecutive_frames, 1)
+        _check_bool(s, "stitch_tracks", self.stitch_tracks)
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,6 @@ class ClipsConfig:
     per_video_train: int = 4
     per_video_test: int = 2
     crop_margin: float = 0.15
-    seed: int = 0
 
     def __post_init__(self):
         s = "clips"
@@ -197,7 +198,6 @@ class ClipsConfig:
         _check_int(s, "per_video_train", self.per_video_train, 1)
         _check_int(s, "per_video_test", self.per_video_test, 1)
         _check_float(s, "crop_margin", self.crop_margin, 0.0, 2.0)
-        _check_int(s, "seed", self.seed, 0)
 
 
 @dataclass(frozen=True)

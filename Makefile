@@ -1,0 +1,35 @@
+# `make demo`: set up from scratch, then run the whole default pipeline (synthetic data, offline).
+# `make test`: set up from scratch, then run the whole test suite.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/dvc repro
+	$(BIN)/transmodal timings
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check transmodal stages tests benchmarks
+	$(BIN)/ruff format --check transmodal stages tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/frames.py
+	$(BIN)/python benchmarks/head.py --quick
+
+clean:
+	rm -rf data models metrics/timings

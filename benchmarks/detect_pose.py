@@ -1,0 +1,288 @@
+"""Throughput of the detect and pose stages against their bare model forward.
+
+    python benchmarks/detect_pose.py [--quick] [--checkpoint-size tiny|real] [--device auto|cpu|cuda]
+                                     [--precision fp32|fp16|bf16] [--score-threshold 0.5]
+
+Each stage runs on the same frames twice in one process:
+
+- stage: the stage code end to end, model already loaded: read and decode the frames from the FrameStore,
+  batching, pre-processing, forward, post-processing, ByteTrack (detect), the output table, and writing it
+  as Parquet to a temporary folder;
+- bare: only ``model(pixel_values)`` (plus ``dataset_index`` for ViTPose++) on tensors made beforehand, in
+  the same batch shapes (full batches and the last, partial one).
+
+Both print frames per second and their ratio (target: stage >= 0.8 x bare). Timings are the median of
+``--repeats`` runs after one warm-up, stage and bare alternating so machine drift hits both alike.
+``--checkpoint-size tiny`` uses the random tiny checkpoints of the tests (CPU-sized); ``real`` builds
+random-weight models of the real sizes from their configs (RT-DETR r50vd default config with the COCO labels,
+640 x 640; ViTPose++ base, 6 experts, 256 x 192) for a GPU run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from transmodal.data.frames import FrameStore, extract_frames
+from transmodal.io import write_parquet
+from transmodal.params import DetectConfig, PoseConfig
+from transmodal.vision.detect import PersonDetector, run_detect
+from transmodal.vision.pose import PoseEstimator, run_pose
+
+WIDTH, HEIGHT = 160, 120  # the synthetic KTH-like frame size
+
+
+def write_videos(root: Path, num_videos: int, num_frames: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Synthetic videos (the project's renderer if present, else moving boxes) -> (index, annotations)."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        from transmodal.data.synth import VideoSpec, render_video, write_avi
+    except ImportError:
+        render_video = None
+    rows, annotations = [], []
+    for i in range(num_videos):
+        video_id = f"v{i:03d}"
+        path = root / f"{video_id}.avi"
+        if render_video is not None:
+            spec = VideoSpec(
+                subject=i % 25 + 1, action="walking", scenario="d1", num_frames=num_frames, seed=i
+            )
+            frames, truth = render_video(spec)
+            write_avi(frames, path)
+            annotations.append(truth.assign(video_id=video_id))
+        else:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (WIDTH, HEIGHT))
+            for t in range(num_frames):
+                frame = np.full((HEIGHT, WIDTH, 3), 90, np.uint8)
+                x = 10 + (2 * t + 7 * i) % 110
+                cv2.rectangle(frame, (x, 20), (x + 30, 100), (40, 40, 220), thickness=-1)
+                writer.write(frame)
+            writer.release()
+        rows.append({"video_id": video_id, "path": path.name})
+    return pd.DataFrame(rows), pd.concat(annotations, ignore_index=True) if annotations else None
+
+
+def write_checkpoints(out: Path, size: str) -> tuple[str, str]:
+    """Detector and pose folders (save_pretrained format) of the requested size."""
+    from transformers import (
+        RTDetrConfig,
+        RTDetrForObjectDetection,
+        RTDetrImageProcessor,
+        VitPoseBackboneConfig,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        VitPoseImageProcessor,
+    )
+
+    from transmodal.vision.tiny import COCO_LABELS, write_tiny_checkpoints
+
+    if size == "tiny":
+        folders = write_tiny_checkpoints(out)
+        pose_config = VitPoseConfig.from_pretrained(folders["pose"])
+        if pose_config.num_labels != 17:  # tiny.py leaves the head at the config default; the stage needs 17
+            pose_config.num_labels = 17
+            torch.manual_seed(1)
+            VitPoseForPoseEstimation(pose_config).save_pretrained(out / "pose")
+        return folders["detector"], folders["pose"]
+
+    torch.manual_seed(0)
+    id2label = {i: name.replace("_", " ") for i, name in enumerate(COCO_LABELS)}
+    detector_config = RTDetrConfig(id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    RTDetrForObjectDetection(detector_config).eval().save_pretrained(out / "detector")
+    # the processor of PekingU/rtdetr_r50vd_coco_o365: 640 x 640 bilinear, rescale, no normalising or padding
+    RTDetrImageProcessor(
+        size={"height": 640, "width": 640}, do_normalize=False, do_pad=False
+    ).save_pretrained(out / "detector")
+    backbone = VitPoseBackboneConfig(num_experts=6, part_features=192, out_indices=[12])  # ViTPose++ base
+    pose_config = VitPoseConfig(backbone_config=backbone, use_simple_decoder=True, num_labels=17)
+    VitPoseForPoseEstimation(pose_config).eval().save_pretrained(out / "pose")
+    VitPoseImageProcessor().save_pretrained(out / "pose")  # 256 x 192, ImageNet mean/std
+    return str(out / "detector"), str(out / "pose")
+
+
+def batch_sizes(frames: int, batch_size: int) -> list[int]:
+    return [batch_size] * (frames // batch_size) + ([frames % batch_size] if frames % batch_size else [])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_bare(forward, inputs: list[torch.Tensor], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for pixel_values in inputs:
+        forward(pixel_values)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def time_stage(run, out: Path, device: torch.device) -> tuple[float, pd.DataFrame]:
+    sync(device)
+    start = time.perf_counter()
+    table, _ = run()
+    write_parquet(table, out)
+    sync(device)
+    return time.perf_counter() - start, table
+
+
+def compare(name: str, run_stage, bare_forward, inputs, frames: int, out: Path, device, repeats: int) -> dict:
+    time_stage(run_stage, out, device)  # warm-up: allocator, kernels, page cache
+    time_bare(bare_forward, inputs, device)
+    stage_times, bare_times = [], []
+    for _ in range(repeats):
+        stage_times.append(time_stage(run_stage, out, device)[0])
+        bare_times.append(time_bare(bare_forward, inputs, device))
+    stage_fps = frames / statistics.median(stage_times)
+    bare_fps = frames / statistics.median(bare_times)
+    return {
+        "stage": name,
+        "frames": frames,
+        "stage_fps": stage_fps,
+        "bare_fps": bare_fps,
+        "ratio": stage_fps / bare_fps,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer videos and repeats")
+    parser.add_argument("--checkpoint-size", choices=("tiny", "real"), default="tiny")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--person-label",
+        default="person",
+        help="class counted as person (random tiny weights never propose 'person'; e.g. 'sink' makes the "
+        "tiny detector's boxes reach the tracker)",
+    )
+    parser.add_argument("--track-activation-threshold", type=float, default=0.25)
+    parser.add_argument("--detect-batch-size", type=int, default=16)
+    parser.add_argument("--pose-batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--videos", type=int, default=None, help="override the number of videos")
+    parser.add_argument("--frames", type=int, default=None, help="override the frames per video")
+    args = parser.parse_args(argv)
+    num_videos, num_frames = (4, 48) if args.quick else (8, 96)
+    num_videos, num_frames = args.videos or num_videos, args.frames or num_frames
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 5)
+
+    with tempfile.TemporaryDirectory(prefix="bench-detect-pose-") as tmp:
+        tmp = Path(tmp)
+        index, annotations = write_videos(tmp / "videos", num_videos, num_frames)
+        extract_frames(
+            index,
+            tmp / "videos",
+            tmp / "frames",
+            stride=1,
+            clip_length=16,
+            videos_per_shard=64,
+            progress=False,
+        )
+        store = FrameStore(tmp / "frames")
+        frames = len(store.frames)
+        detector_dir, pose_dir = write_checkpoints(tmp / "checkpoints", args.checkpoint_size)
+
+        detect_cfg = DetectConfig(
+            source="model",
+            checkpoint=detector_dir,
+            score_threshold=args.score_threshold,
+            person_label=args.person_label,
+            track_activation_threshold=args.track_activation_threshold,
+            batch_size=args.detect_batch_size,
+            device=args.device,
+            precision=args.precision,
+        )
+        detector = PersonDetector.from_config(detect_cfg)
+        device = detector.device
+        size = tuple(detector.preprocess(store.read(store.video_ids[0])[1][:1]).shape[-2:])
+        detect_inputs = [
+            torch.randn(n, 3, *size, device=device).to(detector.dtype)
+            for n in batch_sizes(frames, detect_cfg.batch_size)
+        ]
+        detect_row = compare(
+            "detect",
+            lambda: run_detect(store, detect_cfg, None, progress=False, detector=detector),
+            detector.forward,
+            detect_inputs,
+            frames,
+            tmp / "out" / "tracks.parquet",
+            device,
+            repeats,
+        )
+        tracks, detect_metrics = run_detect(store, detect_cfg, None, progress=False, detector=detector)
+        del detect_inputs
+
+        pose_cfg = PoseConfig(
+            source="model",
+            checkpoint=pose_dir,
+            batch_size=args.pose_batch_size,
+            device=args.device,
+            precision=args.precision,
+        )
+        estimator = PoseEstimator.from_config(pose_cfg)
+        if annotations is not None:  # crops of the real people rather than of the random detector's boxes
+            tracks, _ = run_detect(store, DetectConfig(source="annotations"), annotations, progress=False)
+        crop = tuple(
+            estimator.preprocess(store.read(store.video_ids[0])[1][:1], np.array([[10, 20, 40, 100]])).shape[
+                -2:
+            ]
+        )
+        pose_inputs = [
+            torch.randn(n, 3, *crop, device=device).to(estimator.dtype)
+            for n in batch_sizes(frames, pose_cfg.batch_size)
+        ]
+        pose_row = compare(
+            "pose",
+            lambda: run_pose(store, tracks, pose_cfg, None, progress=False, estimator=estimator),
+            estimator.forward,
+            pose_inputs,
+            frames,
+            tmp / "out" / "keypoints.parquet",
+            device,
+            repeats,
+        )
+
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"checkpoints: {args.checkpoint_size}; device: {name}; precision: {args.precision}; "
+        f"{num_videos} videos x {num_frames} frames ({WIDTH}x{HEIGHT}); detector input {size[0]}x{size[1]}, "
+        f"pose crop {crop[0]}x{crop[1]}; batch {args.detect_batch_size} / {args.pose_batch_size}; "
+        f"median of {repeats}"
+    )
+    print(
+        f"detect: score_threshold {args.score_threshold}, person_label {args.person_label!r}, "
+        f"{detect_metrics['detections']} person boxes, "
+        f"{detect_metrics['tracks']} tracks, {detect_metrics['videos_fallback']} fallback videos"
+    )
+    print(f"{'stage':<8}{'frames':>8}{'stage fps':>12}{'bare fps':>12}{'ratio':>8}")
+    for row in (detect_row, pose_row):
+        flag = "" if row["ratio"] >= 0.8 else "  (below the 0.8 target)"
+        print(
+            f"{row['stage']:<8}{row['frames']:>8}{row['stage_fps']:>12.1f}{row['bare_fps']:>12.1f}"
+            f"{row['ratio']:>8.2f}{flag}"
+        )
+    return 0 if not math.isnan(detect_row["ratio"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,452 @@
+"""Detect stage: tracks schema, primary-track rule, gap filling, fallback, quality metrics, model path."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from transmodal.data.frames import FrameStore, extract_frames
+from transmodal.data.synth import VideoSpec, render_video, write_avi
+from transmodal.params import DetectConfig, ParamError
+from transmodal.vision.checkpoints import CheckpointError
+from transmodal.vision.detect import PersonDetector, run_detect
+from transmodal.vision.quality import box_iou, detection_quality
+from transmodal.vision.track import (
+    TRACK_COLUMNS,
+    TRACK_DTYPES,
+    fill_track,
+    finalize_video_tracks,
+    stitch_tracks,
+    track_video,
+)
+
+WIDTH, HEIGHT = 160, 120
+STRIDE = 2
+BOX = ["x1", "y1", "x2", "y2"]
+
+# ----------------------------------------------------------------------------------------------------------
+# Test videos from the synthetic renderer (exact ground truth in annotations.parquet's schema)
+
+SPECS = {
+    "solo": VideoSpec(subject=3, action="walking", scenario="d1", num_frames=24, seed=0),
+    "duo": VideoSpec(subject=1, action="boxing", scenario="d1", num_frames=24, seed=0, extra_people=1),
+    # the runner is out of view in frames 0-1 and 37-44: a leading and an interior gap at stride 2
+    "gap": VideoSpec(subject=2, action="running", scenario="d1", num_frames=64, seed=0),
+}
+GAP_ABSENT_KEPT = [0, 38, 40, 42, 44]
+EMPTY_FRAMES = 12  # "empty": grey noise, nobody in view
+
+
+def build_dataset(root: Path) -> tuple[FrameStore, pd.DataFrame]:
+    """Frame store (stride 2) of solo, duo, gap, empty and an unreadable file, and the ground truth."""
+    videos = root / "videos"
+    videos.mkdir(parents=True)
+    annotations = []
+    for name, spec in SPECS.items():
+        frames, rows = render_video(spec)
+        write_avi(frames, videos / f"{name}.avi")
+        annotations.append(rows.assign(video_id=name))
+    noise = np.random.default_rng(0).integers(60, 120, size=(EMPTY_FRAMES, HEIGHT, WIDTH), dtype=np.uint8)
+    write_avi(noise, videos / "empty.avi")
+    (videos / "broken.avi").write_bytes(b"")
+    names = [*SPECS, "empty", "broken"]
+    index = pd.DataFrame({"video_id": names, "path": [f"{name}.avi" for name in names]})
+    extract_frames(
+        index, videos, root / "frames", stride=STRIDE, clip_length=4, videos_per_shard=2, progress=False
+    )
+    return FrameStore(root / "frames"), pd.concat(annotations, ignore_index=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's waiting threads made them
+    10-40x slower (measured); one thread keeps these tests fast and steady. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[FrameStore, pd.DataFrame]:
+    return build_dataset(tmp_path_factory.mktemp("dataset"))
+
+
+@pytest.fixture(scope="module")
+def gt_tracks(dataset) -> tuple[pd.DataFrame, dict]:
+    store, annotations = dataset
+    return run_detect(store, DetectConfig(source="annotations"), annotations, progress=False)
+
+
+def truth_box(annotations: pd.DataFrame, video_id: str, frame_idx: int, person: int = 0) -> np.ndarray:
+    row = annotations[
+        (annotations["video_id"] == video_id)
+        & (annotations["frame_idx"] == frame_idx)
+        & (annotations["person"] == person)
+    ]
+    assert len(row) == 1, (video_id, frame_idx, person)
+    return row[BOX].to_numpy(np.float64)[0]
+
+
+def assert_tracks_contract(tracks: pd.DataFrame, store: FrameStore) -> None:
+    """Columns, dtypes, one primary row per kept frame of every stored video, boxes inside the frame."""
+    assert list(tracks.columns) == TRACK_COLUMNS
+    for name, dtype in TRACK_DTYPES.items():
+        if dtype is str:
+            assert tracks[name].map(type).eq(str).all(), name
+        else:
+            assert tracks[name].dtype == np.dtype(dtype), (name, tracks[name].dtype)
+    primary = tracks[tracks["is_primary"]]
+    expected = store.frames[["video_id", "frame_idx"]].astype({"frame_idx": np.int64})
+    got = primary[["video_id", "frame_idx"]].astype({"frame_idx": np.int64})
+    assert not got.duplicated().any()
+    pd.testing.assert_frame_equal(
+        got.sort_values(["video_id", "frame_idx"], ignore_index=True),
+        expected.sort_values(["video_id", "frame_idx"], ignore_index=True),
+    )
+    assert (primary.groupby("video_id")["track_id"].nunique() == 1).all()
+    sizes = store.frames.drop_duplicates("video_id").set_index("video_id")
+    width = tracks["video_id"].map(sizes["width"])
+    height = tracks["video_id"].map(sizes["height"])
+    assert (tracks["x1"] >= 0).all() and (tracks["y1"] >= 0).all()
+    assert (tracks["x2"] <= width).all() and (tracks["y2"] <= height).all()
+    assert (tracks["x2"] >= tracks["x1"]).all() and (tracks["y2"] >= tracks["y1"]).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Annotation path
+
+
+def test_annotation_tracks_follow_the_contract_and_score_perfectly(dataset, gt_tracks):
+    store, _ = dataset
+    tracks, metrics = gt_tracks
+    assert_tracks_contract(tracks, store)
+    assert metrics["recall"] == 1.0 and metrics["precision"] == 1.0
+    assert metrics["primary_coverage"] == 1.0 and metrics["identity_switches"] == 0
+    # kept frames with the actor in view: solo 12, duo 12, gap 32 - 5
+    assert metrics["actor_frames"] == 12 + 12 + 27
+    assert metrics["gt_boxes"] == 12 + 2 * 12 + 27  # duo has the bystander in every frame
+    assert metrics["videos"] == 4 and metrics["videos_without_frames"] == 1
+    assert metrics["videos_fallback"] == 1 and metrics["fallback_examples"] == ["empty"]
+    assert metrics["frames"] == 12 + 12 + 32 + 6
+    json.dumps(metrics)  # serialisable as metrics/detect.json
+
+
+def test_two_person_video_keeps_the_actor_as_primary(dataset, gt_tracks):
+    _, annotations = dataset
+    tracks, _ = gt_tracks
+    duo = tracks[tracks["video_id"] == "duo"]
+    primary = duo[duo["is_primary"]]
+    # both people are in view in all 12 kept frames: a tie, and the actor has the lower id
+    assert set(primary["track_id"]) == {0} and len(primary) == 12
+    for frame_idx, box in zip(primary["frame_idx"], primary[BOX].to_numpy(), strict=True):
+        np.testing.assert_array_equal(box, truth_box(annotations, "duo", frame_idx).astype(np.float32))
+    other = duo[~duo["is_primary"]]
+    assert set(other["track_id"]) == {1} and len(other) == 12 and not other["interpolated"].any()
+
+
+def test_annotation_gaps_are_filled_exactly(dataset, gt_tracks):
+    _, annotations = dataset
+    tracks, _ = gt_tracks
+    gap = tracks[(tracks["video_id"] == "gap") & tracks["is_primary"]].set_index("frame_idx")
+    kept = np.arange(0, 64, STRIDE)
+    assert gap.index.tolist() == kept.tolist()
+    assert gap["interpolated"].tolist() == [f in GAP_ABSENT_KEPT for f in kept]
+    assert (gap.loc[GAP_ABSENT_KEPT, "score"] == 0).all() and (gap.loc[gap["score"] > 0, "score"] == 1).all()
+    # leading gap (frame 0): the first box (frame 2) held
+    np.testing.assert_allclose(gap.loc[0, BOX].to_numpy(float), truth_box(annotations, "gap", 2), rtol=1e-6)
+    # interior gap: linear in frame number between frames 36 and 46
+    before, after = truth_box(annotations, "gap", 36), truth_box(annotations, "gap", 46)
+    for frame_idx in (38, 40, 42, 44):
+        expected = before + (after - before) * (frame_idx - 36) / 10
+        np.testing.assert_allclose(gap.loc[frame_idx, BOX].to_numpy(float), expected, rtol=1e-6)
+
+
+def test_video_without_people_gets_a_flagged_full_frame_box(gt_tracks):
+    tracks, metrics = gt_tracks
+    empty = tracks[tracks["video_id"] == "empty"]
+    assert len(empty) == 6 and empty["fallback"].all() and empty["is_primary"].all()
+    assert (empty["track_id"] == -1).all() and not empty["interpolated"].any()
+    np.testing.assert_array_equal(empty[BOX].to_numpy(), [[0, 0, WIDTH, HEIGHT]] * 6)
+    assert not tracks.loc[tracks["video_id"] != "empty", "fallback"].any()
+    assert metrics["videos_fallback"] == 1
+
+
+def test_annotation_source_without_annotations_is_a_param_error(dataset):
+    store, _ = dataset
+    with pytest.raises(ParamError, match="detect.source"):
+        run_detect(store, DetectConfig(source="annotations"), None, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Primary rule, gap filling and the tracker
+
+
+def test_gap_filling_values_are_exact():
+    track = pd.DataFrame(
+        {
+            "frame_idx": [4, 6, 12],
+            "track_id": 3,
+            "x1": [10.0, 20.0, 50.0],
+            "y1": [5.0, 5.0, 11.0],
+            "x2": [30.0, 40.0, 70.0],
+            "y2": [60.0, 60.0, 90.0],
+            "score": [0.9, 0.8, 0.7],
+        }
+    )
+    kept = np.arange(0, 18, 2)  # 0 2 | 4 6 | 8 10 | 12 | 14 16
+    table, used_fallback = finalize_video_tracks("v", track, kept, WIDTH, HEIGHT)
+    assert not used_fallback
+    boxes = table[["x1", "y1", "x2", "y2"]].to_numpy()
+    np.testing.assert_allclose(boxes[:2], [[10, 5, 30, 60]] * 2)  # leading: first box held
+    np.testing.assert_allclose(boxes[4], [30, 7, 50, 70])  # frame 8: 1/3 of the way from 6 to 12
+    np.testing.assert_allclose(boxes[5], [40, 9, 60, 80])  # frame 10: 2/3 of the way
+    np.testing.assert_allclose(boxes[7:], [[50, 11, 70, 90]] * 2)  # trailing: last box held
+    assert table["interpolated"].tolist() == [True, True, False, False, True, True, False, True, True]
+    np.testing.assert_allclose(table["score"], [0, 0, 0.9, 0.8, 0, 0, 0.7, 0, 0], rtol=1e-6)
+    # fill_track alone, uneven spacing: frame 5 between frames 4 (x 0) and 8 (x 8) -> x 2
+    filled, is_filled = fill_track(np.array([4, 8]), np.array([[0.0, 0, 1, 1], [8, 0, 9, 1]]), np.array([5]))
+    np.testing.assert_allclose(filled, [[2, 0, 3, 1]]) and is_filled.tolist() == [True]
+
+
+def test_primary_rule_is_frames_times_mean_score_ties_to_lower_id():
+    def rows(track_id, n, score):
+        return pd.DataFrame(
+            {
+                "frame_idx": np.arange(n) * 2,
+                "track_id": track_id,
+                "x1": 0.0,
+                "y1": 0.0,
+                "x2": 10.0,
+                "y2": 10.0,
+                "score": score,
+            }
+        )
+
+    kept = np.arange(0, 40, 2)
+    # 10 frames x 0.9 = 9.0 beats 12 frames x 0.7 = 8.4: confidence can outweigh length
+    table, _ = finalize_video_tracks(
+        "v", pd.concat([rows(5, 12, 0.7), rows(7, 10, 0.9)]), kept, WIDTH, HEIGHT
+    )
+    assert set(table.loc[table["is_primary"], "track_id"]) == {7}
+    # 10 x 0.6 == 12 x 0.5: a tie goes to the lower track_id
+    table, _ = finalize_video_tracks(
+        "v", pd.concat([rows(9, 10, 0.6), rows(4, 12, 0.5)]), kept, WIDTH, HEIGHT
+    )
+    assert set(table.loc[table["is_primary"], "track_id"]) == {4}
+
+
+def test_bytetrack_on_ground_truth_boxes_keeps_the_actor(dataset):
+    store, annotations = dataset
+    cfg = DetectConfig(source="model", minimum_consecutive_frames=1)
+    kept = np.arange(0, 24, STRIDE)
+    duo = annotations[annotations["video_id"] == "duo"]
+    boxes, scores = [], []
+    for frame_idx in kept:
+        rows = duo[duo["frame_idx"] == frame_idx].sort_values("person", ascending=False)  # actor listed last
+        boxes.append(rows[["x1", "y1", "x2", "y2"]].to_numpy(np.float32))
+        scores.append(np.where(rows["person"] == 0, 0.9, 0.8).astype(np.float32))
+    detected = track_video(boxes, scores, kept, cfg, frame_rate=12.5)
+    assert detected["track_id"].nunique() == 2
+    # ByteTrack withholds a new track's id in its first frame; that box is given back to the track
+    assert len(detected) == sum(len(s) for s in scores)
+    table, _ = finalize_video_tracks("duo", detected, kept, WIDTH, HEIGHT)
+    table["video_id"] = "duo"
+    quality = detection_quality(table, duo, store.frames[store.frames["video_id"] == "duo"])
+    assert quality["primary_coverage"] == 1.0 and quality["identity_switches"] == 0
+    assert quality["recall"] == 1.0 and quality["precision"] == 1.0
+    primary = table[table["is_primary"]]
+    assert not primary["interpolated"].any() and (primary["score"] == np.float32(0.9)).all()
+
+
+def test_tracker_drops_the_unconfirmed_and_fills_a_missed_detection():
+    cfg = DetectConfig(source="model", minimum_consecutive_frames=1)
+    kept = np.arange(0, 20, 2)
+    boxes = [np.array([[10.0 + t, 20, 40 + t, 100]], np.float32) for t in range(10)]
+    scores = [np.array([0.9], np.float32) for _ in range(10)]
+    boxes[5], scores[5] = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)  # missed in frame 10
+    # a one-frame false positive in frame 14
+    boxes[7] = np.concatenate([boxes[7], [[120, 10, 150, 50]]]).astype(np.float32)
+    scores[7] = np.array([0.9, 0.95], np.float32)
+    detected = track_video(boxes, scores, kept, cfg, frame_rate=12.5)
+    assert detected["track_id"].nunique() == 1 and len(detected) == 9  # the false positive never confirmed
+    table, _ = finalize_video_tracks("v", detected, kept, WIDTH, HEIGHT)
+    row = table.set_index("frame_idx").loc[10]
+    assert row["interpolated"] and row["score"] == 0.0
+    np.testing.assert_allclose(row[["x1", "y1", "x2", "y2"]].to_numpy(float), [15, 20, 45, 100])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Quality metrics, perturbed by hand
+
+
+def test_detection_quality_drops_by_the_hand_computed_amount(dataset, gt_tracks):
+    store, annotations = dataset
+    tracks, _ = gt_tracks
+    perturbed = tracks.copy()
+    # move the actor's box in 3 solo frames right by its own width: IoU 0 -> 3 misses, 3 false positives
+    shifted = (
+        (perturbed["video_id"] == "solo") & perturbed["is_primary"] & perturbed["frame_idx"].isin([0, 2, 4])
+    )
+    width = perturbed.loc[shifted, "x2"] - perturbed.loc[shifted, "x1"]
+    perturbed.loc[shifted, "x1"] += width
+    perturbed.loc[shifted, "x2"] += width
+    # drop the bystander's box in 2 duo frames: 2 more misses
+    dropped = (
+        (perturbed["video_id"] == "duo") & (perturbed["track_id"] == 1) & perturbed["frame_idx"].isin([4, 6])
+    )
+    perturbed = perturbed[~dropped]
+    quality = detection_quality(perturbed, annotations, store.frames)
+    gt_boxes, actor_frames = 12 + 2 * 12 + 27, 12 + 12 + 27
+    assert quality["gt_boxes"] == gt_boxes and quality["detected_boxes"] == gt_boxes - 2
+    assert quality["recall"] == pytest.approx((gt_boxes - 5) / gt_boxes)
+    assert quality["precision"] == pytest.approx((gt_boxes - 5) / (gt_boxes - 2))
+    assert quality["primary_coverage"] == pytest.approx((actor_frames - 3) / actor_frames)
+    assert quality["identity_switches"] == 0
+
+
+def test_identity_switches_count_changes_of_the_overlapped_person(dataset, gt_tracks):
+    store, annotations = dataset
+    tracks, _ = gt_tracks
+    switched = tracks.copy()
+    duo_primary = (switched["video_id"] == "duo") & switched["is_primary"]
+    # the primary box jumps onto the bystander at frames 6 and 8, then back: 0 -> 1 -> 0 = 2 switches
+    for frame_idx in (6, 8):
+        rows = duo_primary & (switched["frame_idx"] == frame_idx)
+        switched.loc[rows, BOX] = truth_box(annotations, "duo", frame_idx, person=1)
+    quality = detection_quality(switched, annotations, store.frames)
+    assert quality["identity_switches"] == 2 and quality["videos_with_identity_switches"] == 1
+    assert quality["primary_coverage"] == pytest.approx(49 / 51)
+    assert box_iou(np.array([0, 0, 2, 2]), np.array([[1, 0, 3, 2], [5, 5, 6, 6]])).tolist() == [[1 / 3, 0.0]]
+
+
+def test_stitching_joins_the_crossings_of_one_person():
+    def track(track_id, frames, x0, score=0.9):
+        frames = np.asarray(frames)
+        return pd.DataFrame(
+            {
+                "frame_idx": frames,
+                "track_id": track_id,
+                "x1": x0 + frames,
+                "y1": 20.0,
+                "x2": x0 + 30 + frames,
+                "y2": 100.0,
+                "score": score,
+            }
+        )
+
+    kept = np.arange(0, 40, 2)
+    detected = pd.concat(
+        [
+            track(0, range(0, 14, 2), 0.0),  # first crossing, frames 0-12
+            track(1, range(20, 40, 2), 100.0),  # the same person coming back, frames 20-38 (the best track)
+            track(
+                2, range(10, 24, 2), 60.0, score=0.5
+            ),  # a bystander overlapping both in time: never stitched
+        ],
+        ignore_index=True,
+    )
+    assert stitch_tracks(detected, primary_id=1) == [1, 0]
+    plain, _ = finalize_video_tracks("v", detected, kept, WIDTH, HEIGHT)
+    stitched, _ = finalize_video_tracks("v", detected, kept, WIDTH, HEIGHT, stitch=True)
+    assert set(plain.loc[plain["is_primary"], "track_id"]) == {1}
+    primary = stitched[stitched["is_primary"]].set_index("frame_idx")
+    assert len(primary) == 20 and primary.loc[range(0, 14, 2), "track_id"].eq(0).all()
+    assert not primary.loc[range(0, 14, 2), "interpolated"].any()
+    # frames 14-18 lie between the crossings: interpolated, and counted under the track before them
+    assert (
+        primary.loc[[14, 16, 18], "interpolated"].all() and primary.loc[[14, 16, 18], "track_id"].eq(0).all()
+    )
+    np.testing.assert_allclose(primary.loc[16, "x1"], 12 + (120 - 12) * (16 - 12) / 8)
+    assert set(stitched.loc[~stitched["is_primary"], "track_id"]) == {2}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model path on the tiny random RT-DETR
+
+
+def tiny_detector_favourite_label(cfg: DetectConfig, store: FrameStore) -> str:
+    detector = PersonDetector.from_config(cfg)
+    _, frames = store.read("duo")
+    logits = detector.forward(detector.preprocess(frames)).logits  # (T, Q, C)
+    return detector.model.config.id2label[int(logits.amax(dim=(0, 1)).argmax())]
+
+
+def test_model_path_end_to_end_on_tiny_checkpoint(dataset, tiny_checkpoints):
+    store, annotations = dataset
+    cfg = DetectConfig(
+        source="model",
+        checkpoint=tiny_checkpoints["detector"],
+        score_threshold=0.0,
+        track_activation_threshold=0.0,
+        batch_size=5,
+        device="cpu",
+    )
+    # Random weights score ~0.01 and favour one class: zero thresholds and that class as "person" let boxes
+    # through and start tracks, so tracking, filling and scoring all run.
+    cfg = DetectConfig(**{**cfg.__dict__, "person_label": tiny_detector_favourite_label(cfg, store)})
+    tracks, metrics = run_detect(store, cfg, annotations, progress=False)
+    assert_tracks_contract(tracks, store)
+    assert metrics["detections"] > 0 and metrics["device"] == "cpu" and metrics["dtype"] == "float32"
+    assert (
+        metrics["tracks"] > 0 and metrics["primary_frames_detected"] > 0 and metrics["videos_fallback"] == 0
+    )
+    assert metrics["frames"] == 62 and metrics["videos_without_frames"] == 1
+    for key in ("recall", "precision", "primary_coverage", "identity_switches", "gt_boxes", "detected_boxes"):
+        assert key in metrics
+    assert 0.0 <= metrics["recall"] <= 1.0
+    json.dumps(metrics)
+    # batching must not change the result (batches span videos)
+    tracks_one, _ = run_detect(
+        store, DetectConfig(**{**cfg.__dict__, "batch_size": 64}), None, progress=False
+    )
+    pd.testing.assert_frame_equal(tracks, tracks_one)
+
+
+def test_detector_preprocessing_matches_the_checkpoints_processor(dataset, tiny_checkpoints):
+    store, _ = dataset
+    detector = PersonDetector.from_config(
+        DetectConfig(source="model", checkpoint=tiny_checkpoints["detector"], device="cpu")
+    )
+    _, frames = store.read("duo")
+    expected = detector.processor(images=list(frames), return_tensors="pt")["pixel_values"]
+    got = detector.preprocess(frames)
+    assert got.shape == expected.shape
+    assert (
+        float((got - expected).abs().max()) <= 1 / 255 + 1e-6
+    )  # PIL and torch differ by uint8 rounding only
+
+
+def test_no_detections_fall_back_to_the_full_frame(dataset, tiny_checkpoints):
+    store, _ = dataset
+    cfg = DetectConfig(
+        source="model", checkpoint=tiny_checkpoints["detector"], score_threshold=1.0, device="cpu"
+    )
+    tracks, metrics = run_detect(store, cfg, None, progress=False)
+    assert tracks["fallback"].all() and metrics["videos_fallback"] == 4 and metrics["detections"] == 0
+    assert "recall" not in metrics and "primary_coverage" not in metrics  # no ground truth given
+
+
+def test_missing_checkpoint_names_the_param(dataset, monkeypatch):
+    store, _ = dataset
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = DetectConfig(source="model", checkpoint="no-such-org/no-such-detector", device="cpu")
+    with pytest.raises(CheckpointError, match="detect.checkpoint") as error:
+        run_detect(store, cfg, None, progress=False)
+    assert "no-such-org/no-such-detector" in str(error.value) and "\n" not in str(error.value)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_unknown_person_label_names_the_param(dataset, tiny_checkpoints):
+    store, _ = dataset
+    cfg = DetectConfig(
+        source="model", checkpoint=tiny_checkpoints["detector"], person_label="pedestrian", device="cpu"
+    )
+    with pytest.raises(ParamError, match="detect.person_label"):
+        run_detect(store, cfg, None, progress=False)

@@ -1,0 +1,458 @@
+"""Features stage: clip sampling, person-centric crops, normalisation, frozen VideoMAE grids, the cache."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from transmodal.data.coco import COCO_JOINTS, NUM_JOINTS
+from transmodal.data.frames import FrameStore, extract_frames
+from transmodal.features.backbone import FrozenBackbone, processor_class
+from transmodal.features.clips import clip_positions, make_clips, skipped_videos, spread
+from transmodal.features.crops import PixelNormalizer, align_pose, crop_frames, square_crop_box
+from transmodal.features.store import CROP_COLUMNS, FeatureStore, ShardWriter, build_features, shard_name
+from transmodal.params import BackboneConfig, ClipsConfig, ParamError
+from transmodal.vision.checkpoints import load_processor
+from transmodal.vision.tiny import write_backbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WIDTH, HEIGHT = 160, 120
+STRIDE, LENGTH = 2, 16
+NOSE, LEFT_WRIST, RIGHT_ANKLE = (COCO_JOINTS.index(name) for name in ("nose", "left_wrist", "right_ankle"))
+
+# video_id -> (frames in the file, split, KTH-style 1-based sequences); "broken" is a zero-byte file.
+VIDEOS = {
+    "walker_train": (60, "train", [[1, 20], [25, 60]]),
+    "walker_test": (80, "test", []),
+    "walker_short": (20, "val", []),
+    "broken": (0, "train", []),
+}
+
+
+def person_box(frame: int) -> tuple[float, float, float, float]:
+    """Ground-truth box of the moving 'person' at an original 0-based frame number."""
+    return 40.0 + frame, 20.0 + frame // 4, 70.0 + frame, 100.0 + frame // 4
+
+
+def joint_xy(frame: int) -> np.ndarray:
+    """(J, 2) ground-truth joints: joint j on the box diagonal at (j + 1) / 18 of the way."""
+    x1, y1, x2, y2 = person_box(frame)
+    steps = (np.arange(NUM_JOINTS) + 1) / 18
+    return np.stack([x1 + steps * (x2 - x1), y1 + steps * (y2 - y1)], axis=1)
+
+
+def write_video(path: Path, num_frames: int) -> None:
+    if num_frames == 0:
+        path.write_bytes(b"")
+        return
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (WIDTH, HEIGHT))
+    for frame in range(num_frames):
+        image = np.full((HEIGHT, WIDTH, 3), 90, np.uint8)
+        x1, y1, x2, y2 = (int(v) for v in person_box(frame))
+        cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), (30, 200, 240), thickness=-1)
+        writer.write(image)
+    writer.release()
+
+
+def tracks_and_keypoints(frame_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Primary track = the ground-truth boxes; a bystander track (not primary) covers the whole frame.
+
+    Keypoints: every joint present (score 0.9) except the left wrist on frames divisible by 6 (NaN, score 0)
+    and the right ankle on frames divisible by 8 (NaN x with a positive score: still missing).
+    """
+    track_rows, keypoint_rows = [], []
+    for video_id, frame in zip(frame_table["video_id"], frame_table["frame_idx"], strict=True):
+        frame = int(frame)
+        x1, y1, x2, y2 = person_box(frame)
+        common = {"video_id": video_id, "frame_idx": np.int32(frame), "score": 0.9, "interpolated": False}
+        track_rows.append(
+            common | {"track_id": 1, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "is_primary": True}
+        )
+        track_rows.append(
+            common | {"track_id": 2, "x1": 0.0, "y1": 0.0, "x2": 160.0, "y2": 120.0, "is_primary": False}
+        )
+        xy = joint_xy(frame)
+        score = np.full(NUM_JOINTS, 0.9)
+        if frame % 6 == 0:
+            xy[LEFT_WRIST] = np.nan
+            score[LEFT_WRIST] = 0.0
+        if frame % 8 == 0:
+            xy[RIGHT_ANKLE, 0] = np.nan
+        row = {"video_id": video_id, "frame_idx": np.int32(frame)}
+        for j, name in enumerate(COCO_JOINTS):
+            row |= {f"{name}_x": xy[j, 0], f"{name}_y": xy[j, 1], f"{name}_score": score[j]}
+        keypoint_rows.append(row)
+    tracks = pd.DataFrame(track_rows).astype({c: np.float32 for c in ("x1", "y1", "x2", "y2", "score")})
+    tracks["fallback"] = False
+    return tracks, pd.DataFrame(keypoint_rows)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    """Tiny videos -> frames store, tracks, keypoints, index and a tiny VideoMAE checkpoint."""
+    root = tmp_path_factory.mktemp("features")
+    (root / "videos").mkdir()
+    rows = []
+    for n, (video_id, (num_frames, split, sequences)) in enumerate(VIDEOS.items()):
+        write_video(root / "videos" / f"{video_id}.avi", num_frames)
+        rows.append(
+            {
+                "video_id": video_id,
+                "path": f"videos/{video_id}.avi",
+                "label": "walking",
+                "label_idx": 5,
+                "group": n,
+                "scenario": "d1",
+                "split": split,
+                "sequences": sequences,
+            }
+        )
+    index = pd.DataFrame(rows)
+    extract_frames(
+        index, root, root / "frames", stride=STRIDE, clip_length=LENGTH, videos_per_shard=2, progress=False
+    )
+    store = FrameStore(root / "frames")
+    tracks, keypoints = tracks_and_keypoints(store.frames)
+    write_backbone(root / "backbone", seed=2)
+    return {
+        "root": root,
+        "index": index,
+        "store": store,
+        "tracks": tracks,
+        "keypoints": keypoints,
+        "checkpoint": str(root / "backbone"),
+        "clips_cfg": ClipsConfig(length=LENGTH, per_video_train=4, per_video_test=2, crop_margin=0.1),
+    }
+
+
+def backbone_cfg(world: dict, **overrides) -> BackboneConfig:
+    settings = {"checkpoint": world["checkpoint"], "batch_size": 4, "device": "cpu", "clips_per_shard": 4}
+    return BackboneConfig(**(settings | overrides))
+
+
+def build(world: dict, name: str) -> tuple[dict, Path, Path]:
+    features_dir, clips_path = world["root"] / name / "features", world["root"] / name / "clips.parquet"
+    summary = build_features(
+        world["index"],
+        world["store"],
+        world["tracks"],
+        world["keypoints"],
+        world["clips_cfg"],
+        backbone_cfg(world),
+        features_dir,
+        clips_path,
+        progress=False,
+    )
+    return summary, features_dir, clips_path
+
+
+@pytest.fixture(scope="module")
+def built(world) -> dict:
+    summary, features_dir, clips_path = build(world, "first")
+    return {
+        "summary": summary,
+        "dir": features_dir,
+        "clips": clips_path,
+        "store": FeatureStore(features_dir, clips_path),
+    }
+
+
+# --- clip sampling -------------------------------------------------------------------------------------------
+
+
+def test_spread_is_even_distinct_and_central():
+    assert spread(25, 2).tolist() == [6, 18]
+    assert spread(3, 4).tolist() == [0, 1, 2]  # fewer starts than asked: all of them, once
+    assert spread(9, 1).tolist() == [4]  # one clip: the middle window
+    picked = spread(1000, 7)
+    assert len(set(picked.tolist())) == 7 and picked.min() >= 0 and picked.max() < 1000
+
+
+def test_clip_positions_stay_inside_one_sequence():
+    frame_idx = np.arange(0, 400, 2)  # kept frames of a 400-frame video at stride 2
+    sequences = [(1, 95), (96, 185), (186, 245), (246, 360)]  # person01_boxing_d1 of KTH's 00sequences.txt
+    clips = clip_positions(frame_idx, sequences, LENGTH, count=4)
+    assert len(clips) == 4
+    for positions, padded in clips:
+        numbers = frame_idx[positions] + 1  # 1-based, as in the sequence file
+        assert not padded and np.all(np.diff(positions) == 1)
+        assert any(np.all((numbers >= s) & (numbers <= e)) for s, e in sequences), numbers
+    # No sequence holds 16 kept frames (KTH running clips are this short): the longest one, padded.
+    (positions, padded), *rest = clip_positions(frame_idx, [(1, 20), (41, 70), (101, 110)], LENGTH, count=4)
+    assert padded and not rest
+    assert (frame_idx[positions] + 1).tolist() == list(range(41, 70, 2)) + [69]
+
+
+def test_make_clips_sampling(world):
+    store = world["store"]
+    clips = make_clips(world["index"], store.videos, store.frames, world["clips_cfg"])
+    assert skipped_videos(world["index"], store.videos) == ["broken"]
+    assert "broken" not in set(clips["video_id"])
+    assert clips["clip_id"].is_unique
+    by_video = {v: group for v, group in clips.groupby("video_id")}
+
+    # Train: only the second sequence (frames 25-60, 1-based) holds 16 kept frames: 3 windows, 3 clips (not 4).
+    train = by_video["walker_train"]
+    assert train["clip_id"].tolist() == ["walker_train#0", "walker_train#1", "walker_train#2"]
+    assert [f[0] for f in train["frame_idx"]] == [24, 26, 28]
+    for frames in train["frame_idx"]:
+        assert len(frames) == LENGTH and np.all(np.diff(frames) == STRIDE)
+        assert frames.min() + 1 >= 25 and frames.max() + 1 <= 60
+
+    # Test: no sequences, 40 kept frames -> 25 windows; 2 clips at the centres of two equal bins.
+    test = by_video["walker_test"]
+    assert [f[0] for f in test["frame_idx"]] == [6 * STRIDE, 18 * STRIDE]
+    assert not test["padded"].any() and set(test["split"]) == {"test"}
+
+    # Short: 10 kept frames -> one clip, the last kept frame repeated.
+    (short,) = by_video["walker_short"]["frame_idx"]
+    assert by_video["walker_short"]["padded"].tolist() == [True]
+    assert short.tolist() == list(range(0, 20, 2)) + [18] * 6
+    assert not by_video["walker_train"]["padded"].any()
+
+
+# --- crops ---------------------------------------------------------------------------------------------------
+
+
+def test_square_crop_box_geometry():
+    # Union (40, 30, 70, 80): larger side 50, +10% each side -> 60, centred on (55, 55).
+    boxes = np.array([[40, 30, 60, 70], [50, 35, 70, 80], [np.nan] * 4])
+    assert square_crop_box(boxes, WIDTH, HEIGHT, 0.1) == (25, 25, 85, 85)
+    # Near the left edge: shifted right to stay inside the frame, size kept.
+    assert square_crop_box(np.array([[0, 10, 20, 50]]), WIDTH, HEIGHT, 0.1) == (0, 6, 48, 54)
+    # Taller than the frame after the margin: side 143 > 120, so it covers the frame's height, near the person.
+    assert square_crop_box(np.array([[60, 5, 100, 115]]), WIDTH, HEIGHT, 0.15) == (9, -11, 152, 132)
+    # Whole-frame union or no box at all: capped at the frame's larger side, centred vertically.
+    assert square_crop_box(np.array([[0, 0, 160, 120]]), WIDTH, HEIGHT, 0.15) == (0, -20, 160, 140)
+    assert square_crop_box(np.full((3, 4), np.nan), WIDTH, HEIGHT, 0.15) == (0, -20, 160, 140)
+
+
+def test_crop_frames_cuts_resizes_and_pads_black():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(1, 256, (3, HEIGHT, WIDTH, 3), dtype=np.uint8)  # no zero pixel inside the frame
+    inside = crop_frames(frames, (25, 25, 85, 85), 60)
+    assert np.array_equal(inside, frames[:, 25:85, 25:85])
+    chosen = crop_frames(frames, (25, 25, 85, 85), 60, positions=[2, 0, 0])  # a padded clip repeats frames
+    assert np.array_equal(chosen, frames[[2, 0, 0], 25:85, 25:85])
+    shrunk = crop_frames(frames, (25, 25, 85, 85), 30)
+    assert np.array_equal(
+        shrunk[1], cv2.resize(frames[1, 25:85, 25:85], (30, 30), interpolation=cv2.INTER_AREA)
+    )
+    padded = crop_frames(frames, (9, -11, 152, 132), 143)
+    assert np.all(padded[:, :11] == 0) and np.all(padded[:, 11 + HEIGHT :] == 0)  # black above and below
+    assert np.array_equal(padded[:, 11 : 11 + HEIGHT], frames[:, :, 9:152])
+
+
+def test_normalisation_matches_the_checkpoints_processor(world):
+    processor = load_processor(processor_class(), world["checkpoint"], "backbone.checkpoint")
+    normalizer = PixelNormalizer.from_processor(processor)
+    assert normalizer.image_mean == pytest.approx(IMAGENET_MEAN) and normalizer.image_std == pytest.approx(
+        IMAGENET_STD
+    )
+    assert normalizer.image_mean != pytest.approx((0.5, 0.5, 0.5))  # not a default-constructed processor
+    crops = np.random.default_rng(1).integers(0, 256, (2, LENGTH, 64, 64, 3), dtype=np.uint8)
+    expected = processor([list(video) for video in crops], return_tensors="pt")[
+        "pixel_values"
+    ]  # (B, T, 3, S, S)
+    mine = normalizer(crops)
+    assert mine.shape == expected.shape == (2, LENGTH, 3, 64, 64)
+    torch.testing.assert_close(mine, expected.float(), atol=1e-5, rtol=0)
+
+
+def test_align_pose_normalises_to_the_crop_and_masks_missing():
+    xy = np.array([[[40.0, 50.0], [np.nan, 60.0], [100.0, 140.0]]])  # (T=1, J=3, 2)
+    score = np.array([[0.8, 0.7, 0.0]])
+    unit, kept_score, mask = align_pose(xy, score, (20, 30, 120, 130))
+    assert mask.tolist() == [[True, False, False]]
+    np.testing.assert_allclose(unit[0, 0], [0.2, 0.2])
+    assert np.all(unit[0, 1:] == 0) and kept_score[0].tolist() == pytest.approx([0.8, 0.0, 0.0])
+
+
+# --- backbone ------------------------------------------------------------------------------------------------
+
+
+def test_backbone_grid_is_time_major_and_matches_config(world):
+    backbone = FrozenBackbone(backbone_cfg(world), LENGTH)
+    config = backbone.model.config
+    grid = (config.num_frames // config.tubelet_size, (config.image_size // config.patch_size) ** 2)
+    assert backbone.grid == grid == (8, 16) and backbone.hidden_size == config.hidden_size == 64
+    crops = np.random.default_rng(2).integers(0, 256, (2, LENGTH, 64, 64, 3), dtype=np.uint8)
+    tokens = backbone.encode(crops)
+    assert tokens.shape == (2, *grid, 64) and tokens.dtype == torch.float16
+    with torch.inference_mode():
+        hidden = backbone.model(pixel_values=backbone.pixel_values(crops)).last_hidden_state  # (B, G * P, D)
+    assert torch.equal(tokens, hidden.reshape(2, *grid, 64).half())  # group-major rows, no transpose
+    # Time-major: changing only the first tubelet (frames 0-1) changes only group 0 of the patch embeddings.
+    captured = []
+    hook = backbone.model.embeddings.register_forward_hook(lambda module, args, out: captured.append(out))
+    changed = crops.copy()
+    changed[:, :2] = 255 - changed[:, :2]
+    backbone.encode(crops), backbone.encode(changed)
+    hook.remove()
+    delta = (captured[1] - captured[0]).abs().reshape(2, *grid, 64).amax(dim=(0, 2, 3))  # (G,)
+    assert delta[0] > 0 and torch.all(delta[1:] == 0)
+
+
+def test_clip_length_must_match_the_checkpoint(world):
+    with pytest.raises(ParamError, match=r"clips\.length is 8.*num_frames=16"):
+        FrozenBackbone(backbone_cfg(world), 8)
+
+
+# --- the stage and its cache ---------------------------------------------------------------------------------
+
+
+def test_build_features_summary_and_layout(built):
+    summary, store = built["summary"], built["store"]
+    assert summary["clips"] == 6 and summary["clips_per_split"] == {"train": 3, "val": 1, "test": 2}
+    assert (
+        summary["padded_clips"] == 1 and summary["skipped_videos"] == 1 and summary["skipped"] == ["broken"]
+    )
+    assert summary["grid"] == [8, 16, 64] and summary["shards"] == 2 and summary["clips_without_track"] == 0
+    assert sorted(p.name for p in built["dir"].iterdir()) == ["backbone.json", shard_name(0), shard_name(1)]
+    meta = store.backbone
+    assert meta["grid"] == [8, 16] and meta["patches_per_group"] == 16 and meta["hidden_size"] == 64
+    assert meta["num_frames"] == 16 and meta["tubelet_size"] == 2 and meta["image_size"] == 64
+    assert meta["image_mean"] == pytest.approx(IMAGENET_MEAN) and meta["dtype"] == "float16"
+    clips = store.clips
+    assert clips["shard"].tolist() == [0, 0, 0, 0, 1, 1] and clips["offset"].tolist() == [0, 1, 2, 3, 0, 1]
+    assert len(clips["pose_xy"].iloc[0]) == LENGTH * NUM_JOINTS * 2
+    assert len(clips["pose_mask"].iloc[0]) == LENGTH * NUM_JOINTS
+    assert not list(built["dir"].parent.glob(".*tmp"))  # no temporary folder left behind
+
+
+def half_up(value: float) -> int:
+    return math.floor(value + 0.5)
+
+
+def test_crop_boxes_follow_the_primary_track(built):
+    clips = built["store"].clips
+    for frames, *box in zip(clips["frame_idx"], *(clips[c] for c in CROP_COLUMNS), strict=True):
+        truth = np.array([person_box(int(f)) for f in frames])  # the bystander box must not widen the crop
+        x1, y1, x2, y2 = truth[:, 0].min(), truth[:, 1].min(), truth[:, 2].max(), truth[:, 3].max()
+        side = half_up(max(x2 - x1, y2 - y1) * 1.2)  # union + 10% of its larger side on each side, square
+        assert side <= HEIGHT  # this fixture never needs padding: the square must lie inside the frame
+        left = min(max(half_up((x1 + x2) / 2 - side / 2), 0), WIDTH - side)  # centred, then shifted inside
+        top = min(max(half_up((y1 + y2) / 2 - side / 2), 0), HEIGHT - side)
+        assert box == [left, top, left + side, top + side]
+
+
+def test_pose_is_aligned_frame_by_frame(built):
+    store = built["store"]
+    xy, score, mask = store.pose(list(range(len(store.clips))))
+    assert xy.shape == (6, LENGTH, NUM_JOINTS, 2) and xy.dtype == np.float32 and mask.dtype == bool
+    for row, clip in enumerate(store.clips.itertuples()):
+        side = clip.crop_x2 - clip.crop_x1
+        for t, frame in enumerate(clip.frame_idx):
+            nose = joint_xy(int(frame))[NOSE]
+            expected = [(nose[0] - clip.crop_x1) / side, (nose[1] - clip.crop_y1) / side]
+            np.testing.assert_allclose(xy[row, t, NOSE], expected, atol=1e-6)
+            assert mask[row, t, LEFT_WRIST] == (frame % 6 != 0)
+            assert mask[row, t, RIGHT_ANKLE] == (frame % 8 != 0)  # NaN x with a positive score is missing
+            assert score[row, t, NOSE] == pytest.approx(0.9)
+    assert np.all(xy[~mask] == 0) and np.all(score[~mask] == 0)
+    assert not mask.all() and np.all((xy[mask] >= 0) & (xy[mask] <= 1))  # every joint lies inside its crop
+
+
+def test_cached_tokens_equal_a_fresh_forward(world, built):
+    store = built["store"]
+    clips = store.clips
+    backbone = FrozenBackbone(backbone_cfg(world), LENGTH)
+    crops = []
+    for clip in clips.itertuples():
+        frame_idx, frames = world["store"].read(clip.video_id)
+        box = tuple(int(getattr(clip, c)) for c in CROP_COLUMNS)
+        crops.append(crop_frames(frames[np.searchsorted(frame_idx, clip.frame_idx)], box, 64))
+    crops = np.stack(crops)  # (6, T, S, S, 3)
+    fresh = torch.cat(
+        [backbone.encode(crops[i : i + 4]) for i in range(0, len(crops), 4)]
+    )  # the stage's batches
+    cached = store.tokens(list(range(len(clips))))
+    assert cached.dtype == torch.float16 and torch.equal(cached, fresh)
+    # Person-centred: mid-clip, the crop's centre pixel has the person's colour (R=240 in RGB), not background (90).
+    assert np.all(np.abs(crops[:, LENGTH // 2, 32, 32, 0].astype(int) - 240) < 30)
+
+
+def test_two_builds_are_byte_identical(world, built):
+    _, features_dir, clips_path = build(world, "second")
+    for name in ("backbone.json", shard_name(0), shard_name(1)):
+        assert (features_dir / name).read_bytes() == (built["dir"] / name).read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_parquet(clips_path), pd.read_parquet(built["clips"]))
+
+
+def test_reader_tokens_for_arbitrary_rows_across_shards(built):
+    store = built["store"]
+    everything = torch.cat(
+        [load_file(built["dir"] / shard_name(s))["tokens"] for s in (0, 1)]
+    )  # (6, G, P, D)
+    rows = [5, 0, 3, 4, 4, 1]  # out of order, repeated, across both shards
+    tokens = store.tokens(rows)
+    assert tokens.shape == (6, 8, 16, 64) and torch.equal(tokens, everything[rows])
+    assert store.tokens([]).shape == (0, 8, 16, 64)
+    assert not torch.equal(everything[0], everything[1])  # distinct clips give distinct grids
+
+
+def test_shard_writer_bytes_equal_save_file(tmp_path):
+    tokens = torch.randn(7, 2, 3, 5).to(torch.float16)
+    writer = ShardWriter(tmp_path, total=7, per_shard=3, item_shape=(2, 3, 5))
+    writer.write(tokens[:2]), writer.write(tokens[2:6]), writer.write(tokens[6:])  # batches straddle shards
+    writer.close()
+    for shard, part in enumerate((tokens[0:3], tokens[3:6], tokens[6:7])):
+        save_file(
+            {"tokens": part.contiguous()}, tmp_path / "reference.safetensors", metadata={"format": "pt"}
+        )
+        assert (tmp_path / shard_name(shard)).read_bytes() == (
+            tmp_path / "reference.safetensors"
+        ).read_bytes()
+    with pytest.raises(ValueError, match="wrote 1 of 2"):
+        (tmp_path / "short").mkdir()
+        short = ShardWriter(tmp_path / "short", total=2, per_shard=2, item_shape=(2, 3, 5))
+        short.write(tokens[:1])
+        short.close()
+
+
+def test_failed_build_leaves_no_features(world):
+    features_dir = world["root"] / "failed" / "features"
+    with pytest.raises(ParamError, match=r"clips\.length"):
+        build_features(
+            world["index"],
+            world["store"],
+            world["tracks"],
+            world["keypoints"],
+            ClipsConfig(length=8),
+            backbone_cfg(world),
+            features_dir,
+            world["root"] / "failed" / "clips.parquet",
+            progress=False,
+        )
+    assert not features_dir.exists() and not (world["root"] / "failed" / "clips.parquet").exists()
+
+
+def test_no_decodable_video_gives_an_empty_cache(world):
+    out = world["root"] / "empty"
+    index = world["index"][world["index"]["video_id"] == "broken"]
+    summary = build_features(
+        index,
+        world["store"],
+        world["tracks"],
+        world["keypoints"],
+        world["clips_cfg"],
+        backbone_cfg(world),
+        out / "features",
+        out / "clips.parquet",
+        progress=False,
+    )
+    assert summary["clips"] == 0 and summary["skipped_videos"] == 1 and summary["shards"] == 0
+    store = FeatureStore(out / "features", out / "clips.parquet")
+    assert len(store) == 0 and store.tokens([]).shape == (0, 8, 16, 64)
+    assert store.pose([])[0].shape == (0, LENGTH, NUM_JOINTS, 2)

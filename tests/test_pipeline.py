@@ -1,0 +1,107 @@
+"""End to end: a throwaway DVC project on a tiny config; repro, no-op repro, an experiment, metrics diff."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+TINY = {
+    "synth": {"subjects": 25, "scenarios": ["d1"], "actions": ["boxing", "walking"], "frames_per_video": 40},
+    "clips": {"per_video_train": 1, "per_video_test": 1},
+    "backbone": {"batch_size": 16},
+    "train": {"epochs": 2},
+    "ablation": {
+        "variants": {"full": {}, "no_selector": {"selector.enabled": False}},
+        "latency_warmup": 1,
+        "latency_repeats": 3,
+    },
+}
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+    }
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, (
+        f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    for name in ("stages", "transmodal"):
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    params["ablation"]["variants"] = TINY["ablation"]["variants"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _run(["git", "config", "user.email", "test@example.invalid"], root)
+    _run(["git", "config", "user.name", "test"], root)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], root)
+    _run([sys.executable, "-m", "dvc", "config", "core.autostage", "true"], root)
+    _run(["git", "add", "-A"], root)
+    _run(["git", "commit", "-qm", "tiny project"], root)
+    return root
+
+
+def dvc(project: Path, *args: str) -> str:
+    return _run([sys.executable, "-m", "dvc", *args], project)
+
+
+def test_repro_produces_every_output_and_a_second_repro_does_nothing(project):
+    dvc(project, "repro")
+    for path in (
+        "data/index.parquet",
+        "data/frames/videos.parquet",
+        "data/tracks.parquet",
+        "data/keypoints.parquet",
+        "data/clips.parquet",
+        "data/features/backbone.json",
+        "models/transmodal/model.safetensors",
+        "models/transmodal/config.json",
+        "metrics/eval.json",
+        "metrics/confusion.png",
+        "metrics/ablation.md",
+    ):
+        assert (project / path).exists(), path
+    assert json.loads((project / "metrics/detect.json").read_text())["recall"] == 1.0
+    table = json.loads((project / "metrics/ablation.json").read_text())
+    assert list(table) == ["full", "no_selector"]
+    for row in table.values():
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["head_latency_ms"] > 0 and row["e2e_latency_ms"] > 0
+    markdown = (project / "metrics/ablation.md").read_text()
+    assert "| full |" in markdown and "| no_selector |" in markdown
+    again = dvc(project, "repro")
+    assert "Running stage" not in again, again
+
+
+def test_experiment_reruns_only_the_head_and_metrics_diff_shows_it(project):
+    _run(["git", "add", "-A"], project)
+    _run(["git", "commit", "-qm", "baseline results"], project)
+    log = dvc(project, "exp", "run", "-S", "selector.top_k_frames=4")
+    for stage in ("synth", "checkpoints", "prepare", "frames", "detect", "pose", "features"):
+        assert f"Running stage '{stage}'" not in log, stage
+        assert f"'{stage}' didn't change, skipping" in log, stage
+    assert "Running stage 'train'" in log and "Running stage 'evaluate'" in log
+    diff = dvc(project, "params", "diff")
+    assert "selector.top_k_frames" in diff
+    metrics = dvc(project, "metrics", "diff", "--all")
+    assert "video_accuracy" in metrics and "head_latency_ms" in metrics

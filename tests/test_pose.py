@@ -1,0 +1,320 @@
+"""Pose stage: keypoints schema, ground-truth path, PCK, empty crops, ViTPose++ dataset_index, model path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.test_detect import GAP_ABSENT_KEPT, build_dataset
+from transmodal.data.coco import COCO_JOINTS, joint_columns
+from transmodal.data.frames import FrameStore
+from transmodal.params import DetectConfig, ParamError, PoseConfig
+from transmodal.vision.checkpoints import CheckpointError
+from transmodal.vision.detect import run_detect
+from transmodal.vision.pose import KEYPOINT_COLUMNS, PoseEstimator, run_pose
+from transmodal.vision.quality import pose_quality
+
+
+def write_pose_checkpoint(out: Path, num_labels: int, like: str, num_experts: int | None = None) -> str:
+    """A tiny ViTPose++ like ``like`` but predicting ``num_labels`` keypoints (and with ``num_experts``)."""
+    from transformers import VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessor
+
+    config = VitPoseConfig.from_pretrained(like)
+    config.num_labels = num_labels
+    if num_experts is not None:
+        config.backbone_config.num_experts = num_experts
+    torch.manual_seed(1)
+    VitPoseForPoseEstimation(config).eval().save_pretrained(out)
+    VitPoseImageProcessor.from_pretrained(like).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's waiting threads made them
+    10-40x slower (measured); one thread keeps these tests fast and steady. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[FrameStore, pd.DataFrame]:
+    """The hand-made videos of test_detect (solo, duo, gap, empty; stride 2) and their ground truth."""
+    return build_dataset(tmp_path_factory.mktemp("dataset"))
+
+
+@pytest.fixture(scope="module")
+def gt_tracks(dataset) -> tuple[pd.DataFrame, dict]:
+    store, annotations = dataset
+    return run_detect(store, DetectConfig(source="annotations"), annotations, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pose_checkpoint(tiny_checkpoints, tmp_path_factory) -> str:
+    """The tiny pose checkpoint with the 17 COCO keypoints.
+
+    transmodal.vision.tiny leaves VitPoseConfig.num_labels at its default (2); until it sets 17 this builds
+    the same architecture with a 17-channel head.
+    """
+    from transformers import VitPoseConfig
+
+    if VitPoseConfig.from_pretrained(tiny_checkpoints["pose"]).num_labels == len(COCO_JOINTS):
+        return tiny_checkpoints["pose"]
+    return write_pose_checkpoint(
+        tmp_path_factory.mktemp("pose17"), len(COCO_JOINTS), tiny_checkpoints["pose"]
+    )
+
+
+def assert_keypoints_contract(keypoints: pd.DataFrame, store: FrameStore) -> None:
+    assert list(keypoints.columns) == KEYPOINT_COLUMNS
+    assert keypoints["video_id"].map(type).eq(str).all() and keypoints["frame_idx"].dtype == np.int32
+    for name in KEYPOINT_COLUMNS[2:]:
+        assert keypoints[name].dtype == np.float32, name
+    got = (
+        keypoints[["video_id", "frame_idx"]]
+        .astype({"frame_idx": np.int64})
+        .sort_values(["video_id", "frame_idx"])
+    )
+    expected = store.frames[["video_id", "frame_idx"]].astype({"frame_idx": np.int64})
+    expected = expected.sort_values(["video_id", "frame_idx"])
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+    scores = keypoints[joint_columns("score")].to_numpy()
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Annotation path and PCK
+
+
+@pytest.fixture(scope="module")
+def gt_keypoints(dataset, gt_tracks) -> tuple[pd.DataFrame, dict]:
+    store, annotations = dataset
+    return run_pose(store, gt_tracks[0], PoseConfig(source="annotations"), annotations, progress=False)
+
+
+def kept_actor_truth(annotations: pd.DataFrame, store: FrameStore) -> pd.DataFrame:
+    """The actor's ground-truth rows at the kept frames."""
+    kept = store.frames[["video_id", "frame_idx"]].astype({"frame_idx": np.int64})
+    actor = annotations[annotations["person"] == 0].astype({"frame_idx": np.int64})
+    return actor.merge(kept, on=["video_id", "frame_idx"])
+
+
+def test_annotation_keypoints_follow_the_contract_and_pck_is_one(dataset, gt_keypoints):
+    store, annotations = dataset
+    keypoints, metrics = gt_keypoints
+    assert_keypoints_contract(keypoints, store)
+    truth = kept_actor_truth(annotations, store)
+    assert metrics["pck"] == 1.0 and metrics["frames_evaluated"] == len(truth) == 51
+    assert metrics["joints_evaluated"] == int((truth[joint_columns("v")] > 0).to_numpy().sum())
+    assert all(v in (1.0, None) for v in metrics["pck_per_joint"].values())
+    json.dumps(metrics)
+    # the ground truth copied exactly where visible, NaN and score 0 where not (the runner entering the frame)
+    merged = truth.merge(keypoints, on=["video_id", "frame_idx"], suffixes=("", "_pred"))
+    visible = merged[joint_columns("v")].to_numpy() > 0  # (F, J)
+    assert (~visible).any() and visible.any()
+    for axis in ("x", "y"):
+        pred = merged[[f"{c}_pred" for c in joint_columns(axis)]].to_numpy()
+        np.testing.assert_array_equal(
+            pred[visible], merged[joint_columns(axis)].to_numpy(np.float32)[visible]
+        )
+        assert np.isnan(pred[~visible]).all()
+    scores = merged[joint_columns("score")].to_numpy()
+    assert (scores[visible] == 1).all() and (scores[~visible] == 0).all()
+
+
+def test_frames_without_the_actor_get_nan_and_zero(gt_keypoints):
+    keypoints, _ = gt_keypoints
+    gap_absent = (keypoints["video_id"] == "gap") & keypoints["frame_idx"].isin(GAP_ABSENT_KEPT)
+    out_of_view = keypoints[gap_absent | (keypoints["video_id"] == "empty")]
+    assert len(out_of_view) == 5 + 6
+    assert out_of_view[joint_columns("x") + joint_columns("y")].isna().all().all()
+    assert (out_of_view[joint_columns("score")] == 0).all().all()
+
+
+def test_pck_drops_by_the_hand_computed_amount(dataset, gt_keypoints):
+    store, annotations = dataset
+    keypoints, _ = gt_keypoints
+    truth = kept_actor_truth(annotations, store).set_index(["video_id", "frame_idx"])
+    visible = int((truth[joint_columns("v")] > 0).to_numpy().sum())
+    nose_visible = int((truth["nose_v"] > 0).sum())
+    perturbed = keypoints.set_index(["video_id", "frame_idx"])
+    frames = [("solo", 0), ("solo", 2), ("solo", 4)]
+    assert (truth.loc[frames, ["nose_v", "left_wrist_v", "right_knee_v"]] > 0).all().all()
+    size = np.maximum(truth["x2"] - truth["x1"], truth["y2"] - truth["y1"])  # the actor's box size per frame
+    perturbed.loc[frames, "nose_x"] += (0.3 * size.loc[frames]).to_numpy()  # beyond 0.2 * size: 3 misses
+    perturbed.loc[frames, "left_wrist_y"] += (0.1 * size.loc[frames]).to_numpy()  # within 0.2 * size
+    perturbed.loc[("solo", 6), "right_knee_x"] = np.nan  # a missing prediction is a miss
+    quality = pose_quality(perturbed.reset_index(), annotations)
+    assert quality["joints_evaluated"] == visible
+    assert quality["pck"] == pytest.approx((visible - 4) / visible)
+    assert quality["pck_per_joint"]["nose"] == pytest.approx((nose_visible - 3) / nose_visible)
+    assert quality["pck_per_joint"]["left_wrist"] == 1.0
+    # at PCK@0.05 the 0.1 * size wrist shift misses too: 3 more
+    assert pose_quality(perturbed.reset_index(), annotations, threshold=0.05)["pck"] == pytest.approx(
+        (visible - 7) / visible
+    )
+
+
+def test_annotation_source_without_annotations_is_a_param_error(dataset, gt_tracks):
+    store, _ = dataset
+    with pytest.raises(ParamError, match="pose.source"):
+        run_pose(store, gt_tracks[0], PoseConfig(source="annotations"), None, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model path on the tiny random ViTPose++
+
+
+def test_model_path_end_to_end_passes_dataset_index_per_crop(
+    dataset, gt_tracks, pose_checkpoint, monkeypatch
+):
+    from transformers import VitPoseForPoseEstimation
+
+    store, annotations = dataset
+    seen = []
+    forward = VitPoseForPoseEstimation.forward
+
+    def recording_forward(self, pixel_values, dataset_index=None, **kwargs):
+        seen.append((len(pixel_values), None if dataset_index is None else dataset_index.tolist()))
+        return forward(self, pixel_values, dataset_index=dataset_index, **kwargs)
+
+    monkeypatch.setattr(VitPoseForPoseEstimation, "forward", recording_forward)
+    cfg = PoseConfig(source="model", checkpoint=pose_checkpoint, dataset_index=3, batch_size=8, device="cpu")
+    keypoints, metrics = run_pose(store, gt_tracks[0], cfg, annotations, progress=False)
+
+    assert seen and all(index == [3] * n for n, index in seen)  # one index per crop, the configured expert
+    assert sum(n for n, _ in seen) == 62 and max(n for n, _ in seen) == 8
+    assert_keypoints_contract(keypoints, store)
+    assert not keypoints[joint_columns("x")].isna().any().any()  # every frame has a usable box here
+    assert metrics["frames_empty_box"] == 0 and metrics["frames_fallback_box"] == 6  # the "empty" video
+    assert metrics["dataset_index"] == 3 and metrics["device"] == "cpu"
+    assert {"pck", "pck_per_joint", "joints_evaluated"} <= set(metrics)
+    assert 0.0 <= metrics["pck"] <= 1.0
+    json.dumps(metrics)
+
+
+def test_empty_crops_give_nan_keypoints_and_are_counted(dataset, gt_tracks, pose_checkpoint):
+    store, _ = dataset
+    tracks = gt_tracks[0].copy()
+    solo = (tracks["video_id"] == "solo") & tracks["is_primary"]
+    degenerate = solo & tracks["frame_idx"].isin([2, 4])
+    tracks.loc[degenerate, "x2"] = tracks.loc[degenerate, "x1"]  # zero width
+    outside = solo & (tracks["frame_idx"] == 6)
+    tracks.loc[outside, ["x1", "x2"]] = [300.0, 340.0]  # right of the 160 px frame: zero width once clamped
+    cfg = PoseConfig(source="model", checkpoint=pose_checkpoint, batch_size=4, device="cpu")
+    keypoints, metrics = run_pose(store, tracks, cfg, None, progress=False)
+    assert metrics["frames_empty_box"] == 3 and "pck" not in metrics  # no ground truth given
+    rows = keypoints[(keypoints["video_id"] == "solo")].set_index("frame_idx")
+    assert rows.loc[[2, 4, 6], joint_columns("x") + joint_columns("y")].isna().all().all()
+    assert (rows.loc[[2, 4, 6], joint_columns("score")] == 0).all().all()
+    assert not rows.loc[[0, 8], joint_columns("x")].isna().any().any()
+
+
+def test_results_do_not_depend_on_the_batch_size(dataset, gt_tracks, pose_checkpoint):
+    store, _ = dataset
+    estimator = PoseEstimator.from_config(
+        PoseConfig(source="model", checkpoint=pose_checkpoint, device="cpu")
+    )
+    # Random heatmaps are nearly flat: in float32 the batch shape's different BLAS sums can flip an argmax.
+    # In float64 they cannot, so any difference left would be crops routed to the wrong frames.
+    estimator.model.double()
+    estimator.dtype = torch.float64
+    results = [
+        run_pose(
+            store,
+            gt_tracks[0],
+            PoseConfig(source="model", checkpoint=pose_checkpoint, batch_size=batch_size, device="cpu"),
+            None,
+            progress=False,
+            estimator=estimator,
+        )[0]
+        for batch_size in (5, 64)
+    ]
+    pd.testing.assert_frame_equal(results[0], results[1], atol=1e-3, rtol=0)
+
+
+def test_crops_match_the_checkpoints_processor(dataset, pose_checkpoint):
+    store, _ = dataset
+    estimator = PoseEstimator.from_config(
+        PoseConfig(source="model", checkpoint=pose_checkpoint, device="cpu")
+    )
+    _, frames = store.read("duo")
+    frames = frames[:4]
+    # inside, full frame, wide, and reaching out of the frame (the warp pads with black there)
+    boxes = np.array(
+        [[10, 20, 40, 100], [0, 0, 160, 120], [50.5, 60.25, 150.0, 80.0], [120, -10, 175, 130]], float
+    )
+    coco = [[[x1, y1, x2 - x1, y2 - y1]] for x1, y1, x2, y2 in boxes]
+    expected = estimator.processor(images=list(frames), boxes=coco, return_tensors="pt")["pixel_values"]
+    got = estimator.preprocess(frames, boxes)
+    assert got.shape == expected.shape
+    std = min(estimator.processor.image_std)
+    assert float((got - expected).abs().max()) <= 1 / 255 / std + 1e-5  # uint8 rounding only
+
+
+def test_heatmap_decoding_matches_the_processors_post_processing(dataset, pose_checkpoint):
+    store, _ = dataset
+    estimator = PoseEstimator.from_config(
+        PoseConfig(source="model", checkpoint=pose_checkpoint, device="cpu")
+    )
+    rng = np.random.default_rng(0)
+    n, joints, h, w = 6, 17, 16, 12
+    boxes = np.stack(
+        [rng.uniform(0, 60, n), rng.uniform(0, 40, n), rng.uniform(80, 160, n), rng.uniform(70, 120, n)], 1
+    )
+    # trained-model-like heatmaps: a gaussian peak (some at the border) over low noise
+    yy, xx = np.mgrid[0:h, 0:w]
+    peaks = np.stack([rng.uniform(-0.5, w - 0.5, (n, joints)), rng.uniform(-0.5, h - 0.5, (n, joints))], -1)
+    blob = np.exp(
+        -((xx - peaks[..., 0, None, None]) ** 2 + (yy - peaks[..., 1, None, None]) ** 2) / (2 * 1.5**2)
+    )
+    heatmaps = torch.tensor(0.9 * blob + rng.uniform(0, 0.02, (n, joints, h, w)), dtype=torch.float32)
+    outputs = SimpleNamespace(heatmaps=heatmaps)
+    keypoints, scores = estimator.postprocess(outputs, boxes)
+    expected_keypoints, expected_scores = estimator.postprocess_with_processor(outputs, boxes)
+    assert keypoints.shape == (n, joints, 2) and scores.shape == (n, joints)
+    np.testing.assert_allclose(keypoints, expected_keypoints, atol=1e-3, rtol=0)
+    np.testing.assert_array_equal(scores, expected_scores)
+    # The tiny model's random heatmaps are flat, where DARK's Newton step is ill-conditioned: a relative
+    # match. A heatmap without a positive value has no peak; the processor "refines" its -1 placeholder
+    # with pixels of the next heatmap, we do not (its score is 0 either way).
+    _, frames = store.read("duo")
+    outputs = estimator.forward(estimator.preprocess(frames[:n], boxes))
+    keypoints, scores = estimator.postprocess(outputs, boxes)
+    expected_keypoints, expected_scores = estimator.postprocess_with_processor(outputs, boxes)
+    peaked = outputs.heatmaps.amax(dim=(-2, -1)).numpy() > 0  # (n, J)
+    assert peaked.mean() > 0.9
+    np.testing.assert_allclose(keypoints[peaked], expected_keypoints[peaked], rtol=1e-2, atol=1e-2)
+    np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_missing_checkpoint_names_the_param(dataset, gt_tracks, monkeypatch):
+    store, _ = dataset
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = PoseConfig(source="model", checkpoint="no-such-org/no-such-pose", device="cpu")
+    with pytest.raises(CheckpointError, match="pose.checkpoint") as error:
+        run_pose(store, gt_tracks[0], cfg, None, progress=False)
+    assert "no-such-org/no-such-pose" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_checkpoint_without_17_keypoints_is_refused(tiny_checkpoints, tmp_path):
+    folder = write_pose_checkpoint(tmp_path / "pose2", 2, tiny_checkpoints["pose"])
+    with pytest.raises(CheckpointError, match=r"pose.checkpoint.*predicts 2 keypoints"):
+        PoseEstimator.from_config(PoseConfig(source="model", checkpoint=folder, device="cpu"))
+
+
+def test_dataset_index_beyond_the_experts_names_the_param(tiny_checkpoints, tmp_path):
+    folder = write_pose_checkpoint(tmp_path / "pose-2-experts", 17, tiny_checkpoints["pose"], num_experts=2)
+    PoseEstimator.from_config(PoseConfig(source="model", checkpoint=folder, dataset_index=1, device="cpu"))
+    with pytest.raises(ParamError, match="pose.dataset_index is 3.*2 expert"):
+        PoseEstimator.from_config(
+            PoseConfig(source="model", checkpoint=folder, dataset_index=3, device="cpu")
+        )

@@ -1,0 +1,105 @@
+"""The frozen VideoMAE backbone (paper 3.2.1): uint8 person crops -> fp16 token grids (B, G, P, D).
+
+VideoMAE embeds tubelets of ``tubelet_size`` frames x ``patch_size``^2 pixels, so a ``num_frames`` clip at
+``image_size`` gives G = num_frames / tubelet_size token groups of P = (image_size / patch_size)^2 patches.
+``last_hidden_state`` (B, G * P, D) is time-major, so it reshapes to (B, G, P, D) directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import torch
+
+from transmodal.features.crops import PixelNormalizer
+from transmodal.params import BackboneConfig, ParamError
+from transmodal.vision.checkpoints import load_model, load_processor, pick_device, pick_dtype
+
+CHECKPOINT_PARAM = "backbone.checkpoint"
+
+
+def processor_class():
+    """``VideoMAEImageProcessor`` needs torchvision in transformers 5; else its PIL twin (same config)."""
+    from transformers import VideoMAEImageProcessor, VideoMAEImageProcessorPil
+
+    return VideoMAEImageProcessor if importlib.util.find_spec("torchvision") else VideoMAEImageProcessorPil
+
+
+def check_clip_length(clip_length: int, num_frames: int, checkpoint: str) -> None:
+    """The clip length must be the checkpoint's ``num_frames`` (its temporal position embedding is fixed)."""
+    if clip_length != num_frames:
+        raise ParamError(
+            f"params.yaml: clips.length is {clip_length}, but {CHECKPOINT_PARAM} {checkpoint!r} takes clips "
+            f"of num_frames={num_frames}; set clips.length to {num_frames}"
+        )
+
+
+class FrozenBackbone:
+    """A VideoMAEModel in eval mode with the checkpoint's own pixel normalisation.
+
+    Args:
+        cfg: the ``backbone`` params (checkpoint, device, precision, batch_size).
+        clip_length: ``clips.length``; must equal the checkpoint's ``num_frames`` (else ParamError).
+    """
+
+    def __init__(self, cfg: BackboneConfig, clip_length: int):
+        from transformers import VideoMAEModel
+
+        self.checkpoint = cfg.checkpoint
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.precision, self.device)
+        self.model = load_model(VideoMAEModel, cfg.checkpoint, CHECKPOINT_PARAM, self.device, self.dtype)
+        self.model.requires_grad_(False)
+        config = self.model.config
+        check_clip_length(clip_length, config.num_frames, cfg.checkpoint)
+        self.processor = load_processor(processor_class(), cfg.checkpoint, CHECKPOINT_PARAM)
+        self.normalizer = PixelNormalizer.from_processor(self.processor)
+        self.model_type = config.model_type
+        self.num_frames = int(config.num_frames)
+        self.tubelet_size = int(config.tubelet_size)
+        self.image_size = int(
+            config.image_size
+        )  # the position embedding fixes it, whatever the processor says
+        self.patch_size = int(config.patch_size)
+        self.hidden_size = int(config.hidden_size)
+        self.grid = (
+            self.num_frames // self.tubelet_size,
+            (self.image_size // self.patch_size) ** 2,
+        )  # (G, P)
+
+    def pixel_values(self, crops: np.ndarray) -> torch.Tensor:
+        """(B, T, S, S, 3) uint8 crops -> (B, T, 3, S, S) float32 normalised pixel_values (CPU)."""
+        return self.normalizer(crops)
+
+    @torch.inference_mode()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) pixel_values -> (B, G, P, D) float16 tokens on the CPU."""
+        b = pixel_values.shape[0]
+        pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+        hidden = self.model(pixel_values=pixel_values).last_hidden_state  # (B, G * P, D)
+        tokens = hidden.reshape(b, *self.grid, self.hidden_size)  # (B, G, P, D), time-major
+        return tokens.to(torch.float16).cpu()
+
+    def encode(self, crops: np.ndarray) -> torch.Tensor:
+        """(B, T, S, S, 3) uint8 crops -> (B, G, P, D) float16 tokens."""
+        return self.forward(self.pixel_values(crops))
+
+    def describe(self) -> dict:
+        """What training needs to know about the cached grids (written to ``backbone.json``)."""
+        return {
+            "checkpoint": self.checkpoint,
+            "model_type": self.model_type,
+            "num_frames": self.num_frames,
+            "tubelet_size": self.tubelet_size,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "patches_per_group": self.grid[1],
+            "grid": list(self.grid),
+            "hidden_size": self.hidden_size,
+            "image_mean": list(self.normalizer.image_mean),
+            "image_std": list(self.normalizer.image_std),
+            "rescale_factor": self.normalizer.rescale_factor,
+            "dtype": "float16",
+            "model_dtype": str(self.dtype).removeprefix("torch."),
+        }

@@ -1,0 +1,129 @@
+"""Clip sampling: which kept frames of each video form the ``clips.length``-frame clips fed to VideoMAE.
+
+Frame numbers. The frames stage keeps every ``frames.stride``-th frame and records each kept frame's
+ORIGINAL 0-based frame number (``frame_idx``; tracks and keypoints use the same numbers). A clip is
+``clips.length`` CONSECUTIVE kept frames, so it spans ``length * stride`` original frames. KTH's
+``00sequences.txt`` ranges in the index are 1-based inclusive: kept frame ``f`` lies in ``[start, end]``
+when ``start <= f + 1 <= end``.
+
+Valid windows. For a video with sequences (KTH and the synthetic KTH-like set), a window is valid when all
+its frames lie in ONE sequence: KTH defines the action only inside them (the gaps hold the person walking
+out of view, or nothing). This holds for train, val and test alike. A video without sequences (UCF101,
+HMDB51, or a KTH file absent from the list) uses all its kept frames. A video with no sequence long enough
+for one clip gets a single clip from its longest sequence, padded by repeating that sequence's last kept
+frame; a video shorter than one clip likewise gets one padded clip.
+
+Spreading. ``n`` clips take the start positions at the centres of ``n`` equal bins over the list of valid
+start positions (``floor((k + 1/2) * m / n)`` for ``k < n`` of ``m`` starts): evenly spread, distinct, the
+middle window when ``n == 1``, and deterministic. Fewer valid starts than asked gives fewer clips, never
+duplicates. Train uses ``clips.per_video_train`` clips, val and test ``clips.per_video_test``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from transmodal.params import ClipsConfig
+
+CLIP_COLUMNS = ("clip_id", "video_id", "label", "label_idx", "split", "frame_idx", "padded")
+
+
+def skipped_videos(index: pd.DataFrame, videos: pd.DataFrame) -> list[str]:
+    """Videos of ``index`` without decoded frames (not ``ok`` in the frames stage, or absent), in order."""
+    ok = set(videos.loc[videos["status"] == "ok", "video_id"])
+    return [video_id for video_id in index["video_id"] if video_id not in ok]
+
+
+def _as_ranges(sequences) -> list[tuple[int, int]]:
+    """The index's ``sequences`` cell (list/array of [start, end], or None) as a list of int pairs."""
+    if sequences is None or (isinstance(sequences, float) and np.isnan(sequences)):
+        return []
+    return [(int(start), int(end)) for start, end in sequences]
+
+
+def sequence_segments(frame_idx: np.ndarray, sequences: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """Positions (into the kept frames) of each sequence that holds at least one kept frame.
+
+    Args:
+        frame_idx: (T,) sorted original 0-based frame numbers of the kept frames.
+        sequences: 1-based inclusive original frame ranges; empty means the whole video is one segment.
+    """
+    everything = [np.arange(len(frame_idx))]
+    if not sequences:
+        return everything
+    numbers = np.asarray(frame_idx, dtype=np.int64) + 1  # 1-based, as in 00sequences.txt
+    segments = [np.flatnonzero((numbers >= start) & (numbers <= end)) for start, end in sequences]
+    segments = [segment for segment in segments if len(segment)]
+    # Sequences beyond the decoded frames (a file shorter than its listing): fall back to the whole video.
+    return segments or everything
+
+
+def spread(num_starts: int, count: int) -> np.ndarray:
+    """Indices of ``count`` evenly spread items among ``num_starts`` (all of them when there are fewer)."""
+    if num_starts <= count:
+        return np.arange(num_starts)
+    return np.floor((np.arange(count) + 0.5) * num_starts / count).astype(np.int64)
+
+
+def clip_positions(
+    frame_idx: np.ndarray, sequences: Sequence[tuple[int, int]], length: int, count: int
+) -> list[tuple[np.ndarray, bool]]:
+    """Up to ``count`` clips of one video as ``(positions (length,) into the kept frames, padded)``."""
+    if len(frame_idx) == 0:
+        return []
+    segments = sequence_segments(frame_idx, sequences)
+    # A segment is contiguous in the kept frames (frame_idx is sorted), so windows are start..start+length-1.
+    starts = [np.arange(seg[0], seg[-1] - length + 2) for seg in segments if len(seg) >= length]
+    if not starts:
+        longest = max(segments, key=len)  # first of the longest on ties
+        pad = np.full(length - len(longest), longest[-1])
+        return [(np.concatenate([longest, pad]), True)]
+    valid = np.unique(np.concatenate(starts))  # overlapping KTH sequences repeat starts
+    return [(np.arange(start, start + length), False) for start in valid[spread(len(valid), count)]]
+
+
+def make_clips(
+    index: pd.DataFrame, videos: pd.DataFrame, frame_table: pd.DataFrame, cfg: ClipsConfig
+) -> pd.DataFrame:
+    """One row per clip, videos in index order, clips in time order.
+
+    Args:
+        index: ``data/index.parquet`` (video_id, label, label_idx, split, sequences).
+        videos: ``FrameStore.videos`` (video_id, status); videos not ``ok`` get no clips.
+        frame_table: ``FrameStore.frames`` (video_id, frame_idx): the kept frames.
+        cfg: the ``clips`` params.
+
+    Returns:
+        Columns ``clip_id`` (``<video_id>#<n>``), video_id, label, label_idx, split, ``frame_idx``
+        (int32 array of ``cfg.length`` original 0-based frame numbers), ``padded`` (bool).
+    """
+    skipped = set(skipped_videos(index, videos))
+    kept_frames = {
+        video_id: np.sort(group.to_numpy(np.int64))
+        for video_id, group in frame_table.groupby("video_id", sort=False)["frame_idx"]
+    }
+    rows = []
+    for video in index.itertuples(index=False):
+        if video.video_id in skipped:
+            continue
+        frame_idx = kept_frames.get(video.video_id, np.zeros(0, np.int64))
+        count = cfg.per_video_train if video.split == "train" else cfg.per_video_test
+        for n, (positions, padded) in enumerate(
+            clip_positions(frame_idx, _as_ranges(video.sequences), cfg.length, count)
+        ):
+            rows.append(
+                {
+                    "clip_id": f"{video.video_id}#{n}",
+                    "video_id": video.video_id,
+                    "label": video.label,
+                    "label_idx": int(video.label_idx),
+                    "split": video.split,
+                    "frame_idx": frame_idx[positions].astype(np.int32),
+                    "padded": padded,
+                }
+            )
+    clips = pd.DataFrame(rows, columns=list(CLIP_COLUMNS))
+    return clips.astype({"label_idx": np.int64, "padded": bool})

@@ -1,0 +1,36 @@
+"""Shared plumbing for the thin scripts in ``stages/``: params, one-line errors, wall time."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from transmodal.params import ParamError, load_params
+
+TIMINGS_DIR = Path("metrics/timings")
+
+
+class StageInputError(RuntimeError):
+    """Bad input that stops a stage before any work (the message is one line and names what to fix)."""
+
+
+def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path = "params.yaml") -> None:
+    """Load params, run ``body(params)``, record the stage's wall time in ``metrics/timings/<name>.json``.
+
+    Expected errors (bad params, missing checkpoints, bad input) become one line on stderr and exit code 2.
+    """
+    from transmodal.io import write_json
+    from transmodal.vision.checkpoints import CheckpointError
+
+    start = time.perf_counter()
+    try:
+        params = load_params(params_path)
+        body(params)
+    except (ParamError, CheckpointError, StageInputError) as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    seconds = time.perf_counter() - start
+    write_json({"stage": name, "seconds": round(seconds, 2)}, TIMINGS_DIR / f"{name}.json")
+    print(f"{name}: done in {seconds:.1f} s", file=sys.stderr)

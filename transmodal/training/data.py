@@ -1,0 +1,59 @@
+"""Batches of cached VideoMAE token grids and aligned pose tensors for the fusion head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from transmodal.features.store import FeatureStore
+
+# Keep a split in memory when its fp16 tokens fit in this budget; stream from the memory-mapped shards otherwise.
+PRELOAD_BYTES = 2 * 1024**3
+
+
+@dataclass
+class SplitData:
+    """The clips of one split: rows into the feature store, labels and video ids, with lazy token access."""
+
+    store: FeatureStore
+    rows: np.ndarray  # (N,) row numbers into store.clips
+    labels: torch.Tensor  # (N,) int64
+    video_ids: list[str]
+    pose_channels: int
+    _tokens: torch.Tensor | None = None  # (N, G, P, D) fp16 when preloaded
+    _pose: torch.Tensor | None = None  # (N, T, J, C) float32
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens (B, G, P, D) float32, pose (B, T, J, C) float32, labels (B,) for positions into this split."""
+        if self._tokens is not None:
+            tokens = self._tokens[positions]
+        else:
+            tokens = self.store.tokens(self.rows[positions].tolist())
+        return tokens.float(), self._pose[positions], self.labels[positions]
+
+
+def load_split(store: FeatureStore, split: str, pose_scores: bool) -> SplitData:
+    """All clips of ``split`` (train | val | test) in clips.parquet order."""
+    clips = store.clips
+    rows = np.flatnonzero((clips["split"] == split).to_numpy())
+    labels = torch.as_tensor(clips["label_idx"].to_numpy()[rows], dtype=torch.long)
+    video_ids = clips["video_id"].to_numpy()[rows].tolist()
+    channels = 3 if pose_scores else 2
+    data = SplitData(store, rows, labels, video_ids, channels)
+    if len(rows):
+        xy, score, mask = store.pose(rows.tolist())  # (N, T, J, 2), (N, T, J), (N, T, J)
+        xy = torch.as_tensor(xy) * torch.as_tensor(mask)[..., None]
+        pose = (
+            torch.cat([xy, torch.as_tensor(score)[..., None]], dim=-1) if pose_scores else xy
+        )  # (N, T, J, C)
+        data._pose = pose.float().contiguous()
+        grid = store.backbone["grid"]
+        nbytes = len(rows) * grid[0] * grid[1] * store.backbone["hidden_size"] * 2
+        if nbytes <= PRELOAD_BYTES:
+            data._tokens = store.tokens(rows.tolist())
+    return data

@@ -1,0 +1,168 @@
+"""Train the TransMODAL head on cached features (paper 4.2: AdamW, cosine annealing, batch 4)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from transmodal.features.store import FeatureStore
+from transmodal.io import atomic_dir
+from transmodal.model import TransModal, parameter_counts
+from transmodal.params import ModelConfig, SelectorConfig, TrainConfig
+from transmodal.training.data import SplitData, load_split
+from transmodal.vision.checkpoints import pick_device
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy and ask torch for deterministic kernels."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_model(store: FeatureStore, model_cfg: ModelConfig, selector_cfg: SelectorConfig) -> TransModal:
+    """A fresh head sized from the feature cache's grid; selector ranges are checked against it first."""
+    backbone = store.backbone
+    num_groups, patches = backbone["grid"]
+    selector_cfg.check_against_grid(backbone["num_frames"], backbone["tubelet_size"], patches)
+    return TransModal(
+        model_cfg,
+        selector_cfg,
+        dim=backbone["hidden_size"],
+        num_classes=len(class_names(store)),
+        num_frames=backbone["num_frames"],
+        tubelet_size=backbone["tubelet_size"],
+        patches_per_group=patches,
+    )
+
+
+def class_names(store: FeatureStore) -> list[str]:
+    """Class names by label_idx, from the dataset index as carried in clips.parquet."""
+    pairs = store.clips[["label_idx", "label"]].drop_duplicates().sort_values("label_idx")
+    names = dict(zip(pairs["label_idx"], pairs["label"], strict=True))
+    return [names.get(i, f"class_{i}") for i in range(int(max(names)) + 1)]
+
+
+@torch.inference_mode()
+def predict(model: TransModal, data: SplitData, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits (N, num_classes) float32 for every clip of ``data``, in order."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(data), batch_size):
+        positions = np.arange(start, min(start + batch_size, len(data)))
+        tokens, pose, _ = data.batch(positions)
+        outputs.append(model(tokens.to(device), pose.to(device)).logits.float().cpu())
+    return torch.cat(outputs) if outputs else torch.zeros(0, model.num_classes)
+
+
+def train_model(
+    store: FeatureStore,
+    model_cfg: ModelConfig,
+    selector_cfg: SelectorConfig,
+    train_cfg: TrainConfig,
+    out_dir: Path,
+    progress: bool = True,
+) -> tuple[dict, pd.DataFrame]:
+    """Train, select the epoch with the best validation accuracy, save it to ``out_dir``.
+
+    Returns (metrics, per-epoch history). The checkpoint is ``model.safetensors`` + ``config.json``
+    (everything needed to rebuild the model without params.yaml).
+    """
+    seed_everything(train_cfg.seed)
+    device = pick_device(train_cfg.device)
+    model = build_model(store, model_cfg, selector_cfg).to(device)
+    train = load_split(store, "train", model_cfg.pose_scores)
+    val = load_split(store, "val", model_cfg.pose_scores)
+    if len(train) == 0:
+        raise ValueError("no training clips in the feature cache (check data.split and the features stage)")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.epochs)
+    generator = torch.Generator().manual_seed(train_cfg.seed)
+
+    history, best_state, best_key = [], None, None
+    epochs = tqdm(range(1, train_cfg.epochs + 1), desc="train", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        model.train()
+        order = torch.randperm(len(train), generator=generator).numpy()
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(order), train_cfg.batch_size):
+            positions = order[start : start + train_cfg.batch_size]
+            tokens, pose, labels = train.batch(positions)
+            tokens, pose, labels = tokens.to(device), pose.to(device), labels.to(device)
+            logits = model(tokens, pose).logits  # (B, classes)
+            loss = F.cross_entropy(logits, labels, label_smoothing=train_cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(positions)
+            correct += int((logits.argmax(-1) == labels).sum())
+        scheduler.step()
+        row = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / len(train),
+            "train_acc": correct / len(train),
+        }
+        if len(val):
+            val_logits = predict(model, val, max(train_cfg.batch_size, 16), device)
+            row["val_loss"] = float(F.cross_entropy(val_logits, val.labels))
+            row["val_acc"] = float((val_logits.argmax(-1) == val.labels).float().mean())
+            # best accuracy first, then lower loss; strict ">" keeps the earliest epoch on a full tie
+            key = (row["val_acc"], -row["val_loss"])
+        else:
+            key = (epoch, 0.0)  # no validation clips: the last epoch is kept (recorded in metrics)
+        history.append(row)
+        if best_key is None or key > best_key:
+            best_key, best_state = key, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_epoch = epoch
+        epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row.get('val_acc', math.nan):.3f}")
+
+    config = {
+        "model": model.config_dict(),
+        "classes": class_names(store),
+        "train": asdict(train_cfg),
+        "best_epoch": best_epoch,
+        "backbone": store.backbone,
+    }
+    save_checkpoint(best_state, config, out_dir)
+    best = history[best_epoch - 1]
+    metrics = {
+        "best_epoch": best_epoch,
+        "model_selection": "best validation accuracy" if len(val) else "last epoch (no validation clips)",
+        "val_acc": best.get("val_acc"),
+        "val_loss": best.get("val_loss"),
+        "train_loss_final": history[-1]["train_loss"],
+        "train_clips": len(train),
+        "val_clips": len(val),
+        "parameters": parameter_counts(model),
+        "device": str(device),
+    }
+    return metrics, pd.DataFrame(history)
+
+
+def save_checkpoint(state: dict[str, torch.Tensor], config: dict, out_dir: Path) -> None:
+    """Weights as safetensors plus the config JSON, written atomically as one folder."""
+    with atomic_dir(out_dir) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def load_checkpoint(model_dir: Path, device: torch.device | str = "cpu") -> tuple[TransModal, dict]:
+    """Rebuild the model from its own config.json and load the weights (strict)."""
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    model = TransModal.from_config_dict(config["model"])
+    model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)), strict=True)
+    return model.to(device).eval(), config

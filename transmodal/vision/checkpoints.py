@@ -1,0 +1,104 @@
+"""Resolve a checkpoint param (hub id or local folder) and load models through transformers.
+
+Order of look-up: a local folder in Hugging Face format, then the local Hugging Face cache, then the hub
+(skipped when ``HF_HUB_OFFLINE=1``). A checkpoint found nowhere raises :class:`CheckpointError`, one line
+naming the param, the checkpoint and the three ways to provide it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found or loaded."""
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_checkpoint(checkpoint: str, param: str) -> str:
+    """Return a local folder holding ``checkpoint`` (``config.json`` inside), fetching it if allowed.
+
+    ``param`` is the params.yaml key that named it (for the error message).
+    """
+    local = Path(checkpoint)
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise CheckpointError(
+                f"params.yaml: {param} is {checkpoint!r}, a folder without config.json "
+                "(expected a Hugging Face save_pretrained folder)"
+            )
+        return str(local)
+    if checkpoint.startswith((".", "/")) or os.sep in checkpoint.strip("/").split("/", 1)[-1]:
+        raise CheckpointError(
+            f"params.yaml: {param} is {checkpoint!r}, which is not a folder and not a hub id"
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(checkpoint, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        pass
+    hint = (
+        f"provide it as a local folder (save_pretrained format) and set {param} to it, put it in the "
+        "Hugging Face cache (huggingface-cli download on a networked machine, then copy HF_HOME), or allow "
+        "network access (unset HF_HUB_OFFLINE)"
+    )
+    if _offline():
+        raise CheckpointError(
+            f"params.yaml: {param} is {checkpoint!r}: not in the local cache (offline); {hint}"
+        )
+    try:
+        return snapshot_download(checkpoint)
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"params.yaml: {param} is {checkpoint!r}: download failed ({first_line}); {hint}"
+        ) from None
+
+
+def load_model(model_cls, checkpoint: str, param: str, device: torch.device, dtype: torch.dtype):
+    """``model_cls.from_pretrained`` on the resolved checkpoint, in eval mode, on ``device`` in ``dtype``."""
+    folder = resolve_checkpoint(checkpoint, param)
+    try:
+        model = model_cls.from_pretrained(folder, dtype=dtype)
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"params.yaml: {param} is {checkpoint!r}: cannot load as {model_cls.__name__} ({err})"
+        ) from None
+    return model.to(device).eval()
+
+
+def load_processor(processor_cls, checkpoint: str, param: str):
+    """The checkpoint's own image processor (its preprocessor_config.json), never a default one."""
+    folder = resolve_checkpoint(checkpoint, param)
+    try:
+        return processor_cls.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"params.yaml: {param} is {checkpoint!r}: no usable preprocessor_config.json ({err})"
+        ) from None
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(
+            "device is 'cuda' but no CUDA device is available; set the stage's device to auto or cpu"
+        )
+    return torch.device(device)
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """fp16/bf16 apply on CUDA only; on CPU the model runs in fp32 (half precision there is slow or unsupported)."""
+    if device.type != "cuda":
+        return torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

@@ -1,0 +1,421 @@
+"""Detect stage (paper 3.1 step 1): RT-DETR person boxes per kept frame, linked by ByteTrack into tracks.
+
+``run_detect`` returns the tracks table (``data/tracks.parquet``, contract in docs/data-contracts.md and
+:mod:`transmodal.vision.track`) and the metrics written to ``metrics/detect.json``. With
+``detect.source: annotations`` the tracks come from the dataset's ground truth instead of the detector,
+through the same primary-track rule and gap filling.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from transmodal.data.frames import FrameStore
+from transmodal.params import DetectConfig, ParamError
+from transmodal.vision import checkpoints
+from transmodal.vision.quality import detection_quality
+from transmodal.vision.track import (
+    BOX_COLUMNS,
+    TRACK_COLUMNS,
+    empty_tracks,
+    finalize_video_tracks,
+    track_video,
+)
+
+PIL_BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, as stored in preprocessor_config.json
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Frame batches shared by the detect and pose stages
+
+
+@dataclass
+class FramePiece:
+    """A run of consecutive kept frames of one video inside a batch."""
+
+    video_id: str
+    start: int  # position of the first frame among the video's kept frames
+    frame_idx: np.ndarray  # (n,) original frame numbers
+    frames: np.ndarray  # (n, H, W, 3) uint8 RGB (a view into the decoded video)
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``items`` on a worker thread, ``depth`` ahead (Parquet reads and zstd release the GIL)."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                out.put(item)
+        except BaseException as err:  # re-raised in the consumer
+            out.put(err)
+        out.put(done)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        while (item := out.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not out.empty():  # unblock a worker waiting on a full queue
+            out.get_nowait()
+
+
+def iter_frame_batches(
+    store: FrameStore, video_ids: list[str], batch_size: int
+) -> Iterator[list[FramePiece]]:
+    """Kept frames of ``video_ids`` in order, in batches of ``batch_size`` frames that may span videos.
+
+    Every batch but the last holds exactly ``batch_size`` frames; videos are decoded one ahead on a thread.
+    """
+    batch: list[FramePiece] = []
+    filled = 0
+    for video_id, frame_idx, frames in prefetch(store.iter_videos(video_ids)):
+        start = 0
+        while start < len(frame_idx):
+            take = min(batch_size - filled, len(frame_idx) - start)
+            batch.append(
+                FramePiece(video_id, start, frame_idx[start : start + take], frames[start : start + take])
+            )
+            filled += take
+            start += take
+            if filled == batch_size:
+                yield batch
+                batch, filled = [], 0
+    if batch:
+        yield batch
+
+
+def pipelined(batches: Iterable, launch, finish) -> None:
+    """``finish(batch, launch(batch))`` for every batch, one batch deep: batch k + 1 is launched before batch
+    k is finished. ``launch`` only queues device work; ``finish`` waits for it (copies to the host) and
+    does the host work. On a GPU the device then computes batch k + 1 while the host finishes batch k; on the
+    CPU it is the plain loop."""
+    pending = None
+    for batch in batches:
+        launched = (batch, launch(batch))
+        if pending is not None:
+            finish(*pending)
+        pending = launched
+    if pending is not None:
+        finish(*pending)
+
+
+def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(n, H, W, 3) uint8 RGB -> (n, 3, H, W) float32 0..255 on ``device`` (sent as uint8: 4x fewer bytes)."""
+    pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(device, non_blocking=True)  # (n, H, W, 3)
+    return pixels.permute(0, 3, 1, 2).float()  # (n, 3, H, W)
+
+
+def _size_hw(size) -> tuple[int, int] | None:
+    height, width = getattr(size, "height", None), getattr(size, "width", None)
+    if height is None and isinstance(size, dict):
+        height, width = size.get("height"), size.get("width")
+    return (int(height), int(width)) if height and width else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RT-DETR person detector
+
+
+class PersonDetector:
+    """RT-DETR through transformers, person class only.
+
+    ``detector(frames (n, H, W, 3) uint8 RGB) -> [(boxes (N_i, 4) x1, y1, x2, y2 float32 pixels, scores (N_i,)
+    float32)]``, boxes clamped to the frame.
+
+    Pre-processing follows the checkpoint's own image processor. For the configurations RT-DETR checkpoints
+    ship (fixed height x width, bilinear, rescale, optional normalise, no padding) it runs as batched torch
+    ops on the model's device, equal to the processor's output up to uint8 rounding (1/255; tested); any
+    other configuration goes through the processor itself.
+    """
+
+    def __init__(self, model, processor, person_id: int, score_threshold: float, device: torch.device):
+        self.model = model
+        self.processor = processor
+        self.person_id = person_id
+        self.score_threshold = score_threshold
+        self.device = device
+        self.dtype = next(model.parameters()).dtype
+        self._fast = self._fast_preprocess_spec(processor)
+
+    @classmethod
+    def from_config(cls, cfg: DetectConfig) -> PersonDetector:
+        """Load ``detect.checkpoint`` (hub id or folder) on ``detect.device`` in ``detect.precision``."""
+        from transformers import AutoImageProcessor, RTDetrForObjectDetection, RTDetrV2ForObjectDetection
+
+        folder = checkpoints.resolve_checkpoint(cfg.checkpoint, "detect.checkpoint")
+        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+        model_cls = {"rt_detr": RTDetrForObjectDetection, "rt_detr_v2": RTDetrV2ForObjectDetection}.get(
+            model_type
+        )
+        if model_cls is None:
+            raise checkpoints.CheckpointError(
+                f"params.yaml: detect.checkpoint is {cfg.checkpoint!r}: model_type {model_type!r} is not "
+                "RT-DETR (expected rt_detr or rt_detr_v2)"
+            )
+        device = checkpoints.pick_device(cfg.device)
+        dtype = checkpoints.pick_dtype(cfg.precision, device)
+        model = checkpoints.load_model(model_cls, folder, "detect.checkpoint", device, dtype)
+        processor = checkpoints.load_processor(AutoImageProcessor, folder, "detect.checkpoint")
+        return cls(
+            model, processor, person_label_id(model.config, cfg.person_label), cfg.score_threshold, device
+        )
+
+    @staticmethod
+    def _fast_preprocess_spec(processor) -> dict | None:
+        size = _size_hw(getattr(processor, "size", None))
+        supported = (
+            getattr(processor, "do_resize", True)
+            and size is not None
+            and int(getattr(processor, "resample", PIL_BILINEAR)) == PIL_BILINEAR
+            and not getattr(processor, "do_pad", False)
+        )
+        if not supported:
+            return None
+        spec = {"size": size, "scale": processor.rescale_factor if processor.do_rescale else 1.0}
+        if getattr(processor, "do_normalize", False):
+            spec["mean"] = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+            spec["std"] = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        return spec
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """(n, H, W, 3) uint8 RGB -> pixel_values (n, 3, S_h, S_w) on the model's device and dtype."""
+        if self._fast is None:
+            pixel_values = self.processor(images=list(frames), return_tensors="pt")["pixel_values"]
+            return pixel_values.to(self.device, self.dtype)
+        spec = self._fast
+        x = frames_to_tensor(frames, self.device)  # (n, 3, H, W) 0..255
+        # antialiased bilinear is PIL's bilinear filter; PIL rounds the resized image to uint8, so do we
+        x = F.interpolate(x, size=spec["size"], mode="bilinear", antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255) * spec["scale"]  # (n, 3, S_h, S_w)
+        if "mean" in spec:
+            x = (x - spec["mean"].to(x.device)) / spec["std"].to(x.device)
+        return x.to(self.dtype)
+
+    def forward(self, pixel_values: torch.Tensor):
+        """The bare model call (what the benchmark compares the stage against)."""
+        with torch.inference_mode():
+            return self.model(pixel_values=pixel_values)
+
+    def postprocess(self, outputs, sizes: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Person boxes above the threshold per image; ``sizes`` are the frames' (height, width)."""
+        # On the CPU in float32: one copy per batch instead of a device sync per image, and numpy has no bf16.
+        outputs32 = SimpleNamespace(
+            logits=outputs.logits.float().cpu(), pred_boxes=outputs.pred_boxes.float().cpu()
+        )
+        with torch.inference_mode():
+            results = self.processor.post_process_object_detection(
+                outputs32, threshold=self.score_threshold, target_sizes=sizes, use_focal_loss=True
+            )
+        detections = []
+        for result, (height, width) in zip(results, sizes, strict=True):
+            # Focal top-k can list one query under two labels; keeping the person label alone removes that.
+            person = result["labels"] == self.person_id
+            boxes = result["boxes"][person].float()
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            detections.append((boxes.numpy().astype(np.float32), result["scores"][person].float().numpy()))
+        return detections
+
+    def __call__(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        height, width = frames.shape[1:3]
+        outputs = self.forward(self.preprocess(frames))
+        return self.postprocess(outputs, [(height, width)] * len(frames))
+
+
+def person_label_id(config, person_label: str) -> int:
+    """The class id named ``person_label`` in the checkpoint's ``id2label`` (exact, then case-insensitive)."""
+    id2label = {int(k): str(v) for k, v in config.id2label.items()}
+    for wanted in (lambda name: name == person_label, lambda name: name.lower() == person_label.lower()):
+        ids = sorted(i for i, name in id2label.items() if wanted(name))
+        if ids:
+            return ids[0]
+    shown = ", ".join(repr(id2label[i]) for i in sorted(id2label)[:8])
+    raise ParamError(
+        f"params.yaml: detect.person_label is {person_label!r}, which is not a class of the detector "
+        f"(its {len(id2label)} labels start with {shown})"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The stage
+
+
+@dataclass
+class VideoFrames:
+    """What the stage needs to know about one stored video besides its pixels."""
+
+    frame_idx: np.ndarray  # (T,) kept original frame numbers, ascending
+    width: int
+    height: int
+    frame_rate: float  # frames per second as the tracker sees them (video fps / stride)
+
+
+def stored_videos(store: FrameStore) -> dict[str, VideoFrames]:
+    """Every video of the store (index order) with its kept frames, from the frame table (no pixel reads)."""
+    by_video = {video_id: table for video_id, table in store.frames.groupby("video_id", sort=False)}
+    videos = {}
+    for video_id in store.video_ids:
+        table = by_video[video_id]
+        frame_idx = np.sort(table["frame_idx"].to_numpy(np.int64))
+        fps = float(table["fps"].iloc[0])
+        stride = float(np.median(np.diff(frame_idx))) if len(frame_idx) > 1 else 1.0
+        videos[video_id] = VideoFrames(
+            frame_idx=frame_idx,
+            width=int(table["width"].iloc[0]),
+            height=int(table["height"].iloc[0]),
+            frame_rate=fps / stride if fps > 0 else 30.0,  # unknown fps: ByteTrack's own 30
+        )
+    return videos
+
+
+def ground_truth_tracks(annotations: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Ground truth as detected tracks: video_id -> (frame_idx, track_id = person, x1..y2, score = 1)."""
+    table = pd.DataFrame(
+        {
+            "video_id": annotations["video_id"].astype(str).to_numpy(),
+            "frame_idx": annotations["frame_idx"].to_numpy(np.int64),
+            "track_id": annotations["person"].to_numpy(np.int64),
+            **{c: annotations[c].to_numpy(np.float64) for c in BOX_COLUMNS},
+            "score": 1.0,
+        }
+    )
+    return {
+        video_id: rows.drop(columns="video_id") for video_id, rows in table.groupby("video_id", sort=False)
+    }
+
+
+def _model_tracks(
+    store: FrameStore,
+    videos: dict[str, VideoFrames],
+    detector: PersonDetector,
+    cfg: DetectConfig,
+    progress: bool,
+) -> tuple[dict[str, pd.DataFrame], int]:
+    """Detect persons in every kept frame and track them: video_id -> detected track rows, and the number
+    of person boxes. A video is tracked as soon as its last frame is detected, so on a GPU the tracking
+    of one video overlaps the detection of the next."""
+    pending = {v: ([None] * len(info.frame_idx), [None] * len(info.frame_idx)) for v, info in videos.items()}
+    missing = {v: len(info.frame_idx) for v, info in videos.items()}
+    tracked: dict[str, pd.DataFrame] = {}
+    counts = {"boxes": 0}
+    total = sum(missing.values())
+
+    def launch(batch: list[FramePiece]):
+        # videos may differ in size: pre-process per piece, then one forward on the whole batch
+        pixel_values = torch.cat([detector.preprocess(piece.frames) for piece in batch])  # (B, 3, S_h, S_w)
+        return detector.forward(pixel_values)
+
+    def finish(batch: list[FramePiece], outputs) -> None:
+        sizes = [piece.frames.shape[1:3] for piece in batch for _ in range(len(piece.frame_idx))]
+        results = iter(detector.postprocess(outputs, sizes))
+        for piece in batch:
+            boxes, scores = pending[piece.video_id]
+            for position in range(piece.start, piece.start + len(piece.frame_idx)):
+                boxes[position], scores[position] = next(results)
+            missing[piece.video_id] -= len(piece.frame_idx)
+            if missing[piece.video_id] == 0:
+                boxes, scores = pending.pop(piece.video_id)
+                counts["boxes"] += sum(len(s) for s in scores)
+                video = videos[piece.video_id]
+                tracked[piece.video_id] = track_video(boxes, scores, video.frame_idx, cfg, video.frame_rate)
+        bar.update(len(sizes))
+
+    with tqdm(total=total, desc="detect+track", unit="frame", disable=not progress) as bar:
+        pipelined(iter_frame_batches(store, list(videos), cfg.batch_size), launch, finish)
+    return tracked, counts["boxes"]
+
+
+def run_detect(
+    store: FrameStore,
+    cfg: DetectConfig,
+    annotations: pd.DataFrame | None,
+    progress: bool = True,
+    detector: PersonDetector | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """Tracks of every stored video and the detect metrics (for ``metrics/detect.json``).
+
+    ``annotations`` is the dataset's ground truth or None; ``source: annotations`` requires it, and whenever
+    given it scores the tracks (adds the keys of :func:`~transmodal.vision.quality.detection_quality`).
+    ``detector`` reuses an already loaded model (benchmarks); by default one is loaded from ``cfg``.
+    """
+    started = time.perf_counter()
+    if cfg.source == "annotations" and annotations is None:
+        raise ParamError(
+            "params.yaml: detect.source is 'annotations' but the dataset has no annotations.parquet"
+        )
+    videos = stored_videos(store)
+    stitch = cfg.stitch_tracks  # see transmodal.vision.track.stitch_tracks
+    metrics: dict = {"source": cfg.source, "stitch_tracks": stitch}
+    if cfg.source == "model":
+        if detector is None:
+            detector = PersonDetector.from_config(cfg)
+        metrics.update(
+            checkpoint=cfg.checkpoint,
+            device=str(detector.device),
+            dtype=str(detector.dtype).removeprefix("torch."),
+            batch_size=cfg.batch_size,
+            score_threshold=cfg.score_threshold,
+        )
+        # detected track rows per video: frame_idx, track_id, x1, y1, x2, y2, score
+        detected_by_video, detections = _model_tracks(store, videos, detector, cfg, progress)
+    else:
+        detected_by_video = ground_truth_tracks(annotations)
+        detections = 0
+
+    tables, fallback_videos = [], []
+    no_rows = pd.DataFrame(columns=["frame_idx", "track_id", *BOX_COLUMNS, "score"])
+    for video_id, video in videos.items():
+        detected = detected_by_video.get(video_id, no_rows)
+        if cfg.source == "annotations":
+            detected = detected[detected["frame_idx"].isin(video.frame_idx)]
+            detections += len(detected)
+        table, used_fallback = finalize_video_tracks(
+            video_id, detected, video.frame_idx, video.width, video.height, stitch=stitch
+        )
+        tables.append(table)
+        if used_fallback:
+            fallback_videos.append(video_id)
+    tracks = pd.concat(tables, ignore_index=True) if tables else empty_tracks()
+    tracks = tracks[TRACK_COLUMNS]
+
+    primary = tracks[tracks["is_primary"]]
+    status = store.videos["status"]
+    seconds = time.perf_counter() - started
+    metrics.update(
+        videos=int(len(videos)),
+        videos_without_frames=int((status != "ok").sum()),
+        videos_fallback=len(fallback_videos),
+        fallback_examples=fallback_videos[:20],
+        frames=int(len(primary)),
+        detections=int(detections),
+        tracks=int(tracks.loc[~tracks["fallback"], ["video_id", "track_id"]].drop_duplicates().shape[0]),
+        primary_frames_detected=int((~primary["interpolated"] & ~primary["fallback"]).sum()),
+        primary_frames_interpolated=int(primary["interpolated"].sum()),
+        seconds=round(seconds, 3),
+        frames_per_second=round(len(primary) / seconds, 2) if seconds > 0 else None,
+    )
+    if annotations is not None:  # flat keys: `dvc metrics diff` shows recall, precision, ... directly
+        metrics.update(detection_quality(tracks, annotations, store.frames))
+    return tracks, metrics
