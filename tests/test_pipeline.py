@@ -105,3 +105,58 @@ def test_experiment_reruns_only_the_head_and_metrics_diff_shows_it(project):
     assert "selector.top_k_frames" in diff
     metrics = dvc(project, "metrics", "diff", "--all")
     assert "video_accuracy" in metrics and "head_latency_ms" in metrics
+
+
+def _reset_to_head(project: Path) -> None:
+    """Back to the committed params and results (an `exp run` in the workspace changes them)."""
+    _run(["git", "checkout", "--", "."], project)
+    dvc(project, "checkout", "--force")
+
+
+def test_model_source_experiment_runs_rtdetr_and_vitpose_through_dvc(project):
+    _reset_to_head(project)
+    log = dvc(project, "exp", "run", "-S", "detect.source=model", "-S", "pose.source=model")
+    assert "Running stage 'detect'" in log and "Running stage 'pose'" in log
+    assert "Running stage 'frames'" not in log
+    import pandas as pd
+
+    tracks = pd.read_parquet(project / "data/tracks.parquet")
+    assert list(tracks.columns)[:9] == [
+        "video_id", "frame_idx", "track_id", "x1", "y1", "x2", "y2", "score", "is_primary"
+    ]  # fmt: skip
+    frames = pd.read_parquet(project / "data/frames/frames.parquet")
+    primary = tracks[tracks["is_primary"]]
+    assert len(primary) == len(frames)  # exactly one primary box per kept frame
+    keypoints = pd.read_parquet(project / "data/keypoints.parquet")
+    assert len(keypoints) == len(frames) and "left_wrist_score" in keypoints.columns
+    detect = json.loads((project / "metrics/detect.json").read_text())
+    pose = json.loads((project / "metrics/pose.json").read_text())
+    assert detect["source"] == "model" and detect["checkpoint"] == "models/tiny/detector"
+    assert {"recall", "precision", "primary_coverage", "identity_switches"} <= set(detect)
+    assert pose["source"] == "model" and 0.0 <= pose["pck"] <= 1.0 and len(pose["pck_per_joint"]) == 17
+
+
+def test_queued_sweep_runs_every_value(project):
+    import time
+
+    _reset_to_head(project)
+    dvc(project, "exp", "run", "--queue", "-S", "selector.top_k_frames=4,12")
+    dvc(project, "queue", "start")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(project, "queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Failed" not in status, status
+    shown = json.loads(dvc(project, "exp", "show", "--json"))
+    values = set()
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for revision in exp.get("revs", []):
+                data = revision.get("data") or {}
+                params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+                metrics = data.get("metrics", {}).get("metrics/eval.json", {}).get("data", {})
+                if "video_accuracy" in metrics:
+                    values.add(params["selector"]["top_k_frames"])
+    assert {4, 12} <= values, shown

@@ -3,7 +3,8 @@
 Layout of ``data/frames/``:
 - ``shard-NNNNN.parquet``: one row per video (one row group each, so a video reads alone):
   ``video_id``, ``frame_idx`` (list of original 0-based frame numbers kept), ``height``, ``width``,
-  ``pixels`` (raw RGB uint8 bytes, T x H x W x 3, zstd-compressed by Parquet: lossless and fast to read).
+  ``codec``, ``pixels`` (RGB uint8 T x H x W x 3, compressed with ``codec`` (LZ4 frame): lossless, and
+  compressed by the decode workers in parallel rather than by the single Parquet writer).
 - ``videos.parquet``: one row per indexed video: ``video_id``, ``status`` (``ok`` | ``skipped``),
   ``reason``, ``frames_decoded``, ``frames_reported`` (container header), ``frames_kept``, ``width``,
   ``height``, ``fps``, ``short`` (fewer kept frames than one clip), ``shard``, ``row_group``.
@@ -13,9 +14,10 @@ Layout of ``data/frames/``:
 
 from __future__ import annotations
 
-import queue
-import threading
+import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ SHARD_SCHEMA = pa.schema(
         ("frame_idx", pa.list_(pa.int32())),
         ("height", pa.int32()),
         ("width", pa.int32()),
+        ("codec", pa.string()),
         ("pixels", pa.large_binary()),
     ]
 )
@@ -100,28 +103,27 @@ def decode_video(path: Path, video_id: str, stride: int) -> DecodedVideo:
     return DecodedVideo(video_id, np.stack(kept), np.asarray(kept_idx, np.int32), decoded, reported, fps)
 
 
-def _decode_in_background(
-    jobs: list[tuple[Path, str]], stride: int, depth: int = 4
-) -> Iterator[DecodedVideo]:
-    """Decode on a worker thread (OpenCV releases the GIL) while the caller compresses and writes."""
-    out: queue.Queue = queue.Queue(maxsize=depth)
-    stop = object()
+PIXEL_CODEC = "lz4"  # LZ4 frame: ~2.5x smaller than raw on KTH-like frames, several times faster than zstd
 
-    def work():
-        try:
-            for path, video_id in jobs:
-                out.put(decode_video(path, video_id, stride))
-        except BaseException as err:  # surface worker errors in the caller
-            out.put(err)
-        out.put(stop)
 
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    while (item := out.get()) is not stop:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-    worker.join()
+def _decode_and_compress(path: Path, video_id: str, stride: int) -> tuple[DecodedVideo, pa.Buffer | None]:
+    """Decode one video and compress its kept frames (both release the GIL, so workers run in parallel)."""
+    video = decode_video(path, video_id, stride)
+    if video.frames is None:
+        return video, None
+    return video, pa.Codec(PIXEL_CODEC).compress(np.ascontiguousarray(video.frames))
+
+
+def _decoded_in_order(jobs: list[tuple[Path, str]], stride: int, workers: int) -> Iterator:
+    """``_decode_and_compress`` over ``jobs`` on a thread pool, results in job order, few videos in flight."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for path, video_id in jobs:
+            pending.append(pool.submit(_decode_and_compress, path, video_id, stride))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def extract_frames(
@@ -132,19 +134,22 @@ def extract_frames(
     clip_length: int,
     videos_per_shard: int,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict:
     """Decode every video of ``index`` (columns video_id, path) under ``root`` into ``out_dir``.
 
-    Returns the summary written to ``metrics/frames.json``.
+    ``workers`` decode-and-compress threads (default: one per CPU core). Returns the summary written to
+    ``metrics/frames.json``.
     """
     jobs = [(Path(root) / rel, vid) for vid, rel in zip(index["video_id"], index["path"], strict=True)]
+    workers = workers or max(1, os.cpu_count() or 1)
     video_rows, frame_tables = [], []
     with atomic_dir(out_dir) as tmp:
         writer, shard, rows_in_shard = None, -1, 0
         try:
-            decoded_iter = _decode_in_background(jobs, stride)
-            for video in tqdm(
-                decoded_iter, total=len(jobs), desc="frames", unit="video", disable=not progress
+            decoded = _decoded_in_order(jobs, stride, workers)
+            for video, pixels in tqdm(
+                decoded, total=len(jobs), desc="frames", unit="video", disable=not progress
             ):
                 row = {
                     "video_id": video.video_id,
@@ -165,8 +170,13 @@ def extract_frames(
                         if writer is not None:
                             writer.close()
                         shard, rows_in_shard = shard + 1, 0
+                        # pixels arrive compressed; Parquet compresses only the small columns
                         writer = pq.ParquetWriter(
-                            tmp / f"shard-{shard:05d}.parquet", SHARD_SCHEMA, compression="zstd"
+                            tmp / f"shard-{shard:05d}.parquet",
+                            SHARD_SCHEMA,
+                            compression={name: "zstd" for name in SHARD_SCHEMA.names} | {"pixels": "none"},
+                            use_dictionary=False,
+                            write_statistics=False,
                         )
                     t, h, w, _ = video.frames.shape
                     table = pa.table(
@@ -175,7 +185,8 @@ def extract_frames(
                             "frame_idx": [video.frame_idx.tolist()],
                             "height": [h],
                             "width": [w],
-                            "pixels": _blob(video.frames),
+                            "codec": [PIXEL_CODEC],
+                            "pixels": _blob(pixels),
                         },
                         schema=SHARD_SCHEMA,
                     )
@@ -226,9 +237,8 @@ def extract_frames(
     }
 
 
-def _blob(array: np.ndarray) -> pa.LargeBinaryArray:
-    """One large-binary value viewing ``array``'s memory (no copy of the pixels before compression)."""
-    data = pa.py_buffer(np.ascontiguousarray(array))
+def _blob(data: pa.Buffer) -> pa.LargeBinaryArray:
+    """One large-binary value viewing ``data`` (no copy of the pixels)."""
     offsets = pa.py_buffer(np.array([0, data.size], dtype=np.int64))
     return pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1, [None, offsets, data])
 
@@ -266,8 +276,12 @@ class FrameStore:
         table = self._files[shard].read_row_group(group)
         frame_idx = np.asarray(table.column("frame_idx")[0].as_py(), dtype=np.int64)
         h, w = table.column("height")[0].as_py(), table.column("width")[0].as_py()
-        pixels = np.frombuffer(table.column("pixels")[0].as_buffer(), dtype=np.uint8)
-        return frame_idx, pixels.reshape(len(frame_idx), h, w, 3)
+        shape = (len(frame_idx), h, w, 3)
+        codec = pa.Codec(table.column("codec")[0].as_py())
+        pixels = codec.decompress(
+            table.column("pixels")[0].as_buffer(), decompressed_size=int(np.prod(shape))
+        )
+        return frame_idx, np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
 
     def iter_videos(self, video_ids: list[str] | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """Yield ``(video_id, frame_idx, frames)`` one video at a time (memory stays at one video)."""
