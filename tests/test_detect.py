@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.data.synth import VideoSpec, render_video, write_avi
@@ -61,16 +60,6 @@ def build_dataset(root: Path) -> tuple[FrameStore, pd.DataFrame]:
         index, videos, root / "frames", stride=STRIDE, clip_length=4, videos_per_shard=2, progress=False
     )
     return FrameStore(root / "frames"), pd.concat(annotations, ignore_index=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's waiting threads made them
-    10-40x slower (measured); one thread keeps these tests fast and steady. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -365,6 +354,37 @@ def test_stitching_joins_the_crossings_of_one_person():
     )
     np.testing.assert_allclose(primary.loc[16, "x1"], 12 + (120 - 12) * (16 - 12) / 8)
     assert set(stitched.loc[~stitched["is_primary"], "track_id"]) == {2}
+
+
+@pytest.mark.parametrize("stitch", [True, False])
+def test_stitch_tracks_param_joins_a_re_entering_walker(dataset, stitch):
+    """detect.stitch_tracks through run_detect: the runner of "gap" leaves (frames 37-44) and comes back under
+    a new id, as ByteTrack reports a re-entry. Stitched, the primary track covers both crossings; not
+    stitched, only the longer first one (kept frames 2-36), and the return is held from frame 36."""
+    store, annotations = dataset
+    re_entry = (annotations["video_id"] == "gap") & (annotations["frame_idx"] >= 46)
+    relabelled = annotations.assign(person=annotations["person"].where(~re_entry, 7))
+    cfg = DetectConfig(source="annotations", stitch_tracks=stitch)
+    tracks, metrics = run_detect(store, cfg, relabelled, progress=False)
+    assert metrics["stitch_tracks"] is stitch
+    gap = tracks[tracks["video_id"] == "gap"]
+    primary = gap[gap["is_primary"]].set_index("frame_idx")
+    first, second = list(range(2, 38, 2)), list(range(46, 64, 2))  # kept frames of the two crossings
+    assert len(primary) == 32 and not primary.loc[first, "interpolated"].any()
+    assert primary.loc[first, "track_id"].eq(0).all()
+    if stitch:
+        assert not primary.loc[second, "interpolated"].any() and primary.loc[second, "track_id"].eq(7).all()
+        np.testing.assert_array_equal(
+            primary.loc[second, BOX].to_numpy(), gap.loc[gap["track_id"] == 7, BOX].to_numpy()
+        )
+        assert gap["is_primary"].all()  # nothing left outside the primary track
+    else:
+        assert primary.loc[second, "interpolated"].all() and primary.loc[second, "track_id"].eq(0).all()
+        np.testing.assert_array_equal(
+            primary.loc[second, BOX].to_numpy(), primary.loc[[36] * 9, BOX].to_numpy()
+        )
+        assert (gap.loc[~gap["is_primary"], "track_id"] == 7).sum() == len(second)
+    assert metrics["primary_frames_detected"] == 12 + 12 + len(first) + (len(second) if stitch else 0)
 
 
 # ----------------------------------------------------------------------------------------------------------

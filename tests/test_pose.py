@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.test_detect import GAP_ABSENT_KEPT, build_dataset
-from transmodal.data.coco import COCO_JOINTS, joint_columns
+from transmodal.data.coco import joint_columns
 from transmodal.data.frames import FrameStore
 from transmodal.params import DetectConfig, ParamError, PoseConfig
 from transmodal.vision.checkpoints import CheckpointError
@@ -35,16 +35,6 @@ def write_pose_checkpoint(out: Path, num_labels: int, like: str, num_experts: in
     return str(out)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's waiting threads made them
-    10-40x slower (measured); one thread keeps these tests fast and steady. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[FrameStore, pd.DataFrame]:
     """The hand-made videos of test_detect (solo, duo, gap, empty; stride 2) and their ground truth."""
@@ -55,22 +45,6 @@ def dataset(tmp_path_factory) -> tuple[FrameStore, pd.DataFrame]:
 def gt_tracks(dataset) -> tuple[pd.DataFrame, dict]:
     store, annotations = dataset
     return run_detect(store, DetectConfig(source="annotations"), annotations, progress=False)
-
-
-@pytest.fixture(scope="module")
-def pose_checkpoint(tiny_checkpoints, tmp_path_factory) -> str:
-    """The tiny pose checkpoint with the 17 COCO keypoints.
-
-    transmodal.vision.tiny leaves VitPoseConfig.num_labels at its default (2); until it sets 17 this builds
-    the same architecture with a 17-channel head.
-    """
-    from transformers import VitPoseConfig
-
-    if VitPoseConfig.from_pretrained(tiny_checkpoints["pose"]).num_labels == len(COCO_JOINTS):
-        return tiny_checkpoints["pose"]
-    return write_pose_checkpoint(
-        tmp_path_factory.mktemp("pose17"), len(COCO_JOINTS), tiny_checkpoints["pose"]
-    )
 
 
 def assert_keypoints_contract(keypoints: pd.DataFrame, store: FrameStore) -> None:
@@ -174,7 +148,7 @@ def test_annotation_source_without_annotations_is_a_param_error(dataset, gt_trac
 
 
 def test_model_path_end_to_end_passes_dataset_index_per_crop(
-    dataset, gt_tracks, pose_checkpoint, monkeypatch
+    dataset, gt_tracks, tiny_checkpoints, monkeypatch
 ):
     from transformers import VitPoseForPoseEstimation
 
@@ -187,7 +161,9 @@ def test_model_path_end_to_end_passes_dataset_index_per_crop(
         return forward(self, pixel_values, dataset_index=dataset_index, **kwargs)
 
     monkeypatch.setattr(VitPoseForPoseEstimation, "forward", recording_forward)
-    cfg = PoseConfig(source="model", checkpoint=pose_checkpoint, dataset_index=3, batch_size=8, device="cpu")
+    cfg = PoseConfig(
+        source="model", checkpoint=tiny_checkpoints["pose"], dataset_index=3, batch_size=8, device="cpu"
+    )
     keypoints, metrics = run_pose(store, gt_tracks[0], cfg, annotations, progress=False)
 
     assert seen and all(index == [3] * n for n, index in seen)  # one index per crop, the configured expert
@@ -201,7 +177,7 @@ def test_model_path_end_to_end_passes_dataset_index_per_crop(
     json.dumps(metrics)
 
 
-def test_empty_crops_give_nan_keypoints_and_are_counted(dataset, gt_tracks, pose_checkpoint):
+def test_empty_crops_give_nan_keypoints_and_are_counted(dataset, gt_tracks, tiny_checkpoints):
     store, _ = dataset
     tracks = gt_tracks[0].copy()
     solo = (tracks["video_id"] == "solo") & tracks["is_primary"]
@@ -209,7 +185,7 @@ def test_empty_crops_give_nan_keypoints_and_are_counted(dataset, gt_tracks, pose
     tracks.loc[degenerate, "x2"] = tracks.loc[degenerate, "x1"]  # zero width
     outside = solo & (tracks["frame_idx"] == 6)
     tracks.loc[outside, ["x1", "x2"]] = [300.0, 340.0]  # right of the 160 px frame: zero width once clamped
-    cfg = PoseConfig(source="model", checkpoint=pose_checkpoint, batch_size=4, device="cpu")
+    cfg = PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], batch_size=4, device="cpu")
     keypoints, metrics = run_pose(store, tracks, cfg, None, progress=False)
     assert metrics["frames_empty_box"] == 3 and "pck" not in metrics  # no ground truth given
     rows = keypoints[(keypoints["video_id"] == "solo")].set_index("frame_idx")
@@ -218,10 +194,10 @@ def test_empty_crops_give_nan_keypoints_and_are_counted(dataset, gt_tracks, pose
     assert not rows.loc[[0, 8], joint_columns("x")].isna().any().any()
 
 
-def test_results_do_not_depend_on_the_batch_size(dataset, gt_tracks, pose_checkpoint):
+def test_results_do_not_depend_on_the_batch_size(dataset, gt_tracks, tiny_checkpoints):
     store, _ = dataset
     estimator = PoseEstimator.from_config(
-        PoseConfig(source="model", checkpoint=pose_checkpoint, device="cpu")
+        PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu")
     )
     # Random heatmaps are nearly flat: in float32 the batch shape's different BLAS sums can flip an argmax.
     # In float64 they cannot, so any difference left would be crops routed to the wrong frames.
@@ -231,7 +207,9 @@ def test_results_do_not_depend_on_the_batch_size(dataset, gt_tracks, pose_checkp
         run_pose(
             store,
             gt_tracks[0],
-            PoseConfig(source="model", checkpoint=pose_checkpoint, batch_size=batch_size, device="cpu"),
+            PoseConfig(
+                source="model", checkpoint=tiny_checkpoints["pose"], batch_size=batch_size, device="cpu"
+            ),
             None,
             progress=False,
             estimator=estimator,
@@ -241,10 +219,10 @@ def test_results_do_not_depend_on_the_batch_size(dataset, gt_tracks, pose_checkp
     pd.testing.assert_frame_equal(results[0], results[1], atol=1e-3, rtol=0)
 
 
-def test_crops_match_the_checkpoints_processor(dataset, pose_checkpoint):
+def test_crops_match_the_checkpoints_processor(dataset, tiny_checkpoints):
     store, _ = dataset
     estimator = PoseEstimator.from_config(
-        PoseConfig(source="model", checkpoint=pose_checkpoint, device="cpu")
+        PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu")
     )
     _, frames = store.read("duo")
     frames = frames[:4]
@@ -260,10 +238,10 @@ def test_crops_match_the_checkpoints_processor(dataset, pose_checkpoint):
     assert float((got - expected).abs().max()) <= 1 / 255 / std + 1e-5  # uint8 rounding only
 
 
-def test_heatmap_decoding_matches_the_processors_post_processing(dataset, pose_checkpoint):
+def test_heatmap_decoding_matches_the_processors_post_processing(dataset, tiny_checkpoints):
     store, _ = dataset
     estimator = PoseEstimator.from_config(
-        PoseConfig(source="model", checkpoint=pose_checkpoint, device="cpu")
+        PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu")
     )
     rng = np.random.default_rng(0)
     n, joints, h, w = 6, 17, 16, 12

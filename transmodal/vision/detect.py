@@ -13,6 +13,8 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,9 +31,9 @@ from transmodal.vision import checkpoints
 from transmodal.vision.quality import detection_quality
 from transmodal.vision.track import (
     BOX_COLUMNS,
-    TRACK_COLUMNS,
-    empty_tracks,
-    finalize_video_tracks,
+    DetectedRows,
+    VideoDetections,
+    finalize_tracks,
     track_video,
 )
 
@@ -119,6 +121,44 @@ def pipelined(batches: Iterable, launch, finish) -> None:
         pending = launched
     if pending is not None:
         finish(*pending)
+
+
+def overlapped(batches: Iterable, prepare, forward, finish) -> None:
+    """``finish(batch, prepared, forward(prepared))`` with ``prepared = prepare(batch)`` for every batch, as a
+    three-stage pipeline for a model on the CPU: ``prepare`` (reading, pre-processing) runs on a worker thread
+    up to two batches ahead, ``forward`` on the calling thread, ``finish`` (decoding, bookkeeping) on a second
+    worker thread one batch behind. Batches are finished in order; an error in any stage is raised here.
+    Torch ops and the frame store's decompression release the GIL, so the stages run in parallel."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish") as finisher:
+        pending = None
+        for batch, prepared in prefetch(((batch, prepare(batch)) for batch in batches), depth=2):
+            outputs = forward(prepared)
+            if pending is not None:
+                pending.result()  # re-raises; keeps at most one batch waiting to be finished
+            pending = finisher.submit(finish, batch, prepared, outputs)
+        if pending is not None:
+            pending.result()
+
+
+@contextmanager
+def cpu_threads(device: torch.device, overlap: bool):
+    """While the stage runs: on the CPU with ``overlap``, torch's intra-op threads less one (at least one),
+    the core left to the pipeline's worker threads; elsewhere nothing changes. Restored on exit."""
+    before = torch.get_num_threads()
+    threads = forward_threads(device, overlap)
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
+
+
+def forward_threads(device: torch.device, overlap: bool) -> int:
+    """Torch's intra-op threads the stage's forward runs with (what :func:`cpu_threads` sets)."""
+    threads = torch.get_num_threads()
+    return max(1, threads - 1) if device.type == "cpu" and overlap else threads
 
 
 def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -274,35 +314,49 @@ class VideoFrames:
 
 def stored_videos(store: FrameStore) -> dict[str, VideoFrames]:
     """Every video of the store (index order) with its kept frames, from the frame table (no pixel reads)."""
-    by_video = {video_id: table for video_id, table in store.frames.groupby("video_id", sort=False)}
+    table = store.frames
+    codes, uniques = pd.factorize(table["video_id"])
+    # the rows of each video together, in table order (rows without a video_id, code -1, sort first: dropped)
+    rows = np.argsort(codes, kind="stable")[np.count_nonzero(codes < 0) :]
+    counts = np.bincount(codes[codes >= 0], minlength=len(uniques))
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    all_frames = table["frame_idx"].to_numpy(np.int64)
+    fps_all, width_all, height_all = (table[c].to_numpy() for c in ("fps", "width", "height"))
     videos = {}
     for video_id in store.video_ids:
-        table = by_video[video_id]
-        frame_idx = np.sort(table["frame_idx"].to_numpy(np.int64))
-        fps = float(table["fps"].iloc[0])
+        k = uniques.get_loc(video_id)
+        video_rows = rows[starts[k] : ends[k]]
+        frame_idx = np.sort(all_frames[video_rows])
+        first = video_rows[0]
+        fps = float(fps_all[first])
         stride = float(np.median(np.diff(frame_idx))) if len(frame_idx) > 1 else 1.0
         videos[video_id] = VideoFrames(
             frame_idx=frame_idx,
-            width=int(table["width"].iloc[0]),
-            height=int(table["height"].iloc[0]),
+            width=int(width_all[first]),
+            height=int(height_all[first]),
             frame_rate=fps / stride if fps > 0 else 30.0,  # unknown fps: ByteTrack's own 30
         )
     return videos
 
 
-def ground_truth_tracks(annotations: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Ground truth as detected tracks: video_id -> (frame_idx, track_id = person, x1..y2, score = 1)."""
-    table = pd.DataFrame(
-        {
-            "video_id": annotations["video_id"].astype(str).to_numpy(),
-            "frame_idx": annotations["frame_idx"].to_numpy(np.int64),
-            "track_id": annotations["person"].to_numpy(np.int64),
-            **{c: annotations[c].to_numpy(np.float64) for c in BOX_COLUMNS},
-            "score": 1.0,
-        }
+def ground_truth_tracks(annotations: pd.DataFrame) -> dict[str, DetectedRows]:
+    """Ground truth as detected tracks: video_id -> rows (frame_idx, track_id = person, boxes, score = 1), in
+    annotation order within each video (one stable sort by video, then one slice per video)."""
+    video_ids, video_of_row = np.unique(
+        annotations["video_id"].astype(str).to_numpy(object), return_inverse=True
+    )
+    order = np.argsort(video_of_row, kind="stable")
+    ends = np.cumsum(np.bincount(video_of_row, minlength=len(video_ids)))
+    rows = DetectedRows(
+        annotations["frame_idx"].to_numpy(np.int64)[order],
+        annotations["person"].to_numpy(np.int64)[order],
+        annotations[BOX_COLUMNS].to_numpy(np.float64).reshape(-1, 4)[order],
+        np.ones(len(order)),
     )
     return {
-        video_id: rows.drop(columns="video_id") for video_id, rows in table.groupby("video_id", sort=False)
+        str(video_id): rows.take(slice(end - count, end))
+        for video_id, end, count in zip(video_ids, ends, np.diff(ends, prepend=0), strict=True)
     }
 
 
@@ -312,13 +366,13 @@ def _model_tracks(
     detector: PersonDetector,
     cfg: DetectConfig,
     progress: bool,
-) -> tuple[dict[str, pd.DataFrame], int]:
+) -> tuple[dict[str, DetectedRows], int]:
     """Detect persons in every kept frame and track them: video_id -> detected track rows, and the number
     of person boxes. A video is tracked as soon as its last frame is detected, so on a GPU the tracking
     of one video overlaps the detection of the next."""
     pending = {v: ([None] * len(info.frame_idx), [None] * len(info.frame_idx)) for v, info in videos.items()}
     missing = {v: len(info.frame_idx) for v, info in videos.items()}
-    tracked: dict[str, pd.DataFrame] = {}
+    tracked: dict[str, DetectedRows] = {}
     counts = {"boxes": 0}
     total = sum(missing.values())
 
@@ -339,7 +393,9 @@ def _model_tracks(
                 boxes, scores = pending.pop(piece.video_id)
                 counts["boxes"] += sum(len(s) for s in scores)
                 video = videos[piece.video_id]
-                tracked[piece.video_id] = track_video(boxes, scores, video.frame_idx, cfg, video.frame_rate)
+                tracked[piece.video_id] = DetectedRows.from_table(
+                    track_video(boxes, scores, video.frame_idx, cfg, video.frame_rate)
+                )
         bar.update(len(sizes))
 
     with tqdm(total=total, desc="detect+track", unit="frame", disable=not progress) as bar:
@@ -378,27 +434,20 @@ def run_detect(
             batch_size=cfg.batch_size,
             score_threshold=cfg.score_threshold,
         )
-        # detected track rows per video: frame_idx, track_id, x1, y1, x2, y2, score
+        # detected track rows per video (frame_idx, track_id, boxes, score)
         detected_by_video, detections = _model_tracks(store, videos, detector, cfg, progress)
     else:
         detected_by_video = ground_truth_tracks(annotations)
         detections = 0
 
-    tables, fallback_videos = [], []
-    no_rows = pd.DataFrame(columns=["frame_idx", "track_id", *BOX_COLUMNS, "score"])
+    finalize = []
     for video_id, video in videos.items():
-        detected = detected_by_video.get(video_id, no_rows)
+        detected = detected_by_video.get(video_id, DetectedRows.empty())
         if cfg.source == "annotations":
-            detected = detected[detected["frame_idx"].isin(video.frame_idx)]
+            detected = detected.take(np.isin(detected.frame_idx, video.frame_idx))
             detections += len(detected)
-        table, used_fallback = finalize_video_tracks(
-            video_id, detected, video.frame_idx, video.width, video.height, stitch=stitch
-        )
-        tables.append(table)
-        if used_fallback:
-            fallback_videos.append(video_id)
-    tracks = pd.concat(tables, ignore_index=True) if tables else empty_tracks()
-    tracks = tracks[TRACK_COLUMNS]
+        finalize.append(VideoDetections(video_id, detected, video.frame_idx, video.width, video.height))
+    tracks, fallback_videos = finalize_tracks(finalize, stitch=stitch)
 
     primary = tracks[tracks["is_primary"]]
     status = store.videos["status"]

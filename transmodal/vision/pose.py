@@ -9,6 +9,7 @@ contract in docs/data-contracts.md) and the metrics written to ``metrics/pose.js
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,13 +24,16 @@ from transmodal.params import ParamError, PoseConfig
 from transmodal.vision import checkpoints
 from transmodal.vision.detect import (
     FramePiece,
+    VideoFrames,
     _size_hw,
+    cpu_threads,
     frames_to_tensor,
     iter_frame_batches,
+    overlapped,
     pipelined,
     stored_videos,
 )
-from transmodal.vision.quality import pose_quality
+from transmodal.vision.quality import FrameKeys, lookup, pose_quality
 
 KEYPOINT_COLUMNS = [
     "video_id",
@@ -48,10 +52,13 @@ def empty_keypoints() -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def keypoint_table(video_id: str, frame_idx: np.ndarray, xy: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    """Rows of one video: ``frame_idx`` (T,), ``xy`` (T, J, 2) frame pixels, ``scores`` (T, J) in [0, 1]."""
+def keypoint_table(video_id, frame_idx: np.ndarray, xy: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    """Rows ``frame_idx`` (T,), ``xy`` (T, J, 2) frame pixels, ``scores`` (T, J) in [0, 1] of one video
+    (``video_id`` a str) or of several (``video_id`` (T,), one per row)."""
+    if isinstance(video_id, str):
+        video_id = np.full(len(frame_idx), video_id, dtype=object)
     columns = {
-        "video_id": np.full(len(frame_idx), video_id, dtype=object),
+        "video_id": np.asarray(video_id, dtype=object),
         "frame_idx": frame_idx.astype(np.int32),
     }
     columns.update(zip(joint_columns("x"), xy[:, :, 0].astype(np.float32).T, strict=True))
@@ -82,6 +89,31 @@ def crop_geometry(
     width = np.where(width < aspect * height, height * aspect, width)
     region = np.stack([width, height], axis=1) / normalize_factor * PADDING * 200.0
     return center, region
+
+
+def crop_grid(
+    boxes: np.ndarray, in_h: int, in_w: int, crop_size: tuple[int, int], normalize_factor: float = 200.0
+) -> np.ndarray:
+    """The ``grid_sample`` grid (n, S_h, S_w, 2) float32 (``align_corners=True``) of the crops of ``boxes``
+    (n, 4) x1, y1, x2, y2 in in_h x in_w frames: ViTPose's warp (:func:`crop_geometry`, unbiased).
+
+    The warp only scales and shifts, so a column's x and a row's y are computed once (float64, then float32).
+    Output pixel u samples input x = u * roi_w / (S_w - 1) + cx - roi_w / 2. scipy's mode="constant" gives 0
+    to a sample outside [0, size - 1] (no blending with the border): such samples are moved far outside,
+    where grid_sample's zero padding gives 0 too.
+    """
+    out_h, out_w = crop_size
+    center, roi = crop_geometry(boxes, crop_size, normalize_factor)  # (n, 2) each, pixels
+    u = np.arange(out_w, dtype=np.float64)
+    v = np.arange(out_h, dtype=np.float64)
+    src_x = u * (roi[:, :1] / (out_w - 1)) + (center[:, :1] - roi[:, :1] / 2)  # (n, S_w) input pixels
+    src_y = v * (roi[:, 1:] / (out_h - 1)) + (center[:, 1:] - roi[:, 1:] / 2)  # (n, S_h)
+    grid_x = np.where((src_x >= 0) & (src_x <= in_w - 1), 2 * src_x / (in_w - 1) - 1, 3.0)  # (n, S_w)
+    grid_y = np.where((src_y >= 0) & (src_y <= in_h - 1), 2 * src_y / (in_h - 1) - 1, 3.0)  # (n, S_h)
+    grid = np.empty((len(center), out_h, out_w, 2), np.float32)
+    grid[..., 0] = grid_x[:, None, :]
+    grid[..., 1] = grid_y[:, :, None]
+    return grid
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -241,23 +273,13 @@ class PoseEstimator:
         out_h, out_w = spec["size"]
         x = frames_to_tensor(frames, self.device)  # (n, 3, H, W) 0..255
         n, _, in_h, in_w = x.shape
-        center, roi = crop_geometry(boxes, (out_h, out_w), spec["normalize_factor"])  # (n, 2) each, pixels
-        center = torch.as_tensor(center, device=self.device)
-        roi = torch.as_tensor(roi, device=self.device)
-        # get_warp_matrix (unbiased): output pixel u samples input x = u * roi_w / (out_w - 1) + cx - roi_w/2
-        u = torch.arange(out_w, device=self.device, dtype=torch.float64)
-        v = torch.arange(out_h, device=self.device, dtype=torch.float64)
-        src_x = u * (roi[:, :1] / (out_w - 1)) + (center[:, :1] - roi[:, :1] / 2)  # (n, S_w) input pixels
-        src_y = v * (roi[:, 1:] / (out_h - 1)) + (center[:, 1:] - roi[:, 1:] / 2)  # (n, S_h)
-        # scipy's mode="constant" gives 0 to a sample outside [0, size - 1] (no blending with the border):
-        # such samples are moved far outside, where grid_sample's zero padding gives 0 too
-        grid_x = torch.where((src_x >= 0) & (src_x <= in_w - 1), 2 * src_x / (in_w - 1) - 1, 3.0)  # (n, S_w)
-        grid_y = torch.where((src_y >= 0) & (src_y <= in_h - 1), 2 * src_y / (in_h - 1) - 1, 3.0)  # (n, S_h)
-        grid = torch.empty(n, out_h, out_w, 2, device=self.device)  # align_corners=True convention
-        grid[..., 0] = grid_x[:, None, :]
-        grid[..., 1] = grid_y[:, :, None]
+        grid = torch.from_numpy(crop_grid(boxes, in_h, in_w, (out_h, out_w), spec["normalize_factor"]))
         crops = F.grid_sample(
-            x, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+            x,
+            grid.to(self.device, non_blocking=True),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
         )  # (n, 3, S_h, S_w)
         crops = crops.round_()  # the processor warps uint8 images
         return torch.addcmul(spec["bias"].to(crops.device), crops, spec["weight"].to(crops.device)).to(
@@ -302,41 +324,83 @@ class PoseEstimator:
         return self.postprocess(self.forward(self.preprocess(frames, boxes)), boxes)
 
 
-def primary_boxes(
-    tracks: pd.DataFrame | None, frame_idx: np.ndarray, width: int, height: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The primary track's box (T, 4) per kept frame, clamped to the frame (NaN where it has no row),
-    and a mask (T,) of frames whose primary box is a fallback full-frame box."""
-    boxes = np.full((len(frame_idx), 4), np.nan)
-    fallback = np.zeros(len(frame_idx), bool)
-    if tracks is None or tracks.empty:
-        return boxes, fallback
-    rows = tracks.drop_duplicates("frame_idx")
-    pos = np.searchsorted(frame_idx, rows["frame_idx"].to_numpy(np.int64))
-    ok = (pos < len(frame_idx)) & (
-        frame_idx[np.minimum(pos, len(frame_idx) - 1)] == rows["frame_idx"].to_numpy()
-    )
-    boxes[pos[ok]] = rows[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)[ok]
-    fallback[pos[ok]] = rows["fallback"].to_numpy(bool)[ok]
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+@dataclass
+class KeptLayout:
+    """The kept frames of all stored videos laid end to end (the keypoints table's rows, in order)."""
+
+    video_ids: list[str]
+    bounds: np.ndarray  # (V + 1,) video v's rows are bounds[v]:bounds[v + 1]
+    video_id: np.ndarray  # (N,) object
+    frame_idx: np.ndarray  # (N,) int64, ascending within each video
+    width: np.ndarray  # (N,) the row's video width
+    height: np.ndarray  # (N,)
+    keys: FrameKeys
+    codes: np.ndarray  # (N,) ascending (video order, then frame)
+
+    @classmethod
+    def of(cls, videos: dict[str, VideoFrames]) -> KeptLayout:
+        video_ids = list(videos)
+        counts = np.array([len(info.frame_idx) for info in videos.values()], np.int64)
+        frame_idx = np.concatenate([info.frame_idx for info in videos.values()] or [np.zeros(0, np.int64)])
+        video_id = np.repeat(np.asarray(video_ids, dtype=object), counts)
+        keys = FrameKeys.of(video_id, frame_idx)
+        return cls(
+            video_ids=video_ids,
+            bounds=np.concatenate([[0], np.cumsum(counts)]),
+            video_id=video_id,
+            frame_idx=frame_idx.astype(np.int64),
+            width=np.repeat([info.width for info in videos.values()], counts),
+            height=np.repeat([info.height for info in videos.values()], counts),
+            keys=keys,
+            codes=keys.codes(video_id, frame_idx),
+        )
+
+    def rows_of(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """For a table with video_id and frame_idx: the indices of its rows that fall on a kept frame (the first
+        row of each (video, frame), in table order) and the layout rows they fall on."""
+        codes = self.keys.codes(table["video_id"].astype(str).to_numpy(object), table["frame_idx"].to_numpy())
+        row = lookup(self.codes, codes)
+        found = np.flatnonzero(row >= 0)
+        _, first = np.unique(row[found], return_index=True)
+        found = np.sort(found[first])
+        return found, row[found]
+
+    def split(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-video views of an (N, ...) array."""
+        return {
+            v: values[a:b] for v, a, b in zip(self.video_ids, self.bounds[:-1], self.bounds[1:], strict=True)
+        }
+
+
+def primary_boxes(tracks: pd.DataFrame, layout: KeptLayout) -> tuple[np.ndarray, np.ndarray]:
+    """The primary track's box (N, 4) per kept frame of ``layout``, clamped to the frame (NaN where it has no
+    row; the first row should a frame have several), and a mask (N,) of frames whose primary box is a
+    fallback full-frame box."""
+    boxes = np.full((len(layout.frame_idx), 4), np.nan)
+    fallback = np.zeros(len(layout.frame_idx), bool)
+    primary = tracks[tracks["is_primary"].to_numpy(bool)]
+    found, rows = layout.rows_of(primary)
+    boxes[rows] = primary[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)[found]
+    fallback[rows] = primary["fallback"].to_numpy(bool)[found]
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, layout.width[:, None])
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, layout.height[:, None])
     return boxes, fallback
 
 
-def ground_truth_keypoints(annotations: pd.DataFrame, frame_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The actor's (person 0) ground truth as (T, 17, 2) pixels and (T, 17) scores: 1 where visible (v > 0),
-    else NaN and 0; NaN and 0 for the whole frame where the actor has no row."""
-    xy = np.full((len(frame_idx), NUM_JOINTS, 2), np.nan)
-    scores = np.zeros((len(frame_idx), NUM_JOINTS))
-    rows = annotations.drop_duplicates("frame_idx")
-    rows = rows[rows["frame_idx"].isin(frame_idx)]
-    pos = np.searchsorted(frame_idx, rows["frame_idx"].to_numpy(np.int64))
-    visible = rows[joint_columns("v")].to_numpy() > 0  # (R, J)
+def ground_truth_keypoints(annotations: pd.DataFrame, layout: KeptLayout) -> tuple[np.ndarray, np.ndarray]:
+    """The actor's (person 0) ground truth per kept frame of ``layout`` as (N, 17, 2) pixels and (N, 17)
+    scores: 1 where visible (v > 0), else NaN and 0; NaN and 0 for the whole frame where the actor has no
+    row (the first row counts should a frame have several)."""
+    xy = np.full((len(layout.frame_idx), NUM_JOINTS, 2), np.nan)
+    scores = np.zeros((len(layout.frame_idx), NUM_JOINTS))
+    actor = annotations[annotations["person"].to_numpy() == 0]
+    found, rows = layout.rows_of(actor)
+    visible = actor[joint_columns("v")].to_numpy()[found] > 0  # (R, J)
     gt_xy = np.stack(
-        [rows[joint_columns("x")].to_numpy(np.float64), rows[joint_columns("y")].to_numpy(np.float64)], -1
-    )
-    xy[pos] = np.where(visible[..., None], gt_xy, np.nan)
-    scores[pos] = visible.astype(np.float64)
+        [actor[joint_columns("x")].to_numpy(np.float64), actor[joint_columns("y")].to_numpy(np.float64)], -1
+    )[found]
+    xy[rows] = np.where(visible[..., None], gt_xy, np.nan)
+    scores[rows] = visible.astype(np.float64)
     return xy, scores
 
 
@@ -363,19 +427,15 @@ def run_pose(
             "params.yaml: pose.source is 'annotations' but the dataset has no annotations.parquet"
         )
     videos = stored_videos(store)
+    layout = KeptLayout.of(videos)
     metrics: dict = {"source": cfg.source}
-    xy = {v: np.full((len(info.frame_idx), NUM_JOINTS, 2), np.nan) for v, info in videos.items()}
-    scores = {v: np.zeros((len(info.frame_idx), NUM_JOINTS)) for v, info in videos.items()}
+    # every kept frame of every video, end to end (the table's rows); xy / scores hold per-video views
+    all_xy = np.full((len(layout.frame_idx), NUM_JOINTS, 2), np.nan)
+    all_scores = np.zeros((len(layout.frame_idx), NUM_JOINTS))
     frames_empty_box = frames_without_track = frames_fallback_box = 0
 
     if cfg.source == "annotations":
-        actor = annotations[annotations["person"] == 0].astype({"video_id": str})
-        actor_by_video = dict(tuple(actor.groupby("video_id", sort=False)))
-        for video_id, info in videos.items():
-            if video_id in actor_by_video:
-                xy[video_id], scores[video_id] = ground_truth_keypoints(
-                    actor_by_video[video_id], info.frame_idx
-                )
+        all_xy, all_scores = ground_truth_keypoints(annotations, layout)
     else:
         if estimator is None:
             estimator = PoseEstimator.from_config(cfg)
@@ -386,41 +446,42 @@ def run_pose(
             batch_size=cfg.batch_size,
             dataset_index=cfg.dataset_index,
         )
-        primary = tracks[tracks["is_primary"]].astype({"video_id": str})
-        primary_by_video = dict(tuple(primary.groupby("video_id", sort=False)))
-        boxes, usable = {}, {}
-        for video_id, info in videos.items():
-            video_boxes, fallback = primary_boxes(
-                primary_by_video.get(video_id), info.frame_idx, info.width, info.height
-            )
-            missing = np.isnan(video_boxes).any(axis=1)
-            empty = ~missing & (
-                (video_boxes[:, 2] <= video_boxes[:, 0]) | (video_boxes[:, 3] <= video_boxes[:, 1])
-            )
-            boxes[video_id], usable[video_id] = video_boxes, ~missing & ~empty
-            frames_without_track += int(missing.sum())
-            frames_empty_box += int(empty.sum())
-            frames_fallback_box += int(fallback.sum())
+        all_boxes, fallback = primary_boxes(tracks, layout)
+        missing = np.isnan(all_boxes).any(axis=1)
+        empty = ~missing & ((all_boxes[:, 2] <= all_boxes[:, 0]) | (all_boxes[:, 3] <= all_boxes[:, 1]))
+        frames_without_track = int(missing.sum())
+        frames_empty_box = int(empty.sum())
+        frames_fallback_box = int(fallback.sum())
+        boxes, usable = layout.split(all_boxes), layout.split(~missing & ~empty)
+        xy, scores = layout.split(all_xy), layout.split(all_scores)
         total = sum(len(info.frame_idx) for info in videos.values())
 
-        def launch(batch: list[FramePiece]):
-            """Queue one batch's crops, forward and decoding on the device; returns what finish needs."""
-            crops, targets, crop_boxes = [], [], []
+        def prepare(batch: list[FramePiece]):
+            """The usable frames of one batch: (targets, their boxes, their crops on the model's device)."""
+            targets, frames, crop_boxes = [], [], []
             for piece in batch:
                 positions = np.arange(piece.start, piece.start + len(piece.frame_idx))
                 keep = usable[piece.video_id][positions]
                 if keep.any():
-                    piece_boxes = boxes[piece.video_id][positions[keep]]
-                    crops.append(estimator.preprocess(piece.frames[keep], piece_boxes))
-                    crop_boxes.append(piece_boxes)
+                    frames.append(piece.frames if keep.all() else piece.frames[keep])
+                    crop_boxes.append(boxes[piece.video_id][positions[keep]])
                     targets.append((piece.video_id, positions[keep]))
-            if not crops:
-                return targets, None
-            outputs = estimator.forward(torch.cat(crops))
-            return targets, estimator.decode(outputs, np.concatenate(crop_boxes))
+            if not targets:
+                return targets, None, None
+            if len({piece_frames.shape for piece_frames in frames}) == 1 or len(frames) == 1:
+                # one frame size (the usual case): one warp for the whole batch
+                pixel_values = estimator.preprocess(np.concatenate(frames), np.concatenate(crop_boxes))
+            else:
+                pixel_values = torch.cat(
+                    [estimator.preprocess(f, b) for f, b in zip(frames, crop_boxes, strict=True)]
+                )
+            return targets, np.concatenate(crop_boxes), pixel_values
 
-        def finish(batch: list[FramePiece], launched) -> None:
-            targets, decoded = launched
+        def forward(prepared):
+            pixel_values = prepared[2]
+            return None if pixel_values is None else estimator.forward(pixel_values)
+
+        def store_keypoints(batch: list[FramePiece], targets, decoded) -> None:
             if decoded is not None:
                 keypoints, keypoint_scores = (t.cpu().numpy() for t in decoded)  # waits for the device
                 row = 0
@@ -430,11 +491,36 @@ def run_pose(
                     row += len(positions)
             bar.update(sum(len(piece.frame_idx) for piece in batch))
 
-        with tqdm(total=total, desc="pose", unit="frame", disable=not progress) as bar:
-            pipelined(iter_frame_batches(store, list(videos), cfg.batch_size), launch, finish)
+        def decode(prepared, outputs):
+            return None if outputs is None else estimator.decode(outputs, prepared[1])
 
-    tables = [keypoint_table(v, info.frame_idx, xy[v], scores[v]) for v, info in videos.items()]
-    keypoints = pd.concat(tables, ignore_index=True) if tables else empty_keypoints()
+        batches = iter_frame_batches(store, list(videos), cfg.batch_size)
+        with (
+            tqdm(total=total, desc="pose", unit="frame", disable=not progress) as bar,
+            cpu_threads(estimator.device, overlap=True),
+        ):
+            if estimator.device.type == "cpu":
+                # reading and cropping, the forward, and decoding run in parallel, on different threads
+                overlapped(
+                    batches,
+                    prepare,
+                    forward,
+                    lambda batch, prepared, outputs: store_keypoints(
+                        batch, prepared[0], decode(prepared, outputs)
+                    ),
+                )
+            else:
+                # on a GPU the device runs batch k + 1 while the host stores batch k
+                def launch(batch):
+                    prepared = prepare(batch)
+                    return prepared[0], decode(prepared, forward(prepared))
+
+                pipelined(batches, launch, lambda batch, launched: store_keypoints(batch, *launched))
+
+    if videos:
+        keypoints = keypoint_table(layout.video_id, layout.frame_idx, all_xy, all_scores)
+    else:
+        keypoints = empty_keypoints()
     score_values = keypoints[joint_columns("score")].to_numpy()
     seconds = time.perf_counter() - started
     metrics.update(

@@ -20,6 +20,7 @@ gaps are filled across all of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -153,6 +154,87 @@ def track_video(
     return pd.DataFrame(rows, columns=["frame_idx", "track_id", *BOX_COLUMNS, "score"])
 
 
+@dataclass
+class DetectedRows:
+    """One video's detected rows as arrays: frame_idx (K,) int64, track_id (K,) int64, boxes (K, 4) float64
+    x1, y1, x2, y2 pixels, score (K,) float (what :func:`track_video` returns, without pandas)."""
+
+    frame_idx: np.ndarray
+    track_id: np.ndarray
+    boxes: np.ndarray
+    score: np.ndarray
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame) -> DetectedRows:
+        """From a table with columns frame_idx, track_id, x1, y1, x2, y2, score (the score keeps its float
+        dtype: the primary rule averages it in that dtype)."""
+        score = table["score"].to_numpy()
+        return cls(
+            table["frame_idx"].to_numpy(np.int64),
+            table["track_id"].to_numpy(np.int64),
+            table[BOX_COLUMNS].to_numpy(np.float64).reshape(-1, 4),
+            score if score.dtype.kind == "f" else score.astype(np.float64),
+        )
+
+    @classmethod
+    def empty(cls) -> DetectedRows:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.frame_idx)
+
+    def take(self, index) -> DetectedRows:
+        """The rows selected by a boolean mask, an integer index or a slice."""
+        return DetectedRows(self.frame_idx[index], self.track_id[index], self.boxes[index], self.score[index])
+
+
+@dataclass
+class TrackStats:
+    """Per track of one video, ascending track_id: ids, value = frames covered x mean score, first and last
+    frame."""
+
+    ids: np.ndarray
+    value: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+
+
+def track_stats(
+    video: np.ndarray, frame_idx: np.ndarray, track_id: np.ndarray, score: np.ndarray
+) -> list[TrackStats]:
+    """:class:`TrackStats` of videos 0..max(video) (``video`` (K,) int: the video of each row; a video without
+    rows gets empty stats), from one groupby over all rows. The mean is pandas' (compensated summation, in
+    the score's dtype), so values and their ties are exactly those the rule has always compared."""
+    table = pd.DataFrame({"video": video, "track_id": track_id, "frame_idx": frame_idx, "score": score})
+    stats = table.groupby(["video", "track_id"], sort=True).agg(
+        first=("frame_idx", "min"), last=("frame_idx", "max"), size=("score", "size"), mean=("score", "mean")
+    )
+    value = (stats["size"] * stats["mean"]).to_numpy()
+    of_video = stats.index.get_level_values("video").to_numpy()
+    ids = stats.index.get_level_values("track_id").to_numpy(np.int64)
+    first, last = stats["first"].to_numpy(np.int64), stats["last"].to_numpy(np.int64)
+    n_videos = int(of_video.max()) + 1 if len(of_video) else 0
+    bounds = np.searchsorted(of_video, np.arange(n_videos + 1))
+    return [
+        TrackStats(ids[a:b], value[a:b], first[a:b], last[a:b])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def _stats_of(tracks: pd.DataFrame) -> TrackStats:
+    """:class:`TrackStats` of one video's detected rows (frame_idx optional, track_id, score)."""
+    n = len(tracks)
+    frame_idx = tracks["frame_idx"].to_numpy(np.int64) if "frame_idx" in tracks else np.zeros(n, np.int64)
+    video = np.zeros(n, np.int64)
+    return track_stats(video, frame_idx, tracks["track_id"].to_numpy(), tracks["score"].to_numpy())[0]
+
+
+def _pick_primary(stats: TrackStats) -> int:
+    # Compare with a tolerance: the product of a count and a float mean may differ in the last bit.
+    best = np.nanmax(stats.value)
+    return int(stats.ids[np.isclose(stats.value, best, rtol=1e-9, atol=0.0)].min())
+
+
 def select_primary(tracks: pd.DataFrame) -> int | None:
     """The primary track of one video: max (frames covered) x (mean score), ties to the lower track_id.
 
@@ -162,11 +244,7 @@ def select_primary(tracks: pd.DataFrame) -> int | None:
     """
     if tracks.empty:
         return None
-    stats = tracks.groupby("track_id")["score"].agg(["size", "mean"])
-    value = stats["size"] * stats["mean"]
-    best = value.max()
-    # Compare with a tolerance: the product of a count and a float mean may differ in the last bit.
-    return int(value.index[np.isclose(value.to_numpy(), best, rtol=1e-9, atol=0.0)].min())
+    return _pick_primary(_stats_of(tracks))
 
 
 def fill_track(
@@ -190,22 +268,139 @@ def fill_track(
     return filled, is_filled
 
 
+def _stitch_chain(stats: TrackStats, primary_id: int) -> list[int]:
+    at = int(np.searchsorted(stats.ids, primary_id))
+    chain, spans = [primary_id], [(stats.first[at], stats.last[at])]
+    for k in np.lexsort((stats.ids, -stats.value)):  # best value first, ties to the lower track_id
+        first, last = stats.first[k], stats.last[k]
+        if stats.ids[k] != primary_id and all(last < a or first > b for a, b in spans):
+            chain.append(int(stats.ids[k]))
+            spans.append((first, last))
+    return chain
+
+
 def stitch_tracks(tracks: pd.DataFrame, primary_id: int) -> list[int]:
     """The primary track followed by the tracks stitched to it (disjoint time spans, best value first).
 
     ``tracks`` holds one video's detected rows (frame_idx, track_id, score).
     """
-    stats = tracks.groupby("track_id").agg(
-        first=("frame_idx", "min"), last=("frame_idx", "max"), size=("score", "size"), mean=("score", "mean")
-    )
-    stats["value"] = stats["size"] * stats["mean"]
-    order = stats.reset_index().sort_values(["value", "track_id"], ascending=[False, True], kind="stable")
-    chain, spans = [primary_id], [(stats.at[primary_id, "first"], stats.at[primary_id, "last"])]
-    for track_id, first, last in zip(order["track_id"], order["first"], order["last"], strict=True):
-        if track_id != primary_id and all(last < a or first > b for a, b in spans):
-            chain.append(int(track_id))
-            spans.append((first, last))
-    return chain
+    return _stitch_chain(_stats_of(tracks), primary_id)
+
+
+def _finalize_video(
+    rows: DetectedRows,
+    stats: TrackStats | None,
+    kept_frame_idx: np.ndarray,
+    width: int,
+    height: int,
+    stitch: bool,
+) -> tuple[dict[str, np.ndarray], bool]:
+    """One video's table columns (all but video_id) in table order, from its kept and clamped rows and their
+    track statistics; and whether the full-frame fallback was used."""
+    n = len(kept_frame_idx)
+    if len(rows) == 0:
+        full_frame = np.array([0.0, 0.0, float(width), float(height)])
+        return {
+            "frame_idx": kept_frame_idx,
+            "track_id": np.full(n, FALLBACK_TRACK_ID, np.int64),
+            "boxes": np.broadcast_to(full_frame, (n, 4)),
+            "score": np.zeros(n),
+            "is_primary": np.ones(n, bool),
+            "interpolated": np.zeros(n, bool),
+            "fallback": np.ones(n, bool),
+        }, True
+
+    primary_id = _pick_primary(stats)
+    chain = _stitch_chain(stats, primary_id) if stitch else [primary_id]
+    in_chain = np.isin(rows.track_id, chain)
+    others = rows.take(~in_chain)
+    # A track has at most one box per frame; keep the best-scoring one should a detector repeat a box.
+    primary = rows.take(np.flatnonzero(in_chain))
+    primary = primary.take(np.lexsort((-primary.score, primary.frame_idx)))  # stable
+    primary = primary.take(np.r_[True, primary.frame_idx[1:] != primary.frame_idx[:-1]])
+    boxes, is_filled = fill_track(primary.frame_idx, primary.boxes, kept_frame_idx)
+    scores = np.zeros(n)
+    scores[np.searchsorted(kept_frame_idx, primary.frame_idx)] = primary.score
+    # a filled row belongs to the track of the detection before it (the first one for a leading gap)
+    source_row = np.clip(np.searchsorted(primary.frame_idx, kept_frame_idx, side="right") - 1, 0, None)
+    k = len(others)
+    columns = {
+        "frame_idx": np.concatenate([kept_frame_idx, others.frame_idx]),
+        "track_id": np.concatenate([primary.track_id[source_row], others.track_id]),
+        "boxes": np.concatenate([boxes, others.boxes]),
+        "score": np.concatenate([scores, others.score]),
+        "is_primary": np.r_[np.ones(n, bool), np.zeros(k, bool)],
+        "interpolated": np.r_[is_filled, np.zeros(k, bool)],
+        "fallback": np.zeros(n + k, bool),
+    }
+    order = np.lexsort((columns["track_id"], columns["frame_idx"]))  # stable: by frame, then track
+    return {name: values[order] for name, values in columns.items()}, False
+
+
+def _tracks_table(video_ids: Sequence[str], parts: Sequence[dict[str, np.ndarray]]) -> pd.DataFrame:
+    if not parts:
+        return empty_tracks()
+    counts = [len(part["frame_idx"]) for part in parts]
+    boxes = np.concatenate([part["boxes"] for part in parts])
+    columns = {
+        "video_id": np.repeat(np.asarray(video_ids, dtype=object), counts),
+        "frame_idx": np.concatenate([part["frame_idx"] for part in parts]),
+        "track_id": np.concatenate([part["track_id"] for part in parts]),
+        **{name: boxes[:, c] for c, name in enumerate(BOX_COLUMNS)},
+        **{
+            name: np.concatenate([part[name] for part in parts])
+            for name in ("score", "is_primary", "interpolated", "fallback")
+        },
+    }
+    return pd.DataFrame(columns).astype(TRACK_DTYPES)[TRACK_COLUMNS]
+
+
+@dataclass
+class VideoDetections:
+    """What :func:`finalize_tracks` needs of one video."""
+
+    video_id: str
+    rows: DetectedRows
+    kept_frame_idx: np.ndarray  # (T,) the video's kept frames
+    width: int
+    height: int
+
+
+def finalize_tracks(
+    videos: Sequence[VideoDetections], stitch: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
+    """The tracks table of ``videos`` (in that order) and the ids of those that used the full-frame fallback.
+
+    Per video as :func:`finalize_video_tracks`, with numpy; the per-track statistics of the primary rule
+    come from one groupby over all videos.
+    """
+    kept_rows, kept_frames = [], []
+    for video in videos:
+        kept = np.sort(np.asarray(video.kept_frame_idx, np.int64))
+        rows = video.rows.take(np.isin(video.rows.frame_idx, kept))
+        boxes = rows.boxes.copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, video.width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, video.height)
+        kept_rows.append(DetectedRows(rows.frame_idx, rows.track_id, boxes, rows.score))
+        kept_frames.append(kept)
+    stats: list[TrackStats] = []
+    with_rows = [rows for rows in kept_rows if len(rows)]
+    if with_rows:
+        stats = track_stats(
+            np.repeat(np.arange(len(kept_rows)), [len(rows) for rows in kept_rows]),
+            np.concatenate([rows.frame_idx for rows in with_rows]),
+            np.concatenate([rows.track_id for rows in with_rows]),
+            np.concatenate([rows.score for rows in with_rows]),
+        )
+    parts, fallback = [], []
+    for i, (video, rows, kept) in enumerate(zip(videos, kept_rows, kept_frames, strict=True)):
+        columns, used_fallback = _finalize_video(
+            rows, stats[i] if len(rows) else None, kept, video.width, video.height, stitch
+        )
+        parts.append(columns)
+        if used_fallback:
+            fallback.append(video.video_id)
+    return _tracks_table([video.video_id for video in videos], parts), fallback
 
 
 def finalize_video_tracks(
@@ -223,55 +418,6 @@ def finalize_video_tracks(
     primary track (stitched when ``stitch``) gets one row per kept frame (gaps filled); other tracks keep
     their detected rows only. Returns the table rows and whether the full-frame fallback was used.
     """
-    kept_frame_idx = np.sort(np.asarray(kept_frame_idx, np.int64))
-    tracks = tracks[tracks["frame_idx"].isin(kept_frame_idx)].copy()
-    tracks[["x1", "x2"]] = tracks[["x1", "x2"]].clip(0, width)
-    tracks[["y1", "y2"]] = tracks[["y1", "y2"]].clip(0, height)
-    primary_id = select_primary(tracks)
-    if primary_id is None:
-        n = len(kept_frame_idx)
-        table = pd.DataFrame(
-            {
-                "video_id": video_id,
-                "frame_idx": kept_frame_idx,
-                "track_id": FALLBACK_TRACK_ID,
-                "x1": 0.0,
-                "y1": 0.0,
-                "x2": float(width),
-                "y2": float(height),
-                "score": 0.0,
-                "is_primary": np.ones(n, bool),
-                "interpolated": np.zeros(n, bool),
-                "fallback": np.ones(n, bool),
-            }
-        )
-        return table.astype(TRACK_DTYPES)[TRACK_COLUMNS], True
-
-    chain = stitch_tracks(tracks, primary_id) if stitch else [primary_id]
-    in_chain = tracks["track_id"].isin(chain)
-    others = tracks[~in_chain].assign(is_primary=False, interpolated=False)
-    # A track has at most one box per frame; keep the best-scoring one should a detector repeat a box.
-    primary = tracks[in_chain].sort_values(["frame_idx", "score"], ascending=[True, False])
-    primary = primary.drop_duplicates("frame_idx")
-    detected_frames = primary["frame_idx"].to_numpy()
-    boxes, is_filled = fill_track(detected_frames, primary[BOX_COLUMNS].to_numpy(), kept_frame_idx)
-    scores = np.zeros(len(kept_frame_idx))
-    scores[np.searchsorted(kept_frame_idx, detected_frames)] = primary["score"].to_numpy()
-    # a filled row belongs to the track of the detection before it (the first one for a leading gap)
-    source_row = np.clip(np.searchsorted(detected_frames, kept_frame_idx, side="right") - 1, 0, None)
-    primary_rows = pd.DataFrame(
-        {
-            "frame_idx": kept_frame_idx,
-            "track_id": primary["track_id"].to_numpy()[source_row],
-            "x1": boxes[:, 0],
-            "y1": boxes[:, 1],
-            "x2": boxes[:, 2],
-            "y2": boxes[:, 3],
-            "score": scores,
-            "is_primary": True,
-            "interpolated": is_filled,
-        }
-    )
-    table = pd.concat([primary_rows, others], ignore_index=True).assign(video_id=video_id, fallback=False)
-    table = table.sort_values(["frame_idx", "track_id"], kind="stable", ignore_index=True)
-    return table.astype(TRACK_DTYPES)[TRACK_COLUMNS], False
+    video = VideoDetections(video_id, DetectedRows.from_table(tracks), kept_frame_idx, width, height)
+    table, fallback = finalize_tracks([video], stitch=stitch)
+    return table, bool(fallback)
