@@ -37,7 +37,9 @@ import transmodal.features.store as feature_store
 from transmodal.data.coco import COCO_JOINTS, NUM_JOINTS
 from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.features.backbone import FrozenBackbone
-from transmodal.features.store import build_features
+from transmodal.features.clips import make_clips
+from transmodal.features.crops import crop_frames
+from transmodal.features.store import ShardWriter, available_cores, build_features, plan_clips
 from transmodal.params import BackboneConfig, ClipsConfig
 from transmodal.vision.tiny import write_backbone
 
@@ -148,6 +150,7 @@ def run_stage(
     out: str,
     progress: bool = False,
     inputs: tuple | None = None,
+    timings: dict | None = None,
 ) -> dict:
     return build_features(
         *(inputs or load_inputs(root)),
@@ -156,13 +159,67 @@ def run_stage(
         root / out / "features",
         root / out / "clips.parquet",
         progress=progress,
+        timings=timings,
     )
+
+
+def breakdown(root: Path, backbone: FrozenBackbone, batch_size: int, repeats: int) -> dict[str, float]:
+    """Milliseconds per clip of each step alone, one after the other on this thread (medians of repeats).
+
+    read: ``FrameStore.read`` of every video (decompression), shared by its clips; crop: cutting and resizing
+    the clips' frames (reads done); normalise: uint8 crops -> float pixel_values; forward: the backbone on
+    those batches; write: the fp16 tokens to a shard file. The single-threaded steps are timed in this
+    thread's CPU time (other jobs on a shared machine barely move it), the forward in wall time.
+    """
+    index, store, tracks, keypoints = load_inputs(root)
+    clips = make_clips(index, store.videos, store.frames, ClipsConfig())
+    clips, _ = plan_clips(clips, store.videos, tracks, keypoints, ClipsConfig().crop_margin)
+    size, n = backbone.image_size, len(clips)
+    boxes = clips[list(feature_store.CROP_COLUMNS)].to_numpy(np.int64)
+    steps: dict[str, list[float]] = {name: [] for name in ("read", "crop", "normalise", "forward", "write")}
+    for _ in range(repeats):
+        start = time.thread_time()
+        videos = {video_id: store.read(video_id) for video_id in clips["video_id"].unique()}
+        steps["read"].append(time.thread_time() - start)
+        start = time.thread_time()
+        crops = []
+        for row, (video_id, wanted) in enumerate(zip(clips["video_id"], clips["frame_idx"], strict=True)):
+            frame_idx, frames = videos[video_id]
+            positions = np.searchsorted(frame_idx, np.asarray(wanted, dtype=np.int64)).tolist()
+            crops.append(crop_frames(frames, tuple(boxes[row].tolist()), size, positions))
+        steps["crop"].append(time.thread_time() - start)
+        del videos
+        start = time.thread_time()
+        batches = []
+        for first in range(0, n, batch_size):
+            part = crops[first : first + batch_size]
+            batch = np.empty((len(part), *backbone_shape(backbone)), np.float32)
+            for crop, out in zip(part, batch, strict=True):
+                backbone.normalizer.normalize_into(crop, out)
+            batches.append(torch.from_numpy(batch))
+        steps["normalise"].append(time.thread_time() - start)
+        start = time.perf_counter()
+        tokens = [backbone.forward(batch) for batch in batches]
+        steps["forward"].append(time.perf_counter() - start)
+        del batches
+        with tempfile.TemporaryDirectory() as out:
+            start = time.thread_time()
+            writer = ShardWriter(Path(out), n, 64, (*backbone.grid, backbone.hidden_size))
+            for part in tokens:
+                writer.write(part)
+            writer.close()
+            steps["write"].append(time.thread_time() - start)
+    return {name: statistics.median(values) / n * 1e3 for name, values in steps.items()}
+
+
+def backbone_shape(backbone: FrozenBackbone) -> tuple[int, int, int, int]:
+    """One clip's pixel_values shape (T, 3, S, S)."""
+    return (backbone.num_frames, 3, backbone.image_size, backbone.image_size)
 
 
 def bare_forward(backbone: FrozenBackbone, num_clips: int, batch_size: int) -> float:
     """Seconds for the backbone alone on pre-made pixel tensors, batched like the stage."""
-    size = backbone.image_size
-    pixels = torch.randn(batch_size, backbone.num_frames, 3, size, size)  # (B, T, 3, S, S)
+    pixels = torch.randn(batch_size, *backbone_shape(backbone))  # (B, T, 3, S, S)
     start = time.perf_counter()
     for first in range(0, num_clips, batch_size):
         backbone.forward(pixels[: min(batch_size, num_clips - first)])
@@ -245,13 +302,15 @@ def main() -> None:
         backbone = FrozenBackbone(BackboneConfig(checkpoint=str(checkpoint), device="cpu"), 16)
         run_stage(tmp / f"videos{sizes[0]}", str(checkpoint), args.batch_size, "warmup")  # first-call costs
 
-        stage, serial, bare, clips = [], [], [], 0
+        stage, serial, bare, timings, clips = [], [], [], [], 0
         overlapped = feature_store._in_background
         for repeat in range(repeats):  # interleaved, so all three see the same machine state
+            timings.append({})
             start = time.perf_counter()
-            clips = run_stage(large, str(checkpoint), args.batch_size, f"stage{repeat}")["clips"]
+            clips = run_stage(large, str(checkpoint), args.batch_size, f"stage{repeat}", timings=timings[-1])
             stage.append(time.perf_counter() - start)
-            feature_store._in_background = lambda items, depth=1: items  # crops on the main thread
+            clips = clips["clips"]
+            feature_store._in_background = lambda items, depth=1: items  # no background batch thread
             try:
                 start = time.perf_counter()
                 run_stage(large, str(checkpoint), args.batch_size, f"serial{repeat}")
@@ -264,6 +323,9 @@ def main() -> None:
         medians = {
             name: statistics.median(v) for name, v in (("bare", bare), ("stage", stage), ("serial", serial))
         }
+        paired = statistics.median(b / s for b, s in zip(bare, stage, strict=True))  # same-moment pairs
+        best = timings[stage.index(stage_s)]
+        steps = breakdown(large, backbone, args.batch_size, repeats)
 
         memory = {}
         for size in sizes:
@@ -278,12 +340,24 @@ def main() -> None:
         f"batch {args.batch_size}; {sizes[1]} videos x {args.frames} frames -> {clips} clips; best of {repeats}"
     )
     rows = (("bare backbone forward", bare_s), ("build_features (overlap)", stage_s))
-    rows += (("build_features (no overlap)", serial_s),)
+    rows += (("build_features (no bg thread)", serial_s),)
     for name, seconds in rows:
         print(f"{name:<28}: {seconds:8.3f} s {clips / seconds:9.1f} clips/s  ratio {bare_s / seconds:.2f}")
     print("medians: " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in medians.items()))
+    print(f"median of the per-repeat ratios (bare / stage, run back to back): {paired:.2f}")
     print(
         "target: ratio (stage clips/s over bare clips/s) >= 0.85; the stage time includes loading the model"
+    )
+    loop = best["wait"] + best["forward"] + best["write"]
+    print(
+        f"best stage run: setup {best['setup']:.3f} s (model load, clip sampling and planning), batch loop "
+        f"{loop:.3f} s (waiting for pixels {best['wait']:.3f}, forward {best['forward']:.3f}, write "
+        f"{best['write']:.3f}), finish {best['finish']:.3f} s; loop-only ratio {bare_s / loop:.2f}"
+    )
+    print(
+        f"each step alone, ms per clip on one thread (torch: {torch.get_num_threads()} threads; the stage crops "
+        f"on {available_cores()} cores while the model waits): "
+        + ", ".join(f"{name} {ms:.3f}" for name, ms in steps.items())
     )
     print()
     header = (

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.data.synth import VideoSpec, render_video, write_avi
 from transmodal.params import DetectConfig, ParamError
 from transmodal.vision.checkpoints import CheckpointError
-from transmodal.vision.detect import PersonDetector, run_detect
+from transmodal.vision.detect import (
+    PersonDetector,
+    cpu_threads,
+    forward_threads,
+    overlapped,
+    run_detect,
+)
 from transmodal.vision.quality import box_iou, detection_quality
 from transmodal.vision.track import (
     TRACK_COLUMNS,
@@ -58,6 +67,33 @@ def build_dataset(root: Path) -> tuple[FrameStore, pd.DataFrame]:
     index = pd.DataFrame({"video_id": names, "path": [f"{name}.avi" for name in names]})
     extract_frames(
         index, videos, root / "frames", stride=STRIDE, clip_length=4, videos_per_shard=2, progress=False
+    )
+    return FrameStore(root / "frames"), pd.concat(annotations, ignore_index=True)
+
+
+MIXED_SIZES = {"small": (WIDTH, HEIGHT), "large": (200, 150)}  # name: (width, height)
+
+
+def build_mixed_size_dataset(root: Path) -> tuple[FrameStore, pd.DataFrame]:
+    """Frame store (stride 1) of two videos of different frame sizes (the second rendered, then resized), so
+    that one batch can hold frames of both sizes, and their ground truth (boxes scaled alike)."""
+    videos = root / "videos"
+    videos.mkdir(parents=True)
+    annotations = []
+    for seed, (name, (width, height)) in enumerate(MIXED_SIZES.items()):
+        spec = VideoSpec(subject=seed + 1, action="walking", scenario="d1", num_frames=10, seed=seed)
+        frames, rows = render_video(spec)
+        frames = np.stack([cv2.resize(frame, (width, height)) for frame in frames])
+        write_avi(frames, videos / f"{name}.avi")
+        sx, sy = width / WIDTH, height / HEIGHT
+        annotations.append(
+            rows.assign(
+                video_id=name, x1=rows["x1"] * sx, x2=rows["x2"] * sx, y1=rows["y1"] * sy, y2=rows["y2"] * sy
+            )
+        )
+    index = pd.DataFrame({"video_id": list(MIXED_SIZES), "path": [f"{name}.avi" for name in MIXED_SIZES]})
+    extract_frames(
+        index, videos, root / "frames", stride=1, clip_length=4, videos_per_shard=2, progress=False
     )
     return FrameStore(root / "frames"), pd.concat(annotations, ignore_index=True)
 
@@ -391,9 +427,9 @@ def test_stitch_tracks_param_joins_a_re_entering_walker(dataset, stitch):
 # Model path on the tiny random RT-DETR
 
 
-def tiny_detector_favourite_label(cfg: DetectConfig, store: FrameStore) -> str:
+def tiny_detector_favourite_label(cfg: DetectConfig, store: FrameStore, video_id: str = "duo") -> str:
     detector = PersonDetector.from_config(cfg)
-    _, frames = store.read("duo")
+    _, frames = store.read(video_id)
     logits = detector.forward(detector.preprocess(frames)).logits  # (T, Q, C)
     return detector.model.config.id2label[int(logits.amax(dim=(0, 1)).argmax())]
 
@@ -427,6 +463,27 @@ def test_model_path_end_to_end_on_tiny_checkpoint(dataset, tiny_checkpoints):
         store, DetectConfig(**{**cfg.__dict__, "batch_size": 64}), None, progress=False
     )
     pd.testing.assert_frame_equal(tracks, tracks_one)
+
+
+def test_batches_mixing_frame_sizes_give_the_same_tracks(tmp_path, tiny_checkpoints):
+    store, _ = build_mixed_size_dataset(tmp_path)
+    cfg = DetectConfig(
+        source="model",
+        checkpoint=tiny_checkpoints["detector"],
+        score_threshold=0.0,
+        track_activation_threshold=0.0,
+        device="cpu",
+    )
+    label = tiny_detector_favourite_label(cfg, store, "small")
+    cfg = DetectConfig(**{**cfg.__dict__, "person_label": label})
+    # batch 64: one batch of both sizes, resized piece by piece; batch 4: mostly one size, one resize
+    results = [
+        run_detect(store, DetectConfig(**{**cfg.__dict__, "batch_size": size}), None, progress=False)
+        for size in (64, 4)
+    ]
+    assert results[0][1]["detections"] > 0
+    assert set(results[0][0]["video_id"]) == set(MIXED_SIZES)
+    pd.testing.assert_frame_equal(results[0][0], results[1][0])
 
 
 def test_detector_preprocessing_matches_the_checkpoints_processor(dataset, tiny_checkpoints):
@@ -470,3 +527,67 @@ def test_unknown_person_label_names_the_param(dataset, tiny_checkpoints):
     )
     with pytest.raises(ParamError, match="detect.person_label"):
         run_detect(store, cfg, None, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The CPU pipeline shared with the pose stage
+
+
+def test_overlapped_finishes_every_batch_in_order_with_the_forward_on_the_calling_thread():
+    caller = threading.get_ident()
+    seen = []
+
+    def prepare(batch):
+        return (batch, threading.get_ident())
+
+    def forward(prepared):
+        assert threading.get_ident() == caller
+        return prepared[0] * 10
+
+    def finish(batch, prepared, outputs):
+        seen.append((batch, prepared[0], outputs, threading.get_ident()))
+
+    overlapped(iter(range(7)), prepare, forward, finish)
+    assert [(b, p, o) for b, p, o, _ in seen] == [(b, b, 10 * b) for b in range(7)]
+    assert all(thread != caller for *_, thread in seen)  # finish runs on the worker
+    overlapped(iter([]), prepare, forward, finish)  # no batches: nothing to do
+
+
+@pytest.mark.parametrize("stage", ["read", "prepare", "forward", "finish"])
+def test_overlapped_raises_an_error_of_any_stage(stage):
+    def fail_at(name, value=None):
+        def step(*args):
+            if name == stage and args[0] in (3, (3,)):
+                raise RuntimeError(f"{name} failed")
+            return value if value is not None else args[0]
+
+        return step
+
+    def batches():
+        for batch in range(6):
+            fail_at("read")(batch)
+            yield batch
+
+    with pytest.raises(RuntimeError, match=f"{stage} failed"):
+        overlapped(
+            batches(), fail_at("prepare"), lambda prepared: fail_at("forward")(prepared), fail_at("finish")
+        )
+
+
+def test_cpu_threads_leave_one_core_to_the_pipeline_and_restore_torch_threads():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with cpu_threads(torch.device("cpu"), overlap=True) as threads:
+            assert threads == torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 3
+        with cpu_threads(torch.device("cpu"), overlap=False) as threads:
+            assert threads == torch.get_num_threads() == 3
+        assert forward_threads(torch.device("cuda"), overlap=True) == 3  # a GPU forward: unchanged
+        with pytest.raises(ValueError), cpu_threads(torch.device("cpu"), overlap=True):
+            raise ValueError
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(1)
+        assert forward_threads(torch.device("cpu"), overlap=True) == 1  # never below one
+    finally:
+        torch.set_num_threads(before)

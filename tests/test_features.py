@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,14 +14,31 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import transmodal.features.crops as crops_module
 from transmodal.data.coco import COCO_JOINTS, NUM_JOINTS
 from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.features.backbone import FrozenBackbone, processor_class
 from transmodal.features.clips import clip_positions, make_clips, skipped_videos, spread
-from transmodal.features.crops import PixelNormalizer, align_pose, crop_frames, square_crop_box
-from transmodal.features.store import CROP_COLUMNS, FeatureStore, ShardWriter, build_features, shard_name
+from transmodal.features.crops import (
+    PixelNormalizer,
+    align_pose,
+    crop_frames,
+    square_crop_box,
+    square_crop_boxes,
+)
+from transmodal.features.store import (
+    CROP_COLUMNS,
+    CpuShare,
+    FeatureStore,
+    ShardWriter,
+    build_features,
+    crop_batches,
+    plan_clips,
+    shard_name,
+)
 from transmodal.params import BackboneConfig, ClipsConfig, ParamError
 from transmodal.vision.checkpoints import load_processor
 from transmodal.vision.tiny import write_backbone
@@ -245,13 +263,64 @@ def test_crop_frames_cuts_resizes_and_pads_black():
     assert np.array_equal(inside, frames[:, 25:85, 25:85])
     chosen = crop_frames(frames, (25, 25, 85, 85), 60, positions=[2, 0, 0])  # a padded clip repeats frames
     assert np.array_equal(chosen, frames[[2, 0, 0], 25:85, 25:85])
-    shrunk = crop_frames(frames, (25, 25, 85, 85), 30)
-    assert np.array_equal(
-        shrunk[1], cv2.resize(frames[1, 25:85, 25:85], (30, 30), interpolation=cv2.INTER_AREA)
-    )
+    # shrinking and enlarging: the processor's resampling (PIL bilinear, antialiased), within one level
+    for box, size in (((25, 25, 85, 85), 30), ((20, 10, 130, 120), 64), ((25, 25, 65, 65), 64)):
+        resized = crop_frames(frames, box, size)
+        x1, y1, x2, y2 = box
+        for frame, crop in zip(frames, resized, strict=True):
+            reference = np.asarray(Image.fromarray(frame[y1:y2, x1:x2]).resize((size, size), Image.BILINEAR))
+            assert np.abs(crop.astype(int) - reference).max() <= 1
+        assert np.array_equal(resized, crop_frames(frames, box, size))  # the same pixels every time
     padded = crop_frames(frames, (9, -11, 152, 132), 143)
     assert np.all(padded[:, :11] == 0) and np.all(padded[:, 11 + HEIGHT :] == 0)  # black above and below
     assert np.array_equal(padded[:, 11 : 11 + HEIGHT], frames[:, :, 9:152])
+
+
+def test_square_crop_boxes_rows_equal_the_one_clip_result():
+    rng = np.random.default_rng(3)
+    x1, y1 = rng.uniform(-10, 150, (2, 6, 5))
+    boxes = np.stack([x1, y1, x1 + rng.uniform(5, 90, (6, 5)), y1 + rng.uniform(5, 130, (6, 5))], axis=-1)
+    boxes[0, 1:] = np.nan  # one box only
+    boxes[1] = np.nan  # no box at all: the whole frame
+    boxes[2, ::2, 1] = np.nan  # some frames without a box
+    sizes = np.array([(160, 120), (160, 120), (120, 160), (320, 240), (160, 120), (64, 64)])
+    batched = square_crop_boxes(boxes, sizes[:, 0], sizes[:, 1], 0.15)
+    assert batched.shape == (6, 4) and batched.dtype == np.int64
+    for row, (w, h) in enumerate(sizes):
+        assert tuple(batched[row]) == square_crop_box(boxes[row], int(w), int(h), 0.15)
+
+
+def test_crop_frames_reuses_given_crops_and_resizes_a_repeat_once(monkeypatch):
+    rng = np.random.default_rng(4)
+    frames = rng.integers(1, 256, (5, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    box = (9, -11, 152, 132)  # leaves the frame: the black-canvas path
+    fresh = crop_frames(frames, box, 64, positions=[0, 1, 2, 2, 2])
+    resized = []
+    original = crops_module.resize_squares
+    monkeypatch.setattr(
+        crops_module,
+        "resize_squares",
+        lambda squares, size: resized.append(len(squares)) or original(squares, size),
+    )
+    out = np.zeros((5, 64, 64, 3), np.uint8)
+    again = crop_frames(frames, box, 64, positions=[0, 1, 2, 2, 2], out=out, reuse={0: fresh[0], 1: fresh[1]})
+    assert again is out and np.array_equal(again, fresh)
+    assert resized == [1]  # frames 0 and 1 were copied from ``reuse``, frame 2 resized once for 3 slots
+    marker = np.full((64, 64, 3), 7, np.uint8)  # reuse is trusted: it must hold the same box's crops
+    assert np.all(crop_frames(frames, box, 64, positions=[3], reuse={3: marker}) == 7)
+
+
+def test_normalize_into_is_the_exact_table_lookup():
+    normalizer = PixelNormalizer(IMAGENET_MEAN, IMAGENET_STD, 1 / 255)
+    for size in (8, 64):
+        clip = np.random.default_rng(size).integers(0, 256, (LENGTH, size, size, 3), dtype=np.uint8)
+        out = np.full((LENGTH, 3, size, size), np.nan, np.float32)
+        normalizer.normalize_into(clip, out)
+        for channel in range(3):
+            expected = normalizer.table[channel, 0][clip[..., channel]]  # (T, S, S)
+            assert np.array_equal(out[:, channel].view(np.uint32), expected.view(np.uint32))
+    with pytest.raises(ValueError, match="contiguous"):
+        normalizer.normalize_into(clip, np.empty((LENGTH, 3, 64, 64), np.float32)[:, :, ::-1])
 
 
 def test_normalisation_matches_the_checkpoints_processor(world):
@@ -381,6 +450,81 @@ def test_cached_tokens_equal_a_fresh_forward(world, built):
     assert cached.dtype == torch.float16 and torch.equal(cached, fresh)
     # Person-centred: mid-clip, the crop's centre pixel has the person's colour (R=240 in RGB), not background (90).
     assert np.all(np.abs(crops[:, LENGTH // 2, 32, 32, 0].astype(int) - 240) < 30)
+
+
+def test_plan_clips_matches_a_per_clip_lookup(world):
+    store = world["store"]
+    clips = make_clips(world["index"], store.videos, store.frames, world["clips_cfg"])
+    tracks, keypoints = world["tracks"].copy(), world["keypoints"].copy()
+    first_train = clips.loc[clips["video_id"] == "walker_train", "frame_idx"].iloc[0]
+    gone = (tracks["video_id"] == "walker_train") & tracks["frame_idx"].isin(first_train[::3])
+    tracks = tracks[~gone]  # some frames without a primary box
+    tracks = tracks[tracks["video_id"] != "walker_short"]  # a video without any track: whole-frame crop
+    first_test = clips.loc[clips["video_id"] == "walker_test", "frame_idx"].iloc[0]
+    doubled = tracks[(tracks["video_id"] == "walker_test") & tracks["is_primary"]]
+    doubled = doubled[doubled["frame_idx"].isin(first_test[:3])].copy()
+    assert len(doubled) == 3
+    doubled[["x1", "x2"]] -= 9.0  # a second primary row on a frame: the first row wins
+    tracks = pd.concat([tracks, doubled], ignore_index=True)
+    keypoints = keypoints[~keypoints["frame_idx"].isin(first_train[::5])]  # frames without pose
+    planned, without_track = plan_clips(clips, store.videos, tracks, keypoints, 0.1)
+
+    sizes = store.videos.set_index("video_id")
+    primary = tracks[tracks["is_primary"]]
+    assert without_track == int((clips["video_id"] == "walker_short").sum()) == 1
+    for row, clip in enumerate(clips.itertuples()):
+        boxes, joints = np.full((LENGTH, 4), np.nan), np.full((LENGTH, 3, NUM_JOINTS), np.nan)
+        for t, frame in enumerate(clip.frame_idx):
+            hits = primary[(primary["video_id"] == clip.video_id) & (primary["frame_idx"] == frame)]
+            if len(hits):
+                boxes[t] = hits[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)[0]
+            pose = keypoints[(keypoints["video_id"] == clip.video_id) & (keypoints["frame_idx"] == frame)]
+            for k, part in enumerate(("x", "y", "score")):
+                if len(pose):
+                    joints[t, k] = pose[[f"{name}_{part}" for name in COCO_JOINTS]].to_numpy(np.float64)[0]
+        size = sizes.loc[clip.video_id]
+        box = square_crop_box(boxes, int(size["width"]), int(size["height"]), 0.1)
+        xy, score, mask = align_pose(joints[:, :2].transpose(0, 2, 1), joints[:, 2], box)
+        got = planned.iloc[row]
+        assert [got[c] for c in CROP_COLUMNS] == list(box)
+        assert np.array_equal(got["pose_xy"], xy.reshape(-1)) and np.array_equal(
+            got["pose_mask"], mask.reshape(-1)
+        )
+        assert np.array_equal(got["pose_score"], score.reshape(-1))
+    assert not planned["pose_mask"].map(np.all).all()  # the dropped pose frames are masked
+
+
+def test_parallel_crop_batches_equal_serial_ones(world):
+    store = world["store"]
+    clips = make_clips(world["index"], store.videos, store.frames, world["clips_cfg"])
+    clips, _ = plan_clips(clips, store.videos, world["tracks"], world["keypoints"], 0.1)
+    clips = pd.concat([clips, clips], ignore_index=True)  # two runs of each video: several batches
+    normalizer = PixelNormalizer(IMAGENET_MEAN, IMAGENET_STD, 1 / 255)
+    serial = list(crop_batches(store, clips, 64, 5, normalizer, CpuShare(1, 1)))
+    parallel = list(crop_batches(store, clips, 64, 5, normalizer, CpuShare(3, 0)))
+    assert [len(b) for b in serial] == [len(b) for b in parallel] == [5, 5, 2]
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
+    lost = clips.assign(video_id=clips["video_id"].where(clips.index < 8, "broken"))  # no decoded frames
+    with pytest.raises(KeyError, match="broken"):  # a crop worker's error reaches the consumer
+        list(crop_batches(store, lost, 64, 5, normalizer, CpuShare(3, 0)))
+
+
+def test_cpu_share_holds_steps_while_the_forward_runs():
+    share, started, done = CpuShare(2, 0), threading.Event(), threading.Event()
+
+    def step():
+        started.set()
+        with share.step():
+            done.set()
+
+    with share.forward():
+        worker = threading.Thread(target=step)
+        worker.start()
+        assert started.wait(5) and not done.wait(0.2)  # no core left for preprocessing while it runs
+    assert done.wait(5)  # released when the forward ends
+    worker.join(5)
+    with share.step(), share.step():  # two steps at once on two cores
+        pass
 
 
 def test_two_builds_are_byte_identical(world, built):

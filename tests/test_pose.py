@@ -11,13 +11,22 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.test_detect import GAP_ABSENT_KEPT, build_dataset
+from tests.test_detect import GAP_ABSENT_KEPT, MIXED_SIZES, build_dataset, build_mixed_size_dataset
 from transmodal.data.coco import joint_columns
 from transmodal.data.frames import FrameStore
 from transmodal.params import DetectConfig, ParamError, PoseConfig
 from transmodal.vision.checkpoints import CheckpointError
 from transmodal.vision.detect import run_detect
-from transmodal.vision.pose import KEYPOINT_COLUMNS, PoseEstimator, run_pose
+from transmodal.vision.pose import (
+    KEYPOINT_COLUMNS,
+    PoseEstimator,
+    _decode_heatmaps_numpy,
+    _decode_heatmaps_torch,
+    crop_geometry,
+    crop_grid,
+    decode_heatmaps,
+    run_pose,
+)
 from transmodal.vision.quality import pose_quality
 
 
@@ -272,6 +281,129 @@ def test_heatmap_decoding_matches_the_processors_post_processing(dataset, tiny_c
     assert peaked.mean() > 0.9
     np.testing.assert_allclose(keypoints[peaked], expected_keypoints[peaked], rtol=1e-2, atol=1e-2)
     np.testing.assert_array_equal(scores, expected_scores)
+
+
+def peaked_heatmaps(rng, n: int, joints: int, h: int, w: int) -> np.ndarray:
+    """Trained-model-like heatmaps (n, J, h, w) float32: a gaussian peak (some at the border) over low noise."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    peaks = np.stack([rng.uniform(-0.5, w - 0.5, (n, joints)), rng.uniform(-0.5, h - 0.5, (n, joints))], -1)
+    blob = np.exp(
+        -((xx - peaks[..., 0, None, None]) ** 2 + (yy - peaks[..., 1, None, None]) ** 2) / (2 * 1.5**2)
+    )
+    return (0.9 * blob + rng.uniform(0, 0.02, (n, joints, h, w))).astype(np.float32)
+
+
+def test_numpy_heatmap_decoding_is_the_torch_version_bit_for_bit(dataset, tiny_checkpoints):
+    """On the CPU heatmaps are decoded in numpy: same dtypes, same order of the blur's sums, torch's log."""
+    rng = np.random.default_rng(0)
+    n, joints = 8, 17
+    boxes = np.stack(
+        [rng.uniform(0, 60, n), rng.uniform(0, 40, n), rng.uniform(80, 160, n), rng.uniform(70, 120, n)], 1
+    )
+    # the real ViTPose size, the tiny model's, and maps smaller than the blur (reflected more than once)
+    for h, w in ((64, 48), (16, 12), (5, 4)):
+        heatmaps = peaked_heatmaps(rng, n, joints, h, w)
+        heatmaps[0, 0] = -np.abs(heatmaps[0, 0])  # no positive value: the placeholder
+        heatmaps[0, 1] = 0.0  # flat
+        heatmaps[1, 2, 0, 0] = np.nan
+        for dtype in (np.float32, np.float64):
+            maps = heatmaps.astype(dtype)
+            expected = _decode_heatmaps_torch(torch.from_numpy(maps), boxes, (256, 192))
+            got = _decode_heatmaps_numpy(maps, boxes, (256, 192))
+            for value, reference in zip(got, expected, strict=True):
+                assert value.dtype == np.float32
+                np.testing.assert_array_equal(value, reference.numpy())  # NaN where NaN
+    # the tiny model's nearly flat heatmaps, where DARK's Newton step is ill-conditioned
+    estimator = PoseEstimator.from_config(
+        PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu")
+    )
+    store, _ = dataset
+    _, frames = store.read("duo")
+    heatmaps = estimator.forward(estimator.preprocess(frames[:n], boxes)).heatmaps
+    expected = _decode_heatmaps_torch(heatmaps, boxes, (64, 48))
+    got = decode_heatmaps(heatmaps, boxes, (64, 48))  # the CPU path
+    for value, reference in zip(got, expected, strict=True):
+        assert torch.equal(value, reference)
+
+
+def test_crop_grid_samples_the_padded_box(tiny_checkpoints):
+    """grid_sample's grid (align_corners) maps output pixel u to input x = u * roi_w / (S_w - 1) + x0."""
+    boxes = np.array([[10, 20, 40, 100], [0, 0, 160, 120], [120, -10, 175, 130]], float)
+    crop = (64, 48)
+    grid = crop_grid(boxes, 120, 160, crop)
+    assert grid.shape == (3, 64, 48, 2) and grid.dtype == np.float32
+    center, region = crop_geometry(boxes, crop)
+    x = center[:, :1] - region[:, :1] / 2 + np.arange(48) * region[:, :1] / 47  # (n, S_w) input pixels
+    y = center[:, 1:] - region[:, 1:] / 2 + np.arange(64) * region[:, 1:] / 63
+    inside_x, inside_y = (x >= 0) & (x <= 159), (y >= 0) & (y <= 119)
+    assert inside_x.any() and (~inside_x).any() and (~inside_y).any()  # the last box reaches out
+    np.testing.assert_allclose((grid[:, 0, :, 0][inside_x] + 1) / 2 * 159, x[inside_x], atol=1e-4)
+    np.testing.assert_allclose((grid[:, :, 0, 1][inside_y] + 1) / 2 * 119, y[inside_y], atol=1e-4)
+    # samples outside the frame are sent far outside (zero padding), whole columns and rows at a time
+    assert (grid[:, :, :, 0][np.broadcast_to(~inside_x[:, None, :], (3, 64, 48))] == 3).all()
+    assert (grid[:, :, :, 1][np.broadcast_to(~inside_y[:, :, None], (3, 64, 48))] == 3).all()
+
+
+def test_overlapped_stage_equals_the_plain_loop(dataset, gt_tracks, tiny_checkpoints, monkeypatch):
+    store, annotations = dataset
+    cfg = PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], batch_size=5, device="cpu")
+    estimator = PoseEstimator.from_config(cfg)
+    forward_threads = []
+    forward = estimator.forward
+
+    def recording_forward(pixel_values):
+        forward_threads.append(torch.get_num_threads())
+        return forward(pixel_values)
+
+    monkeypatch.setattr(estimator, "forward", recording_forward)
+
+    def run(overlap: bool):
+        return run_pose(store, gt_tracks[0], cfg, annotations, False, estimator, overlap=overlap)
+
+    # with one torch thread (tests' setting) both forwards run on one thread: the same sums, the same result
+    assert torch.get_num_threads() == 1
+    (plain, plain_metrics), (threaded, threaded_metrics) = run(False), run(True)
+    pd.testing.assert_frame_equal(plain, threaded, check_exact=True)
+    for name in ("seconds", "frames_per_second"):
+        plain_metrics.pop(name), threaded_metrics.pop(name)
+    assert plain_metrics == threaded_metrics
+    # with more threads the overlapped forward leaves one core to the pipeline's worker threads
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        forward_threads.clear()
+        run(True)
+        assert set(forward_threads) == {1} and torch.get_num_threads() == 2  # restored
+        forward_threads.clear()
+        run(False)
+        assert set(forward_threads) == {2}
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_batches_mixing_frame_sizes_give_the_same_keypoints(tmp_path, tiny_checkpoints):
+    store, annotations = build_mixed_size_dataset(tmp_path)
+    tracks, _ = run_detect(store, DetectConfig(source="annotations"), annotations, progress=False)
+    estimator = PoseEstimator.from_config(
+        PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu")
+    )
+    estimator.model.double()  # float64: the batch shape cannot flip an argmax (see the batch size test)
+    estimator.dtype = torch.float64
+    # batch 64: both frame sizes in one batch, cropped piece by piece; batch 4: mostly one size, one warp
+    results = [
+        run_pose(
+            store,
+            tracks,
+            PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], batch_size=size, device="cpu"),
+            None,
+            progress=False,
+            estimator=estimator,
+        )[0]
+        for size in (64, 4)
+    ]
+    assert set(results[0]["video_id"]) == set(MIXED_SIZES)
+    assert not results[0][joint_columns("x")].isna().any().any()
+    pd.testing.assert_frame_equal(results[0], results[1], atol=1e-3, rtol=0)
 
 
 def test_missing_checkpoint_names_the_param(dataset, gt_tracks, monkeypatch):

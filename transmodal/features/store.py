@@ -10,21 +10,27 @@ Layout:
   ``pose_xy`` (T*J*2 float32, row-major (T, J, 2), in the crop's unit square), ``pose_score`` (T*J float32),
   ``pose_mask`` (T*J bool, True = joint present).
 
-The stage streams: one video is decoded at a time, a background thread crops and normalises batches while
-the main thread runs the backbone, and each batch of tokens goes straight to its shard file (the shard sizes
-are known up front, so the safetensors header is written first). Peak memory is one video's frames plus at
-most three pixel batches, whatever the number of videos; only the per-clip metadata (clip rows, crop boxes,
-aligned pose: ~4 KB a clip) grows with the dataset.
+The stage streams: a pool of one thread per core reads and crops whole videos (at most two per thread
+ahead), a background thread normalises their crops into pixel batches in clip order while the main thread
+runs the backbone, and each batch of tokens goes straight to its shard file (the shard sizes are known up
+front, so the safetensors header is written first). On the CPU the preprocessing steps yield the cores the
+forward's threads use while it runs (:class:`CpuShare`). Peak memory is one video's frames per core, the
+uint8 crops of two videos per core and at most three pixel batches, whatever the number of videos; only the
+per-clip metadata (clip rows, crop boxes, aligned pose: ~4 KB a clip) grows with the dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +43,7 @@ from transmodal.data.coco import NUM_JOINTS, joint_columns
 from transmodal.data.frames import FrameStore
 from transmodal.features.backbone import FrozenBackbone
 from transmodal.features.clips import make_clips, skipped_videos
-from transmodal.features.crops import PixelNormalizer, align_pose, crop_frames, square_crop_box
+from transmodal.features.crops import PixelNormalizer, align_poses, crop_frames, square_crop_boxes
 from transmodal.io import atomic_dir, write_json, write_parquet
 from transmodal.params import BackboneConfig, ClipsConfig
 
@@ -119,27 +125,35 @@ class ShardWriter:
             raise ValueError(f"wrote {self.written} of {self.total} announced rows")
 
 
-def _per_video(table: pd.DataFrame, columns: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{video_id: (frame_idx (n,) sorted int64, values (n, k) float64)} for a per-frame table."""
-    table = table.sort_values(["video_id", "frame_idx"], kind="stable")
-    video_ids = table["video_id"].to_numpy()
-    frame_idx = table["frame_idx"].to_numpy(np.int64)
-    values = table[list(columns)].to_numpy(np.float64)
-    # One sort and slices, not a groupby: this runs over every frame of the dataset.
-    bounds = np.flatnonzero(video_ids[1:] != video_ids[:-1]) + 1
-    starts, ends = np.r_[0, bounds], np.r_[bounds, len(video_ids)]
-    return {video_ids[s]: (frame_idx[s:e], values[s:e]) for s, e in zip(starts, ends, strict=True) if e > s}
+def _frame_lookup(
+    table: pd.DataFrame, columns: Sequence[str], video_ids: np.ndarray, frame_idx: np.ndarray
+) -> np.ndarray:
+    """Rows of a per-frame table for every (clip, frame): (N, T, k) float64, NaN where the table has none.
 
+    Args:
+        table: columns video_id, frame_idx and ``columns``; on duplicate (video, frame) rows the first wins.
+        video_ids: (N,) the clips' videos.
+        frame_idx: (N, T) the clips' original frame numbers.
 
-def _lookup(per_video: dict, video_id: str, frame_idx: np.ndarray, width: int) -> np.ndarray:
-    """Rows (len(frame_idx), width) for the wanted frames; NaN where the table has no row for a frame."""
-    out = np.full((len(frame_idx), width), np.nan)
-    if video_id not in per_video:
+    One stable sort of the table by (video, frame) and one search for all the clips' frames, not a
+    per-clip lookup: this runs over every clip of the dataset before the first frame is cropped.
+    """
+    out = np.full((*frame_idx.shape, len(columns)), np.nan)
+    videos = pd.Index(pd.unique(video_ids))
+    code = videos.get_indexer(table["video_id"])  # -1: a video without clips
+    keep = np.flatnonzero(code >= 0)
+    if not len(keep) or not frame_idx.size:
         return out
-    known, values = per_video[video_id]
-    pos = np.clip(np.searchsorted(known, frame_idx), 0, max(len(known) - 1, 0))
-    hit = (known[pos] == frame_idx) if len(known) else np.zeros(len(frame_idx), bool)
-    out[hit] = values[pos[hit]]
+    frames = table["frame_idx"].to_numpy(np.int64)[keep]
+    span = int(max(frames.max(), frame_idx.max())) + 1
+    keys = code[keep].astype(np.int64) * span + frames
+    order = np.argsort(keys, kind="stable")  # duplicates keep table order: the first one is found
+    keys = keys[order]
+    wanted = (videos.get_indexer(video_ids).astype(np.int64) * span)[:, None] + frame_idx  # (N, T)
+    pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    hit = keys[pos] == wanted
+    values = table[list(columns)].to_numpy(np.float64)
+    out[hit] = values[keep[order[pos[hit]]]]
     return out
 
 
@@ -150,54 +164,168 @@ def plan_clips(
 
     Returns the extended table and the number of clips without any primary-track box (whole-frame crop).
     """
-    sizes = {
-        v: (int(w), int(h))
-        for v, w, h in zip(videos["video_id"], videos["width"], videos["height"], strict=True)
-    }
-    boxes = _per_video(tracks[tracks["is_primary"].astype(bool)], BOX_COLUMNS)
+    n = len(clips)
+    video_ids = clips["video_id"].to_numpy()
+    frame_idx = np.stack(clips["frame_idx"].to_numpy()).astype(np.int64) if n else np.zeros((0, 0), np.int64)
+    t = frame_idx.shape[1]
+    sizes = videos.set_index("video_id")[["width", "height"]].astype(np.int64).loc[video_ids].to_numpy()
+    sizes = sizes.reshape(n, 2)
+    clip_boxes = _frame_lookup(tracks[tracks["is_primary"].astype(bool)], BOX_COLUMNS, video_ids, frame_idx)
+    without_track = int((~np.isfinite(clip_boxes).all(axis=-1).any(axis=1)).sum())
+    boxes = square_crop_boxes(clip_boxes, sizes[:, 0], sizes[:, 1], margin)  # (N, 4) int64
     pose_columns = joint_columns("x") + joint_columns("y") + joint_columns("score")
-    poses = _per_video(keypoints, pose_columns)
-    crop_rows, xy_rows, score_rows, mask_rows, without_track = [], [], [], [], 0
-    for video_id, frame_idx in zip(clips["video_id"], clips["frame_idx"], strict=True):
-        frame_idx = np.asarray(frame_idx, dtype=np.int64)
-        clip_boxes = _lookup(boxes, video_id, frame_idx, 4)  # (T, 4), NaN where no box
-        without_track += int(not np.isfinite(clip_boxes).all(axis=1).any())
-        box = square_crop_box(clip_boxes, *sizes[video_id], margin)
-        joints = _lookup(poses, video_id, frame_idx, 3 * NUM_JOINTS).reshape(len(frame_idx), 3, NUM_JOINTS)
-        xy, score, mask = align_pose(joints[:, :2].transpose(0, 2, 1), joints[:, 2], box)  # (T, J, 2), (T, J)
-        crop_rows.append(box)
-        xy_rows.append(xy.reshape(-1))
-        score_rows.append(score.reshape(-1))
-        mask_rows.append(mask.reshape(-1))
+    joints = _frame_lookup(keypoints, pose_columns, video_ids, frame_idx).reshape(n, t, 3, NUM_JOINTS)
+    xy, score, mask = align_poses(joints[:, :, :2].transpose(0, 1, 3, 2), joints[:, :, 2], boxes)
     planned = clips.copy()
-    crop = np.asarray(crop_rows, dtype=np.float32).reshape(-1, 4)
+    crop = boxes.astype(np.float32)
     for i, name in enumerate(CROP_COLUMNS):
         planned[name] = crop[:, i]
-    planned["pose_xy"] = xy_rows
-    planned["pose_score"] = score_rows
-    planned["pose_mask"] = mask_rows
+    planned["pose_xy"] = list(xy.reshape(n, t * NUM_JOINTS * 2))  # per clip, row-major (T, J, 2)
+    planned["pose_score"] = list(score.reshape(n, t * NUM_JOINTS))
+    planned["pose_mask"] = list(mask.reshape(n, t * NUM_JOINTS))
     return planned, without_track
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class CpuShare:
+    """How many preprocessing steps may run at once: ``cores``, or ``during_forward`` while the model runs.
+
+    Each step (reading a video, cropping a clip, normalising a clip) holds a slot. The forward on the CPU
+    takes ``torch.get_num_threads()`` cores, and an OpenMP thread that loses its core to a crop thread stalls
+    every barrier of the op it is in: on 2 cores a 2-thread forward beside a busy crop thread ran several
+    times slower than alone, so while it runs the crops get only the cores it leaves free (none by default)
+    and take the whole machine while it waits for them. A step already running finishes (a clip's crop is
+    ~1-2 ms).
+    """
+
+    def __init__(self, cores: int, during_forward: int):
+        self.cores, self.during_forward = max(1, cores), max(0, min(during_forward, cores))
+        self._limit, self._busy = self.cores, 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._busy < self._limit)
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy -= 1
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def forward(self) -> Iterator[None]:
+        with self._changed:
+            self._limit = self.during_forward
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._limit = self.cores
+                self._changed.notify_all()
+
+
+_READ_LOCK = threading.Lock()  # FrameStore.read is not thread-safe (one shared Parquet reader per shard)
+
+
+def crop_video(
+    store: FrameStore,
+    video_id: str,
+    clip_frames: Sequence[np.ndarray],
+    boxes: np.ndarray,
+    size: int,
+    share: CpuShare | None = None,
+) -> np.ndarray:
+    """Read one video and crop its clips: (n, T, S, S, 3) uint8 for ``clip_frames`` (n,) and ``boxes`` (n, 4).
+
+    A clip's frames that the previous clip already cropped with the same box (overlapping windows, a box
+    capped at the frame) are copied from it rather than resized again.
+    """
+    share = share or CpuShare(1, 1)
+    with share.step(), _READ_LOCK:
+        frame_idx, frames = store.read(video_id)
+    length = len(clip_frames[0]) if len(clip_frames) else 0
+    crops = np.empty((len(clip_frames), length, size, size, 3), np.uint8)
+    previous: tuple | None = None  # (box, {position: crop}) of the previous clip
+    for n, (wanted, box) in enumerate(zip(clip_frames, boxes.tolist(), strict=True)):
+        positions = np.searchsorted(frame_idx, np.asarray(wanted, dtype=np.int64)).tolist()
+        box = tuple(box)
+        reuse = previous[1] if previous is not None and previous[0] == box else None
+        with share.step():
+            crop_frames(frames, box, size, positions, out=crops[n], reuse=reuse)
+        previous = (box, dict(zip(positions, crops[n], strict=True)))
+    return crops
+
+
+def _videos_of(clips: pd.DataFrame) -> list[tuple[str, slice]]:
+    """(video_id, rows) per run of one video's clips, in order (a video's clips are contiguous)."""
+    video_ids = clips["video_id"].to_numpy()
+    if not len(video_ids):
+        return []
+    bounds = np.r_[0, np.flatnonzero(video_ids[1:] != video_ids[:-1]) + 1, len(video_ids)].tolist()
+    return [(video_ids[s], slice(s, e)) for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _ordered(function: Callable, jobs: Sequence[tuple], workers: int) -> Iterator:
+    """``function(*job)`` for each job, in order; on ``workers`` threads (at most ``2 * workers`` in flight)."""
+    if workers <= 1:
+        yield from (function(*job) for job in jobs)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="features-crop") as pool:
+        pending: deque = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(function, *job))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def crop_batches(
-    store: FrameStore, clips: pd.DataFrame, size: int, batch_size: int, normalizer: PixelNormalizer
+    store: FrameStore,
+    clips: pd.DataFrame,
+    size: int,
+    batch_size: int,
+    normalizer: PixelNormalizer,
+    share: CpuShare | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Normalised pixel_values (b, T, 3, S, S) float32 of the clips in order, decoding one video at a time."""
+    """Normalised pixel_values (b, T, 3, S, S) float32 of the clips in order.
+
+    Videos are read and cropped by :func:`crop_video` on ``share.cores`` threads (cv2, numpy and the frame
+    decompression release the GIL), at most ``2 * cores`` videos ahead; the crops are normalised here, in
+    clip order, straight into the batch.
+    """
+    share = share or CpuShare(1, 1)
     boxes = clips[list(CROP_COLUMNS)].to_numpy(np.int64)
-    length = len(clips["frame_idx"].iloc[0]) if len(clips) else 0
+    clip_frames = clips["frame_idx"].to_numpy()
+    length = len(clip_frames[0]) if len(clips) else 0
     shape = (batch_size, length, 3, size, size)  # (B, T, 3, S, S)
-    batch, filled, loaded_id, frame_idx, frames = np.empty(shape, np.float32), 0, None, None, None
-    for row, (video_id, clip_frames) in enumerate(zip(clips["video_id"], clips["frame_idx"], strict=True)):
-        if video_id != loaded_id:  # clips of a video are contiguous: each video is read once
-            frame_idx, frames = store.read(video_id)
-            loaded_id = video_id
-        positions = np.searchsorted(frame_idx, np.asarray(clip_frames, dtype=np.int64))
-        crop = crop_frames(frames, tuple(boxes[row]), size, positions)  # (T, S, S, 3) uint8
-        normalizer.normalize_into(crop, batch[filled])  # straight into the batch: no uint8 batch copy
-        filled += 1
-        if filled == batch_size:
-            yield torch.from_numpy(batch)
-            batch, filled = np.empty(shape, np.float32), 0  # a new buffer: the consumer still holds the last
+    jobs = [
+        (store, video_id, clip_frames[rows], boxes[rows], size, share) for video_id, rows in _videos_of(clips)
+    ]
+    batch, filled = np.empty(shape, np.float32), 0
+    for crops in _ordered(crop_video, jobs, share.cores):
+        for crop in crops:
+            with share.step():
+                normalizer.normalize_into(crop, batch[filled])
+            filled += 1
+            if filled == batch_size:
+                yield torch.from_numpy(batch)
+                batch, filled = np.empty(shape, np.float32), 0  # a new buffer: the consumer holds the last
+        del crops
     if filled:
         yield torch.from_numpy(batch[:filled])
 
@@ -253,13 +381,18 @@ def build_features(
     features_dir: Path,
     clips_path: Path,
     progress: bool = True,
+    timings: dict | None = None,
 ) -> dict:
     """Sample clips, crop them around the primary track, encode them with the frozen backbone, cache grids.
 
     Writes ``features_dir`` (shards + backbone.json, appearing all at once) and ``clips_path``. Returns the
-    summary for ``metrics/features.json``.
+    summary for ``metrics/features.json``. ``timings``, when given, receives the wall seconds of ``setup``
+    (model load, clip sampling and planning), of the main loop's ``wait`` for pixel batches, ``forward`` and
+    ``write``, and of ``finish`` (backbone.json, clips.parquet, the atomic rename).
     """
     started = time.perf_counter()
+    if timings is not None:
+        timings.update(setup=0.0, wait=0.0, forward=0.0, write=0.0, finish=0.0)
     backbone = FrozenBackbone(backbone_cfg, clips_cfg.length)  # fails early on a clip length mismatch
     clips = make_clips(index, store.videos, store.frames, clips_cfg)
     skipped = skipped_videos(index, store.videos)
@@ -269,17 +402,34 @@ def build_features(
     clips["shard"] = (np.arange(total) // per_shard).astype(np.int32)
     clips["offset"] = (np.arange(total) % per_shard).astype(np.int32)
     grid = (*backbone.grid, backbone.hidden_size)  # (G, P, D)
+    if timings is not None:
+        timings["setup"] = time.perf_counter() - started
     with atomic_dir(features_dir) as tmp:
         writer = ShardWriter(tmp, total, per_shard, grid)
+        cores = available_cores()
+        # On the CPU the forward takes torch's threads; on an accelerator it needs about none.
+        during_forward = cores - torch.get_num_threads() if backbone.device.type == "cpu" else cores
+        share = CpuShare(cores, during_forward)
         batches = crop_batches(
-            store, clips, backbone.image_size, backbone_cfg.batch_size, backbone.normalizer
+            store, clips, backbone.image_size, backbone_cfg.batch_size, backbone.normalizer, share
         )
         with tqdm(total=total, desc="features", unit="clip", disable=not progress) as bar:
+            mark = time.perf_counter()
             for pixel_values in _in_background(batches):
-                writer.write(backbone.forward(pixel_values))  # (b, G, P, D) float16
+                waited = time.perf_counter()
+                with share.forward():
+                    tokens = backbone.forward(pixel_values)  # (b, G, P, D) float16
+                forwarded = time.perf_counter()
+                writer.write(tokens)
                 bar.update(len(pixel_values))
                 del pixel_values  # free the batch before waiting for the next (peak: 3 batches, not 4)
+                if timings is not None:
+                    timings["wait"] += waited - mark
+                    timings["forward"] += forwarded - waited
+                    timings["write"] += time.perf_counter() - forwarded
+                mark = time.perf_counter()
         writer.close()
+        finishing = time.perf_counter()
         description = backbone.describe() | {
             "clip_length": clips_cfg.length,
             "num_clips": total,
@@ -289,6 +439,8 @@ def build_features(
         write_json(description, tmp / BACKBONE_FILE)
         write_parquet(clips, clips_path)  # inside the block: no clips.parquet without its shards
     seconds = time.perf_counter() - started
+    if timings is not None:
+        timings["finish"] = time.perf_counter() - finishing
     return {
         "clips": total,
         "clips_per_split": {

@@ -124,26 +124,46 @@ def pipelined(batches: Iterable, launch, finish) -> None:
 
 
 def overlapped(batches: Iterable, prepare, forward, finish) -> None:
-    """``finish(batch, prepared, forward(prepared))`` with ``prepared = prepare(batch)`` for every batch, as a
-    three-stage pipeline for a model on the CPU: ``prepare`` (reading, pre-processing) runs on a worker thread
-    up to two batches ahead, ``forward`` on the calling thread, ``finish`` (decoding, bookkeeping) on a second
-    worker thread one batch behind. Batches are finished in order; an error in any stage is raised here.
-    Torch ops and the frame store's decompression release the GIL, so the stages run in parallel."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish") as finisher:
-        pending = None
-        for batch, prepared in prefetch(((batch, prepare(batch)) for batch in batches), depth=2):
+    """``finish(batch, prepared, forward(prepared))`` with ``prepared = prepare(batch)`` for every batch, for
+    a model on the CPU (where ``pipelined`` is a plain loop): the forward runs on the calling thread while one
+    worker thread finishes the previous batch (decoding, bookkeeping) and prepares the next (reading,
+    pre-processing). Batches are prepared and finished in order; an error in any step is raised here.
+    Torch ops, most numpy ops and the frame store's decompression release the GIL, so with a core left to
+    the worker (:func:`cpu_threads`) the two overlap."""
+    items = iter(batches)
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlapped")
+
+    def prepare_next():
+        batch = next(items, None)  # the batches are read on the worker too
+        return None if batch is None else (batch, prepare(batch))
+
+    try:
+        upcoming, finishing = worker.submit(prepare_next), None
+        while (item := upcoming.result()) is not None:
+            batch, prepared = item
+            upcoming = worker.submit(prepare_next)  # runs after finishing the previous batch
             outputs = forward(prepared)
-            if pending is not None:
-                pending.result()  # re-raises; keeps at most one batch waiting to be finished
-            pending = finisher.submit(finish, batch, prepared, outputs)
-        if pending is not None:
-            pending.result()
+            if finishing is not None:
+                finishing.result()  # re-raises
+            finishing = worker.submit(finish, batch, prepared, outputs)
+        if finishing is not None:
+            finishing.result()
+    finally:
+        worker.shutdown(wait=True, cancel_futures=True)
+
+
+def forward_threads(device: torch.device, overlap: bool) -> int:
+    """Torch's intra-op threads for a stage's forward: on the CPU with ``overlap`` (:func:`overlapped`), one
+    fewer than torch's setting (at least one), the core left to the pipeline's worker thread; else torch's
+    setting. The benchmark's bare forward runs with the same number."""
+    threads = torch.get_num_threads()
+    return max(1, threads - 1) if device.type == "cpu" and overlap else threads
 
 
 @contextmanager
-def cpu_threads(device: torch.device, overlap: bool):
-    """While the stage runs: on the CPU with ``overlap``, torch's intra-op threads less one (at least one),
-    the core left to the pipeline's worker threads; elsewhere nothing changes. Restored on exit."""
+def cpu_threads(device: torch.device, overlap: bool) -> Iterator[int]:
+    """Torch's intra-op threads set to :func:`forward_threads` while the block runs (threads started inside
+    it, the pipeline's worker, start with that setting too), then restored."""
     before = torch.get_num_threads()
     threads = forward_threads(device, overlap)
     if threads != before:
@@ -153,12 +173,6 @@ def cpu_threads(device: torch.device, overlap: bool):
     finally:
         if threads != before:
             torch.set_num_threads(before)
-
-
-def forward_threads(device: torch.device, overlap: bool) -> int:
-    """Torch's intra-op threads the stage's forward runs with (what :func:`cpu_threads` sets)."""
-    threads = torch.get_num_threads()
-    return max(1, threads - 1) if device.type == "cpu" and overlap else threads
 
 
 def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -376,10 +390,13 @@ def _model_tracks(
     counts = {"boxes": 0}
     total = sum(missing.values())
 
-    def launch(batch: list[FramePiece]):
-        # videos may differ in size: pre-process per piece, then one forward on the whole batch
-        pixel_values = torch.cat([detector.preprocess(piece.frames) for piece in batch])  # (B, 3, S_h, S_w)
-        return detector.forward(pixel_values)
+    def prepare(batch: list[FramePiece]) -> torch.Tensor:
+        """pixel_values (B, 3, S_h, S_w) of one batch."""
+        if len({piece.frames.shape[1:] for piece in batch}) == 1:  # one frame size: one resize
+            frames = batch[0].frames if len(batch) == 1 else np.concatenate([p.frames for p in batch])
+            return detector.preprocess(frames)
+        # videos differ in size: pre-process per piece, then one forward on the whole batch
+        return torch.cat([detector.preprocess(piece.frames) for piece in batch])
 
     def finish(batch: list[FramePiece], outputs) -> None:
         sizes = [piece.frames.shape[1:3] for piece in batch for _ in range(len(piece.frame_idx))]
@@ -399,7 +416,14 @@ def _model_tracks(
         bar.update(len(sizes))
 
     with tqdm(total=total, desc="detect+track", unit="frame", disable=not progress) as bar:
-        pipelined(iter_frame_batches(store, list(videos), cfg.batch_size), launch, finish)
+        # The forward dominates here (the tiny RT-DETR too), so on the CPU a plain loop with all of torch's
+        # threads (overlapped with one thread fewer measured no faster); on a GPU the device runs batch k + 1
+        # while the host decodes and tracks batch k.
+        pipelined(
+            iter_frame_batches(store, list(videos), cfg.batch_size),
+            lambda batch: detector.forward(prepare(batch)),
+            finish,
+        )
     return tracked, counts["boxes"]
 
 

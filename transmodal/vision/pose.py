@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from types import SimpleNamespace
 
 import numpy as np
@@ -134,7 +135,112 @@ def decode_heatmaps(
     evaluated only at the 3 x 3 pixels around each maximum, which is all the Newton step reads. Equal to the
     processor's output up to float rounding (tested). A heatmap without a positive value keeps the
     processor's placeholder (heatmap pixel -1, -1, transformed, no refinement); its score is <= 0.
+
+    Heatmaps on the CPU are decoded by :func:`_decode_heatmaps_numpy`, the same arithmetic in numpy, equal to
+    the torch version bit for bit (tested) at about 60% of its cost (numpy's per-op overhead is smaller).
     """
+    if heatmaps.device.type == "cpu" and heatmaps.dtype in (torch.float32, torch.float64):
+        keypoints, scores = _decode_heatmaps_numpy(heatmaps.detach().numpy(), boxes, crop_size, kernel_size)
+        return torch.from_numpy(keypoints), torch.from_numpy(scores)
+    return _decode_heatmaps_torch(heatmaps, boxes, crop_size, kernel_size)
+
+
+def _blur_kernel(kernel_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """DARK's gaussian (sigma 0.8, ``kernel_size`` taps) normalised to sum 1, float64 (K,)."""
+    radius = (kernel_size - 1) // 2
+    taps = torch.arange(-radius, radius + 1, device=device)
+    kernel = torch.exp(-0.5 * taps.double() ** 2 / 0.8**2)
+    return kernel / kernel.sum()
+
+
+@lru_cache(maxsize=16)
+def _blur_kernel_numpy(kernel_size: int) -> np.ndarray:
+    return _blur_kernel(kernel_size).numpy()
+
+
+@lru_cache(maxsize=16)
+def _reflect_table(size: int, margin: int) -> np.ndarray:
+    """:func:`_reflect` of the indices -margin .. size + margin - 1, at position index + margin."""
+    return _reflect(torch.arange(-margin, size + margin), size).numpy()
+
+
+def _decode_heatmaps_numpy(
+    heatmaps: np.ndarray, boxes: np.ndarray, crop_size: tuple[int, int], kernel_size: int = 11
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_decode_heatmaps_torch` in numpy, operation for operation (same dtypes, same order of the
+    blur's sums; the log through torch), so bit for bit the same result: keypoints (n, J, 2) and scores
+    (n, J), float32."""
+    n, joints, h, w = heatmaps.shape
+    count = n * joints  # N heatmaps
+    dtype = heatmaps.dtype
+    flat = np.ascontiguousarray(heatmaps).reshape(count, h * w)
+    index = flat.argmax(axis=1)  # (N,), the first maximum
+    scores = flat[np.arange(count), index]  # (N,)
+    peak_x, peak_y = index % w, index // w
+
+    # the gaussian-blurred heatmap at the 3 x 3 pixels around each peak, from the (2r + 3)^2 patch around it
+    radius = (kernel_size - 1) // 2
+    kernel = _blur_kernel_numpy(kernel_size)  # (K,) float64
+    reach = np.arange(2 * radius + 3)  # (P,) patch offsets -r-1 .. r+1, shifted by r + 1 to index the tables
+    rows = _reflect_table(h, radius + 1)[peak_y[:, None] + reach]  # (N, P) scipy's reflect border
+    cols = _reflect_table(w, radius + 1)[peak_x[:, None] + reach]  # (N, P)
+    # the patch laid out (P rows, N, P columns): each blur step reads one contiguous slice
+    where = (rows.T * w + (np.arange(count) * (h * w)))[:, :, None] + cols[None, :, :]  # (P, N, P)
+    patch = flat.reshape(-1).take(where).astype(np.float64)
+    # along rows then along columns, each a sum over the taps in order (as torch's small matmul), rounded to
+    # the heatmaps' dtype in between (as scipy)
+    blurred = _sequential_blur(patch, kernel).astype(dtype)  # (3 rows, N, P columns)
+    blurred = blurred.transpose(2, 0, 1).astype(np.float64)  # (P columns, 3 rows, N)
+    blurred = _sequential_blur(blurred, kernel).astype(dtype)  # (3 columns, 3 rows, N)
+    blurred = blurred.transpose(2, 1, 0).reshape(count, 9)  # (N, 3 x 3) row-major
+    # DARK reads the blurred map edge-padded: a neighbour beyond the border is the border pixel
+    offsets = np.arange(-1, 2)
+    row_pick = np.clip(peak_y[:, None] + offsets, 0, h - 1) - peak_y[:, None] + 1  # (N, 3) in 0..2
+    col_pick = np.clip(peak_x[:, None] + offsets, 0, w - 1) - peak_x[:, None] + 1
+    pick = (row_pick[:, :, None] * 3 + col_pick[:, None, :]).reshape(count, 9)
+    blurred = np.take_along_axis(blurred, pick, axis=1)
+    log = torch.from_numpy(blurred).clamp_(0.001, 50).log_().numpy().reshape(count, 3, 3)
+    dx = 0.5 * (log[:, 1, 2] - log[:, 1, 0])
+    dy = 0.5 * (log[:, 2, 1] - log[:, 0, 1])
+    dxx = log[:, 1, 2] - 2 * log[:, 1, 1] + log[:, 1, 0]
+    dyy = log[:, 2, 1] - 2 * log[:, 1, 1] + log[:, 0, 1]
+    dxy = 0.5 * (
+        log[:, 2, 2]
+        - log[:, 1, 2]
+        - log[:, 2, 1]
+        + 2 * log[:, 1, 1]
+        - log[:, 1, 0]
+        - log[:, 0, 1]
+        + log[:, 0, 0]
+    )
+    eps = float(np.finfo(np.float32).eps)
+    a, b, d = dxx.astype(np.float64) + eps, dxy.astype(np.float64), dyy.astype(np.float64) + eps
+    with np.errstate(divide="ignore", invalid="ignore"):  # torch gives inf / nan silently
+        det = a * d - b * b
+        step = np.stack([(d * dx - b * dy) / det, (a * dy - b * dx) / det], axis=-1)
+    coords = np.stack([peak_x, peak_y], axis=-1).astype(np.float64) - step
+    coords = np.where(scores[:, None] > 0, coords, -1.0).reshape(n, joints, 2)
+
+    center_xy, region = crop_geometry(boxes, crop_size)
+    step = region / np.array([w - 1.0, h - 1.0])
+    keypoints = coords * step[:, None, :] + center_xy[:, None, :] - region[:, None, :] * 0.5
+    return keypoints.astype(np.float32), scores.reshape(n, joints).astype(np.float32)
+
+
+def _sequential_blur(values: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """(P, ...) float64 -> (3, ...): out[i] = sum over k in order of values[i + k] * kernel[k]."""
+    out = values[0:3] * kernel[0]
+    term = np.empty_like(out)
+    for k in range(1, len(kernel)):
+        np.multiply(values[k : k + 3], kernel[k], out=term)
+        out += term
+    return out
+
+
+def _decode_heatmaps_torch(
+    heatmaps: torch.Tensor, boxes: np.ndarray, crop_size: tuple[int, int], kernel_size: int = 11
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_heatmaps` as batched torch ops on the heatmaps' device."""
     n, joints, h, w = heatmaps.shape
     device = heatmaps.device
     maps = heatmaps.reshape(n * joints, h, w)
@@ -145,9 +251,7 @@ def decode_heatmaps(
 
     # the gaussian-blurred heatmap, needed only at the 3 x 3 pixels around each peak
     radius = (kernel_size - 1) // 2
-    taps = torch.arange(-radius, radius + 1, device=device)
-    kernel = torch.exp(-0.5 * taps.double() ** 2 / 0.8**2)
-    kernel = kernel / kernel.sum()  # (K,) float64
+    kernel = _blur_kernel(kernel_size, device)  # (K,) float64
     # The (2r + 3)^2 patch around the peak holds every pixel those blurs read (scipy's reflect border).
     reach = torch.arange(-radius - 1, radius + 2, device=device)  # (P,), P = K + 2
     rows = _reflect(peak_y[:, None] + reach, h)  # (N, P)
@@ -411,6 +515,7 @@ def run_pose(
     annotations: pd.DataFrame | None,
     progress: bool = True,
     estimator: PoseEstimator | None = None,
+    overlap: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
     """Keypoints of every kept frame of every stored video and the pose metrics (for ``metrics/pose.json``).
 
@@ -420,6 +525,14 @@ def run_pose(
     has zero area after clamping to the frame (or no primary row at all) get NaN keypoints and score 0 and
     are counted, never sent to the model.
     ``estimator`` reuses an already loaded model (benchmarks); by default one is loaded from ``cfg``.
+
+    On the CPU with ``overlap`` (the default) a worker thread reads and crops batch k + 1 and decodes batch
+    k - 1 while batch k runs the forward (:func:`~transmodal.vision.detect.overlapped`), and the forward gets
+    one torch thread fewer than torch's setting, the core left to the worker
+    (:func:`~transmodal.vision.detect.forward_threads`). With the tiny checkpoints the forward costs about as
+    much as the rest, so this pays. Fewer threads may round the forward's float sums differently (as a
+    machine with fewer cores would), which can move a joint whose heatmap is nearly flat. ``overlap=False``:
+    the plain loop with torch's threads. On a GPU the device overlaps the host anyway.
     """
     started = time.perf_counter()
     if cfg.source == "annotations" and annotations is None:
@@ -468,10 +581,11 @@ def run_pose(
                     targets.append((piece.video_id, positions[keep]))
             if not targets:
                 return targets, None, None
-            if len({piece_frames.shape for piece_frames in frames}) == 1 or len(frames) == 1:
+            if len({piece_frames.shape[1:] for piece_frames in frames}) == 1:
                 # one frame size (the usual case): one warp for the whole batch
-                pixel_values = estimator.preprocess(np.concatenate(frames), np.concatenate(crop_boxes))
-            else:
+                all_frames = frames[0] if len(frames) == 1 else np.concatenate(frames)
+                pixel_values = estimator.preprocess(all_frames, np.concatenate(crop_boxes))
+            else:  # videos of different sizes in one batch: one warp per piece
                 pixel_values = torch.cat(
                     [estimator.preprocess(f, b) for f, b in zip(frames, crop_boxes, strict=True)]
                 )
@@ -480,6 +594,9 @@ def run_pose(
         def forward(prepared):
             pixel_values = prepared[2]
             return None if pixel_values is None else estimator.forward(pixel_values)
+
+        def decode(prepared, outputs):
+            return None if outputs is None else estimator.decode(outputs, prepared[1])
 
         def store_keypoints(batch: list[FramePiece], targets, decoded) -> None:
             if decoded is not None:
@@ -491,30 +608,24 @@ def run_pose(
                     row += len(positions)
             bar.update(sum(len(piece.frame_idx) for piece in batch))
 
-        def decode(prepared, outputs):
-            return None if outputs is None else estimator.decode(outputs, prepared[1])
+        def finish(batch: list[FramePiece], prepared, outputs) -> None:
+            store_keypoints(batch, prepared[0], decode(prepared, outputs))
 
+        def launch(batch: list[FramePiece]):
+            prepared = prepare(batch)
+            return prepared[0], decode(prepared, forward(prepared))
+
+        overlap = overlap and estimator.device.type == "cpu"
         batches = iter_frame_batches(store, list(videos), cfg.batch_size)
         with (
             tqdm(total=total, desc="pose", unit="frame", disable=not progress) as bar,
-            cpu_threads(estimator.device, overlap=True),
+            cpu_threads(estimator.device, overlap),
         ):
-            if estimator.device.type == "cpu":
-                # reading and cropping, the forward, and decoding run in parallel, on different threads
-                overlapped(
-                    batches,
-                    prepare,
-                    forward,
-                    lambda batch, prepared, outputs: store_keypoints(
-                        batch, prepared[0], decode(prepared, outputs)
-                    ),
-                )
+            if overlap:
+                # the forward of batch k while a worker decodes batch k - 1 and reads + crops batch k + 1
+                overlapped(batches, prepare, forward, finish)
             else:
-                # on a GPU the device runs batch k + 1 while the host stores batch k
-                def launch(batch):
-                    prepared = prepare(batch)
-                    return prepared[0], decode(prepared, forward(prepared))
-
+                # on a GPU the device runs batch k + 1 while the host stores batch k (on the CPU: a plain loop)
                 pipelined(batches, launch, lambda batch, launched: store_keypoints(batch, *launched))
 
     if videos:
