@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -162,6 +163,31 @@ def compare(
     }
 
 
+def pose_steps(store: FrameStore, tracks: pd.DataFrame, estimator: PoseEstimator, batch_size: int) -> dict:
+    """Seconds of each pose step alone, one after the other on this thread, over all frames: ``read``
+    (FrameStore.read), ``crop`` (the warp to pixel_values), ``forward`` (wall time, torch's threads as set),
+    ``decode`` (heatmaps -> keypoints). The single-threaded steps in thread CPU time."""
+    primary = tracks[tracks["is_primary"].astype(bool)].set_index(["video_id", "frame_idx"])
+    steps = dict.fromkeys(("read", "crop", "forward", "decode"), 0.0)
+    for video_id in store.video_ids:
+        start = time.thread_time()
+        frame_idx, frames = store.read(video_id)
+        steps["read"] += time.thread_time() - start
+        boxes = primary.loc[[(video_id, int(i)) for i in frame_idx], ["x1", "y1", "x2", "y2"]].to_numpy(float)
+        for first in range(0, len(frames), batch_size):
+            part = slice(first, first + batch_size)
+            start = time.thread_time()
+            pixel_values = estimator.preprocess(frames[part], boxes[part])
+            steps["crop"] += time.thread_time() - start
+            start = time.perf_counter()
+            outputs = estimator.forward(pixel_values)
+            steps["forward"] += time.perf_counter() - start
+            start = time.thread_time()
+            estimator.decode(outputs, boxes[part])
+            steps["decode"] += time.thread_time() - start
+    return steps
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer videos and repeats")
@@ -275,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
             repeats,
             forward_threads(device, overlap),  # what run_pose's forward runs with
         )
+        steps = None
+        if device.type == "cpu":
+            before = torch.get_num_threads()
+            torch.set_num_threads(pose_row["threads"])
+            try:
+                pose_steps(store, tracks, estimator, pose_cfg.batch_size)  # warm-up
+                steps = pose_steps(store, tracks, estimator, pose_cfg.batch_size)
+            finally:
+                torch.set_num_threads(before)
 
     name = (
         torch.cuda.get_device_name(device)
@@ -297,6 +332,17 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"forward threads (stage and bare alike): detect {detect_row['threads']}, "
             f"pose {pose_row['threads']} ({layout})"
+        )
+        # What the machine allows at best: the forward keeps its threads busy for its wall time, every other
+        # step needs a core for its CPU time; with all cores busy all the time the run takes at least
+        # max(forward, (forward * threads + the rest) / cores).
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        rest = steps["read"] + steps["crop"] + steps["decode"]
+        floor = max(steps["forward"], (steps["forward"] * min(pose_row["threads"], cores) + rest) / cores)
+        print(
+            "pose steps alone, ms per frame: "
+            + ", ".join(f"{name} {seconds / frames * 1e3:.3f}" for name, seconds in steps.items())
+            + f"; ceiling on {cores} cores from these costs: ratio <= {steps['forward'] / floor:.2f}"
         )
     print(f"{'stage':<8}{'frames':>8}{'stage fps':>12}{'bare fps':>12}{'ratio':>8}")
     for row in (detect_row, pose_row):

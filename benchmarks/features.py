@@ -359,6 +359,16 @@ def main() -> None:
         f"on {available_cores()} cores while the model waits): "
         + ", ".join(f"{name} {ms:.3f}" for name, ms in steps.items())
     )
+    # What this machine allows at best: the forward keeps torch's threads busy for its wall time, the other
+    # steps need one core each for theirs; with every core busy all the time a clip costs at least
+    # max(forward, (forward * threads + the rest) / cores).
+    threads, cores = torch.get_num_threads(), available_cores()
+    rest = steps["read"] + steps["crop"] + steps["normalise"] + steps["write"]
+    floor = max(steps["forward"], (steps["forward"] * min(threads, cores) + rest) / cores)
+    print(
+        f"ceiling on {cores} cores from the step costs: forward {steps['forward']:.3f} ms x {min(threads, cores)} "
+        f"threads + the rest {rest:.3f} ms -> at best {floor:.3f} ms per clip, ratio <= {steps['forward'] / floor:.2f}"
+    )
     print()
     header = (
         "videos",
