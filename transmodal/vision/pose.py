@@ -200,6 +200,24 @@ def _decode_heatmaps_numpy(
     pick = (row_pick[:, :, None] * 3 + col_pick[:, None, :]).reshape(count, 9)
     blurred = np.take_along_axis(blurred, pick, axis=1)
     log = torch.from_numpy(blurred).clamp_(0.001, 50).log_().numpy().reshape(count, 3, 3)
+    dx, dy, dxx, dyy, dxy = _log_derivatives(log)
+    eps = float(np.finfo(np.float32).eps)
+    a, b, d = dxx.astype(np.float64) + eps, dxy.astype(np.float64), dyy.astype(np.float64) + eps
+    with np.errstate(divide="ignore", invalid="ignore"):  # torch gives inf / nan silently
+        det = a * d - b * b
+        step = np.stack([(d * dx - b * dy) / det, (a * dy - b * dx) / det], axis=-1)
+    coords = np.stack([peak_x, peak_y], axis=-1).astype(np.float64) - step
+    coords = np.where(scores[:, None] > 0, coords, -1.0).reshape(n, joints, 2)
+
+    center_xy, region = crop_geometry(boxes, crop_size)
+    step = region / np.array([w - 1.0, h - 1.0])
+    keypoints = coords * step[:, None, :] + center_xy[:, None, :] - region[:, None, :] * 0.5
+    return keypoints.astype(np.float32), scores.reshape(n, joints).astype(np.float32)
+
+
+def _log_derivatives(log):
+    """DARK's finite differences of the log-heatmap patches (N, 3, 3), numpy or torch alike (the same
+    operations in the same order for both decoders): dx, dy, dxx, dyy, dxy, each (N,)."""
     dx = 0.5 * (log[:, 1, 2] - log[:, 1, 0])
     dy = 0.5 * (log[:, 2, 1] - log[:, 0, 1])
     dxx = log[:, 1, 2] - 2 * log[:, 1, 1] + log[:, 1, 0]
@@ -213,18 +231,7 @@ def _decode_heatmaps_numpy(
         - log[:, 0, 1]
         + log[:, 0, 0]
     )
-    eps = float(np.finfo(np.float32).eps)
-    a, b, d = dxx.astype(np.float64) + eps, dxy.astype(np.float64), dyy.astype(np.float64) + eps
-    with np.errstate(divide="ignore", invalid="ignore"):  # torch gives inf / nan silently
-        det = a * d - b * b
-        step = np.stack([(d * dx - b * dy) / det, (a * dy - b * dx) / det], axis=-1)
-    coords = np.stack([peak_x, peak_y], axis=-1).astype(np.float64) - step
-    coords = np.where(scores[:, None] > 0, coords, -1.0).reshape(n, joints, 2)
-
-    center_xy, region = crop_geometry(boxes, crop_size)
-    step = region / np.array([w - 1.0, h - 1.0])
-    keypoints = coords * step[:, None, :] + center_xy[:, None, :] - region[:, None, :] * 0.5
-    return keypoints.astype(np.float32), scores.reshape(n, joints).astype(np.float32)
+    return dx, dy, dxx, dyy, dxy
 
 
 def _sequential_blur(values: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -269,19 +276,7 @@ def _decode_heatmaps_torch(
     blurred = blurred.gather(1, row_pick[:, :, None].expand(-1, -1, 3))
     blurred = blurred.gather(2, col_pick[:, None, :].expand(-1, 3, -1))  # (N, 3, 3)
     log = blurred.clamp(0.001, 50).log()
-    dx = 0.5 * (log[:, 1, 2] - log[:, 1, 0])
-    dy = 0.5 * (log[:, 2, 1] - log[:, 0, 1])
-    dxx = log[:, 1, 2] - 2 * log[:, 1, 1] + log[:, 1, 0]
-    dyy = log[:, 2, 1] - 2 * log[:, 1, 1] + log[:, 0, 1]
-    dxy = 0.5 * (
-        log[:, 2, 2]
-        - log[:, 1, 2]
-        - log[:, 2, 1]
-        + 2 * log[:, 1, 1]
-        - log[:, 1, 0]
-        - log[:, 0, 1]
-        + log[:, 0, 0]
-    )
+    dx, dy, dxx, dyy, dxy = _log_derivatives(log)
     eps = float(np.finfo(np.float32).eps)  # the processor inverts hessian + eps * I
     a, b, d = dxx.double() + eps, dxy.double(), dyy.double() + eps
     det = a * d - b * b
