@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,6 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import transmodal.features.crops as crops_module
+import transmodal.features.store as store_module
 from transmodal.data.coco import COCO_JOINTS, NUM_JOINTS
 from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.features.backbone import FrozenBackbone, processor_class
@@ -600,3 +602,53 @@ def test_no_decodable_video_gives_an_empty_cache(world):
     store = FeatureStore(out / "features", out / "clips.parquet")
     assert len(store) == 0 and store.tokens([]).shape == (0, 8, 16, 64)
     assert store.pose([])[0].shape == (0, LENGTH, NUM_JOINTS, 2)
+
+
+def test_planning_in_chunks_equals_planning_at_once(world, monkeypatch):
+    store = world["store"]
+    clips = make_clips(world["index"], store.videos, store.frames, world["clips_cfg"])
+    assert len(clips) > 2
+    whole, without_whole = plan_clips(clips, store.videos, world["tracks"], world["keypoints"], 0.1)
+    monkeypatch.setattr(store_module, "PLAN_CHUNK", 2)
+    chunked, without_chunked = plan_clips(clips, store.videos, world["tracks"], world["keypoints"], 0.1)
+    assert without_whole == without_chunked
+    assert list(whole.columns) == list(chunked.columns) and whole.index.equals(chunked.index)
+    for column in whole.columns:
+        for a, b in zip(whole[column], chunked[column], strict=True):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_frame_store_reads_from_several_threads_equal_serial_reads(world):
+    fresh = FrameStore(world["store"].directory)  # no Parquet reader opened yet: the threads race to open
+    video_ids = fresh.video_ids * 6
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(fresh.read, video_ids))
+    for video_id, (frame_idx, frames) in zip(video_ids, results, strict=True):
+        expected_idx, expected = world["store"].read(video_id)
+        assert np.array_equal(frame_idx, expected_idx) and np.array_equal(frames, expected)
+
+
+def test_an_error_in_the_forward_stops_the_crop_threads_at_once(world, monkeypatch):
+    def failing_forward(self, pixel_values):
+        raise RuntimeError("forward failed")
+
+    monkeypatch.setattr(FrozenBackbone, "forward", failing_forward)
+    monkeypatch.setattr(store_module, "available_cores", lambda: 3)  # a crop pool whatever the machine
+    out = world["root"] / "forward-error"
+    with pytest.raises(RuntimeError, match="forward failed") as caught:
+        build_features(
+            world["index"],
+            world["store"],
+            world["tracks"],
+            world["keypoints"],
+            world["clips_cfg"],
+            backbone_cfg(world, batch_size=1),  # the crops are still being made when the first forward fails
+            out / "features",
+            out / "clips.parquet",
+            progress=False,
+        )
+    # the traceback still holds build_features' frame (and so its generators): the pool must be shut anyway
+    assert caught.traceback
+    alive = [thread.name for thread in threading.enumerate() if thread.name.startswith("features-crop")]
+    assert alive == []
+    assert not (out / "features").exists()

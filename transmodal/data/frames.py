@@ -15,6 +15,7 @@ Layout of ``data/frames/``:
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -244,7 +245,11 @@ def _blob(data: pa.Buffer) -> pa.LargeBinaryArray:
 
 
 class FrameStore:
-    """Read access to ``data/frames/``: ``store.read(video_id) -> (frame_idx (T,), frames (T, H, W, 3) uint8 RGB)``."""
+    """Read access to ``data/frames/``: ``store.read(video_id) -> (frame_idx (T,), frames (T, H, W, 3) uint8 RGB)``.
+
+    ``read`` may be called from several threads: the shared Parquet readers are used under a lock, the
+    decompression (most of the cost, GIL released) runs outside it, in parallel.
+    """
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -255,6 +260,7 @@ class FrameStore:
             v: (int(s), int(g)) for v, s, g in zip(ok["video_id"], ok["shard"], ok["row_group"], strict=True)
         }
         self._files: dict[int, pq.ParquetFile] = {}
+        self._lock = threading.Lock()  # guards _files and the ParquetFile readers
 
     @property
     def video_ids(self) -> list[str]:
@@ -271,9 +277,10 @@ class FrameStore:
                 f"video {video_id!r} has no decoded frames (see {self.directory / 'videos.parquet'})"
             )
         shard, group = self._where[video_id]
-        if shard not in self._files:
-            self._files[shard] = pq.ParquetFile(self.directory / f"shard-{shard:05d}.parquet")
-        table = self._files[shard].read_row_group(group)
+        with self._lock:
+            if shard not in self._files:
+                self._files[shard] = pq.ParquetFile(self.directory / f"shard-{shard:05d}.parquet")
+            table = self._files[shard].read_row_group(group)
         frame_idx = np.asarray(table.column("frame_idx")[0].as_py(), dtype=np.int64)
         h, w = table.column("height")[0].as_py(), table.column("width")[0].as_py()
         shape = (len(frame_idx), h, w, 3)

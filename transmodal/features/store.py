@@ -163,7 +163,15 @@ def plan_clips(
     """Add the crop box and the aligned pose to each clip row (frame sizes come from ``videos``, no pixels).
 
     Returns the extended table and the number of clips without any primary-track box (whole-frame crop).
+    Clips are planned ``PLAN_CHUNK`` at a time (every row is independent of the others), so the float64
+    look-ups never hold more than one chunk.
     """
+    if len(clips) > PLAN_CHUNK:
+        parts = [
+            plan_clips(clips.iloc[start : start + PLAN_CHUNK], videos, tracks, keypoints, margin)
+            for start in range(0, len(clips), PLAN_CHUNK)
+        ]
+        return pd.concat([part for part, _ in parts]), sum(count for _, count in parts)
     n = len(clips)
     video_ids = clips["video_id"].to_numpy()
     frame_idx = np.stack(clips["frame_idx"].to_numpy()).astype(np.int64) if n else np.zeros((0, 0), np.int64)
@@ -184,6 +192,10 @@ def plan_clips(
     planned["pose_score"] = list(score.reshape(n, t * NUM_JOINTS))
     planned["pose_mask"] = list(mask.reshape(n, t * NUM_JOINTS))
     return planned, without_track
+
+
+MAX_CROP_WORKERS = 8  # crop threads at most: each holds up to two videos' crops (~2.4 MB a 224 px clip)
+PLAN_CHUNK = 4096  # clips planned at once: the float64 look-ups cost ~17 KB a clip while they live
 
 
 def available_cores() -> int:
@@ -212,6 +224,7 @@ class CpuShare:
 
     @contextlib.contextmanager
     def step(self) -> Iterator[None]:
+        """Hold a slot while the block runs. Not re-entrant: a step must not start another step."""
         with self._changed:
             self._changed.wait_for(lambda: self._busy < self._limit)
             self._busy += 1
@@ -234,9 +247,6 @@ class CpuShare:
                 self._changed.notify_all()
 
 
-_READ_LOCK = threading.Lock()  # FrameStore.read is not thread-safe (one shared Parquet reader per shard)
-
-
 def crop_video(
     store: FrameStore,
     video_id: str,
@@ -251,7 +261,7 @@ def crop_video(
     capped at the frame) are copied from it rather than resized again.
     """
     share = share or CpuShare(1, 1)
-    with share.step(), _READ_LOCK:
+    with share.step():
         frame_idx, frames = store.read(video_id)
     length = len(clip_frames[0]) if len(clip_frames) else 0
     crops = np.empty((len(clip_frames), length, size, size, 3), np.uint8)
@@ -304,9 +314,9 @@ def crop_batches(
 ) -> Iterator[torch.Tensor]:
     """Normalised pixel_values (b, T, 3, S, S) float32 of the clips in order.
 
-    Videos are read and cropped by :func:`crop_video` on ``share.cores`` threads (cv2, numpy and the frame
-    decompression release the GIL), at most ``2 * cores`` videos ahead; the crops are normalised here, in
-    clip order, straight into the batch.
+    Videos are read and cropped by :func:`crop_video` on ``share.cores`` threads (at most
+    ``MAX_CROP_WORKERS``; torch's resize, numpy and the frame decompression release the GIL), at most two
+    videos a thread ahead; the crops are normalised here, in clip order, straight into the batch.
     """
     share = share or CpuShare(1, 1)
     boxes = clips[list(CROP_COLUMNS)].to_numpy(np.int64)
@@ -317,15 +327,20 @@ def crop_batches(
         (store, video_id, clip_frames[rows], boxes[rows], size, share) for video_id, rows in _videos_of(clips)
     ]
     batch, filled = np.empty(shape, np.float32), 0
-    for crops in _ordered(crop_video, jobs, share.cores):
-        for crop in crops:
-            with share.step():
-                normalizer.normalize_into(crop, batch[filled])
-            filled += 1
-            if filled == batch_size:
-                yield torch.from_numpy(batch)
-                batch, filled = np.empty(shape, np.float32), 0  # a new buffer: the consumer holds the last
-        del crops
+    # closing: stopped early, the pool's pending videos are cancelled at once
+    with contextlib.closing(_ordered(crop_video, jobs, min(share.cores, MAX_CROP_WORKERS))) as videos:
+        for crops in videos:
+            for crop in crops:
+                with share.step():
+                    normalizer.normalize_into(crop, batch[filled])
+                filled += 1
+                if filled == batch_size:
+                    yield torch.from_numpy(batch)
+                    batch, filled = (
+                        np.empty(shape, np.float32),
+                        0,
+                    )  # a new buffer: the consumer holds the last
+            del crops
     if filled:
         yield torch.from_numpy(batch[:filled])
 
@@ -369,6 +384,8 @@ def _in_background(items: Iterator, depth: int = 1) -> Iterator:
                 out.get_nowait()
             except queue.Empty:
                 worker.join(timeout=0.05)
+        if hasattr(items, "close"):  # stopped early: let the generator cancel its pending work now
+            items.close()
 
 
 def build_features(
@@ -413,9 +430,13 @@ def build_features(
         batches = crop_batches(
             store, clips, backbone.image_size, backbone_cfg.batch_size, backbone.normalizer, share
         )
-        with tqdm(total=total, desc="features", unit="clip", disable=not progress) as bar:
+        with (
+            contextlib.closing(batches),  # on an error below, the crop pool stops at once
+            tqdm(total=total, desc="features", unit="clip", disable=not progress) as bar,
+            contextlib.closing(_in_background(batches)) as pixels,  # closed first: its worker ends first
+        ):
             mark = time.perf_counter()
-            for pixel_values in _in_background(batches):
+            for pixel_values in pixels:
                 waited = time.perf_counter()
                 with share.forward():
                     tokens = backbone.forward(pixel_values)  # (b, G, P, D) float16
