@@ -10,13 +10,15 @@ Layout:
   ``pose_xy`` (T*J*2 float32, row-major (T, J, 2), in the crop's unit square), ``pose_score`` (T*J float32),
   ``pose_mask`` (T*J bool, True = joint present).
 
-The stage streams: a pool of one thread per core reads and crops whole videos (at most two per thread
-ahead), a background thread normalises their crops into pixel batches in clip order while the main thread
-runs the backbone, and each batch of tokens goes straight to its shard file (the shard sizes are known up
-front, so the safetensors header is written first). On the CPU the preprocessing steps yield the cores the
-forward's threads use while it runs (:class:`CpuShare`). Peak memory is one video's frames per core, the
-uint8 crops of two videos per core and at most three pixel batches, whatever the number of videos; only the
-per-clip metadata (clip rows, crop boxes, aligned pose: ~4 KB a clip) grows with the dataset.
+The stage streams: a pool of one thread per core (at most ``MAX_CROP_WORKERS``) reads and crops whole
+videos (at most two per thread ahead), a background thread normalises their crops into pixel batches in clip
+order while the main thread runs the backbone, and each batch of tokens goes straight to its shard file (the
+shard sizes are known up front, so the safetensors header is written first). On the CPU the preprocessing
+steps yield the cores the forward's threads use while it runs (:class:`CpuShare`). Peak memory is one
+video's frames per crop thread, the uint8 crops of two videos per crop thread and at most three pixel
+batches, whatever the number of videos; only the per-clip metadata (clip rows, crop boxes, aligned pose:
+~4 KB a clip kept, ~17 KB a clip while a ``PLAN_CHUNK`` is planned) grows with the dataset. An error
+anywhere stops the crop threads before it propagates.
 """
 
 from __future__ import annotations
