@@ -107,27 +107,7 @@ def make_dataset(root: Path, num_videos: int, num_frames: int) -> None:
 
 def write_narrow224(out: Path, seed: int = 0) -> None:
     """A random VideoMAE at the paper's input (224 px, 16 frames -> 8 x 196 grid), 192 wide and 2 layers deep."""
-    from transformers import VideoMAEConfig, VideoMAEImageProcessor, VideoMAEModel
-
-    torch.manual_seed(seed)
-    config = VideoMAEConfig(
-        image_size=224,
-        patch_size=16,
-        num_frames=16,
-        tubelet_size=2,
-        hidden_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=3,
-        intermediate_size=768,
-        use_mean_pooling=True,
-    )
-    VideoMAEModel(config).eval().save_pretrained(out)
-    VideoMAEImageProcessor(
-        size={"shortest_edge": 224},
-        crop_size={"height": 224, "width": 224},
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-    ).save_pretrained(out)
+    write_backbone(out, seed, image_size=224, hidden_size=192, num_attention_heads=3, intermediate_size=768)
 
 
 BACKBONES = {"tiny": lambda out: write_backbone(out, seed=2), "narrow224": write_narrow224}

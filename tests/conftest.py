@@ -42,3 +42,22 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     from transmodal.vision.tiny import write_tiny_checkpoints
 
     return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """The hand-made videos of ``tests/test_detect.py`` (solo, duo, gap, empty; stride 2): (FrameStore,
+    ground-truth annotations). Built once per test module that asks for it."""
+    from tests.test_detect import build_dataset
+
+    return build_dataset(tmp_path_factory.mktemp("dataset"))
+
+
+@pytest.fixture(scope="module")
+def gt_tracks(dataset):
+    """The detect stage's tracks and metrics from the ground truth of :func:`dataset`."""
+    from transmodal.params import DetectConfig
+    from transmodal.vision.detect import run_detect
+
+    store, annotations = dataset
+    return run_detect(store, DetectConfig(source="annotations"), annotations, progress=False)

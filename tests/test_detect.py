@@ -98,17 +98,6 @@ def build_mixed_size_dataset(root: Path) -> tuple[FrameStore, pd.DataFrame]:
     return FrameStore(root / "frames"), pd.concat(annotations, ignore_index=True)
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[FrameStore, pd.DataFrame]:
-    return build_dataset(tmp_path_factory.mktemp("dataset"))
-
-
-@pytest.fixture(scope="module")
-def gt_tracks(dataset) -> tuple[pd.DataFrame, dict]:
-    store, annotations = dataset
-    return run_detect(store, DetectConfig(source="annotations"), annotations, progress=False)
-
-
 def truth_box(annotations: pd.DataFrame, video_id: str, frame_idx: int, person: int = 0) -> np.ndarray:
     row = annotations[
         (annotations["video_id"] == video_id)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.test_detect import GAP_ABSENT_KEPT, MIXED_SIZES, build_dataset, build_mixed_size_dataset
+from tests.test_detect import GAP_ABSENT_KEPT, MIXED_SIZES, build_mixed_size_dataset
 from transmodal.data.coco import joint_columns
 from transmodal.data.frames import FrameStore
 from transmodal.params import DetectConfig, ParamError, PoseConfig
@@ -42,18 +42,6 @@ def write_pose_checkpoint(out: Path, num_labels: int, like: str, num_experts: in
     VitPoseForPoseEstimation(config).eval().save_pretrained(out)
     VitPoseImageProcessor.from_pretrained(like).save_pretrained(out)
     return str(out)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[FrameStore, pd.DataFrame]:
-    """The hand-made videos of test_detect (solo, duo, gap, empty; stride 2) and their ground truth."""
-    return build_dataset(tmp_path_factory.mktemp("dataset"))
-
-
-@pytest.fixture(scope="module")
-def gt_tracks(dataset) -> tuple[pd.DataFrame, dict]:
-    store, annotations = dataset
-    return run_detect(store, DetectConfig(source="annotations"), annotations, progress=False)
 
 
 def assert_keypoints_contract(keypoints: pd.DataFrame, store: FrameStore) -> None:

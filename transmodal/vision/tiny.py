@@ -84,26 +84,35 @@ def write_pose(out: Path, seed: int) -> None:
         VitPoseImageProcessor(size={"height": 64, "width": 48}).save_pretrained(tmp)
 
 
-def write_backbone(out: Path, seed: int) -> None:
+def write_backbone(
+    out: Path,
+    seed: int,
+    image_size: int = 64,
+    hidden_size: int = 64,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 128,
+) -> None:
+    """A random 2-layer VideoMAE (16 frames, tubelet 2, 16 px patches) and its processor config. The
+    defaults are the tiny demo backbone; the benchmarks also build a 224 px one (the paper's 8 x 196 grid)."""
     from transformers import VideoMAEConfig, VideoMAEImageProcessor, VideoMAEModel
 
     torch.manual_seed(seed)
     config = VideoMAEConfig(
-        image_size=64,
+        image_size=image_size,
         patch_size=16,
         num_frames=16,
         tubelet_size=2,
-        hidden_size=64,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
         use_mean_pooling=True,
     )
     model = VideoMAEModel(config).eval()
     # ImageNet statistics, as the Kinetics-finetuned VideoMAE checkpoints ship them.
     processor = VideoMAEImageProcessor(
-        size={"shortest_edge": 64},
-        crop_size={"height": 64, "width": 64},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         image_mean=[0.485, 0.456, 0.406],
         image_std=[0.229, 0.224, 0.225],
     )
