@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import struct
 import threading
 import time
@@ -41,6 +40,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from transmodal.background import prefetch
 from transmodal.data.coco import NUM_JOINTS, joint_columns
 from transmodal.data.frames import FrameStore
 from transmodal.features.backbone import FrozenBackbone
@@ -347,49 +347,6 @@ def crop_batches(
         yield torch.from_numpy(batch[:filled])
 
 
-def _in_background(items: Iterator, depth: int = 1) -> Iterator:
-    """Run a generator on a worker thread (cv2 and torch release the GIL); re-raise its errors here.
-
-    At most ``depth + 2`` items are alive (the consumer's, ``depth`` queued, one the worker is building) when
-    the consumer drops each item before asking for the next: with 224 px batches of 8 clips (77 MB each), one
-    queued batch keeps the backbone fed at ~230 MB.
-    """
-    out: queue.Queue = queue.Queue(maxsize=depth)
-    stop = object()
-    cancelled = threading.Event()
-
-    def work():
-        try:
-            for item in items:
-                if cancelled.is_set():
-                    return
-                out.put(item)
-        except BaseException as err:
-            out.put(err)
-        out.put(stop)
-
-    worker = threading.Thread(target=work, daemon=True, name="features-crops")
-    worker.start()
-    try:
-        while True:
-            item = out.get()
-            if item is stop:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            del item  # drop our reference before waiting: the consumer is done with it
-    finally:
-        cancelled.set()
-        while worker.is_alive():  # unblock a worker waiting on a full queue
-            try:
-                out.get_nowait()
-            except queue.Empty:
-                worker.join(timeout=0.05)
-        if hasattr(items, "close"):  # stopped early: let the generator cancel its pending work now
-            items.close()
-
-
 def build_features(
     index: pd.DataFrame,
     store: FrameStore,
@@ -432,10 +389,13 @@ def build_features(
         batches = crop_batches(
             store, clips, backbone.image_size, backbone_cfg.batch_size, backbone.normalizer, share
         )
+        # Closed in reverse order on the way out: the background reader first (its worker ends), then the
+        # crop generator, so an error below stops the crop pool at once.
+        pixels = prefetch(batches, name="features-crops")
         with (
-            contextlib.closing(batches),  # on an error below, the crop pool stops at once
+            contextlib.closing(batches),
             tqdm(total=total, desc="features", unit="clip", disable=not progress) as bar,
-            contextlib.closing(_in_background(batches)) as pixels,  # closed first: its worker ends first
+            contextlib.closing(pixels),
         ):
             mark = time.perf_counter()
             for pixel_values in pixels:

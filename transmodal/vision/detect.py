@@ -9,8 +9,6 @@ through the same primary-track rule and gap filling.
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from transmodal.background import prefetch
 from transmodal.data.frames import FrameStore
 from transmodal.params import DetectConfig, ParamError
 from transmodal.vision import checkpoints
@@ -54,35 +53,6 @@ class FramePiece:
     frames: np.ndarray  # (n, H, W, 3) uint8 RGB (a view into the decoded video)
 
 
-def prefetch(items: Iterable, depth: int = 2) -> Iterator:
-    """Iterate ``items`` on a worker thread, ``depth`` ahead (Parquet reads and zstd release the GIL)."""
-    out: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work():
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                out.put(item)
-        except BaseException as err:  # re-raised in the consumer
-            out.put(err)
-        out.put(done)
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    try:
-        while (item := out.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while not out.empty():  # unblock a worker waiting on a full queue
-            out.get_nowait()
-
-
 def iter_frame_batches(
     store: FrameStore, video_ids: list[str], batch_size: int
 ) -> Iterator[list[FramePiece]]:
@@ -92,7 +62,7 @@ def iter_frame_batches(
     """
     batch: list[FramePiece] = []
     filled = 0
-    for video_id, frame_idx, frames in prefetch(store.iter_videos(video_ids)):
+    for video_id, frame_idx, frames in prefetch(store.iter_videos(video_ids), depth=2, name="frames"):
         start = 0
         while start < len(frame_idx):
             take = min(batch_size - filled, len(frame_idx) - start)
