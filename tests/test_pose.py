@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -332,7 +333,9 @@ def test_crop_grid_samples_the_padded_box(tiny_checkpoints):
     assert (grid[:, :, :, 1][np.broadcast_to(~inside_y[:, :, None], (3, 64, 48))] == 3).all()
 
 
-def test_overlapped_stage_equals_the_plain_loop(dataset, gt_tracks, tiny_checkpoints, monkeypatch):
+def test_process_thread_and_plain_loop_give_the_same_keypoints(
+    dataset, gt_tracks, tiny_checkpoints, monkeypatch
+):
     store, annotations = dataset
     cfg = PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], batch_size=5, device="cpu")
     estimator = PoseEstimator.from_config(cfg)
@@ -345,28 +348,48 @@ def test_overlapped_stage_equals_the_plain_loop(dataset, gt_tracks, tiny_checkpo
 
     monkeypatch.setattr(estimator, "forward", recording_forward)
 
-    def run(overlap: bool):
-        return run_pose(store, gt_tracks[0], cfg, annotations, False, estimator, overlap=overlap)
+    def run(cpu_worker: str):
+        worker_cfg = dataclasses.replace(cfg, cpu_worker=cpu_worker)
+        return run_pose(store, gt_tracks[0], worker_cfg, annotations, False, estimator)
 
-    # with one torch thread (tests' setting) both forwards run on one thread: the same sums, the same result
+    # with one torch thread (tests' setting) every forward runs on one thread: the same sums, the same result
     assert torch.get_num_threads() == 1
-    (plain, plain_metrics), (threaded, threaded_metrics) = run(False), run(True)
-    pd.testing.assert_frame_equal(plain, threaded, check_exact=True)
-    for name in ("seconds", "frames_per_second"):
-        plain_metrics.pop(name), threaded_metrics.pop(name)
-    assert plain_metrics == threaded_metrics
-    # with more threads the overlapped forward leaves one core to the pipeline's worker threads
+    results = {worker: run(worker) for worker in ("none", "thread", "process")}
+    for worker, (_, metrics) in results.items():
+        assert metrics.pop("cpu_worker") == worker  # recorded in metrics/pose.json
+        for name in ("seconds", "frames_per_second"):
+            metrics.pop(name)
+    plain, plain_metrics = results["none"]
+    assert not plain[joint_columns("x")].isna().all().all()
+    for keypoints, metrics in results.values():
+        pd.testing.assert_frame_equal(keypoints, plain, check_exact=True)
+        assert metrics == plain_metrics
+    # with more threads an overlapped forward leaves one core to the pipeline's worker (thread or process)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        forward_threads.clear()
-        run(True)
-        assert set(forward_threads) == {1} and torch.get_num_threads() == 2  # restored
-        forward_threads.clear()
-        run(False)
-        assert set(forward_threads) == {2}
+        for worker, threads in (("thread", {1}), ("process", {1}), ("none", {2})):
+            forward_threads.clear()
+            run(worker)
+            assert set(forward_threads) == threads, worker
+            assert torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(before)
+
+
+def test_heatmap_shape_from_the_config_is_the_forwards(tiny_checkpoints, tmp_path):
+    from transformers import VitPoseConfig, VitPoseForPoseEstimation
+
+    estimator = PoseEstimator.from_config(
+        PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu")
+    )
+    classic = VitPoseConfig.from_pretrained(tiny_checkpoints["pose"])
+    classic.use_simple_decoder = False
+    for model in (estimator.model, VitPoseForPoseEstimation(classic).eval()):
+        estimator.model = model
+        crop = (64, 48)
+        heatmaps = estimator.forward(torch.zeros(2, 3, *crop)).heatmaps
+        assert estimator.heatmap_shape(crop) == tuple(heatmaps.shape[1:])
 
 
 def test_batches_mixing_frame_sizes_give_the_same_keypoints(tmp_path, tiny_checkpoints):

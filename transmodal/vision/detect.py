@@ -54,15 +54,19 @@ class FramePiece:
 
 
 def iter_frame_batches(
-    store: FrameStore, video_ids: list[str], batch_size: int
+    store: FrameStore, video_ids: list[str], batch_size: int, read_ahead: bool = True
 ) -> Iterator[list[FramePiece]]:
     """Kept frames of ``video_ids`` in order, in batches of ``batch_size`` frames that may span videos.
 
-    Every batch but the last holds exactly ``batch_size`` frames; videos are decoded one ahead on a thread.
+    Every batch but the last holds exactly ``batch_size`` frames. With ``read_ahead`` videos are decoded
+    ahead on a thread; without, on the calling thread when needed (a caller that has a core to itself).
     """
     batch: list[FramePiece] = []
     filled = 0
-    for video_id, frame_idx, frames in prefetch(store.iter_videos(video_ids), depth=2, name="frames"):
+    videos = store.iter_videos(video_ids)
+    if read_ahead:
+        videos = prefetch(videos, depth=2, name="frames")
+    for video_id, frame_idx, frames in videos:
         start = 0
         while start < len(frame_idx):
             take = min(batch_size - filled, len(frame_idx) - start)

@@ -34,6 +34,7 @@ from transmodal.vision.detect import (
     pipelined,
     stored_videos,
 )
+from transmodal.vision.offload import Ring, forked_pipeline, shared_array
 from transmodal.vision.quality import FrameKeys, lookup, pose_quality
 
 KEYPOINT_COLUMNS = [
@@ -385,6 +386,22 @@ class PoseEstimator:
             self.dtype
         )
 
+    def ring(self, batch_size: int, slots: int = 3) -> Ring:
+        """Shared-memory buffers for :func:`~transmodal.vision.offload.forked_pipeline`: ``slots`` batches of
+        crops and of heatmaps."""
+        crop = _size_hw(self.processor.size)
+        return Ring.allocate(slots, batch_size, (3, *crop), self.dtype, self.heatmap_shape(crop), self.dtype)
+
+    def heatmap_shape(self, crop: tuple[int, int]) -> tuple[int, int, int]:
+        """(joints, h, w) of the heatmaps of crops of ``crop`` pixels, from the model's config: the backbone's
+        patch grid upsampled by the head (the simple decoder by ``scale_factor``, the classic one's two
+        stride-2 deconvolutions by 4)."""
+        config = self.model.config
+        patch = config.backbone_config.patch_size
+        patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
+        scale = config.scale_factor if config.use_simple_decoder else 4
+        return config.num_labels, int(crop[0] // patch_h * scale), int(crop[1] // patch_w * scale)
+
     def forward(self, pixel_values: torch.Tensor):
         """The bare model call, with one ``dataset_index`` per crop (what the benchmark compares against)."""
         dataset_index = torch.full(
@@ -510,7 +527,6 @@ def run_pose(
     annotations: pd.DataFrame | None,
     progress: bool = True,
     estimator: PoseEstimator | None = None,
-    overlap: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
     """Keypoints of every kept frame of every stored video and the pose metrics (for ``metrics/pose.json``).
 
@@ -521,13 +537,16 @@ def run_pose(
     are counted, never sent to the model.
     ``estimator`` reuses an already loaded model (benchmarks); by default one is loaded from ``cfg``.
 
-    On the CPU with ``overlap`` (the default) a worker thread reads and crops batch k + 1 and decodes batch
-    k - 1 while batch k runs the forward (:func:`~transmodal.vision.detect.overlapped`), and the forward gets
-    one torch thread fewer than torch's setting, the core left to the worker
-    (:func:`~transmodal.vision.detect.forward_threads`). With the tiny checkpoints the forward costs about as
-    much as the rest, so this pays. Fewer threads may round the forward's float sums differently (as a
-    machine with fewer cores would), which can move a joint whose heatmap is nearly flat. ``overlap=False``:
-    the plain loop with torch's threads. On a GPU the device overlaps the host anyway.
+    On the CPU, ``pose.cpu_worker`` says where reading + cropping and decoding run while the forward runs:
+    ``process`` (the default) in a forked worker process (:func:`~transmodal.vision.offload.forked_pipeline`),
+    ``thread`` on a worker thread (:func:`~transmodal.vision.detect.overlapped`), each preparing batch
+    k + 1 and decoding batch k - 1 while batch k runs the forward with one torch thread fewer than torch's
+    setting, the core left to the worker (:func:`~transmodal.vision.detect.forward_threads`); ``none``: the
+    plain loop with torch's threads. With the tiny checkpoints the forward costs about as much as the rest,
+    so overlapping pays, and a process more than a thread (no shared interpreter lock). Fewer threads may
+    round the forward's float sums differently (as a machine with fewer cores would), which can move a joint
+    whose heatmap is nearly flat; ``process`` and ``thread`` compute the same numbers. On a GPU the device
+    overlaps the host anyway (``cpu_worker`` is not used; ``metrics['cpu_worker']`` says which ran).
     """
     started = time.perf_counter()
     if cfg.source == "annotations" and annotations is None:
@@ -560,12 +579,19 @@ def run_pose(
         frames_without_track = int(missing.sum())
         frames_empty_box = int(empty.sum())
         frames_fallback_box = int(fallback.sum())
+        on_cpu = estimator.device.type == "cpu"
+        cpu_worker = cfg.cpu_worker if on_cpu else "none"
+        metrics["cpu_worker"] = cpu_worker if on_cpu else "none (not on the CPU)"
+        if cpu_worker == "process":  # the forked worker stores the keypoints: in memory shared with us
+            all_xy, all_scores = shared_array(all_xy.shape, np.nan), shared_array(all_scores.shape, 0.0)
         boxes, usable = layout.split(all_boxes), layout.split(~missing & ~empty)
         xy, scores = layout.split(all_xy), layout.split(all_scores)
         total = sum(len(info.frame_idx) for info in videos.values())
 
         def prepare(batch: list[FramePiece]):
-            """The usable frames of one batch: (targets, their boxes, their crops on the model's device)."""
+            """The usable frames of one batch: (frame count, targets, their boxes), their crops on the model's
+            device (None if the batch has no usable frame)."""
+            frame_count = sum(len(piece.frame_idx) for piece in batch)
             targets, frames, crop_boxes = [], [], []
             for piece in batch:
                 positions = np.arange(piece.start, piece.start + len(piece.frame_idx))
@@ -575,7 +601,7 @@ def run_pose(
                     crop_boxes.append(boxes[piece.video_id][positions[keep]])
                     targets.append((piece.video_id, positions[keep]))
             if not targets:
-                return targets, None, None
+                return (frame_count, targets, None), None
             if len({piece_frames.shape[1:] for piece_frames in frames}) == 1:
                 # one frame size (the usual case): one warp for the whole batch
                 all_frames = frames[0] if len(frames) == 1 else np.concatenate(frames)
@@ -584,16 +610,19 @@ def run_pose(
                 pixel_values = torch.cat(
                     [estimator.preprocess(f, b) for f, b in zip(frames, crop_boxes, strict=True)]
                 )
-            return targets, np.concatenate(crop_boxes), pixel_values
+            return (frame_count, targets, np.concatenate(crop_boxes)), pixel_values
 
         def forward(prepared):
-            pixel_values = prepared[2]
-            return None if pixel_values is None else estimator.forward(pixel_values)
+            pixel_values = prepared[1]
+            return None if pixel_values is None else estimator.forward(pixel_values).heatmaps
 
-        def decode(prepared, outputs):
-            return None if outputs is None else estimator.decode(outputs, prepared[1])
+        def decode(key, heatmaps):
+            """Keypoints and scores (tensors on the device) of a batch's heatmaps, None for no heatmaps."""
+            return None if heatmaps is None else estimator.decode(SimpleNamespace(heatmaps=heatmaps), key[2])
 
-        def store_keypoints(batch: list[FramePiece], targets, decoded) -> None:
+        def store_keypoints(key, decoded) -> int:
+            """Store a batch's decoded keypoints; its frame count (for the progress bar)."""
+            frame_count, targets, _ = key
             if decoded is not None:
                 keypoints, keypoint_scores = (t.cpu().numpy() for t in decoded)  # waits for the device
                 row = 0
@@ -601,27 +630,43 @@ def run_pose(
                     xy[video_id][positions] = keypoints[row : row + len(positions)]
                     scores[video_id][positions] = keypoint_scores[row : row + len(positions)]
                     row += len(positions)
-            bar.update(sum(len(piece.frame_idx) for piece in batch))
+            return frame_count
 
-        def finish(batch: list[FramePiece], prepared, outputs) -> None:
-            store_keypoints(batch, prepared[0], decode(prepared, outputs))
+        def finish(key, heatmaps) -> int:
+            return store_keypoints(key, decode(key, heatmaps))
 
         def launch(batch: list[FramePiece]):
             prepared = prepare(batch)
-            return prepared[0], decode(prepared, forward(prepared))
+            return prepared[0], decode(prepared[0], forward(prepared))
 
-        overlap = overlap and estimator.device.type == "cpu"
-        batches = iter_frame_batches(store, list(videos), cfg.batch_size)
+        # the forked worker reads on its own thread: a reading thread beside it would take the forward's core
+        batches = iter_frame_batches(store, list(videos), cfg.batch_size, read_ahead=cpu_worker != "process")
         with (
             tqdm(total=total, desc="pose", unit="frame", disable=not progress) as bar,
-            cpu_threads(estimator.device, overlap),
+            cpu_threads(estimator.device, overlap=cpu_worker != "none"),
         ):
-            if overlap:
-                # the forward of batch k while a worker decodes batch k - 1 and reads + crops batch k + 1
-                overlapped(batches, prepare, forward, finish)
+            if cpu_worker == "process":
+                # the forward of batch k here while a forked child finishes batch k - 1 and reads + crops k + 1
+                forked_pipeline(
+                    batches,
+                    prepare,
+                    lambda pixel_values: estimator.forward(pixel_values).heatmaps,
+                    finish,
+                    bar.update,
+                    estimator.ring(cfg.batch_size),
+                    name="pose worker",
+                )
+            elif cpu_worker == "thread":
+                # the forward of batch k while a worker finishes batch k - 1 and reads + crops batch k + 1
+                overlapped(
+                    batches,
+                    prepare,
+                    forward,
+                    lambda batch, prepared, heatmaps: bar.update(finish(prepared[0], heatmaps)),
+                )
             else:
                 # on a GPU the device runs batch k + 1 while the host stores batch k (on the CPU: a plain loop)
-                pipelined(batches, launch, lambda batch, launched: store_keypoints(batch, *launched))
+                pipelined(batches, launch, lambda batch, launched: bar.update(store_keypoints(*launched)))
 
     if videos:
         keypoints = keypoint_table(layout.video_id, layout.frame_idx, all_xy, all_scores)

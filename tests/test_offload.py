@@ -1,0 +1,170 @@
+"""The forked worker process of pose.cpu_worker: process (transmodal/vision/offload.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from transmodal.params import ParamError, PoseConfig
+from transmodal.vision.offload import Ring, forked_pipeline, pinned, shared_array, split_cpus
+
+CAPACITY = 4
+
+
+def ring(slots: int = 3) -> Ring:
+    return Ring.allocate(slots, CAPACITY, (2,), torch.float32, (2,), torch.float32)
+
+
+def run(batches, prepare=None, forward=None, finish=None, slots: int = 3):
+    """forked_pipeline over ``batches`` (lists of numbers): the child prepares each as a (n, 2) tensor, the
+    forward doubles it, the child stores the outputs' first column at the batch's rows of a shared array."""
+    out = shared_array((sum(len(b) for b in batches),), np.nan)
+    starts = np.cumsum([0] + [len(b) for b in batches])[:-1].tolist()
+    progress = []
+
+    def default_prepare(batch):
+        index, values = batch
+        if not values:
+            return (index, 0), None
+        return (index, len(values)), torch.tensor([[v, -v] for v in values], dtype=torch.float32)
+
+    def default_finish(key, outputs):
+        index, count = key
+        if outputs is not None:
+            out[starts[index] : starts[index] + count] = outputs[:, 0].numpy()
+        return count
+
+    forked_pipeline(
+        iter(list(enumerate(batches))),
+        prepare or default_prepare,
+        forward or (lambda inputs: inputs * 2),
+        finish or default_finish,
+        progress.append,
+        ring(slots),
+    )
+    return out, progress
+
+
+def test_every_batch_is_prepared_and_finished_in_the_child_and_forwarded_here():
+    batches = [[1, 2, 3, 4], [5], [], [6, 7], [8, 9, 10], [11, 12, 13, 14], [15]]
+    out, progress = run(batches, slots=2)  # more batches than slots: slots are reused
+    np.testing.assert_array_equal(out, 2 * np.arange(1, 16))  # written by the child, read here
+    assert sorted(progress) == sorted(len(b) for b in batches)  # one count per batch, the empty one too
+    out, progress = run([])  # no batches: nothing to do
+    assert out.size == 0 and progress == []
+
+
+def test_the_forward_runs_here_and_the_rest_in_a_child():
+    here = os.getpid()
+    pids = shared_array((2,), 0.0)
+
+    def prepare(batch):
+        pids[0] = os.getpid()
+        return batch, torch.ones(1, 2)
+
+    def forward(inputs):
+        assert os.getpid() == here
+        return inputs
+
+    def finish(key, outputs):
+        pids[1] = os.getpid()
+        return 1
+
+    run([[1]], prepare=prepare, forward=forward, finish=finish)
+    assert pids[0] == pids[1] != here
+    assert multiprocessing.active_children() == []  # the child was waited for
+
+
+@pytest.mark.parametrize("where", ["prepare", "finish", "forward"])
+def test_an_error_in_either_process_is_raised_here_and_the_child_stops(where):
+    def prepare(batch):
+        if where == "prepare" and batch[0] == 2:
+            raise ValueError("prepare failed on batch 2")
+        return batch, torch.ones(1, 2)
+
+    def forward(inputs):
+        if where == "forward":
+            raise ValueError("forward failed")
+        return inputs
+
+    def finish(key, outputs):
+        if where == "finish" and key[0] == 1:
+            raise ValueError("finish failed on batch 1")
+        return 1
+
+    with pytest.raises(ValueError, match=f"{where} failed") as error:
+        run([[1]] * 6, prepare=prepare, forward=forward, finish=finish)
+    if where != "forward":  # the child's traceback comes with it
+        assert any("in the worker process" in note for note in error.value.__notes__)
+    assert multiprocessing.active_children() == []
+
+
+def test_an_error_that_cannot_be_pickled_still_reaches_here():
+    class Unpicklable(Exception):
+        def __init__(self, a, b):  # pickling passes one argument back: unpickling fails
+            super().__init__(f"{a} {b}")
+
+    def prepare(batch):
+        raise Unpicklable("odd", "error")
+
+    with pytest.raises(RuntimeError, match="Unpicklable: odd error"):
+        run([[1]], prepare=prepare)
+
+
+def test_a_child_that_dies_is_an_error_not_a_hang():
+    def prepare(batch):
+        os._exit(3)
+
+    with pytest.raises(RuntimeError, match=r"worker process exited \(code 3\)"):
+        run([[1]], prepare=prepare)
+
+
+def test_outputs_of_another_shape_than_the_ring_are_refused():
+    with pytest.raises(ValueError, match=r"outputs of shape \(3,\).*ring holds \(2,\)"):
+        run([[1]], forward=lambda inputs: torch.ones(len(inputs), 3))
+
+
+@pytest.mark.skipif(split_cpus() is None, reason="needs two CPUs and sched_setaffinity")
+def test_the_child_gets_one_cpu_and_the_forward_the_others():
+    forward_cpus, worker_cpus = split_cpus()
+    before = os.sched_getaffinity(0)
+    seen = shared_array((len(before) + 1,), -1.0)
+
+    def prepare(batch):
+        cpus = sorted(os.sched_getaffinity(0))
+        seen[: len(cpus)] = cpus
+        return (batch[0], 1), torch.ones(1, 2)
+
+    def forward(inputs):
+        assert sorted(os.sched_getaffinity(0)) == forward_cpus
+        return inputs
+
+    run([[1]], prepare=prepare, forward=forward)
+    assert seen[seen >= 0].tolist() == worker_cpus
+    assert os.sched_getaffinity(0) == before  # restored
+    assert forward_cpus + worker_cpus == sorted(before)
+
+
+def test_pinned_restores_the_affinity_on_error_and_does_nothing_without_cpus():
+    with pinned(None):
+        pass
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    before = os.sched_getaffinity(0)
+    with pytest.raises(KeyError), pinned(sorted(before)[:1]):
+        assert os.sched_getaffinity(0) == set(sorted(before)[:1])
+        raise KeyError
+    assert os.sched_getaffinity(0) == before
+
+
+def test_cpu_worker_param_is_validated(monkeypatch):
+    with pytest.raises(ParamError, match="pose.cpu_worker is 'gpu'"):
+        PoseConfig(cpu_worker="gpu")
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with pytest.raises(ParamError, match="pose.cpu_worker is 'process', which needs os.fork"):
+        PoseConfig(cpu_worker="process")
+    assert PoseConfig(cpu_worker="thread").cpu_worker == "thread"

@@ -1,0 +1,193 @@
+"""The host work around a model forward on the CPU, in a forked worker process (``pose.cpu_worker: process``).
+
+With a small model on the CPU, reading, cropping and decoding cost about as much as the forward itself. On a
+worker thread they share the interpreter lock with the forward, and a small model's forward is mostly Python
+between short ops, so each waits for the other. A forked process shares no lock: the parent runs only the
+forward, the child reads and prepares the next batches and finishes (decodes and stores) the done ones.
+Inputs and outputs travel through a ring of shared-memory tensors allocated once (no copies through the
+pipe, no allocation per batch); the child stores its results in shared memory too (:func:`shared_array`),
+so the pipe carries only slot numbers and frame counts. Where the platform allows, the child runs on one
+core of those this process may use and the parent's forward on the others, so the two never trade places.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Ring:
+    """``slots`` input and output buffers in shared memory, each for up to ``capacity`` items."""
+
+    inputs: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+
+    @classmethod
+    def allocate(
+        cls,
+        slots: int,
+        capacity: int,
+        input_shape: tuple[int, ...],
+        input_dtype: torch.dtype,
+        output_shape: tuple[int, ...],
+        output_dtype: torch.dtype,
+    ) -> Ring:
+        def buffers(shape, dtype):
+            return [torch.empty((capacity, *shape), dtype=dtype).share_memory_() for _ in range(slots)]
+
+        return cls(buffers(input_shape, input_dtype), buffers(output_shape, output_dtype))
+
+
+def shared_array(shape: tuple[int, ...], fill: float) -> np.ndarray:
+    """A float64 array filled with ``fill`` in shared memory: what a forked child writes into it, this
+    process reads."""
+    return torch.full(shape, fill, dtype=torch.float64).share_memory_().numpy()
+
+
+def split_cpus() -> tuple[list[int], list[int]] | None:
+    """The CPUs this process may use, split into (the forward's: all but one, the worker's: the last), or
+    None where the platform cannot pin or only one CPU is allowed."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[:-1], cpus[-1:]) if len(cpus) > 1 else None
+
+
+@contextmanager
+def pinned(cpus: list[int] | None):
+    """This process on ``cpus`` while the block runs (nothing where ``cpus`` is None), then as before."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def forked_pipeline(
+    batches: Iterable,
+    prepare: Callable,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    finish: Callable,
+    progress: Callable[[int], None],
+    ring: Ring,
+    name: str = "worker",
+) -> None:
+    """Run ``forward`` here on every batch that a forked child prepares and then finishes.
+
+    In the child, for every item of ``batches`` (iterated in the child only): ``prepare(batch) -> (key,
+    inputs)``, ``inputs`` a tensor of at most the ring's capacity items, or None (nothing to run); once the
+    forward is done, ``finish(key, outputs) -> count``, ``outputs`` a view into the ring (``finish(key,
+    None)`` where ``prepare`` gave no inputs). ``finish`` keeps its results in shared memory
+    (:func:`shared_array`); writes to ordinary memory stay in the child. Here: ``forward(inputs) ->
+    outputs`` (a tensor of the ring's output shape) and ``progress(count)`` for every finished batch. The
+    child keeps up to ``len(ring.inputs)`` batches in flight and runs torch ops on one thread. An error in
+    either process is raised here (the child's with its traceback as a note); the child is stopped on any
+    error here.
+    """
+    cpus = split_cpus()
+    context = multiprocessing.get_context("fork")
+    here, there = context.Pipe()
+    child = context.Process(
+        target=_child_loop,
+        args=(there, batches, prepare, finish, ring, cpus[1] if cpus else None),
+        name=name,
+        daemon=True,
+    )
+    child.start()
+    there.close()  # ours: so that a dead child reads as EOF here
+    try:
+        with pinned(cpus[0] if cpus else None):
+            while True:
+                try:
+                    message = here.recv()
+                except EOFError:
+                    child.join()
+                    raise RuntimeError(
+                        f"the {name} process exited (code {child.exitcode}) before finishing its batches"
+                    ) from None
+                kind = message[0]
+                if kind == "forward":
+                    _, slot, count = message
+                    outputs = forward(ring.inputs[slot][:count])
+                    if outputs.shape[1:] != ring.outputs[slot].shape[1:]:
+                        raise ValueError(
+                            f"the forward gave outputs of shape {tuple(outputs.shape[1:])} per item; the "
+                            f"{name}'s ring holds {tuple(ring.outputs[slot].shape[1:])}"
+                        )
+                    ring.outputs[slot][:count].copy_(outputs)
+                    here.send(slot)
+                elif kind == "done":
+                    progress(message[1])
+                elif kind == "error":
+                    raise message[1]
+                else:  # "end": every batch was finished
+                    break
+    finally:
+        if child.is_alive():
+            child.terminate()  # an error or an interrupt here: the child has nothing left to do
+        child.join()
+        here.close()
+
+
+def _child_loop(conn, batches: Iterable, prepare: Callable, finish: Callable, ring: Ring, cpus) -> None:
+    torch.set_num_threads(1)  # the parent's forward has the other cores
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+    free = deque(range(len(ring.inputs)))
+    in_flight: dict[int, tuple] = {}  # slot -> (key, count)
+
+    def collect() -> None:
+        """Wait for the oldest forward in flight, finish its batch, free its slot."""
+        slot = conn.recv()
+        key, count = in_flight.pop(slot)
+        conn.send(("done", finish(key, ring.outputs[slot][:count])))
+        free.append(slot)
+
+    try:
+        for batch in batches:
+            key, inputs = prepare(batch)
+            if inputs is None:
+                conn.send(("done", finish(key, None)))
+                continue
+            while not free:
+                collect()
+            slot = free.popleft()
+            ring.inputs[slot][: len(inputs)].copy_(inputs)
+            in_flight[slot] = (key, len(inputs))
+            conn.send(("forward", slot, len(inputs)))
+        while in_flight:
+            collect()
+        conn.send(("end",))
+    except BaseException as err:  # raised in the parent
+        try:
+            conn.send(("error", _portable(err)))
+        except (OSError, EOFError):  # the parent is gone
+            pass
+
+
+def _portable(err: BaseException) -> BaseException:
+    """``err`` with the child's traceback as a note, or a RuntimeError saying the same if it cannot be
+    pickled."""
+    note = "in the worker process:\n" + "".join(traceback.format_exception(err)).rstrip()
+    try:
+        err.add_note(note)
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        plain = RuntimeError(f"{type(err).__name__}: {err}")
+        plain.add_note(note)
+        return plain
