@@ -4,8 +4,8 @@
                                      [--checkpoint-size tiny|real] [--device auto|cpu|cuda]
                                      [--precision fp32|fp16|bf16] [--score-threshold 0.5]
 
-Each stage runs on synthetic videos (pose on the demo's size, 150 videos x 96 frames; detect, whose forward
-dominates, on the first 16) twice in one process:
+Each stage runs on synthetic videos (pose on as many frames as the demo keeps, 300 videos x 48 frames;
+detect, whose forward dominates, on the first 32) twice in one process:
 
 - stage: the stage code end to end, model already loaded: read and decode the frames from the FrameStore,
   batching, pre-processing, forward, post-processing, ByteTrack (detect), the output table, and writing it
@@ -234,13 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--videos", type=int, default=None, help="override the number of videos (pose)")
     parser.add_argument(
-        "--detect-videos", type=int, default=16, help="the first this many videos for detect (default 16)"
+        "--detect-videos", type=int, default=32, help="the first this many videos for detect (default 32)"
     )
     parser.add_argument("--frames", type=int, default=None, help="override the frames per video")
     args = parser.parse_args(argv)
-    # default: pose on the demo's 150 videos x 96 frames (its one-off costs, the worker's fork and first batch,
-    # weigh as they do in the pipeline; on fewer frames they weigh more); detect, forward-bound, on 16 of them
-    num_videos, num_frames = (4, 48) if args.quick else (150, 96)
+    # default: pose on as many frames as the demo keeps, laid out as it does (300 videos x 48 kept frames), so
+    # its one-off costs (the worker's fork and first batch) weigh as in the pipeline; on fewer frames they
+    # weigh more. Detect, forward-bound, on the first 32 videos.
+    num_videos, num_frames = (4, 48) if args.quick else (300, 48)
     num_videos, num_frames = args.videos or num_videos, args.frames or num_frames
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 
 import numpy as np
 import pytest
@@ -58,24 +59,44 @@ def test_every_batch_is_prepared_and_finished_in_the_child_and_forwarded_here():
     assert out.size == 0 and progress == []
 
 
-def test_the_forward_runs_here_and_the_rest_in_a_child():
+@pytest.mark.parametrize("slow", ["child", "forward"])
+def test_the_forward_runs_here_and_batches_are_finished_where_there_is_time(slow):
+    """The child prepares every batch. When it is behind (nothing prepared after a forward), the batch just
+    forwarded is finished here; when the forward is the slow side, the child finishes every batch."""
     here = os.getpid()
-    pids = shared_array((2,), 0.0)
+    batches = 6
+    pids = shared_array((2, batches), 0.0)  # (prepare, finish) x batch: the pid that ran it
+    out = shared_array((batches,), np.nan)
 
     def prepare(batch):
-        pids[0] = os.getpid()
-        return batch, torch.ones(1, 2)
+        if slow == "child":
+            time.sleep(0.05)
+        pids[0, batch[0]] = os.getpid()
+        return batch[0], torch.full((1, 2), float(batch[0]))
 
     def forward(inputs):
         assert os.getpid() == here
-        return inputs
+        if slow == "forward":
+            time.sleep(0.1)  # the child finishes the batch before in far less
+        return inputs * 2
 
     def finish(key, outputs):
-        pids[1] = os.getpid()
+        pids[1, key] = os.getpid()
+        out[key] = outputs[0, 0]
         return 1
 
-    run([[1]], prepare=prepare, forward=forward, finish=finish)
-    assert pids[0] == pids[1] != here
+    progress = []
+    forked_pipeline(
+        iter([(i, [i]) for i in range(batches)]), prepare, forward, finish, progress.append, ring()
+    )
+    np.testing.assert_array_equal(out, 2 * np.arange(batches))
+    assert progress == [1] * batches
+    child = set(pids[0])
+    assert len(child) == 1 and here not in child
+    if slow == "child":
+        assert set(pids[1]) == {here}
+    else:
+        assert set(pids[1]) == child
     assert multiprocessing.active_children() == []  # the child was waited for
 
 

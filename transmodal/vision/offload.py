@@ -2,8 +2,9 @@
 
 With a small model on the CPU, reading, cropping and decoding cost about as much as the forward itself. On a
 worker thread they share the interpreter lock with the forward, and a small model's forward is mostly Python
-between short ops, so each waits for the other. A forked process shares no lock: the parent runs only the
-forward, the child reads and prepares the next batches and finishes (decodes and stores) the done ones.
+between short ops, so each waits for the other. A forked process shares no lock: the parent runs the
+forward, the child reads and prepares the next batches and finishes (decodes and stores) the done ones;
+when the child falls behind, the parent finishes a batch itself rather than wait.
 Inputs and outputs travel through a ring of shared-memory tensors allocated once (no copies through the
 pipe, no allocation per batch); the child stores its results in shared memory too (:func:`shared_array`),
 so the pipe carries only slot numbers and frame counts. Where the platform allows, the child runs on one
@@ -86,17 +87,18 @@ def forked_pipeline(
     ring: Ring,
     name: str = "worker",
 ) -> None:
-    """Run ``forward`` here on every batch that a forked child prepares and then finishes.
+    """Run ``forward`` here on every batch that a forked child prepares and (mostly) finishes.
 
     In the child, for every item of ``batches`` (iterated in the child only): ``prepare(batch) -> (key,
     inputs)``, ``inputs`` a tensor of at most the ring's capacity items, or None (nothing to run); once the
     forward is done, ``finish(key, outputs) -> count``, ``outputs`` a view into the ring (``finish(key,
-    None)`` where ``prepare`` gave no inputs). ``finish`` keeps its results in shared memory
-    (:func:`shared_array`); writes to ordinary memory stay in the child. Here: ``forward(inputs) ->
-    outputs`` (a tensor of the ring's output shape) and ``progress(count)`` for every finished batch. The
-    child keeps up to ``len(ring.inputs)`` batches in flight and runs torch ops on one thread. An error in
-    either process is raised here (the child's with its traceback as a note); the child is stopped on any
-    error here.
+    None)`` where ``prepare`` gave no inputs). Here: ``forward(inputs) -> outputs`` (a tensor of the ring's
+    output shape) and ``progress(count)`` for every finished batch. When no prepared batch is waiting after
+    a forward (the child is behind), this process runs ``finish`` on that batch itself instead of idling, so
+    ``finish`` runs in either process: it must keep its results in shared memory (:func:`shared_array`),
+    and ``key`` is pickled (keep it small). The child keeps up to ``len(ring.inputs)`` batches in flight
+    and runs torch ops on one thread. An error in either process is raised here (the child's with its
+    traceback as a note); the child is stopped on any error here.
     """
     cpus = split_cpus()
     context = multiprocessing.get_context("fork")
@@ -121,7 +123,7 @@ def forked_pipeline(
                     ) from None
                 kind = message[0]
                 if kind == "forward":
-                    _, slot, count = message
+                    _, slot, count, key = message
                     outputs = forward(ring.inputs[slot][:count])
                     if outputs.shape[1:] != ring.outputs[slot].shape[1:]:
                         raise ValueError(
@@ -129,7 +131,12 @@ def forked_pipeline(
                             f"{name}'s ring holds {tuple(ring.outputs[slot].shape[1:])}"
                         )
                     ring.outputs[slot][:count].copy_(outputs)
-                    here.send(slot)
+                    # Nothing ready to run: the child is behind, so this batch is finished here rather than
+                    # waited for (its results go to the same shared memory; the child only frees the slot).
+                    finish_here = not here.poll()
+                    if finish_here:
+                        progress(finish(key, ring.outputs[slot][:count]))
+                    here.send((slot, finish_here))
                 elif kind == "done":
                     progress(message[1])
                 elif kind == "error":
@@ -151,10 +158,11 @@ def _child_loop(conn, batches: Iterable, prepare: Callable, finish: Callable, ri
     in_flight: dict[int, tuple] = {}  # slot -> (key, count)
 
     def collect() -> None:
-        """Wait for the oldest forward in flight, finish its batch, free its slot."""
-        slot = conn.recv()
+        """Wait for the oldest forward in flight, finish its batch unless the parent did, free its slot."""
+        slot, finished = conn.recv()
         key, count = in_flight.pop(slot)
-        conn.send(("done", finish(key, ring.outputs[slot][:count])))
+        if not finished:
+            conn.send(("done", finish(key, ring.outputs[slot][:count])))
         free.append(slot)
 
     try:
@@ -168,7 +176,7 @@ def _child_loop(conn, batches: Iterable, prepare: Callable, finish: Callable, ri
             slot = free.popleft()
             ring.inputs[slot][: len(inputs)].copy_(inputs)
             in_flight[slot] = (key, len(inputs))
-            conn.send(("forward", slot, len(inputs)))
+            conn.send(("forward", slot, len(inputs), key))
         while in_flight:
             collect()
         conn.send(("end",))
