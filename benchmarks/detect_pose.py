@@ -250,28 +250,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-detect-pose-") as tmp:
         tmp = Path(tmp)
         index, annotations = write_videos(tmp / "videos", num_videos, num_frames)
-        extract_frames(
-            index,
-            tmp / "videos",
-            tmp / "frames",
-            stride=1,
-            clip_length=16,
-            videos_per_shard=64,
-            progress=False,
-        )
-        store = FrameStore(tmp / "frames")
+
+        def frame_store(videos: pd.DataFrame, name: str) -> FrameStore:
+            extract_frames(
+                videos,
+                tmp / "videos",
+                tmp / name,
+                stride=1,
+                clip_length=16,
+                videos_per_shard=64,
+                progress=False,
+            )
+            return FrameStore(tmp / name)
+
+        store = frame_store(index, "frames")
         frames = len(store.frames)
         detect_index = index.head(min(args.detect_videos, len(index)))
-        extract_frames(
-            detect_index,
-            tmp / "videos",
-            tmp / "frames-detect",
-            stride=1,
-            clip_length=16,
-            videos_per_shard=64,
-            progress=False,
-        )
-        detect_store = FrameStore(tmp / "frames-detect")
+        detect_store = frame_store(detect_index, "frames-detect")
         detect_frames = len(detect_store.frames)
         detector_dir, pose_dir = write_checkpoints(tmp / "checkpoints", args.checkpoint_size)
 
