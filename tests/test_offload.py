@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,20 @@ from transmodal.params import ParamError, PoseConfig
 from transmodal.vision.offload import Ring, forked_pipeline, pinned, shared_array, split_cpus
 
 CAPACITY = 4
+
+
+@pytest.fixture(autouse=True)
+def fail_instead_of_hanging():
+    """A pipeline that waits forever fails the test after 60 s instead of hanging the suite."""
+
+    def hung(signum, frame):
+        raise TimeoutError("the pipeline did not finish in 60 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 def ring(slots: int = 3) -> Ring:
@@ -149,6 +166,42 @@ def test_outputs_of_another_shape_than_the_ring_are_refused():
         run([[1]], forward=lambda inputs: torch.ones(len(inputs), 3))
 
 
+def test_the_child_exits_when_the_parent_is_killed():
+    """A parent killed without clean-up (SIGKILL, the OOM killer) leaves no child waiting for it."""
+    child_pid = shared_array((1,), 0.0)
+
+    def parent():
+        def prepare(batch):
+            child_pid[0] = os.getpid()
+            return (batch[0], 1), torch.ones(1, 2)
+
+        def forward(inputs):
+            time.sleep(120)  # killed in here, with the child waiting for this batch
+
+        run([[1]] * 4, prepare=prepare, forward=forward)
+
+    process = multiprocessing.get_context("fork").Process(target=parent)
+    process.start()
+    deadline = time.monotonic() + 30
+    while child_pid[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert child_pid[0] != 0
+    time.sleep(0.2)  # the child is in recv by now
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    status = Path(f"/proc/{int(child_pid[0])}/status")
+    while time.monotonic() < deadline:  # gone, or a zombie waiting for init to reap it
+        try:
+            if "\nState:\tZ" in status.read_text():
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(int(child_pid[0]), signal.SIGKILL)  # not left behind holding the test's output pipes
+        pytest.fail("the child outlived its parent")
+
+
 @pytest.mark.skipif(split_cpus() is None, reason="needs two CPUs and sched_setaffinity")
 def test_the_child_gets_one_cpu_and_the_forward_the_others():
     forward_cpus, worker_cpus = split_cpus()
@@ -170,16 +223,34 @@ def test_the_child_gets_one_cpu_and_the_forward_the_others():
     assert forward_cpus + worker_cpus == sorted(before)
 
 
-def test_pinned_restores_the_affinity_on_error_and_does_nothing_without_cpus():
+def thread_affinities() -> dict[int, set[int]]:
+    return {int(task): os.sched_getaffinity(int(task)) for task in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_pinned_moves_every_thread_and_restores_them_all():
     with pinned(None):
         pass
-    if not hasattr(os, "sched_setaffinity"):
-        return
     before = os.sched_getaffinity(0)
-    with pytest.raises(KeyError), pinned(sorted(before)[:1]):
-        assert os.sched_getaffinity(0) == set(sorted(before)[:1])
-        raise KeyError
-    assert os.sched_getaffinity(0) == before
+    one = set(sorted(before)[:1])
+    started = threading.Event()
+    stop = threading.Event()
+    helper = threading.Thread(target=lambda: (started.set(), stop.wait()))  # a thread from before the block
+    helper.start()
+    try:
+        started.wait()
+        late = []
+        with pytest.raises(KeyError), pinned(sorted(one)):
+            assert all(cpus == one for cpus in thread_affinities().values())  # the helper thread too
+            late.append(threading.Thread(target=stop.wait))  # a thread started inside the block
+            late[0].start()
+            raise KeyError
+        assert all(cpus == before for cpus in thread_affinities().values())  # the late one too
+    finally:
+        stop.set()
+        helper.join()
+        for thread in late:
+            thread.join()
 
 
 def test_cpu_worker_param_is_validated(monkeypatch):

@@ -64,18 +64,28 @@ def split_cpus() -> tuple[list[int], list[int]] | None:
     return (cpus[:-1], cpus[-1:]) if len(cpus) > 1 else None
 
 
+def _set_affinity_of_all_threads(cpus) -> None:
+    """Linux sets affinity per thread: set it on every thread of this process (torch's pool included)."""
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+
+
 @contextmanager
 def pinned(cpus: list[int] | None):
-    """This process on ``cpus`` while the block runs (nothing where ``cpus`` is None), then as before."""
+    """Every thread of this process on ``cpus`` while the block runs, then every thread (those started in the
+    block too) back on the CPUs the calling thread had; nothing where ``cpus`` is None."""
     if cpus is None:
         yield
         return
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
+    _set_affinity_of_all_threads(cpus)
     try:
         yield
     finally:
-        os.sched_setaffinity(0, before)
+        _set_affinity_of_all_threads(before)
 
 
 def forked_pipeline(
@@ -105,22 +115,24 @@ def forked_pipeline(
     here, there = context.Pipe()
     child = context.Process(
         target=_child_loop,
-        args=(there, batches, prepare, finish, ring, cpus[1] if cpus else None),
+        args=(there, here, batches, prepare, finish, ring, cpus[1] if cpus else None),
         name=name,
         daemon=True,
     )
     child.start()
     there.close()  # ours: so that a dead child reads as EOF here
+
+    def child_gone() -> RuntimeError:
+        child.join()
+        return RuntimeError(f"the {name} process exited (code {child.exitcode}) before finishing its batches")
+
     try:
         with pinned(cpus[0] if cpus else None):
             while True:
                 try:
                     message = here.recv()
                 except EOFError:
-                    child.join()
-                    raise RuntimeError(
-                        f"the {name} process exited (code {child.exitcode}) before finishing its batches"
-                    ) from None
+                    raise child_gone() from None
                 kind = message[0]
                 if kind == "forward":
                     _, slot, count, key = message
@@ -136,7 +148,10 @@ def forked_pipeline(
                     finish_here = not here.poll()
                     if finish_here:
                         progress(finish(key, ring.outputs[slot][:count]))
-                    here.send((slot, finish_here))
+                    try:
+                        here.send((slot, finish_here))
+                    except OSError:  # a broken pipe: the child is gone
+                        raise child_gone() from None
                 elif kind == "done":
                     progress(message[1])
                 elif kind == "error":
@@ -150,7 +165,10 @@ def forked_pipeline(
         here.close()
 
 
-def _child_loop(conn, batches: Iterable, prepare: Callable, finish: Callable, ring: Ring, cpus) -> None:
+def _child_loop(
+    conn, parent_end, batches: Iterable, prepare: Callable, finish: Callable, ring: Ring, cpus
+) -> None:
+    parent_end.close()  # the parent's end, inherited: closed, so that a parent that dies reads as EOF here
     torch.set_num_threads(1)  # the parent's forward has the other cores
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
