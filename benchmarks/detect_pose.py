@@ -2,7 +2,7 @@
 
     python benchmarks/detect_pose.py [--quick] [--stage both|detect|pose] [--cpu-worker process|thread|none]
                                      [--checkpoint-size tiny|real] [--device auto|cpu|cuda]
-                                     [--precision fp32|fp16|bf16] [--score-threshold 0.5]
+                                     [--precision fp32|fp16|bf16] [--score-threshold 0.5] [--crop-chunk-bytes N]
 
 Each stage runs on synthetic videos (pose on as many frames as the demo keeps, 300 videos x 48 frames;
 detect, whose forward dominates, on the first 32) twice in one process:
@@ -43,6 +43,7 @@ import torch
 from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.io import write_parquet
 from transmodal.params import DetectConfig, PoseConfig
+from transmodal.vision import pose as pose_module
 from transmodal.vision.detect import PersonDetector, forward_threads, run_detect
 from transmodal.vision.pose import PoseEstimator, run_pose
 
@@ -100,6 +101,24 @@ def write_checkpoints(out: Path, size: str) -> tuple[str, str]:
 
 def batch_sizes(frames: int, batch_size: int) -> list[int]:
     return [batch_size] * (frames // batch_size) + ([frames % batch_size] if frames % batch_size else [])
+
+
+def bare_inputs(
+    frames: int, batch_size: int, item_shape: tuple, device: torch.device, dtype: torch.dtype, pool: int = 3
+) -> list[torch.Tensor]:
+    """Random model inputs in the stage's batch shapes (full batches and the last, partial one): ``pool``
+    distinct tensors per shape, taken in turn, as the stage's crops come from a ring of 3 buffers. Making one
+    tensor per batch instead would hold the whole run's inputs (530 MB for pose) in this process during the
+    stage runs, and the pose stage's fork and its worker's exit cost more in a bigger process than they do
+    in the pipeline."""
+    made: dict[int, list[torch.Tensor]] = {}  # batch size -> its tensors
+    inputs = []
+    for n in batch_sizes(frames, batch_size):
+        tensors = made.setdefault(
+            n, [torch.randn(n, *item_shape, device=device).to(dtype) for _ in range(pool)]
+        )
+        inputs.append(tensors[len(inputs) % pool])
+    return inputs
 
 
 def sync(device: torch.device) -> None:
@@ -232,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         help="pose.cpu_worker: where reading + cropping and decoding run during the forward on the CPU (a forked "
         "process or a thread, the forward getting one torch thread fewer; none: a plain loop with all threads)",
     )
+    parser.add_argument(
+        "--crop-chunk-bytes",
+        type=int,
+        default=None,
+        help="pose crops on the CPU warp this many bytes of float pixels at a time (default: "
+        "transmodal.vision.pose.CROP_CHUNK_BYTES; a huge value warps each batch in one pass)",
+    )
     parser.add_argument("--videos", type=int, default=None, help="override the number of videos (pose)")
     parser.add_argument(
         "--detect-videos", type=int, default=32, help="the first this many videos for detect (default 32)"
@@ -245,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     num_videos, num_frames = args.videos or num_videos, args.frames or num_frames
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.crop_chunk_bytes is not None:
+        pose_module.CROP_CHUNK_BYTES = args.crop_chunk_bytes
     repeats = args.repeats or (3 if args.quick else 5)
 
     with tempfile.TemporaryDirectory(prefix="bench-detect-pose-") as tmp:
@@ -287,10 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             detector = PersonDetector.from_config(detect_cfg)
             device = detector.device
             size = tuple(detector.preprocess(detect_store.read(detect_store.video_ids[0])[1][:1]).shape[-2:])
-            detect_inputs = [
-                torch.randn(n, 3, *size, device=device).to(detector.dtype)
-                for n in batch_sizes(detect_frames, detect_cfg.batch_size)
-            ]
+            detect_inputs = bare_inputs(
+                detect_frames, detect_cfg.batch_size, (3, *size), device, detector.dtype
+            )
             detect_row = compare(
                 "detect",
                 lambda: run_detect(detect_store, detect_cfg, None, progress=False, detector=detector),
@@ -326,10 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                     store.read(store.video_ids[0])[1][:1], np.array([[10, 20, 40, 100]])
                 ).shape[-2:]
             )
-            pose_inputs = [
-                torch.randn(n, 3, *crop, device=device).to(estimator.dtype)
-                for n in batch_sizes(frames, pose_cfg.batch_size)
-            ]
+            pose_inputs = bare_inputs(frames, pose_cfg.batch_size, (3, *crop), device, estimator.dtype)
             bare_forward = estimator.forward
             clock = estimator.forward = ForwardClock(bare_forward, device)  # the stage's forwards, timed
             pose_row = compare(
@@ -386,7 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             "thread": "read + crop and decode on a worker thread",
             "none": "plain loop",
         }[args.cpu_worker]
-        print(f"pose: {layout}; forward threads (stage and bare alike) {pose_row['threads']}")
+        print(
+            f"pose: {layout}; forward threads (stage and bare alike) {pose_row['threads']}; crops warped "
+            f"{pose_module.CROP_CHUNK_BYTES:,} bytes of float pixels at a time on the CPU"
+        )
         inside, bare = pose_row["forward_in_stage_seconds"], pose_row["bare_seconds"]
         print(
             f"pose: the stage's forwards took {inside * 1e3:.0f} ms against {bare * 1e3:.0f} ms bare "

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -234,6 +235,35 @@ def test_crops_match_the_checkpoints_processor(dataset, tiny_checkpoints):
     assert got.shape == expected.shape
     std = min(estimator.processor.image_std)
     assert float((got - expected).abs().max()) <= 1 / 255 / std + 1e-5  # uint8 rounding only
+
+
+def test_crops_do_not_depend_on_chunks_or_pieces(dataset, tiny_checkpoints, monkeypatch):
+    """On the CPU frames are warped a few at a time (CROP_CHUNK_BYTES) and a batch may come as pieces of
+    different frame sizes: each crop is the same, bit for bit, however the frames are chunked or split."""
+    import transmodal.vision.pose as pose
+
+    store, _ = dataset
+    estimator = PoseEstimator.from_config(
+        PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu")
+    )
+    _, frames = store.read("duo")
+    frames = frames[:7]
+    rng = np.random.default_rng(3)
+    x1, y1 = rng.uniform(-20, 120, 7), rng.uniform(-20, 90, 7)
+    boxes = np.stack([x1, y1, x1 + rng.uniform(5, 80, 7), y1 + rng.uniform(10, 100, 7)], 1)
+    large = np.stack([cv2.resize(frame, (200, 150)) for frame in frames[:3]])  # another frame size
+    large_boxes = boxes[:3] * 1.25
+    frame_bytes = frames[0].size * 4  # float pixels of one frame
+    expected = estimator.preprocess(frames, boxes)  # the default chunking
+    expected_large = estimator.preprocess(large, large_boxes)
+    for chunk_frames in (1, 2, 3, 100):
+        monkeypatch.setattr(pose, "CROP_CHUNK_BYTES", chunk_frames * frame_bytes)
+        assert torch.equal(estimator.preprocess(frames, boxes), expected)
+        pieces = [frames[:2], large, frames[2:]]  # sizes mixed in one batch
+        got = estimator.preprocess(pieces, np.concatenate([boxes[:2], large_boxes, boxes[2:]]))
+        assert torch.equal(got, torch.cat([expected[:2], expected_large, expected[2:]]))
+    with pytest.raises(ValueError, match="7 frames but 6 boxes"):
+        estimator.preprocess(frames, boxes[:6])
 
 
 def test_heatmap_decoding_matches_the_processors_post_processing(dataset, tiny_checkpoints):

@@ -9,6 +9,7 @@ contract in docs/data-contracts.md) and the metrics written to ``metrics/pose.js
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
@@ -45,6 +46,9 @@ KEYPOINT_COLUMNS = [
     *joint_columns("score"),
 ]
 PADDING = 1.25  # ViTPose's box padding (box_to_center_and_scale)
+# On the CPU, frames are warped this many bytes of float pixels at a time (8 frames of 160 x 120): a chunk stays
+# in the core's cache between its conversion to float and the warp (PoseEstimator.preprocess)
+CROP_CHUNK_BYTES = 2_000_000
 
 
 def empty_keypoints() -> pd.DataFrame:
@@ -361,27 +365,52 @@ class PoseEstimator:
             "bias": torch.tensor(-mean / std, dtype=torch.float32).view(1, 3, 1, 1),
         }
 
-    def preprocess(self, frames: np.ndarray, boxes: np.ndarray) -> torch.Tensor:
-        """Crops (n, 3, S_h, S_w) on the model's device and dtype, one per frame and box (x1, y1, x2, y2)."""
+    def preprocess(self, frames: np.ndarray | Sequence[np.ndarray], boxes: np.ndarray) -> torch.Tensor:
+        """Crops (n, 3, S_h, S_w) on the model's device and dtype, one per frame and box (x1, y1, x2, y2).
+
+        ``frames`` is (n, H, W, 3) uint8 RGB, or a list of such pieces (their frames in order; sizes may
+        differ between pieces) so that a batch spanning videos needs no copy into one array. On the CPU the
+        frames are converted to float and warped a few at a time (:data:`CROP_CHUNK_BYTES` of float pixels),
+        so that the float frames stay in the core's cache: the pose worker's work per frame costs about a fifth
+        less than with one pass over the batch (``benchmarks/pose_worker.py``, ``docs/decisions.md`` 23).
+        Each crop depends only on its own frame and box, never on the batch.
+        """
+        pieces = [frames] if isinstance(frames, np.ndarray) else list(frames)
+        if sum(len(piece) for piece in pieces) != len(boxes):
+            raise ValueError(
+                f"{sum(len(piece) for piece in pieces)} frames but {len(boxes)} boxes: one box per frame"
+            )
         if self._fast is None:
             coco = xyxy_to_coco(boxes)
             pixel_values = self.processor(
-                images=list(frames), boxes=[[box.tolist()] for box in coco], return_tensors="pt"
+                images=[frame for piece in pieces for frame in piece],
+                boxes=[[box.tolist()] for box in coco],
+                return_tensors="pt",
             )["pixel_values"]
             return pixel_values.to(self.device, self.dtype)
         spec = self._fast
-        out_h, out_w = spec["size"]
-        x = frames_to_tensor(frames, self.device)  # (n, 3, H, W) 0..255
-        n, _, in_h, in_w = x.shape
-        grid = torch.from_numpy(crop_grid(boxes, in_h, in_w, (out_h, out_w), spec["normalize_factor"]))
-        crops = F.grid_sample(
-            x,
-            grid.to(self.device, non_blocking=True),
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=True,
-        )  # (n, 3, S_h, S_w)
-        crops = crops.round_()  # the processor warps uint8 images
+        crop_size = spec["size"]
+        crops, row = [], 0
+        for piece in pieces:
+            count, in_h, in_w = piece.shape[:3]
+            grid = crop_grid(boxes[row : row + count], in_h, in_w, crop_size, spec["normalize_factor"])
+            grid = torch.from_numpy(grid).to(self.device, non_blocking=True)
+            step = max(1, CROP_CHUNK_BYTES // (in_h * in_w * 3 * 4)) if self.device.type == "cpu" else count
+            for first in range(0, count, step):
+                part = slice(first, first + step)
+                crops.append(
+                    F.grid_sample(
+                        frames_to_tensor(piece[part], self.device),  # (k, 3, H, W) 0..255
+                        grid[part],
+                        mode="bilinear",
+                        padding_mode="zeros",
+                        align_corners=True,
+                    )  # (k, 3, S_h, S_w)
+                )
+            row += count
+        crops = (
+            crops[0] if len(crops) == 1 else torch.cat(crops)
+        ).round_()  # the processor warps uint8 images
         return torch.addcmul(spec["bias"].to(crops.device), crops, spec["weight"].to(crops.device)).to(
             self.dtype
         )
@@ -602,14 +631,7 @@ def run_pose(
                     targets.append((piece.video_id, positions[keep]))
             if not targets:
                 return (frame_count, targets, None), None
-            if len({piece_frames.shape[1:] for piece_frames in frames}) == 1:
-                # one frame size (the usual case): one warp for the whole batch
-                all_frames = frames[0] if len(frames) == 1 else np.concatenate(frames)
-                pixel_values = estimator.preprocess(all_frames, np.concatenate(crop_boxes))
-            else:  # videos of different sizes in one batch: one warp per piece
-                pixel_values = torch.cat(
-                    [estimator.preprocess(f, b) for f, b in zip(frames, crop_boxes, strict=True)]
-                )
+            pixel_values = estimator.preprocess(frames, np.concatenate(crop_boxes))  # no copy into one array
             return (frame_count, targets, np.concatenate(crop_boxes)), pixel_values
 
         def forward(prepared):
