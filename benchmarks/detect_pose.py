@@ -11,7 +11,7 @@ detect, whose forward dominates, on the first 32) twice in one process:
   batching, pre-processing, forward, post-processing, ByteTrack (detect), the output table, and writing it
   as Parquet to a temporary folder;
 - bare: only ``model(pixel_values)`` (plus ``dataset_index`` for ViTPose++) on tensors made beforehand, in
-  the same batch shapes (full batches and the last, partial one).
+  the same batch shapes (full batches and the last, partial one), 3 distinct tensors per shape taken in turn.
 
 Both print frames per second and their ratio (target: stage >= 0.8 x bare). On the CPU the bare forward runs
 with as many torch threads as the stage's forward: all of torch's for detect; one fewer for pose, whose stage
@@ -19,7 +19,8 @@ leaves a core to the worker that reads, crops and decodes (``--cpu-worker``, ``p
 process by default, or a thread; ``none``: the plain loop, all threads). For pose it also prints how long
 the stage's own forwards took against the bare ones (how much the worker beside them slows them) and the
 rest of the stage's time. Timings are the median of ``--repeats`` runs after one warm-up, stage and bare
-alternating so machine drift hits both alike.
+alternating so machine drift hits both alike; the ratio of each stage run to the bare run right after it is
+printed too (median and range), as the drift of a noisy machine can still move the medians apart.
 ``--checkpoint-size tiny`` uses the random tiny checkpoints of the tests (CPU-sized); ``real`` builds
 random-weight models of the real sizes from their configs (RT-DETR r50vd default config with the COCO labels,
 640 x 640; ViTPose++ base, 6 experts, 256 x 192) for a GPU run.
@@ -193,6 +194,8 @@ def compare(
         "stage_fps": stage_fps,
         "bare_fps": bare_fps,
         "ratio": stage_fps / bare_fps,
+        # each stage run against the bare run right after it: drift slower than one pair cancels out
+        "pair_ratios": sorted(bare / stage for stage, bare in zip(stage_times, bare_times, strict=True)),
         "threads": threads,
         "stage_seconds": statistics.median(stage_times),
         "bare_seconds": statistics.median(bare_times),
@@ -433,13 +436,16 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{name} {seconds / frames * 1e3:.3f}" for name, seconds in steps.items())
             + f"; ceiling on {cores} cores from these costs: ratio <= {steps['forward'] / floor:.2f}"
         )
-    print(f"{'stage':<8}{'frames':>8}{'stage fps':>12}{'bare fps':>12}{'ratio':>8}")
+    print(
+        f"{'stage':<8}{'frames':>8}{'stage fps':>12}{'bare fps':>12}{'ratio':>8}  per pair (stage run, bare run)"
+    )
     rows = [row for row in (detect_row, pose_row) if row is not None]
     for row in rows:
         flag = "" if row["ratio"] >= 0.8 else "  (below the 0.8 target)"
+        pairs = row["pair_ratios"]
         print(
             f"{row['stage']:<8}{row['frames']:>8}{row['stage_fps']:>12.1f}{row['bare_fps']:>12.1f}"
-            f"{row['ratio']:>8.2f}{flag}"
+            f"{row['ratio']:>8.2f}  median {statistics.median(pairs):.2f}, {pairs[0]:.2f}-{pairs[-1]:.2f}{flag}"
         )
     return 0 if all(not math.isnan(row["ratio"]) for row in rows) else 1
 
