@@ -44,7 +44,7 @@ def run(batches, prepare=None, forward=None, finish=None, slots: int = 3):
     starts = np.cumsum([0] + [len(b) for b in batches])[:-1].tolist()
     progress = []
 
-    def default_prepare(batch):
+    def default_prepare(batch, out):
         index, values = batch
         if not values:
             return (index, 0), None
@@ -76,6 +76,30 @@ def test_every_batch_is_prepared_and_finished_in_the_child_and_forwarded_here():
     assert out.size == 0 and progress == []
 
 
+def test_inputs_prepared_in_place_go_to_a_free_slot_and_stay_untouched_during_their_forward():
+    """prepare gets the free input buffer its batch goes to: it may write the inputs there (odd batches) or
+    return a tensor of its own (even ones, copied in). No buffer a forward is reading is ever handed out."""
+
+    def prepare(batch, out):
+        index, values = batch
+        assert out.shape == (CAPACITY, 2) and out.is_shared()
+        inputs = torch.tensor([[v, -v] for v in values], dtype=torch.float32)
+        if index % 2:
+            return (index, len(values)), out[: len(values)].copy_(inputs)
+        return (index, len(values)), inputs
+
+    def forward(inputs):
+        before = inputs.clone()
+        time.sleep(0.02)  # the child prepares the next batches meanwhile
+        assert torch.equal(inputs, before), "a buffer was written during its forward"
+        return inputs * 2
+
+    batches = [[i, i + 0.5] for i in range(12)]
+    out, progress = run(batches, prepare=prepare, forward=forward)
+    np.testing.assert_array_equal(out, 2 * np.array(batches).reshape(-1))
+    assert progress == [2] * len(batches)
+
+
 @pytest.mark.parametrize("slow", ["child", "forward"])
 def test_the_forward_runs_here_and_batches_are_finished_where_there_is_time(slow):
     """The child prepares every batch. When it is behind (nothing prepared after a forward), the batch just
@@ -85,7 +109,7 @@ def test_the_forward_runs_here_and_batches_are_finished_where_there_is_time(slow
     pids = shared_array((2, batches), 0.0)  # (prepare, finish) x batch: the pid that ran it
     out = shared_array((batches,), np.nan)
 
-    def prepare(batch):
+    def prepare(batch, out):
         if slow == "child":
             time.sleep(0.05)
         pids[0, batch[0]] = os.getpid()
@@ -119,7 +143,7 @@ def test_the_forward_runs_here_and_batches_are_finished_where_there_is_time(slow
 
 @pytest.mark.parametrize("where", ["prepare", "finish", "forward"])
 def test_an_error_in_either_process_is_raised_here_and_the_child_stops(where):
-    def prepare(batch):
+    def prepare(batch, out):
         if where == "prepare" and batch[0] == 2:
             raise ValueError("prepare failed on batch 2")
         return batch, torch.ones(1, 2)
@@ -146,7 +170,7 @@ def test_an_error_that_cannot_be_pickled_still_reaches_here():
         def __init__(self, a, b):  # pickling passes one argument back: unpickling fails
             super().__init__(f"{a} {b}")
 
-    def prepare(batch):
+    def prepare(batch, out):
         raise Unpicklable("odd", "error")
 
     with pytest.raises(RuntimeError, match="Unpicklable: odd error"):
@@ -154,7 +178,7 @@ def test_an_error_that_cannot_be_pickled_still_reaches_here():
 
 
 def test_a_child_that_dies_is_an_error_not_a_hang():
-    def prepare(batch):
+    def prepare(batch, out):
         os._exit(3)
 
     with pytest.raises(RuntimeError, match=r"worker process exited \(code 3\)"):
@@ -171,7 +195,7 @@ def test_the_child_exits_when_the_parent_is_killed():
     child_pid = shared_array((1,), 0.0)
 
     def parent():
-        def prepare(batch):
+        def prepare(batch, out):
             child_pid[0] = os.getpid()
             return (batch[0], 1), torch.ones(1, 2)
 
@@ -208,7 +232,7 @@ def test_the_child_gets_one_cpu_and_the_forward_the_others():
     before = os.sched_getaffinity(0)
     seen = shared_array((len(before) + 1,), -1.0)
 
-    def prepare(batch):
+    def prepare(batch, out):
         cpus = sorted(os.sched_getaffinity(0))
         seen[: len(cpus)] = cpus
         return (batch[0], 1), torch.ones(1, 2)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.test_detect import GAP_ABSENT_KEPT, MIXED_SIZES, build_mixed_size_dataset
 from transmodal.data.coco import joint_columns
@@ -254,7 +255,16 @@ def test_crops_do_not_depend_on_chunks_or_pieces(dataset, tiny_checkpoints, monk
     large = np.stack([cv2.resize(frame, (200, 150)) for frame in frames[:3]])  # another frame size
     large_boxes = boxes[:3] * 1.25
     frame_bytes = frames[0].size * 4  # float pixels of one frame
+    # white frames first: the float buffer the crops reuse then holds 255 wherever a crop could read a pixel
+    # that was not converted for it
+    estimator.preprocess(np.full_like(frames, 255), np.tile([[0.0, 0, 160, 120]], (7, 1)))
     expected = estimator.preprocess(frames, boxes)  # the default chunking
+    # the same as warping the whole frames converted to float (only the pixels the crops read are converted)
+    spec = estimator._fast
+    grid = torch.from_numpy(pose.crop_grid(boxes, *frames.shape[1:3], spec["size"]))
+    whole = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    warped = F.grid_sample(whole, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    assert torch.equal(expected, torch.addcmul(spec["bias"], warped.round(), spec["weight"]))
     expected_large = estimator.preprocess(large, large_boxes)
     for chunk_frames in (1, 2, 3, 100):
         monkeypatch.setattr(pose, "CROP_CHUNK_BYTES", chunk_frames * frame_bytes)
@@ -264,6 +274,14 @@ def test_crops_do_not_depend_on_chunks_or_pieces(dataset, tiny_checkpoints, monk
         assert torch.equal(got, torch.cat([expected[:2], expected_large, expected[2:]]))
     with pytest.raises(ValueError, match="7 frames but 6 boxes"):
         estimator.preprocess(frames, boxes[:6])
+
+    # into a given buffer (the forked worker's shared ring): its first rows, the rest untouched
+    out = torch.full((9, *expected.shape[1:]), float("nan"))
+    got = estimator.preprocess([frames[:3], frames[3:]], boxes, out=out)
+    assert got.data_ptr() == out.data_ptr() and torch.equal(out[:7], expected)
+    assert out[7:].isnan().all()
+    with pytest.raises(ValueError, match=r"room for 6 crops"):
+        estimator.preprocess(frames, boxes, out=out[:6])
 
 
 def test_heatmap_decoding_matches_the_processors_post_processing(dataset, tiny_checkpoints):

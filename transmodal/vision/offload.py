@@ -99,9 +99,10 @@ def forked_pipeline(
 ) -> None:
     """Run ``forward`` here on every batch that a forked child prepares and (mostly) finishes.
 
-    In the child, for every item of ``batches`` (iterated in the child only): ``prepare(batch) -> (key,
-    inputs)``, ``inputs`` a tensor of at most the ring's capacity items, or None (nothing to run); once the
-    forward is done, ``finish(key, outputs) -> count``, ``outputs`` a view into the ring (``finish(key,
+    In the child, for every item of ``batches`` (iterated in the child only): ``prepare(batch, out) -> (key,
+    inputs)``, ``inputs`` a tensor of at most the ring's capacity items, or None (nothing to run); ``out`` is
+    the free input buffer of the ring the batch will go to: inputs written into its first rows and returned
+    as ``out[:n]`` need no copy. Once the forward is done, ``finish(key, outputs) -> count``, ``outputs`` a view into the ring (``finish(key,
     None)`` where ``prepare`` gave no inputs). Here: ``forward(inputs) -> outputs`` (a tensor of the ring's
     output shape) and ``progress(count)`` for every finished batch. When no prepared batch is waiting after
     a forward (the child is behind), this process runs ``finish`` on that batch itself instead of idling, so
@@ -185,14 +186,17 @@ def _child_loop(
 
     try:
         for batch in batches:
-            key, inputs = prepare(batch)
+            while not free:
+                collect()
+            slot = free[0]
+            key, inputs = prepare(batch, ring.inputs[slot])
             if inputs is None:
                 conn.send(("done", finish(key, None)))
                 continue
-            while not free:
-                collect()
-            slot = free.popleft()
-            ring.inputs[slot][: len(inputs)].copy_(inputs)
+            free.popleft()
+            buffer = ring.inputs[slot][: len(inputs)]
+            if inputs.data_ptr() != buffer.data_ptr() or inputs.stride() != buffer.stride():
+                buffer.copy_(inputs)  # not prepared in place
             in_flight[slot] = (key, len(inputs))
             conn.send(("forward", slot, len(inputs), key))
         while in_flight:

@@ -8,8 +8,9 @@ contract in docs/data-contracts.md) and the metrics written to ``metrics/pose.js
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
@@ -120,6 +121,29 @@ def crop_grid(
     grid[..., 0] = grid_x[:, None, :]
     grid[..., 1] = grid_y[:, :, None]
     return grid
+
+
+def crop_window(
+    boxes: np.ndarray, in_h: int, in_w: int, crop_size: tuple[int, int], normalize_factor: float = 200.0
+) -> np.ndarray:
+    """(n, 4) int64 rows y0, y1 and columns x0, x1 (ends exclusive) of the in_h x in_w frame pixels that the
+    crops of ``boxes`` can read (:func:`crop_grid`; clipped to the frame, empty where the crop lies outside).
+
+    The warp's samples run from center - region / 2 to center + region / 2; bilinear sampling reads the
+    pixel below a sample and the one after it. The window has one pixel more on each side, so that the
+    float32 rounding of the grid can never reach outside it.
+    """
+    center, region = crop_geometry(boxes, crop_size, normalize_factor)
+    low = np.floor(center - region / 2).astype(np.int64) - 1  # (n, 2) x, y
+    high = np.floor(center + region / 2).astype(np.int64) + 3
+    x0, x1 = low[:, 0].clip(0, in_w), high[:, 0].clip(0, in_w)
+    y0, y1 = low[:, 1].clip(0, in_h), high[:, 1].clip(0, in_h)
+    return np.stack([y0, y1, x0, x1], axis=1)
+
+
+def _warp(frames: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """(k, 3, H, W) float 0..255 frames and their :func:`crop_grid` -> crops (k, 3, S_h, S_w)."""
+    return F.grid_sample(frames, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -324,6 +348,7 @@ class PoseEstimator:
         self.device = device
         self.dtype = next(model.parameters()).dtype
         self._fast = self._fast_preprocess_spec(processor)
+        self._buffers = threading.local()  # the float frames of the CPU crop, per thread
 
     @classmethod
     def from_config(cls, cfg: PoseConfig) -> PoseEstimator:
@@ -365,21 +390,26 @@ class PoseEstimator:
             "bias": torch.tensor(-mean / std, dtype=torch.float32).view(1, 3, 1, 1),
         }
 
-    def preprocess(self, frames: np.ndarray | Sequence[np.ndarray], boxes: np.ndarray) -> torch.Tensor:
+    def preprocess(
+        self, frames: np.ndarray | Sequence[np.ndarray], boxes: np.ndarray, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Crops (n, 3, S_h, S_w) on the model's device and dtype, one per frame and box (x1, y1, x2, y2).
 
         ``frames`` is (n, H, W, 3) uint8 RGB, or a list of such pieces (their frames in order; sizes may
-        differ between pieces) so that a batch spanning videos needs no copy into one array. On the CPU the
-        frames are converted to float and warped a few at a time (:data:`CROP_CHUNK_BYTES` of float pixels),
-        so that the float frames stay in the core's cache: the pose worker's work per frame costs about a fifth
-        less than with one pass over the batch (``benchmarks/pose_worker.py``, ``docs/decisions.md`` 23).
-        Each crop depends only on its own frame and box, never on the batch.
+        differ between pieces) so that a batch spanning videos needs no copy into one array. With ``out``
+        (at least n crops of that shape, on the model's device) the crops are written into its first n rows
+        and those rows are returned, e.g. straight into a buffer shared with another process.
+
+        On the CPU the frames are converted to float and warped a few at a time (:data:`CROP_CHUNK_BYTES` of
+        float pixels), so that the float frames stay in the core's cache, and only the pixels the crops read
+        are converted (:func:`crop_window`): the pose worker's work per frame costs less than with one pass
+        over the batch (``benchmarks/pose_worker.py``, ``docs/decisions.md`` 23). Each crop depends only on its
+        own frame and box, never on the batch.
         """
         pieces = [frames] if isinstance(frames, np.ndarray) else list(frames)
-        if sum(len(piece) for piece in pieces) != len(boxes):
-            raise ValueError(
-                f"{sum(len(piece) for piece in pieces)} frames but {len(boxes)} boxes: one box per frame"
-            )
+        count = sum(len(piece) for piece in pieces)
+        if count != len(boxes):
+            raise ValueError(f"{count} frames but {len(boxes)} boxes: one box per frame")
         if self._fast is None:
             coco = xyxy_to_coco(boxes)
             pixel_values = self.processor(
@@ -387,33 +417,63 @@ class PoseEstimator:
                 boxes=[[box.tolist()] for box in coco],
                 return_tensors="pt",
             )["pixel_values"]
-            return pixel_values.to(self.device, self.dtype)
+            if out is None:
+                return pixel_values.to(self.device, self.dtype)
+            return out[:count].copy_(pixel_values)
         spec = self._fast
         crop_size = spec["size"]
-        crops, row = [], 0
+        if out is None:
+            out = torch.empty((count, 3, *crop_size), dtype=self.dtype, device=self.device)
+        elif len(out) < count or tuple(out.shape[1:]) != (3, *crop_size):
+            raise ValueError(
+                f"room for {len(out)} crops of {tuple(out.shape[1:])}; need {count} of {(3, *crop_size)}"
+            )
+        weight, bias = spec["weight"].to(self.device), spec["bias"].to(self.device)
+        row = 0
         for piece in pieces:
-            count, in_h, in_w = piece.shape[:3]
-            grid = crop_grid(boxes[row : row + count], in_h, in_w, crop_size, spec["normalize_factor"])
+            piece_boxes = boxes[row : row + len(piece)]
+            in_h, in_w = piece.shape[1:3]
+            grid = crop_grid(piece_boxes, in_h, in_w, crop_size, spec["normalize_factor"])
             grid = torch.from_numpy(grid).to(self.device, non_blocking=True)
-            step = max(1, CROP_CHUNK_BYTES // (in_h * in_w * 3 * 4)) if self.device.type == "cpu" else count
-            for first in range(0, count, step):
-                part = slice(first, first + step)
-                crops.append(
-                    F.grid_sample(
-                        frames_to_tensor(piece[part], self.device),  # (k, 3, H, W) 0..255
-                        grid[part],
-                        mode="bilinear",
-                        padding_mode="zeros",
-                        align_corners=True,
-                    )  # (k, 3, S_h, S_w)
-                )
-            row += count
-        crops = (
-            crops[0] if len(crops) == 1 else torch.cat(crops)
-        ).round_()  # the processor warps uint8 images
-        return torch.addcmul(spec["bias"].to(crops.device), crops, spec["weight"].to(crops.device)).to(
-            self.dtype
-        )
+            if self.device.type == "cpu":
+                window = crop_window(piece_boxes, in_h, in_w, crop_size, spec["normalize_factor"])
+                crops = self._crop_on_cpu(piece, grid, window)
+            else:
+                crops = [(0, _warp(frames_to_tensor(piece, self.device), grid))]
+            for first, crop in crops:
+                # the processor warps uint8 images: round, then rescale and normalise in one multiply-add
+                rows = slice(row + first, row + first + len(crop))
+                torch.addcmul(bias, crop.round_(), weight, out=out[rows])
+            row += len(piece)
+        return out[:count]
+
+    def _crop_on_cpu(
+        self, frames: np.ndarray, grid: torch.Tensor, window: np.ndarray
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Crops of ``frames`` (n, H, W, 3) uint8 on the CPU, 0..255 unrounded, :data:`CROP_CHUNK_BYTES` of
+        float frames at a time: (index of the chunk's first frame, its crops (k, 3, S_h, S_w)) per chunk.
+        Only the pixels the chunk's crops can read (the union of their :func:`crop_window`) are converted to
+        float, into a buffer kept for the next chunks; the warp reads nothing else, so the crops are those of
+        whole converted frames, bit for bit."""
+        count, in_h, in_w = frames.shape[:3]
+        step = max(1, CROP_CHUNK_BYTES // (in_h * in_w * 3 * 4))
+        buffer = self._float_frames(min(step, count), in_h, in_w)  # (k, H, W, 3) float32
+        for first in range(0, count, step):
+            part = slice(first, first + step)
+            k = len(frames[part])
+            y0, x0 = window[part, 0].min(), window[part, 2].min()
+            y1, x1 = window[part, 1].max(), window[part, 3].max()
+            if y1 > y0 and x1 > x0:
+                buffer[:k, y0:y1, x0:x1].copy_(torch.from_numpy(frames[part, y0:y1, x0:x1]))
+            yield first, _warp(buffer[:k].permute(0, 3, 1, 2), grid[part])
+
+    def _float_frames(self, count: int, height: int, width: int) -> torch.Tensor:
+        """A (count, height, width, 3) float32 buffer, zeroed when made and reused by later calls of the same
+        or a smaller count (per thread: a worker thread and the caller's never share one)."""
+        buffer = getattr(self._buffers, "frames", None)
+        if buffer is None or buffer.shape[1:3] != (height, width) or len(buffer) < count:
+            buffer = self._buffers.frames = torch.zeros(count, height, width, 3)
+        return buffer
 
     def ring(self, batch_size: int, slots: int = 3) -> Ring:
         """Shared-memory buffers for :func:`~transmodal.vision.offload.forked_pipeline`: ``slots`` batches of
@@ -617,9 +677,9 @@ def run_pose(
         xy, scores = layout.split(all_xy), layout.split(all_scores)
         total = sum(len(info.frame_idx) for info in videos.values())
 
-        def prepare(batch: list[FramePiece]):
+        def prepare(batch: list[FramePiece], out: torch.Tensor | None = None):
             """The usable frames of one batch: (frame count, targets, their boxes), their crops on the model's
-            device (None if the batch has no usable frame)."""
+            device (None if the batch has no usable frame), written into ``out`` if given."""
             frame_count = sum(len(piece.frame_idx) for piece in batch)
             targets, frames, crop_boxes = [], [], []
             for piece in batch:
@@ -631,8 +691,9 @@ def run_pose(
                     targets.append((piece.video_id, positions[keep]))
             if not targets:
                 return (frame_count, targets, None), None
-            pixel_values = estimator.preprocess(frames, np.concatenate(crop_boxes))  # no copy into one array
-            return (frame_count, targets, np.concatenate(crop_boxes)), pixel_values
+            crop_boxes = np.concatenate(crop_boxes)
+            pixel_values = estimator.preprocess(frames, crop_boxes, out)  # no copy into one array
+            return (frame_count, targets, crop_boxes), pixel_values
 
         def forward(prepared):
             pixel_values = prepared[1]
