@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -101,15 +102,16 @@ def forked_pipeline(
 
     In the child, for every item of ``batches`` (iterated in the child only): ``prepare(batch, out) -> (key,
     inputs)``, ``inputs`` a tensor of at most the ring's capacity items, or None (nothing to run); ``out`` is
-    the free input buffer of the ring the batch will go to: inputs written into its first rows and returned
-    as ``out[:n]`` need no copy. Once the forward is done, ``finish(key, outputs) -> count``, ``outputs`` a view into the ring (``finish(key,
-    None)`` where ``prepare`` gave no inputs). Here: ``forward(inputs) -> outputs`` (a tensor of the ring's
-    output shape) and ``progress(count)`` for every finished batch. When no prepared batch is waiting after
-    a forward (the child is behind), this process runs ``finish`` on that batch itself instead of idling, so
-    ``finish`` runs in either process: it must keep its results in shared memory (:func:`shared_array`),
-    and ``key`` is pickled (keep it small). The child keeps up to ``len(ring.inputs)`` batches in flight
-    and runs torch ops on one thread. An error in either process is raised here (the child's with its
-    traceback as a note); the child is stopped on any error here.
+    the free input buffer of the ring the batch will go to: inputs written into its first rows and returned as
+    ``out[:n]`` need no copy. Once the forward is done, ``finish(key, outputs) -> count``, ``outputs`` a view
+    into the ring (``finish(key, None)`` where ``prepare`` gave no inputs). Here: ``forward(inputs) -> outputs``
+    (a tensor of the ring's output shape) and ``progress(count)`` for every finished batch. When no prepared
+    batch is waiting after a forward (the child is behind), this process runs ``finish`` on that batch itself
+    instead of idling, so ``finish`` runs in either process: it must keep its results in shared memory
+    (:func:`shared_array`), and ``key`` is pickled (keep it small). The child keeps up to ``len(ring.inputs)``
+    batches in flight and runs torch ops on one thread. An error in either process is raised here (the child's
+    with its traceback as a note); the child is stopped on any error here and waited for. After a run without
+    error the function returns as soon as the child has sent its last message; a thread waits for its exit.
     """
     cpus = split_cpus()
     context = multiprocessing.get_context("fork")
@@ -127,6 +129,7 @@ def forked_pipeline(
         child.join()
         return RuntimeError(f"the {name} process exited (code {child.exitcode}) before finishing its batches")
 
+    ended = False
     try:
         with pinned(cpus[0] if cpus else None):
             while True:
@@ -158,12 +161,18 @@ def forked_pipeline(
                 elif kind == "error":
                     raise message[1]
                 else:  # "end": every batch was finished
+                    ended = True
                     break
     finally:
-        if child.is_alive():
-            child.terminate()  # an error or an interrupt here: the child has nothing left to do
-        child.join()
         here.close()
+        if ended:
+            # The child is exiting; the kernel takes tens of ms to unmap its copy of our memory. It runs on the
+            # child's core while we go on; a thread waits for it, so no zombie is left.
+            threading.Thread(target=child.join, name=f"{name} reaper", daemon=True).start()
+        else:
+            if child.is_alive():
+                child.terminate()  # an error or an interrupt here: the child has nothing left to do
+            child.join()
 
 
 def _child_loop(
