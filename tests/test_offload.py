@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from transmodal.params import ParamError, PoseConfig
-from transmodal.vision.offload import Ring, forked_pipeline, pinned, shared_array, split_cpus
+from transmodal.vision import offload
+from transmodal.vision.offload import Ring, forked_pipeline, pinned, shared_array, split_cpus, wait_for
 
 CAPACITY = 4
 
@@ -98,6 +99,34 @@ def test_inputs_prepared_in_place_go_to_a_free_slot_and_stay_untouched_during_th
     out, progress = run(batches, prepare=prepare, forward=forward)
     np.testing.assert_array_equal(out, 2 * np.array(batches).reshape(-1))
     assert progress == [2] * len(batches)
+
+
+def test_wait_for_polls_for_a_while_then_gives_up():
+    """wait_for keeps the core busy (CPU time, no sleep) until a message comes or its time is up."""
+    here, there = multiprocessing.get_context("fork").Pipe()
+    start, cpu = time.perf_counter(), time.thread_time()
+    assert wait_for(here, 0.05) is False  # nothing came
+    waited, busy = time.perf_counter() - start, time.thread_time() - cpu
+    assert waited >= 0.05 and busy >= 0.5 * waited  # polling, not sleeping
+    there.send("ready")
+    start = time.perf_counter()
+    assert wait_for(here, 10.0) is True and time.perf_counter() - start < 5  # returns on the message
+    here.close(), there.close()
+
+
+def test_both_processes_poll_before_they_block(monkeypatch):
+    parent = os.getpid()
+    calls = shared_array((2,), 0.0)  # wait_for calls (here, in the child)
+    real = offload.wait_for
+
+    def counted(conn, seconds=None):
+        calls[0 if os.getpid() == parent else 1] += 1
+        return real(conn, seconds)
+
+    monkeypatch.setattr(offload, "wait_for", counted)
+    out, _ = run([[1, 2], [3], [4, 5]], slots=1)  # one slot: the child waits for every forward
+    np.testing.assert_array_equal(out, [2, 4, 6, 8, 10])
+    assert calls[0] >= 3 and calls[1] >= 3
 
 
 @pytest.mark.parametrize("slow", ["child", "forward"])

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import pickle
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -25,6 +26,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+# Either process polls its end of the pipe this long before it blocks (``wait_for``)
+SPIN_SECONDS = 0.05
+
+
+def wait_for(conn, seconds: float | None = None) -> bool:
+    """Poll ``conn`` without sleeping until it has a message or ``seconds`` (default :data:`SPIN_SECONDS`) have
+    passed; whether a message is there. A process that blocks lets its core go idle; on a virtual machine,
+    waking an idle core costs each message a trip through the host, and the parent's forwards ran slower
+    beside a child that blocked than beside one that polled (``docs/decisions.md`` 26). Like OpenMP's spin-wait, the core is
+    kept busy only briefly: past ``seconds`` the caller blocks as before."""
+    deadline = time.perf_counter() + (SPIN_SECONDS if seconds is None else seconds)
+    while not conn.poll():
+        if time.perf_counter() >= deadline:
+            return False
+    return True
 
 
 @dataclass
@@ -133,6 +150,7 @@ def forked_pipeline(
     try:
         with pinned(cpus[0] if cpus else None):
             while True:
+                wait_for(here)
                 try:
                     message = here.recv()
                 except EOFError:
@@ -187,6 +205,7 @@ def _child_loop(
 
     def collect() -> None:
         """Wait for the oldest forward in flight, finish its batch unless the parent did, free its slot."""
+        wait_for(conn)
         slot, finished = conn.recv()
         key, count = in_flight.pop(slot)
         if not finished:
