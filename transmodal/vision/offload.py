@@ -35,8 +35,8 @@ def wait_for(conn, seconds: float | None = None) -> bool:
     """Poll ``conn`` without sleeping until it has a message or ``seconds`` (default :data:`SPIN_SECONDS`) have
     passed; whether a message is there. A process that blocks lets its core go idle; on a virtual machine,
     waking an idle core costs each message a trip through the host, and the parent's forwards ran slower
-    beside a child that blocked than beside one that polled (``docs/decisions.md`` 26). Like OpenMP's spin-wait, the core is
-    kept busy only briefly: past ``seconds`` the caller blocks as before."""
+    beside a child that blocked than beside one that polled (``docs/decisions.md`` 26). Like OpenMP's
+    spin-wait, the core is kept busy only briefly: past ``seconds`` the caller blocks as before."""
     deadline = time.perf_counter() + (SPIN_SECONDS if seconds is None else seconds)
     while not conn.poll():
         if time.perf_counter() >= deadline:
