@@ -118,17 +118,18 @@ def forked_pipeline(
     """Run ``forward`` here on every batch that a forked child prepares and (mostly) finishes.
 
     In the child, for every item of ``batches`` (iterated in the child only): ``prepare(batch, out) -> (key,
-    inputs)``, ``inputs`` a tensor of at most the ring's capacity items, or None (nothing to run); ``out`` is
-    the free input buffer of the ring the batch will go to: inputs written into its first rows and returned as
-    ``out[:n]`` need no copy. Once the forward is done, ``finish(key, outputs) -> count``, ``outputs`` a view
-    into the ring (``finish(key, None)`` where ``prepare`` gave no inputs). Here: ``forward(inputs) -> outputs``
-    (a tensor of the ring's output shape) and ``progress(count)`` for every finished batch. When no prepared
-    batch is waiting after a forward (the child is behind), this process runs ``finish`` on that batch itself
-    instead of idling, so ``finish`` runs in either process: it must keep its results in shared memory
-    (:func:`shared_array`), and ``key`` is pickled (keep it small). The child keeps up to ``len(ring.inputs)``
-    batches in flight and runs torch ops on one thread. An error in either process is raised here (the child's
-    with its traceback as a note); the child is stopped on any error here and waited for. After a run without
-    error the function returns as soon as the child has sent its last message; a thread waits for its exit.
+    inputs)``, ``inputs`` a tensor of at most the ring's capacity items, or None (nothing to run); ``out`` is the
+    free input buffer of the ring the batch will go to: inputs written into its first rows and returned as
+    ``out[:n]`` need no copy. Once the forward is done, ``finish(key, outputs) -> count``, ``outputs`` a view into
+    the ring (``finish(key, None)`` where ``prepare`` gave no inputs). Here: ``forward(inputs) -> outputs`` (a
+    tensor of the ring's output shape) and ``progress(count)`` for every finished batch (the child's counts travel
+    with its next message). When no prepared batch is waiting after a forward (the child is behind; whatever the
+    pipe holds is read first), this process runs ``finish`` on that batch itself instead of idling, so ``finish``
+    runs in either process: it must keep its results in shared memory (:func:`shared_array`), and ``key`` is pickled
+    with every batch (keep it to a few ints). The child keeps up to ``len(ring.inputs)`` batches in flight and runs
+    torch ops on one thread. An error in either process is raised here (the child's with its traceback as a note);
+    the child is stopped on any error here and waited for. After a run without error the function returns as soon as
+    the child has sent its last message; a thread waits for its exit.
     """
     cpus = split_cpus()
     context = multiprocessing.get_context("fork")
@@ -147,40 +148,52 @@ def forked_pipeline(
         return RuntimeError(f"the {name} process exited (code {child.exitcode}) before finishing its batches")
 
     ended = False
+    queued: deque = deque()  # messages taken from the pipe early (while deciding where to finish a batch)
+
+    def receive():
+        if queued:
+            return queued.popleft()
+        wait_for(here)
+        return take()
+
+    def take():
+        try:
+            message = here.recv()
+        except EOFError:
+            raise child_gone() from None
+        if message[0] == "error":
+            raise message[1]
+        return message
+
     try:
         with pinned(cpus[0] if cpus else None):
             while True:
-                wait_for(here)
-                try:
-                    message = here.recv()
-                except EOFError:
-                    raise child_gone() from None
-                kind = message[0]
-                if kind == "forward":
-                    _, slot, count, key = message
-                    outputs = forward(ring.inputs[slot][:count])
-                    if outputs.shape[1:] != ring.outputs[slot].shape[1:]:
-                        raise ValueError(
-                            f"the forward gave outputs of shape {tuple(outputs.shape[1:])} per item; the "
-                            f"{name}'s ring holds {tuple(ring.outputs[slot].shape[1:])}"
-                        )
-                    ring.outputs[slot][:count].copy_(outputs)
-                    # Nothing ready to run: the child is behind, so this batch is finished here rather than
-                    # waited for (its results go to the same shared memory; the child only frees the slot).
-                    finish_here = not here.poll()
-                    if finish_here:
-                        progress(finish(key, ring.outputs[slot][:count]))
-                    try:
-                        here.send((slot, finish_here))
-                    except OSError:  # a broken pipe: the child is gone
-                        raise child_gone() from None
-                elif kind == "done":
-                    progress(message[1])
-                elif kind == "error":
-                    raise message[1]
-                else:  # "end": every batch was finished
+                message = receive()
+                for count in message[-1]:  # batches the child finished since its last message
+                    progress(count)
+                if message[0] == "end":
                     ended = True
                     break
+                _, slot, count, key, _ = message
+                outputs = forward(ring.inputs[slot][:count])
+                if outputs.shape[1:] != ring.outputs[slot].shape[1:]:
+                    raise ValueError(
+                        f"the forward gave outputs of shape {tuple(outputs.shape[1:])} per item; the "
+                        f"{name}'s ring holds {tuple(ring.outputs[slot].shape[1:])}"
+                    )
+                ring.outputs[slot][:count].copy_(outputs)
+                # Whatever the child sent meanwhile, in turn after this batch ("end" cannot come before its slot)
+                while here.poll():
+                    queued.append(take())
+                # No prepared batch to run next: the child is behind, so this batch is finished here rather
+                # than waited for (its results go to the same shared memory; the child only frees the slot).
+                finish_here = not queued
+                if finish_here:
+                    progress(finish(key, ring.outputs[slot][:count]))
+                try:
+                    here.send((slot, finish_here))
+                except OSError:  # a broken pipe: the child is gone
+                    raise child_gone() from None
     finally:
         here.close()
         if ended:
@@ -202,6 +215,7 @@ def _child_loop(
         os.sched_setaffinity(0, cpus)
     free = deque(range(len(ring.inputs)))
     in_flight: dict[int, tuple] = {}  # slot -> (key, count)
+    done: list[int] = []  # counts of the batches finished here since the last message: sent with the next one
 
     def collect() -> None:
         """Wait for the oldest forward in flight, finish its batch unless the parent did, free its slot."""
@@ -209,7 +223,7 @@ def _child_loop(
         slot, finished = conn.recv()
         key, count = in_flight.pop(slot)
         if not finished:
-            conn.send(("done", finish(key, ring.outputs[slot][:count])))
+            done.append(finish(key, ring.outputs[slot][:count]))
         free.append(slot)
 
     try:
@@ -219,17 +233,18 @@ def _child_loop(
             slot = free[0]
             key, inputs = prepare(batch, ring.inputs[slot])
             if inputs is None:
-                conn.send(("done", finish(key, None)))
+                done.append(finish(key, None))
                 continue
             free.popleft()
             buffer = ring.inputs[slot][: len(inputs)]
             if inputs.data_ptr() != buffer.data_ptr() or inputs.stride() != buffer.stride():
                 buffer.copy_(inputs)  # not prepared in place
             in_flight[slot] = (key, len(inputs))
-            conn.send(("forward", slot, len(inputs), key))
+            conn.send(("forward", slot, len(inputs), key, tuple(done)))
+            done.clear()
         while in_flight:
             collect()
-        conn.send(("end",))
+        conn.send(("end", tuple(done)))
     except BaseException as err:  # raised in the parent
         try:
             conn.send(("error", _portable(err)))

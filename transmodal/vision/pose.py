@@ -673,27 +673,33 @@ def run_pose(
         metrics["cpu_worker"] = cpu_worker if on_cpu else "none (not on the CPU)"
         if cpu_worker == "process":  # the forked worker stores the keypoints: in memory shared with us
             all_xy, all_scores = shared_array(all_xy.shape, np.nan), shared_array(all_scores.shape, 0.0)
-        boxes, usable = layout.split(all_boxes), layout.split(~missing & ~empty)
-        xy, scores = layout.split(all_xy), layout.split(all_scores)
-        total = sum(len(info.frame_idx) for info in videos.values())
+        usable = ~missing & ~empty
+        first_row = dict(zip(layout.video_ids, layout.bounds[:-1].tolist(), strict=True))
+        total = len(layout.frame_idx)
 
         def prepare(batch: list[FramePiece], out: torch.Tensor | None = None):
-            """The usable frames of one batch: (frame count, targets, their boxes), their crops on the model's
-            device (None if the batch has no usable frame), written into ``out`` if given."""
-            frame_count = sum(len(piece.frame_idx) for piece in batch)
-            targets, frames, crop_boxes = [], [], []
+            """The usable frames of one batch: its key (first layout row, frame count), their crops on the
+            model's device (None if the batch has no usable frame), written into ``out`` if given. The key is
+            two ints: it crosses the worker's pipe, and the rest follows from it (:func:`batch_rows`)."""
+            start = first_row[batch[0].video_id] + batch[0].start
+            frames, row = [], start
             for piece in batch:
-                positions = np.arange(piece.start, piece.start + len(piece.frame_idx))
-                keep = usable[piece.video_id][positions]
+                if first_row[piece.video_id] + piece.start != row:
+                    raise RuntimeError(f"pose batches skipped layout rows at video {piece.video_id!r}")
+                keep = usable[row : row + len(piece.frame_idx)]
                 if keep.any():
                     frames.append(piece.frames if keep.all() else piece.frames[keep])
-                    crop_boxes.append(boxes[piece.video_id][positions[keep]])
-                    targets.append((piece.video_id, positions[keep]))
-            if not targets:
-                return (frame_count, targets, None), None
-            crop_boxes = np.concatenate(crop_boxes)
-            pixel_values = estimator.preprocess(frames, crop_boxes, out)  # no copy into one array
-            return (frame_count, targets, crop_boxes), pixel_values
+                row += len(piece.frame_idx)
+            key = (start, row - start)
+            if not frames:
+                return key, None
+            # the pieces' frames go to the crop as they are: no copy into one array
+            return key, estimator.preprocess(frames, all_boxes[batch_rows(key)], out)
+
+        def batch_rows(key) -> np.ndarray:
+            """The layout rows of a batch's usable frames, in the order of its crops."""
+            start, frame_count = key
+            return start + np.flatnonzero(usable[start : start + frame_count])
 
         def forward(prepared):
             pixel_values = prepared[1]
@@ -701,19 +707,16 @@ def run_pose(
 
         def decode(key, heatmaps):
             """Keypoints and scores (tensors on the device) of a batch's heatmaps, None for no heatmaps."""
-            return None if heatmaps is None else estimator.decode(SimpleNamespace(heatmaps=heatmaps), key[2])
+            if heatmaps is None:
+                return None
+            return estimator.decode(SimpleNamespace(heatmaps=heatmaps), all_boxes[batch_rows(key)])
 
         def store_keypoints(key, decoded) -> int:
             """Store a batch's decoded keypoints; its frame count (for the progress bar)."""
-            frame_count, targets, _ = key
             if decoded is not None:
-                keypoints, keypoint_scores = (t.cpu().numpy() for t in decoded)  # waits for the device
-                row = 0
-                for video_id, positions in targets:
-                    xy[video_id][positions] = keypoints[row : row + len(positions)]
-                    scores[video_id][positions] = keypoint_scores[row : row + len(positions)]
-                    row += len(positions)
-            return frame_count
+                rows = batch_rows(key)
+                all_xy[rows], all_scores[rows] = (t.cpu().numpy() for t in decoded)  # waits for the device
+            return key[1]
 
         def finish(key, heatmaps) -> int:
             return store_keypoints(key, decode(key, heatmaps))
