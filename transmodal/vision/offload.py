@@ -5,10 +5,11 @@ worker thread they share the interpreter lock with the forward, and a small mode
 between short ops, so each waits for the other. A forked process shares no lock: the parent runs the
 forward, the child reads and prepares the next batches and finishes (decodes and stores) the done ones;
 when the child falls behind, the parent finishes a batch itself rather than wait.
-Inputs and outputs travel through a ring of shared-memory tensors allocated once (no copies through the
-pipe, no allocation per batch); the child stores its results in shared memory too (:func:`shared_array`),
-so the pipe carries only slot numbers and frame counts. Where the platform allows, the child runs on one
-core of those this process may use and the parent's forward on the others, so the two never trade places.
+Inputs and outputs travel through a ring of shared-memory tensors allocated once (no copies, no allocation
+per batch); the child stores its results in shared memory too (:func:`shared_array`), and the messages (slot
+numbers, counts, a batch's small key) pass through shared memory as well (:class:`Channel`); only an error
+crosses a pipe. Where the platform allows, the child runs on one core of those this process may use and the
+parent's forward on the others, so the two never trade places.
 """
 
 from __future__ import annotations
@@ -27,21 +28,94 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# Either process polls its end of the pipe this long before it blocks (``wait_for``)
+# Either process polls for a message this long before it blocks (``wait_until``)
 SPIN_SECONDS = 0.05
+# The most bytes a batch's key may take pickled (it travels with the batch's message)
+KEY_BYTES = 256
 
 
-def wait_for(conn, seconds: float | None = None) -> bool:
-    """Poll ``conn`` without sleeping until it has a message or ``seconds`` (default :data:`SPIN_SECONDS`) have
-    passed; whether a message is there. A process that blocks lets its core go idle; on a virtual machine,
-    waking an idle core costs each message a trip through the host, and the parent's forwards ran slower
-    beside a child that blocked than beside one that polled (``docs/decisions.md`` 26). Like OpenMP's
-    spin-wait, the core is kept busy only briefly: past ``seconds`` the caller blocks as before."""
+def wait_until(ready: Callable[[], bool], seconds: float | None = None) -> bool:
+    """Ask ``ready()`` without sleeping until it is True or ``seconds`` (default :data:`SPIN_SECONDS`) have
+    passed; whether it became True. A process that blocks lets its core go idle; on a virtual machine, waking
+    an idle core costs each message a trip through the host, and the parent's forwards ran slower beside a
+    child that blocked than beside one that polled (``docs/decisions.md`` 26). Like OpenMP's spin-wait, the
+    core is kept busy only briefly: past ``seconds`` the caller blocks as before."""
     deadline = time.perf_counter() + (SPIN_SECONDS if seconds is None else seconds)
-    while not conn.poll():
+    while not ready():
         if time.perf_counter() >= deadline:
             return False
     return True
+
+
+class Gone(Exception):
+    """The process at the other end of a :class:`Channel` has exited."""
+
+
+class Channel:
+    """Records passed one way between two processes, in order, through shared memory.
+
+    A record is ``width`` int64 fields and, if ``blob_bytes`` > 0, one object pickled into at most that many
+    bytes. A semaphore counts the records written and not yet taken; its post (in :meth:`send`) and its wait
+    (in :meth:`poll` and :meth:`receive`) order the memory accesses, so the reader sees a record whole on any
+    CPU. While neither side has to block, sending and taking a record make no system call; a pipe message
+    makes two or three (``docs/decisions.md`` 28). At most ``capacity`` records may be in the channel at once:
+    the protocol that uses it must guarantee that (:meth:`send` cannot see what the reader has taken). Made
+    before the fork; each process then counts the records it sent or took on its own.
+    """
+
+    def __init__(self, context, capacity: int, width: int, blob_bytes: int = 0):
+        self.capacity, self.width = capacity, width
+        self.fields = torch.zeros((capacity, width + 1), dtype=torch.int64).share_memory_().numpy()
+        self.blobs = None
+        if blob_bytes:
+            self.blobs = torch.zeros((capacity, blob_bytes), dtype=torch.uint8).share_memory_().numpy()
+        self.ready = context.Semaphore(0)
+        self.sent = self.taken = 0
+        self.acquired = (
+            0  # records counted off the semaphore (by poll or receive); those not taken are waiting
+        )
+
+    def send(self, fields: tuple[int, ...], blob=None) -> None:
+        """Write one record: ``fields`` (at most ``width`` ints, the rest 0) and ``blob`` (pickled)."""
+        at = self.sent % self.capacity
+        self.fields[at, : self.width] = 0
+        self.fields[at, : len(fields)] = fields
+        if self.blobs is not None:
+            data = pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL)
+            if len(data) > self.blobs.shape[1]:
+                raise ValueError(
+                    f"a message's key pickles to {len(data)} bytes; at most {self.blobs.shape[1]} fit "
+                    f"(offload.KEY_BYTES): keep a batch's key to a few ints"
+                )
+            self.fields[at, self.width] = len(data)
+            self.blobs[at, : len(data)] = np.frombuffer(data, np.uint8)
+        self.sent += 1
+        self.ready.release()
+
+    def poll(self) -> bool:
+        """Whether a record is waiting, without waiting."""
+        if self.acquired > self.taken:
+            return True
+        if self.ready.acquire(False):
+            self.acquired += 1
+            return True
+        return False
+
+    def receive(self, alive: Callable[[], bool]) -> tuple[tuple[int, ...], object]:
+        """The next record: (its fields, its object or None). Polled for (:func:`wait_until`), then waited for;
+        meanwhile ``alive()`` is asked every 0.1 s, and a False raises :class:`Gone`."""
+        if not wait_until(self.poll):
+            while not self.ready.acquire(timeout=0.1):
+                if not alive():
+                    raise Gone("the process at the other end has exited")
+            self.acquired += 1
+        at = self.taken % self.capacity
+        fields = tuple(self.fields[at, : self.width].tolist())
+        blob = None
+        if self.blobs is not None:
+            blob = pickle.loads(self.blobs[at, : self.fields[at, self.width]].tobytes())
+        self.taken += 1
+        return fields, blob
 
 
 @dataclass
@@ -106,6 +180,9 @@ def pinned(cpus: list[int] | None):
         _set_affinity_of_all_threads(before)
 
 
+FORWARD, END, ERROR = 0, 1, 2  # the kinds of the child's messages
+
+
 def forked_pipeline(
     batches: Iterable,
     prepare: Callable,
@@ -122,21 +199,42 @@ def forked_pipeline(
     free input buffer of the ring the batch will go to: inputs written into its first rows and returned as
     ``out[:n]`` need no copy. Once the forward is done, ``finish(key, outputs) -> count``, ``outputs`` a view into
     the ring (``finish(key, None)`` where ``prepare`` gave no inputs). Here: ``forward(inputs) -> outputs`` (a
-    tensor of the ring's output shape) and ``progress(count)`` for every finished batch (the child's counts travel
-    with its next message). When no prepared batch is waiting after a forward (the child is behind; whatever the
-    pipe holds is read first), this process runs ``finish`` on that batch itself instead of idling, so ``finish``
-    runs in either process: it must keep its results in shared memory (:func:`shared_array`), and ``key`` is pickled
-    with every batch (keep it to a few ints). The child keeps up to ``len(ring.inputs)`` batches in flight and runs
-    torch ops on one thread. An error in either process is raised here (the child's with its traceback as a note);
-    the child is stopped on any error here and waited for. After a run without error the function returns as soon as
-    the child has sent its last message; a thread waits for its exit.
+    tensor of the ring's output shape) and ``progress(count)`` for the batches finished (the child's counts travel
+    summed with its next message). When no prepared batch is waiting after a forward (the child is behind), this
+    process runs ``finish`` on that batch itself instead of idling, so ``finish`` runs in either process: it must
+    keep its results in shared memory (:func:`shared_array`), and ``key`` is pickled with every batch (at most
+    :data:`KEY_BYTES` bytes: a few ints). The child keeps up to ``len(ring.inputs)`` batches in flight and runs
+    torch ops on one thread. Messages go through shared memory (:class:`Channel`); an error in either process is
+    raised here (the child's, through a pipe, with its traceback as a note); the child is stopped on any error
+    here and waited for. After a run without error the function returns as soon as the child has sent its last
+    message; a thread waits for its exit.
     """
     cpus = split_cpus()
     context = multiprocessing.get_context("fork")
-    here, there = context.Pipe()
+    slots = len(ring.inputs)
+    # To here: (kind, slot, item count, frames the child finished since its last message) and the batch's key.
+    # At most `slots` forward messages are unanswered (a slot is free again only once its answer is read), and
+    # "end" or "error" comes last. To the child: (slot, whether its batch was finished here), one per forward.
+    inbox, outbox = (
+        Channel(context, slots + 2, 4, KEY_BYTES),
+        Channel(context, slots + 1, 2),
+    )
+    here, there = context.Pipe()  # the child's error, pickled whole (of any size)
+    parent_pid = os.getpid()
     child = context.Process(
         target=_child_loop,
-        args=(there, here, batches, prepare, finish, ring, cpus[1] if cpus else None),
+        args=(
+            there,
+            here,
+            inbox,
+            outbox,
+            batches,
+            prepare,
+            finish,
+            ring,
+            cpus[1] if cpus else None,
+            parent_pid,
+        ),
         name=name,
         daemon=True,
     )
@@ -148,33 +246,23 @@ def forked_pipeline(
         return RuntimeError(f"the {name} process exited (code {child.exitcode}) before finishing its batches")
 
     ended = False
-    queued: deque = deque()  # messages taken from the pipe early (while deciding where to finish a batch)
-
-    def receive():
-        if queued:
-            return queued.popleft()
-        wait_for(here)
-        return take()
-
-    def take():
-        try:
-            message = here.recv()
-        except EOFError:
-            raise child_gone() from None
-        if message[0] == "error":
-            raise message[1]
-        return message
-
     try:
         with pinned(cpus[0] if cpus else None):
             while True:
-                message = receive()
-                for count in message[-1]:  # batches the child finished since its last message
-                    progress(count)
-                if message[0] == "end":
+                try:
+                    (kind, slot, count, done), key = inbox.receive(child.is_alive)
+                except Gone:
+                    raise child_gone() from None
+                if done:
+                    progress(done)
+                if kind == END:
                     ended = True
                     break
-                _, slot, count, key, _ = message
+                if kind == ERROR:
+                    try:
+                        raise here.recv()
+                    except EOFError:
+                        raise child_gone() from None
                 outputs = forward(ring.inputs[slot][:count])
                 if outputs.shape[1:] != ring.outputs[slot].shape[1:]:
                     raise ValueError(
@@ -182,18 +270,13 @@ def forked_pipeline(
                         f"{name}'s ring holds {tuple(ring.outputs[slot].shape[1:])}"
                     )
                 ring.outputs[slot][:count].copy_(outputs)
-                # Whatever the child sent meanwhile, in turn after this batch ("end" cannot come before its slot)
-                while here.poll():
-                    queued.append(take())
                 # No prepared batch to run next: the child is behind, so this batch is finished here rather
                 # than waited for (its results go to the same shared memory; the child only frees the slot).
-                finish_here = not queued
+                # ("end" cannot be waiting: the child sends it after this batch's answer.)
+                finish_here = not inbox.poll()
                 if finish_here:
                     progress(finish(key, ring.outputs[slot][:count]))
-                try:
-                    here.send((slot, finish_here))
-                except OSError:  # a broken pipe: the child is gone
-                    raise child_gone() from None
+                outbox.send((slot, finish_here))
     finally:
         here.close()
         if ended:
@@ -207,23 +290,35 @@ def forked_pipeline(
 
 
 def _child_loop(
-    conn, parent_end, batches: Iterable, prepare: Callable, finish: Callable, ring: Ring, cpus
+    conn,
+    parent_end,
+    outbox: Channel,
+    inbox: Channel,
+    batches: Iterable,
+    prepare: Callable,
+    finish: Callable,
+    ring: Ring,
+    cpus,
+    parent_pid: int,
 ) -> None:
-    parent_end.close()  # the parent's end, inherited: closed, so that a parent that dies reads as EOF here
+    parent_end.close()  # the parent's end of the error pipe, inherited: not ours to hold
     torch.set_num_threads(1)  # the parent's forward has the other cores
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
     free = deque(range(len(ring.inputs)))
     in_flight: dict[int, tuple] = {}  # slot -> (key, count)
-    done: list[int] = []  # counts of the batches finished here since the last message: sent with the next one
+    done = 0  # frames of the batches finished here since the last record: sent with the next one
+
+    def parent_alive() -> bool:
+        return os.getppid() == parent_pid
 
     def collect() -> None:
         """Wait for the oldest forward in flight, finish its batch unless the parent did, free its slot."""
-        wait_for(conn)
-        slot, finished = conn.recv()
+        nonlocal done
+        (slot, finished), _ = inbox.receive(parent_alive)
         key, count = in_flight.pop(slot)
         if not finished:
-            done.append(finish(key, ring.outputs[slot][:count]))
+            done += finish(key, ring.outputs[slot][:count])
         free.append(slot)
 
     try:
@@ -233,21 +328,24 @@ def _child_loop(
             slot = free[0]
             key, inputs = prepare(batch, ring.inputs[slot])
             if inputs is None:
-                done.append(finish(key, None))
+                done += finish(key, None)
                 continue
             free.popleft()
             buffer = ring.inputs[slot][: len(inputs)]
             if inputs.data_ptr() != buffer.data_ptr() or inputs.stride() != buffer.stride():
                 buffer.copy_(inputs)  # not prepared in place
             in_flight[slot] = (key, len(inputs))
-            conn.send(("forward", slot, len(inputs), key, tuple(done)))
-            done.clear()
+            outbox.send((FORWARD, slot, len(inputs), done), key)
+            done = 0
         while in_flight:
             collect()
-        conn.send(("end", tuple(done)))
+        outbox.send((END, 0, 0, done))
+    except Gone:  # the parent is gone
+        pass
     except BaseException as err:  # raised in the parent
         try:
-            conn.send(("error", _portable(err)))
+            outbox.send((ERROR, 0, 0, 0))  # first: the error may not fit in the pipe until the parent reads
+            conn.send(_portable(err))
         except (OSError, EOFError):  # the parent is gone
             pass
 

@@ -680,7 +680,8 @@ def run_pose(
         def prepare(batch: list[FramePiece], out: torch.Tensor | None = None):
             """The usable frames of one batch: its key (first layout row, frame count), their crops on the
             model's device (None if the batch has no usable frame), written into ``out`` if given. The key is
-            two ints: it crosses the worker's pipe, and the rest follows from it (:func:`batch_rows`)."""
+            two ints: it travels with the batch's message to the worker, and the rest follows from it
+            (:func:`batch_rows`)."""
             start = first_row[batch[0].video_id] + batch[0].start
             frames, row = [], start
             for piece in batch:
