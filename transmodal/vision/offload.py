@@ -71,9 +71,8 @@ class Channel:
             self.blobs = torch.zeros((capacity, blob_bytes), dtype=torch.uint8).share_memory_().numpy()
         self.ready = context.Semaphore(0)
         self.sent = self.taken = 0
-        self.acquired = (
-            0  # records counted off the semaphore (by poll or receive); those not taken are waiting
-        )
+        # records counted off the semaphore (by poll or receive): those not yet taken are waiting
+        self.acquired = 0
 
     def send(self, fields: tuple[int, ...], blob=None) -> None:
         """Write one record: ``fields`` (at most ``width`` ints, the rest 0) and ``blob`` (pickled)."""
@@ -215,10 +214,7 @@ def forked_pipeline(
     # To here: (kind, slot, item count, frames the child finished since its last message) and the batch's key.
     # At most `slots` forward messages are unanswered (a slot is free again only once its answer is read), and
     # "end" or "error" comes last. To the child: (slot, whether its batch was finished here), one per forward.
-    inbox, outbox = (
-        Channel(context, slots + 2, 4, KEY_BYTES),
-        Channel(context, slots + 1, 2),
-    )
+    inbox, outbox = Channel(context, slots + 2, 4, KEY_BYTES), Channel(context, slots + 1, 2)
     here, there = context.Pipe()  # the child's error, pickled whole (of any size)
     parent_pid = os.getpid()
     child = context.Process(
