@@ -65,10 +65,8 @@ class Channel:
 
     def __init__(self, context, capacity: int, width: int, blob_bytes: int = 0):
         self.capacity, self.width = capacity, width
-        self.fields = torch.zeros((capacity, width + 1), dtype=torch.int64).share_memory_().numpy()
-        self.blobs = None
-        if blob_bytes:
-            self.blobs = torch.zeros((capacity, blob_bytes), dtype=torch.uint8).share_memory_().numpy()
+        self.fields = shared_array((capacity, width + 1), 0, torch.int64)  # the last field: the object's size
+        self.blobs = shared_array((capacity, blob_bytes), 0, torch.uint8) if blob_bytes else None
         self.ready = context.Semaphore(0)
         self.sent = self.taken = 0
         # records counted off the semaphore (by poll or receive): those not yet taken are waiting
@@ -140,10 +138,10 @@ class Ring:
         return cls(buffers(input_shape, input_dtype), buffers(output_shape, output_dtype))
 
 
-def shared_array(shape: tuple[int, ...], fill: float) -> np.ndarray:
-    """A float64 array filled with ``fill`` in shared memory: what a forked child writes into it, this
-    process reads."""
-    return torch.full(shape, fill, dtype=torch.float64).share_memory_().numpy()
+def shared_array(shape: tuple[int, ...], fill: float, dtype: torch.dtype = torch.float64) -> np.ndarray:
+    """An array (float64 unless ``dtype`` says otherwise) filled with ``fill`` in shared memory: what a forked
+    child writes into it, this process reads."""
+    return torch.full(shape, fill, dtype=dtype).share_memory_().numpy()
 
 
 def split_cpus() -> tuple[list[int], list[int]] | None:
