@@ -1,12 +1,11 @@
 """Stage detect: RT-DETR person boxes linked by ByteTrack, one primary track per video -> data/tracks.parquet."""
 
-from transmodal.vision.detect import run_detect
-
 from transmodal.data.annotations import load_annotations
 from transmodal.data.frames import FrameStore
 from transmodal.io import write_json, write_parquet
 from transmodal.params import section
 from transmodal.stage import run_stage
+from transmodal.vision.detect import run_detect
 
 
 def main(params: dict) -> None:

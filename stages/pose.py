@@ -1,13 +1,13 @@
 """Stage pose: ViTPose++ COCO-17 keypoints on each video's primary track -> data/keypoints.parquet."""
 
 import pandas as pd
-from transmodal.vision.pose import run_pose
 
 from transmodal.data.annotations import load_annotations
 from transmodal.data.frames import FrameStore
 from transmodal.io import write_json, write_parquet
 from transmodal.params import section
 from transmodal.stage import run_stage
+from transmodal.vision.pose import run_pose
 
 
 def main(params: dict) -> None:

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from transmodal.data.synth import generate
-
 from transmodal.io import write_json
 from transmodal.params import section
 from transmodal.stage import run_stage

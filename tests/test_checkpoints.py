@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import VideoMAEModel
 
+from transmodal.params import CheckpointError
 from transmodal.vision.checkpoints import (
-    CheckpointError,
     load_model,
     pick_device,
     pick_dtype,

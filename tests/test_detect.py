@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.data.synth import VideoSpec, render_video, write_avi
-from transmodal.params import DetectConfig, ParamError
-from transmodal.vision.checkpoints import CheckpointError
-from transmodal.vision.detect import (
-    PersonDetector,
-    cpu_threads,
-    forward_threads,
-    overlapped,
-    run_detect,
-)
+from transmodal.params import CheckpointError, DetectConfig, ParamError
+from transmodal.vision.batches import iter_frame_batches, pipelined, stored_videos
+from transmodal.vision.detect import PersonDetector, run_detect
 from transmodal.vision.quality import box_iou, detection_quality
 from transmodal.vision.track import (
     TRACK_COLUMNS,
@@ -519,64 +511,41 @@ def test_unknown_person_label_names_the_param(dataset, tiny_checkpoints):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The CPU pipeline shared with the pose stage
+# Frame batches shared with the pose stage
 
 
-def test_overlapped_finishes_every_batch_in_order_with_the_forward_on_the_calling_thread():
-    caller = threading.get_ident()
-    seen = []
-
-    def prepare(batch):
-        return (batch, threading.get_ident())
-
-    def forward(prepared):
-        assert threading.get_ident() == caller
-        return prepared[0] * 10
-
-    def finish(batch, prepared, outputs):
-        seen.append((batch, prepared[0], outputs, threading.get_ident()))
-
-    overlapped(iter(range(7)), prepare, forward, finish)
-    assert [(b, p, o) for b, p, o, _ in seen] == [(b, b, 10 * b) for b in range(7)]
-    assert all(thread != caller for *_, thread in seen)  # finish runs on the worker
-    overlapped(iter([]), prepare, forward, finish)  # no batches: nothing to do
-
-
-@pytest.mark.parametrize("stage", ["read", "prepare", "forward", "finish"])
-def test_overlapped_raises_an_error_of_any_stage(stage):
-    def fail_at(name, value=None):
-        def step(*args):
-            if name == stage and args[0] in (3, (3,)):
-                raise RuntimeError(f"{name} failed")
-            return value if value is not None else args[0]
-
-        return step
-
-    def batches():
-        for batch in range(6):
-            fail_at("read")(batch)
-            yield batch
-
-    with pytest.raises(RuntimeError, match=f"{stage} failed"):
-        overlapped(
-            batches(), fail_at("prepare"), lambda prepared: fail_at("forward")(prepared), fail_at("finish")
-        )
+def test_frame_batches_span_videos_in_order_and_every_batch_but_the_last_is_full(dataset):
+    store, _ = dataset
+    videos = stored_videos(store)
+    assert list(videos) == store.video_ids and "broken" not in videos
+    batches = list(iter_frame_batches(store, list(videos), 5))
+    assert [sum(len(piece.frame_idx) for piece in batch) for batch in batches][:-1] == [5] * (
+        len(batches) - 1
+    )
+    pieces = [piece for batch in batches for piece in batch]
+    for video_id, info in videos.items():
+        mine = [piece for piece in pieces if piece.video_id == video_id]
+        assert [piece.start for piece in mine] == np.cumsum([0] + [len(p.frame_idx) for p in mine])[
+            :-1
+        ].tolist()
+        np.testing.assert_array_equal(np.concatenate([piece.frame_idx for piece in mine]), info.frame_idx)
+        np.testing.assert_array_equal(np.concatenate([p.frames for p in mine]), store.read(video_id)[1])
+    assert any(len({piece.video_id for piece in batch}) > 1 for batch in batches)  # a batch spans videos
 
 
-def test_cpu_threads_leave_one_core_to_the_pipeline_and_restore_torch_threads():
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
-        with cpu_threads(torch.device("cpu"), overlap=True) as threads:
-            assert threads == torch.get_num_threads() == 2
-        assert torch.get_num_threads() == 3
-        with cpu_threads(torch.device("cpu"), overlap=False) as threads:
-            assert threads == torch.get_num_threads() == 3
-        assert forward_threads(torch.device("cuda"), overlap=True) == 3  # a GPU forward: unchanged
-        with pytest.raises(ValueError), cpu_threads(torch.device("cpu"), overlap=True):
-            raise ValueError
-        assert torch.get_num_threads() == 3
-        torch.set_num_threads(1)
-        assert forward_threads(torch.device("cpu"), overlap=True) == 1  # never below one
-    finally:
-        torch.set_num_threads(before)
+def test_pipelined_launches_the_next_batch_before_finishing_one():
+    events = []
+    pipelined(
+        iter(range(3)),
+        lambda b: events.append(("launch", b)) or b * 10,
+        lambda b, out: events.append(("finish", b, out)),
+    )
+    assert events == [
+        ("launch", 0),
+        ("launch", 1),
+        ("finish", 0, 0),
+        ("launch", 2),
+        ("finish", 1, 10),
+        ("finish", 2, 20),
+    ]
+    pipelined(iter([]), None, None)  # no batches: nothing called

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import base64
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,19 +17,11 @@ import torch.nn.functional as F
 from tests.test_detect import GAP_ABSENT_KEPT, MIXED_SIZES, build_mixed_size_dataset
 from transmodal.data.coco import joint_columns
 from transmodal.data.frames import FrameStore
-from transmodal.params import DetectConfig, ParamError, PoseConfig
-from transmodal.vision.checkpoints import CheckpointError
+from transmodal.params import CheckpointError, DetectConfig, ParamError, PoseConfig
 from transmodal.vision.detect import run_detect
-from transmodal.vision.pose import (
-    KEYPOINT_COLUMNS,
-    PoseEstimator,
-    _decode_heatmaps_numpy,
-    _decode_heatmaps_torch,
-    crop_geometry,
-    crop_grid,
-    decode_heatmaps,
-    run_pose,
-)
+from transmodal.vision.pose import KEYPOINT_COLUMNS, run_pose
+from transmodal.vision.pose_crop import crop_geometry, crop_grid
+from transmodal.vision.pose_estimator import PoseEstimator
 from transmodal.vision.quality import pose_quality
 
 
@@ -238,11 +230,9 @@ def test_crops_match_the_checkpoints_processor(dataset, tiny_checkpoints):
     assert float((got - expected).abs().max()) <= 1 / 255 / std + 1e-5  # uint8 rounding only
 
 
-def test_crops_do_not_depend_on_chunks_or_pieces(dataset, tiny_checkpoints, monkeypatch):
-    """On the CPU frames are warped a few at a time (CROP_CHUNK_BYTES) and a batch may come as pieces of
-    different frame sizes: each crop is the same, bit for bit, however the frames are chunked or split."""
-    import transmodal.vision.pose as pose
-
+def test_crops_do_not_depend_on_pieces(dataset, tiny_checkpoints):
+    """A batch may come as pieces of different frame sizes (one per video): each crop is the same, bit for
+    bit, as the warp of its whole frame converted to float."""
     store, _ = dataset
     estimator = PoseEstimator.from_config(
         PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu")
@@ -254,34 +244,19 @@ def test_crops_do_not_depend_on_chunks_or_pieces(dataset, tiny_checkpoints, monk
     boxes = np.stack([x1, y1, x1 + rng.uniform(5, 80, 7), y1 + rng.uniform(10, 100, 7)], 1)
     large = np.stack([cv2.resize(frame, (200, 150)) for frame in frames[:3]])  # another frame size
     large_boxes = boxes[:3] * 1.25
-    frame_bytes = frames[0].size * 4  # float pixels of one frame
-    # white frames first: the float buffer the crops reuse then holds 255 wherever a crop could read a pixel
-    # that was not converted for it
-    estimator.preprocess(np.full_like(frames, 255), np.tile([[0.0, 0, 160, 120]], (7, 1)))
-    expected = estimator.preprocess(frames, boxes)  # the default chunking
-    # the same as warping the whole frames converted to float (only the pixels the crops read are converted)
+    expected = estimator.preprocess(frames, boxes)
     spec = estimator._fast
-    grid = torch.from_numpy(pose.crop_grid(boxes, *frames.shape[1:3], spec["size"]))
+    grid = torch.from_numpy(crop_grid(boxes, *frames.shape[1:3], spec["size"]))
     whole = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     warped = F.grid_sample(whole, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     assert torch.equal(expected, torch.addcmul(spec["bias"], warped.round(), spec["weight"]))
     expected_large = estimator.preprocess(large, large_boxes)
-    for chunk_frames in (1, 2, 3, 100):
-        monkeypatch.setattr(pose, "CROP_CHUNK_BYTES", chunk_frames * frame_bytes)
-        assert torch.equal(estimator.preprocess(frames, boxes), expected)
-        pieces = [frames[:2], large, frames[2:]]  # sizes mixed in one batch
-        got = estimator.preprocess(pieces, np.concatenate([boxes[:2], large_boxes, boxes[2:]]))
-        assert torch.equal(got, torch.cat([expected[:2], expected_large, expected[2:]]))
+    pieces = [frames[:2], large, frames[2:]]  # sizes mixed in one batch
+    got = estimator.preprocess(pieces, np.concatenate([boxes[:2], large_boxes, boxes[2:]]))
+    assert torch.equal(got, torch.cat([expected[:2], expected_large, expected[2:]]))
+    assert torch.equal(estimator.preprocess([frames[:3], frames[3:]], boxes), expected)
     with pytest.raises(ValueError, match="7 frames but 6 boxes"):
         estimator.preprocess(frames, boxes[:6])
-
-    # into a given buffer (the forked worker's shared ring): its first rows, the rest untouched
-    out = torch.full((9, *expected.shape[1:]), float("nan"))
-    got = estimator.preprocess([frames[:3], frames[3:]], boxes, out=out)
-    assert got.data_ptr() == out.data_ptr() and torch.equal(out[:7], expected)
-    assert out[7:].isnan().all()
-    with pytest.raises(ValueError, match=r"room for 6 crops"):
-        estimator.preprocess(frames, boxes, out=out[:6])
 
 
 def test_heatmap_decoding_matches_the_processors_post_processing(dataset, tiny_checkpoints):
@@ -320,49 +295,6 @@ def test_heatmap_decoding_matches_the_processors_post_processing(dataset, tiny_c
     np.testing.assert_array_equal(scores, expected_scores)
 
 
-def peaked_heatmaps(rng, n: int, joints: int, h: int, w: int) -> np.ndarray:
-    """Trained-model-like heatmaps (n, J, h, w) float32: a gaussian peak (some at the border) over low noise."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    peaks = np.stack([rng.uniform(-0.5, w - 0.5, (n, joints)), rng.uniform(-0.5, h - 0.5, (n, joints))], -1)
-    blob = np.exp(
-        -((xx - peaks[..., 0, None, None]) ** 2 + (yy - peaks[..., 1, None, None]) ** 2) / (2 * 1.5**2)
-    )
-    return (0.9 * blob + rng.uniform(0, 0.02, (n, joints, h, w))).astype(np.float32)
-
-
-def test_numpy_heatmap_decoding_is_the_torch_version_bit_for_bit(dataset, tiny_checkpoints):
-    """On the CPU heatmaps are decoded in numpy: same dtypes, same order of the blur's sums, torch's log."""
-    rng = np.random.default_rng(0)
-    n, joints = 8, 17
-    boxes = np.stack(
-        [rng.uniform(0, 60, n), rng.uniform(0, 40, n), rng.uniform(80, 160, n), rng.uniform(70, 120, n)], 1
-    )
-    # the real ViTPose size, the tiny model's, and maps smaller than the blur (reflected more than once)
-    for h, w in ((64, 48), (16, 12), (5, 4)):
-        heatmaps = peaked_heatmaps(rng, n, joints, h, w)
-        heatmaps[0, 0] = -np.abs(heatmaps[0, 0])  # no positive value: the placeholder
-        heatmaps[0, 1] = 0.0  # flat
-        heatmaps[1, 2, 0, 0] = np.nan
-        for dtype in (np.float32, np.float64):
-            maps = heatmaps.astype(dtype)
-            expected = _decode_heatmaps_torch(torch.from_numpy(maps), boxes, (256, 192))
-            got = _decode_heatmaps_numpy(maps, boxes, (256, 192))
-            for value, reference in zip(got, expected, strict=True):
-                assert value.dtype == np.float32
-                np.testing.assert_array_equal(value, reference.numpy())  # NaN where NaN
-    # the tiny model's nearly flat heatmaps, where DARK's Newton step is ill-conditioned
-    estimator = PoseEstimator.from_config(
-        PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu")
-    )
-    store, _ = dataset
-    _, frames = store.read("duo")
-    heatmaps = estimator.forward(estimator.preprocess(frames[:n], boxes)).heatmaps
-    expected = _decode_heatmaps_torch(heatmaps, boxes, (64, 48))
-    got = decode_heatmaps(heatmaps, boxes, (64, 48))  # the CPU path
-    for value, reference in zip(got, expected, strict=True):
-        assert torch.equal(value, reference)
-
-
 def test_crop_grid_samples_the_padded_box(tiny_checkpoints):
     """grid_sample's grid (align_corners) maps output pixel u to input x = u * roi_w / (S_w - 1) + x0."""
     boxes = np.array([[10, 20, 40, 100], [0, 0, 160, 120], [120, -10, 175, 130]], float)
@@ -381,63 +313,54 @@ def test_crop_grid_samples_the_padded_box(tiny_checkpoints):
     assert (grid[:, :, :, 1][np.broadcast_to(~inside_y[:, :, None], (3, 64, 48))] == 3).all()
 
 
-def test_process_thread_and_plain_loop_give_the_same_keypoints(
-    dataset, gt_tracks, tiny_checkpoints, monkeypatch
-):
+GOLDEN = Path(__file__).parent / "data" / "pose_keypoints_golden.json"
+
+
+def golden_array(entry: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(entry["float32_base64"]), "<f4").reshape(entry["shape"])
+
+
+def real_size_pose_estimator() -> PoseEstimator:
+    """ViTPose++-B (the library's default ViTPose backbone, 6 experts, 256 x 192) with seeded random weights."""
+    from transformers import (
+        VitPoseBackboneConfig,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        VitPoseImageProcessor,
+    )
+
+    torch.manual_seed(0)
+    backbone = VitPoseBackboneConfig(num_experts=6, part_features=192, out_indices=[12])
+    config = VitPoseConfig(backbone_config=backbone, use_simple_decoder=True, num_labels=17)
+    model = VitPoseForPoseEstimation(config).eval()
+    return PoseEstimator(model, VitPoseImageProcessor(), 0, torch.device("cpu"))
+
+
+def test_keypoints_equal_those_of_the_forked_worker_version(dataset, gt_tracks, tiny_checkpoints):
+    """The pose stage gives, bit for bit, the keypoints of the version with a forked CPU worker, a numpy
+    decoder and a chunked crop (recorded in tests/data by the commit named there, one torch thread): with
+    the tiny checkpoint through ``run_pose``, and with a real-size ViTPose++-B (random weights) through the
+    estimator on frames of two videos, one box reaching out of the frame."""
+    golden = json.loads(GOLDEN.read_text())
+    assert torch.get_num_threads() == 1  # as recorded (conftest); more threads may round sums differently
     store, annotations = dataset
     cfg = PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], batch_size=5, device="cpu")
-    estimator = PoseEstimator.from_config(cfg)
-    forward_threads = []
-    forward = estimator.forward
-
-    def recording_forward(pixel_values):
-        forward_threads.append(torch.get_num_threads())
-        return forward(pixel_values)
-
-    monkeypatch.setattr(estimator, "forward", recording_forward)
-
-    def run(cpu_worker: str):
-        worker_cfg = dataclasses.replace(cfg, cpu_worker=cpu_worker)
-        return run_pose(store, gt_tracks[0], worker_cfg, annotations, False, estimator)
-
-    # with one torch thread (tests' setting) every forward runs on one thread: the same sums, the same result
-    assert torch.get_num_threads() == 1
-    results = {worker: run(worker) for worker in ("none", "thread", "process")}
-    for worker, (_, metrics) in results.items():
-        assert metrics.pop("cpu_worker") == worker  # recorded in metrics/pose.json
-        for name in ("seconds", "frames_per_second"):
-            metrics.pop(name)
-    plain, plain_metrics = results["none"]
-    assert not plain[joint_columns("x")].isna().all().all()
-    for keypoints, metrics in results.values():
-        pd.testing.assert_frame_equal(keypoints, plain, check_exact=True)
-        assert metrics == plain_metrics
-    # with more threads an overlapped forward leaves one core to the pipeline's worker (thread or process)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        for worker, threads in (("thread", {1}), ("process", {1}), ("none", {2})):
-            forward_threads.clear()
-            run(worker)
-            assert set(forward_threads) == threads, worker
-            assert torch.get_num_threads() == 2  # restored
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_heatmap_shape_from_the_config_is_the_forwards(tiny_checkpoints, tmp_path):
-    from transformers import VitPoseConfig, VitPoseForPoseEstimation
-
-    estimator = PoseEstimator.from_config(
-        PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu")
+    keypoints, _ = run_pose(store, gt_tracks[0], cfg, annotations, progress=False)
+    tiny = golden["tiny"]
+    assert keypoints["video_id"].tolist() == tiny["video_id"]
+    assert keypoints["frame_idx"].tolist() == tiny["frame_idx"]
+    np.testing.assert_array_equal(
+        keypoints[tiny["columns"]].to_numpy(np.float32), golden_array(tiny["values"])
     )
-    classic = VitPoseConfig.from_pretrained(tiny_checkpoints["pose"])
-    classic.use_simple_decoder = False
-    for model in (estimator.model, VitPoseForPoseEstimation(classic).eval()):
-        estimator.model = model
-        crop = (64, 48)
-        heatmaps = estimator.forward(torch.zeros(2, 3, *crop)).heatmaps
-        assert estimator.heatmap_shape(crop) == tuple(heatmaps.shape[1:])
+
+    real = golden["real"]
+    frames = []
+    for video_id, frame_idx in real["frames"]:
+        kept, video = store.read(video_id)
+        frames.extend(video[list(kept).index(i)] for i in frame_idx)
+    xy, scores = real_size_pose_estimator()(np.stack(frames), np.array(real["boxes"]))
+    np.testing.assert_array_equal(xy, golden_array(real["keypoints"]))
+    np.testing.assert_array_equal(scores, golden_array(real["scores"]))
 
 
 def test_batches_mixing_frame_sizes_give_the_same_keypoints(tmp_path, tiny_checkpoints):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import yaml
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")
 SOURCES = ("model", "annotations")
-CPU_WORKERS = ("process", "thread", "none")  # pose.cpu_worker
 DATASETS = ("synthetic", "kth", "ucf101", "hmdb51")
 KTH_ACTIONS = ("boxing", "handclapping", "handwaving", "jogging", "running", "walking")
 KTH_SCENARIOS = ("d1", "d2", "d3", "d4")
@@ -27,6 +25,12 @@ KTH_SCENARIOS = ("d1", "d2", "d3", "d4")
 
 class ParamError(ValueError):
     """A bad value in params.yaml; the message names the key and what is allowed."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint param (``detect.checkpoint``, ``pose.checkpoint``, ``backbone.checkpoint``) that cannot be
+    found or loaded; the message is one line naming the param and how to provide it. Defined here, beside
+    :class:`ParamError`, so that every stage can catch it without importing torch or the models."""
 
 
 def _fail(section: str, key: str, message: str) -> None:
@@ -178,7 +182,6 @@ class PoseConfig(RuntimeMixin):
     batch_size: int = 32
     device: str = "auto"
     precision: str = "fp32"
-    cpu_worker: str = "process"
 
     def __post_init__(self):
         s = "pose"
@@ -186,9 +189,6 @@ class PoseConfig(RuntimeMixin):
         _check_str(s, "checkpoint", self.checkpoint)
         _check_int(s, "dataset_index", self.dataset_index, 0, 5)
         self._check_runtime(s)
-        _check_choice(s, "cpu_worker", self.cpu_worker, CPU_WORKERS)
-        if self.cpu_worker == "process" and "fork" not in multiprocessing.get_all_start_methods():
-            _fail(s, "cpu_worker", "is 'process', which needs os.fork (not on this platform); use 'thread'")
 
 
 @dataclass(frozen=True)

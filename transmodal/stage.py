@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from transmodal.params import ParamError, load_params
+from transmodal.params import CheckpointError, ParamError, load_params
 
 TIMINGS_DIR = Path("metrics/timings")
 
@@ -22,7 +22,6 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     Expected errors (bad params, missing checkpoints, bad input) become one line on stderr and exit code 2.
     """
     from transmodal.io import write_json
-    from transmodal.vision.checkpoints import CheckpointError
 
     start = time.perf_counter()
     try:

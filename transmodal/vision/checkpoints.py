@@ -12,9 +12,7 @@ from pathlib import Path
 
 import torch
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be found or loaded."""
+from transmodal.params import CheckpointError
 
 
 def _offline() -> bool:

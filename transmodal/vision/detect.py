@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,10 +19,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from transmodal.background import prefetch
 from transmodal.data.frames import FrameStore
-from transmodal.params import DetectConfig, ParamError
+from transmodal.params import CheckpointError, DetectConfig, ParamError
 from transmodal.vision import checkpoints
+from transmodal.vision.batches import (
+    FramePiece,
+    VideoFrames,
+    frames_to_tensor,
+    iter_frame_batches,
+    pipelined,
+    size_hw,
+    stored_videos,
+)
 from transmodal.vision.quality import detection_quality
 from transmodal.vision.track import (
     BOX_COLUMNS,
@@ -37,129 +41,6 @@ from transmodal.vision.track import (
 )
 
 PIL_BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, as stored in preprocessor_config.json
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Frame batches shared by the detect and pose stages
-
-
-@dataclass
-class FramePiece:
-    """A run of consecutive kept frames of one video inside a batch."""
-
-    video_id: str
-    start: int  # position of the first frame among the video's kept frames
-    frame_idx: np.ndarray  # (n,) original frame numbers
-    frames: np.ndarray  # (n, H, W, 3) uint8 RGB (a view into the decoded video)
-
-
-def iter_frame_batches(
-    store: FrameStore, video_ids: list[str], batch_size: int, read_ahead: bool = True
-) -> Iterator[list[FramePiece]]:
-    """Kept frames of ``video_ids`` in order, in batches of ``batch_size`` frames that may span videos.
-
-    Every batch but the last holds exactly ``batch_size`` frames. With ``read_ahead`` videos are decoded
-    ahead on a thread; without, on the calling thread when needed (a caller that has a core to itself).
-    """
-    batch: list[FramePiece] = []
-    filled = 0
-    videos = store.iter_videos(video_ids)
-    if read_ahead:
-        videos = prefetch(videos, depth=2, name="frames")
-    for video_id, frame_idx, frames in videos:
-        start = 0
-        while start < len(frame_idx):
-            take = min(batch_size - filled, len(frame_idx) - start)
-            batch.append(
-                FramePiece(video_id, start, frame_idx[start : start + take], frames[start : start + take])
-            )
-            filled += take
-            start += take
-            if filled == batch_size:
-                yield batch
-                batch, filled = [], 0
-    if batch:
-        yield batch
-
-
-def pipelined(batches: Iterable, launch, finish) -> None:
-    """``finish(batch, launch(batch))`` for every batch, one batch deep: batch k + 1 is launched before batch
-    k is finished. ``launch`` only queues device work; ``finish`` waits for it (copies to the host) and
-    does the host work. On a GPU the device then computes batch k + 1 while the host finishes batch k; on the
-    CPU it is the plain loop."""
-    pending = None
-    for batch in batches:
-        launched = (batch, launch(batch))
-        if pending is not None:
-            finish(*pending)
-        pending = launched
-    if pending is not None:
-        finish(*pending)
-
-
-def overlapped(batches: Iterable, prepare, forward, finish) -> None:
-    """``finish(batch, prepared, forward(prepared))`` with ``prepared = prepare(batch)`` for every batch, for
-    a model on the CPU (where ``pipelined`` is a plain loop): the forward runs on the calling thread while one
-    worker thread finishes the previous batch (decoding, bookkeeping) and prepares the next (reading,
-    pre-processing). Batches are prepared and finished in order; an error in any step is raised here.
-    Torch ops, most numpy ops and the frame store's decompression release the GIL, so with a core left to
-    the worker (:func:`cpu_threads`) the two overlap."""
-    items = iter(batches)
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlapped")
-
-    def prepare_next():
-        batch = next(items, None)  # the batches are read on the worker too
-        return None if batch is None else (batch, prepare(batch))
-
-    try:
-        upcoming, finishing = worker.submit(prepare_next), None
-        while (item := upcoming.result()) is not None:
-            batch, prepared = item
-            upcoming = worker.submit(prepare_next)  # runs after finishing the previous batch
-            outputs = forward(prepared)
-            if finishing is not None:
-                finishing.result()  # re-raises
-            finishing = worker.submit(finish, batch, prepared, outputs)
-        if finishing is not None:
-            finishing.result()
-    finally:
-        worker.shutdown(wait=True, cancel_futures=True)
-
-
-def forward_threads(device: torch.device, overlap: bool) -> int:
-    """Torch's intra-op threads for a stage's forward: on the CPU with ``overlap`` (:func:`overlapped`), one
-    fewer than torch's setting (at least one), the core left to the pipeline's worker thread; else torch's
-    setting. The benchmark's bare forward runs with the same number."""
-    threads = torch.get_num_threads()
-    return max(1, threads - 1) if device.type == "cpu" and overlap else threads
-
-
-@contextmanager
-def cpu_threads(device: torch.device, overlap: bool) -> Iterator[int]:
-    """Torch's intra-op threads set to :func:`forward_threads` while the block runs (threads started inside
-    it, the pipeline's worker, start with that setting too), then restored."""
-    before = torch.get_num_threads()
-    threads = forward_threads(device, overlap)
-    if threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        if threads != before:
-            torch.set_num_threads(before)
-
-
-def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(n, H, W, 3) uint8 RGB -> (n, 3, H, W) float32 0..255 on ``device`` (sent as uint8: 4x fewer bytes)."""
-    pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(device, non_blocking=True)  # (n, H, W, 3)
-    return pixels.permute(0, 3, 1, 2).float()  # (n, 3, H, W)
-
-
-def _size_hw(size) -> tuple[int, int] | None:
-    height, width = getattr(size, "height", None), getattr(size, "width", None)
-    if height is None and isinstance(size, dict):
-        height, width = size.get("height"), size.get("width")
-    return (int(height), int(width)) if height and width else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -198,7 +79,7 @@ class PersonDetector:
             model_type
         )
         if model_cls is None:
-            raise checkpoints.CheckpointError(
+            raise CheckpointError(
                 f"params.yaml: detect.checkpoint is {cfg.checkpoint!r}: model_type {model_type!r} is not "
                 "RT-DETR (expected rt_detr or rt_detr_v2)"
             )
@@ -212,7 +93,7 @@ class PersonDetector:
 
     @staticmethod
     def _fast_preprocess_spec(processor) -> dict | None:
-        size = _size_hw(getattr(processor, "size", None))
+        size = size_hw(getattr(processor, "size", None))
         supported = (
             getattr(processor, "do_resize", True)
             and size is not None
@@ -290,44 +171,6 @@ def person_label_id(config, person_label: str) -> int:
 # The stage
 
 
-@dataclass
-class VideoFrames:
-    """What the stage needs to know about one stored video besides its pixels."""
-
-    frame_idx: np.ndarray  # (T,) kept original frame numbers, ascending
-    width: int
-    height: int
-    frame_rate: float  # frames per second as the tracker sees them (video fps / stride)
-
-
-def stored_videos(store: FrameStore) -> dict[str, VideoFrames]:
-    """Every video of the store (index order) with its kept frames, from the frame table (no pixel reads)."""
-    table = store.frames
-    codes, uniques = pd.factorize(table["video_id"])
-    # the rows of each video together, in table order (rows without a video_id, code -1, sort first: dropped)
-    rows = np.argsort(codes, kind="stable")[np.count_nonzero(codes < 0) :]
-    counts = np.bincount(codes[codes >= 0], minlength=len(uniques))
-    ends = np.cumsum(counts)
-    starts = ends - counts
-    all_frames = table["frame_idx"].to_numpy(np.int64)
-    fps_all, width_all, height_all = (table[c].to_numpy() for c in ("fps", "width", "height"))
-    videos = {}
-    for video_id in store.video_ids:
-        k = uniques.get_loc(video_id)
-        video_rows = rows[starts[k] : ends[k]]
-        frame_idx = np.sort(all_frames[video_rows])
-        first = video_rows[0]
-        fps = float(fps_all[first])
-        stride = float(np.median(np.diff(frame_idx))) if len(frame_idx) > 1 else 1.0
-        videos[video_id] = VideoFrames(
-            frame_idx=frame_idx,
-            width=int(width_all[first]),
-            height=int(height_all[first]),
-            frame_rate=fps / stride if fps > 0 else 30.0,  # unknown fps: ByteTrack's own 30
-        )
-    return videos
-
-
 def ground_truth_tracks(annotations: pd.DataFrame) -> dict[str, DetectedRows]:
     """Ground truth as detected tracks: video_id -> rows (frame_idx, track_id = person, boxes, score = 1), in
     annotation order within each video (one stable sort by video, then one slice per video)."""
@@ -390,9 +233,8 @@ def _model_tracks(
         bar.update(len(sizes))
 
     with tqdm(total=total, desc="detect+track", unit="frame", disable=not progress) as bar:
-        # The forward dominates here (the tiny RT-DETR too), so on the CPU a plain loop with all of torch's
-        # threads (overlapped with one thread fewer measured no faster); on a GPU the device runs batch k + 1
-        # while the host decodes and tracks batch k.
+        # on a GPU the device runs batch k + 1 while the host decodes and tracks batch k (on the CPU: a plain
+        # loop with all of torch's threads)
         pipelined(
             iter_frame_batches(store, list(videos), cfg.batch_size),
             lambda batch: detector.forward(prepare(batch)),

@@ -1,0 +1,123 @@
+"""The stored videos' kept frames in batches, shared by the detect and pose stages.
+
+:func:`stored_videos` lists every video of the frame store with its kept frames (from the frame table, no
+pixel reads); :func:`iter_frame_batches` yields their frames in batches that may span videos, read ahead on
+a thread; :func:`pipelined` runs a model over those batches one batch deep, so that on a GPU the device
+computes the next batch while the host finishes the current one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from transmodal.background import prefetch
+from transmodal.data.frames import FrameStore
+
+
+@dataclass
+class VideoFrames:
+    """What a stage needs to know about one stored video besides its pixels."""
+
+    frame_idx: np.ndarray  # (T,) kept original frame numbers, ascending
+    width: int
+    height: int
+    frame_rate: float  # frames per second as the tracker sees them (video fps / stride)
+
+
+def stored_videos(store: FrameStore) -> dict[str, VideoFrames]:
+    """Every video of the store (index order) with its kept frames, from the frame table (no pixel reads)."""
+    table = store.frames
+    codes, uniques = pd.factorize(table["video_id"])
+    # the rows of each video together, in table order (rows without a video_id, code -1, sort first: dropped)
+    rows = np.argsort(codes, kind="stable")[np.count_nonzero(codes < 0) :]
+    counts = np.bincount(codes[codes >= 0], minlength=len(uniques))
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    all_frames = table["frame_idx"].to_numpy(np.int64)
+    fps_all, width_all, height_all = (table[c].to_numpy() for c in ("fps", "width", "height"))
+    videos = {}
+    for video_id in store.video_ids:
+        k = uniques.get_loc(video_id)
+        video_rows = rows[starts[k] : ends[k]]
+        frame_idx = np.sort(all_frames[video_rows])
+        first = video_rows[0]
+        fps = float(fps_all[first])
+        stride = float(np.median(np.diff(frame_idx))) if len(frame_idx) > 1 else 1.0
+        videos[video_id] = VideoFrames(
+            frame_idx=frame_idx,
+            width=int(width_all[first]),
+            height=int(height_all[first]),
+            frame_rate=fps / stride if fps > 0 else 30.0,  # unknown fps: ByteTrack's own 30
+        )
+    return videos
+
+
+@dataclass
+class FramePiece:
+    """A run of consecutive kept frames of one video inside a batch."""
+
+    video_id: str
+    start: int  # position of the first frame among the video's kept frames
+    frame_idx: np.ndarray  # (n,) original frame numbers
+    frames: np.ndarray  # (n, H, W, 3) uint8 RGB (a view into the decoded video)
+
+
+def iter_frame_batches(
+    store: FrameStore, video_ids: list[str], batch_size: int
+) -> Iterator[list[FramePiece]]:
+    """Kept frames of ``video_ids`` in order, in batches of ``batch_size`` frames that may span videos.
+
+    Every batch but the last holds exactly ``batch_size`` frames. Videos are decoded ahead on a thread
+    (:func:`~transmodal.background.prefetch`), two at most, while the caller works on the current batch.
+    """
+    batch: list[FramePiece] = []
+    filled = 0
+    for video_id, frame_idx, frames in prefetch(store.iter_videos(video_ids), depth=2, name="frames"):
+        start = 0
+        while start < len(frame_idx):
+            take = min(batch_size - filled, len(frame_idx) - start)
+            batch.append(
+                FramePiece(video_id, start, frame_idx[start : start + take], frames[start : start + take])
+            )
+            filled += take
+            start += take
+            if filled == batch_size:
+                yield batch
+                batch, filled = [], 0
+    if batch:
+        yield batch
+
+
+def pipelined(batches: Iterable, launch, finish) -> None:
+    """``finish(batch, launch(batch))`` for every batch, one batch deep: batch k + 1 is launched before batch
+    k is finished. ``launch`` only queues device work; ``finish`` waits for it (copies to the host) and
+    does the host work. On a GPU the device then computes batch k + 1 while the host finishes batch k; on the
+    CPU it is the plain loop."""
+    pending = None
+    for batch in batches:
+        launched = (batch, launch(batch))
+        if pending is not None:
+            finish(*pending)
+        pending = launched
+    if pending is not None:
+        finish(*pending)
+
+
+def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(n, H, W, 3) uint8 RGB -> (n, 3, H, W) float32 0..255 on ``device`` (sent as uint8: 4x fewer bytes)."""
+    pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(device, non_blocking=True)  # (n, H, W, 3)
+    return pixels.permute(0, 3, 1, 2).float()  # (n, 3, H, W)
+
+
+def size_hw(size) -> tuple[int, int] | None:
+    """(height, width) of an image processor's ``size`` (a dict or an object with height and width), or None
+    when it names no fixed size (e.g. ``shortest_edge``)."""
+    height, width = getattr(size, "height", None), getattr(size, "width", None)
+    if height is None and isinstance(size, dict):
+        height, width = size.get("height"), size.get("width")
+    return (int(height), int(width)) if height and width else None
