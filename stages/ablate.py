@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from transmodal.features.store import FeatureStore
+from transmodal.features.cache import FeatureStore
 from transmodal.stage import run_stage
 from transmodal.training.ablation import run_variant
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from transmodal.features.store import FeatureStore
+from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json, write_text
 from transmodal.params import section
 from transmodal.stage import run_stage

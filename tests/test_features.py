@@ -23,6 +23,7 @@ import transmodal.features.store as store_module
 from transmodal.data.coco import COCO_JOINTS, NUM_JOINTS
 from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.features.backbone import FrozenBackbone, processor_class
+from transmodal.features.cache import FeatureStore, shard_name
 from transmodal.features.clips import clip_positions, make_clips, skipped_videos, spread
 from transmodal.features.crops import (
     PixelNormalizer,
@@ -34,12 +35,10 @@ from transmodal.features.crops import (
 from transmodal.features.store import (
     CROP_COLUMNS,
     CpuShare,
-    FeatureStore,
     ShardWriter,
     build_features,
     crop_batches,
     plan_clips,
-    shard_name,
 )
 from transmodal.params import BackboneConfig, ClipsConfig, ParamError
 from transmodal.vision.checkpoints import load_processor

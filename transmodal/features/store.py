@@ -37,26 +37,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
 from tqdm import tqdm
 
 from transmodal.background import prefetch
 from transmodal.data.coco import NUM_JOINTS, joint_columns
 from transmodal.data.frames import FrameStore
 from transmodal.features.backbone import FrozenBackbone
+from transmodal.features.cache import BACKBONE_FILE, TOKENS_KEY, shard_name
 from transmodal.features.clips import make_clips, skipped_videos
 from transmodal.features.crops import PixelNormalizer, align_poses, crop_frames, square_crop_boxes
 from transmodal.io import atomic_dir, write_json, write_parquet
 from transmodal.params import BackboneConfig, ClipsConfig
 
-TOKENS_KEY = "tokens"
-BACKBONE_FILE = "backbone.json"
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
 CROP_COLUMNS = ("crop_x1", "crop_y1", "crop_x2", "crop_y2")
-
-
-def shard_name(shard: int) -> str:
-    return f"shard-{shard:05d}.safetensors"
 
 
 class ShardWriter:
@@ -441,64 +435,3 @@ def build_features(
         "seconds": round(seconds, 3),
         "clips_per_s": round(total / seconds, 3) if seconds > 0 else 0.0,
     }
-
-
-class FeatureStore:
-    """The cache: ``.clips`` (DataFrame), ``.backbone`` (dict), ``.tokens(rows)``, ``.pose(rows)``.
-
-    ``rows`` are positions into ``.clips``. Shards are memory-mapped by safetensors; a call reads only the
-    requested rows (contiguous runs as one slice).
-    """
-
-    def __init__(self, features_dir: str | Path, clips_parquet: str | Path):
-        self.directory = Path(features_dir)
-        self.clips = pd.read_parquet(clips_parquet)
-        self.backbone = json.loads((self.directory / BACKBONE_FILE).read_text())
-        self.grid = (*self.backbone["grid"], self.backbone["hidden_size"])  # (G, P, D)
-        self._shard = self.clips["shard"].to_numpy(np.int64) if len(self.clips) else np.zeros(0, np.int64)
-        self._offset = self.clips["offset"].to_numpy(np.int64) if len(self.clips) else np.zeros(0, np.int64)
-        self._handles: dict[int, object] = {}
-        self._pose: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def _handle(self, shard: int):
-        if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.directory / shard_name(shard)), framework="pt")
-        return self._handles[shard]
-
-    def tokens(self, rows: Sequence[int]) -> torch.Tensor:
-        """Token grids (n, G, P, D) float16 of the given clip rows, in the given order."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        out = torch.empty((len(rows), *self.grid), dtype=torch.float16)
-        if not len(rows):
-            return out
-        shards, offsets = self._shard[rows], self._offset[rows]
-        order = np.lexsort((offsets, shards))  # read each shard front to back
-        # Split into runs of one shard and consecutive offsets; each run is one slice read.
-        breaks = np.flatnonzero((np.diff(shards[order]) != 0) | (np.diff(offsets[order]) != 1)) + 1
-        for run in np.split(order, breaks):
-            shard, first = int(shards[run[0]]), int(offsets[run[0]])
-            out[torch.from_numpy(run)] = self._handle(shard).get_slice(TOKENS_KEY)[first : first + len(run)]
-        return out
-
-    def pose(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pose in each clip's crop: xy (n, T, J, 2) float32, score (n, T, J) float32, mask (n, T, J) bool."""
-        if self._pose is None:
-            t = self.backbone["num_frames"]
-            n = len(self.clips)
-
-            def stack(column: str, dtype, shape: tuple[int, ...]) -> np.ndarray:
-                if not n:
-                    return np.zeros((0, *shape), dtype)
-                return np.stack(self.clips[column].to_numpy()).astype(dtype).reshape(n, *shape)
-
-            self._pose = (
-                stack("pose_xy", np.float32, (t, NUM_JOINTS, 2)),
-                stack("pose_score", np.float32, (t, NUM_JOINTS)),
-                stack("pose_mask", bool, (t, NUM_JOINTS)),
-            )
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        xy, score, mask = self._pose
-        return xy[rows], score[rows], mask[rows]

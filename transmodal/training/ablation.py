@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from transmodal.features.store import FeatureStore
+from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json
 from transmodal.params import apply_overrides, section
 from transmodal.training.evaluate import evaluate_model

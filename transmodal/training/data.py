@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from transmodal.features.store import FeatureStore
+from transmodal.features.cache import FeatureStore
 
 # Keep a split in memory when its fp16 tokens fit in this budget; stream from the memory-mapped shards otherwise.
 PRELOAD_BYTES = 2 * 1024**3

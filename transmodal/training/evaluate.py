@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from transmodal.features.store import FeatureStore
+from transmodal.features.cache import FeatureStore
 from transmodal.training.data import load_split
 from transmodal.training.train import load_checkpoint, predict
 from transmodal.vision.checkpoints import pick_device

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from transmodal.features.store import FeatureStore
+from transmodal.features.cache import FeatureStore
 from transmodal.io import atomic_dir
 from transmodal.model import TransModal, parameter_counts
 from transmodal.params import ModelConfig, SelectorConfig, TrainConfig

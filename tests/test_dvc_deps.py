@@ -1,0 +1,153 @@
+"""dvc.yaml's code deps of each stage are exactly the files its script imports inside the project.
+
+A stage must re-run when a file it runs changes, and only then: its ``deps`` under ``stages/`` and
+``transmodal/`` (a folder counts as every ``.py`` file in it) must equal its script plus the closure of the
+script's imports inside ``transmodal/`` (every ``import``, also those inside functions, followed file by
+file; importing ``transmodal.a.b`` runs ``transmodal/a/__init__.py`` too). An ``__init__.py`` without code
+(empty or a docstring) cannot change what a stage computes and is left out on both sides.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+PACKAGE = "transmodal"
+CODE_ROOTS = ("stages", PACKAGE)
+
+
+def module_file(module: str) -> Path | None:
+    """The file of a ``transmodal...`` module (its ``__init__.py`` for a package), None if there is none."""
+    path = REPO_ROOT.joinpath(*module.split("."))
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every ``transmodal...`` module an ``import`` anywhere in ``path`` names, with the packages above it
+    (whose ``__init__.py`` runs first); ``from package import name`` counts ``package.name`` when that is a
+    module."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            assert not (isinstance(node, ast.ImportFrom) and node.level), f"{path}: relative import"
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] != PACKAGE:
+                continue
+            modules.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {module for module in modules if module_file(module) is not None}
+
+
+def has_code(path: Path) -> bool:
+    """Whether a file holds anything but a docstring."""
+    body = ast.parse(path.read_text()).body
+    return any(
+        not (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        )
+        for node in body
+    )
+
+
+def counted(files: set[Path]) -> set[str]:
+    """Repository-relative paths, without the ``__init__.py`` files that hold no code."""
+    return {
+        path.relative_to(REPO_ROOT).as_posix()
+        for path in files
+        if path.name != "__init__.py" or has_code(path)
+    }
+
+
+def closure_files(script: Path) -> set[Path]:
+    """``script`` and every project file it runs through imports, transitively."""
+    seen, todo = {script}, [script]
+    while todo:
+        for module in imported_modules(todo.pop()):
+            path = module_file(module)
+            if path not in seen:
+                seen.add(path)
+                todo.append(path)
+    return seen
+
+
+def import_closure(script: Path) -> set[str]:
+    return counted(closure_files(script))
+
+
+def listed_code(deps: list[str]) -> set[str]:
+    """The ``.py`` files of a stage's deps under ``stages/`` and ``transmodal/`` (folders expanded)."""
+    files = set()
+    for dep in deps:
+        if dep.split("/")[0] not in CODE_ROOTS:
+            continue
+        path = REPO_ROOT / dep
+        assert path.exists(), f"dvc.yaml lists {dep}, which does not exist"
+        files.update(path.rglob("*.py") if path.is_dir() else [path])
+    return counted(files)
+
+
+def stage_code() -> dict[str, tuple[Path, set[str]]]:
+    """Stage name -> (its script, the code files its deps list), from dvc.yaml (``foreach`` stages once)."""
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    found = {}
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        script = re.fullmatch(r"python (stages/\w+\.py)( .*)?", stage["cmd"])
+        assert script, f"dvc.yaml: stage {name}'s cmd {stage['cmd']!r} does not run a script of stages/"
+        found[name] = (REPO_ROOT / script.group(1), listed_code(stage["deps"]))
+    return found
+
+
+STAGES = stage_code()
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_equal_the_import_closure_of_its_script(name):
+    script, listed = STAGES[name]
+    closure = import_closure(script)
+    missing, extra = sorted(closure - listed), sorted(listed - closure)
+    assert not missing and not extra, (
+        f"dvc.yaml stage {name}: deps miss {missing} (imported, so a change there must re-run it) and list "
+        f"{extra} (not imported, so a change there must not)"
+    )
+
+
+def test_the_closure_follows_imports_inside_functions_and_package_inits(tmp_path):
+    """Checks of the checker: train imports ``transmodal.model``, whose __init__ pulls in every model module;
+    an import inside a function counts; a folder dep is its .py files; an __init__ without code is left out."""
+    closure = import_closure(REPO_ROOT / "stages" / "train.py")
+    assert {"transmodal/model/__init__.py", "transmodal/model/selector.py", "transmodal/params.py"} <= closure
+    assert "transmodal/features/cache.py" in closure and "transmodal/features/store.py" not in closure
+    assert not has_code(REPO_ROOT / "transmodal" / "features" / "__init__.py")
+    assert "transmodal/features/__init__.py" not in closure  # runs, but holds only a docstring
+    script = tmp_path / "lazy.py"
+    script.write_text("def main():\n    from transmodal.vision.tiny import write_tiny_checkpoints\n")
+    assert REPO_ROOT / "transmodal" / "vision" / "tiny.py" in closure_files(script)
+    assert listed_code(["stages/features.py", "data/frames", "transmodal/features"]) >= {
+        "stages/features.py",
+        "transmodal/features/store.py",
+    }
+
+
+def test_removing_a_dep_is_caught():
+    script, listed = STAGES["pose"]
+    closure = import_closure(script)
+    assert closure == listed
+    assert closure != listed - {"transmodal/vision/pose_decode.py"}
