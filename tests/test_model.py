@@ -210,15 +210,11 @@ def test_selector_ties_are_deterministic_and_ordered():
 
 
 def test_selector_out_of_range_names_the_key():
-    grid = torch.randn(1, G, P, D)
-    with pytest.raises(ValueError, match="selector.top_k_frames"):
-        AdaptiveSelector(T + 1, 4, tubelet_size=2)(grid)
-    with pytest.raises(ValueError, match="selector.top_k_tokens"):
-        AdaptiveSelector(8, P + 1, tubelet_size=2)(grid)
-    with pytest.raises(ValueError, match="selector.top_k_frames"):
-        AdaptiveSelector(0, 4)
-    with pytest.raises(ValueError, match="selector.top_k_tokens"):
-        AdaptiveSelector(4, 0)
+    """One check per range, in SelectorConfig: at load (>= 1) and against the grid when the head is built."""
+    with pytest.raises(ParamError, match="selector.top_k_frames is 0"):
+        SelectorConfig(top_k_frames=0)
+    with pytest.raises(ParamError, match="selector.top_k_tokens is 0"):
+        SelectorConfig(top_k_tokens=0)
     with pytest.raises(ParamError, match="selector.top_k_frames"):
         make_model(selector={"top_k_frames": T + 1})
     with pytest.raises(ParamError, match="selector.top_k_tokens"):

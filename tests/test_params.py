@@ -50,13 +50,13 @@ def test_unknown_key_is_an_error():
 
 def test_selector_range_against_the_grid():
     cfg = section(PARAMS, "selector")
-    cfg.check_against_grid(num_frames=16, tubelet_size=2, patches_per_group=196)
+    cfg.check_against_grid(num_frames=16, patches_per_group=196)
     too_many = apply_overrides(PARAMS, {"selector.top_k_frames": 17})
     with pytest.raises(ParamError, match=r"selector\.top_k_frames is 17; the clip has only 16 frames"):
-        section(too_many, "selector").check_against_grid(16, 2, 196)
+        section(too_many, "selector").check_against_grid(16, 196)
     with pytest.raises(ParamError, match=r"selector\.top_k_tokens"):
         section(apply_overrides(PARAMS, {"selector.top_k_tokens": 197}), "selector").check_against_grid(
-            16, 2, 196
+            16, 196
         )
 
 

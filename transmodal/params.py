@@ -263,7 +263,7 @@ class SelectorConfig:
         _check_choice(s, "scoring", self.scoring, ("l2", "learned"))
         _check_choice(s, "position", self.position, SELECTOR_POSITIONS)
 
-    def check_against_grid(self, num_frames: int, tubelet_size: int, patches_per_group: int) -> None:
+    def check_against_grid(self, num_frames: int, patches_per_group: int) -> None:
         """Fail, naming the key, when the selector asks for more frames or tokens than the grid has."""
         if self.top_k_frames > num_frames:
             _fail(
@@ -275,7 +275,6 @@ class SelectorConfig:
                 "top_k_tokens",
                 f"is {self.top_k_tokens}; a frame has only {patches_per_group} patch tokens",
             )
-        del tubelet_size
 
 
 @dataclass(frozen=True)

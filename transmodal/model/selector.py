@@ -82,8 +82,8 @@ class AdaptiveSelector(nn.Module):
         positions (before the fusion / FFN) and break the keep-everything equivalence.
 
     Args:
-        top_k_frames: frames to keep (``selector.top_k_frames``), >= 1.
-        top_k_tokens: tokens to keep per frame (``selector.top_k_tokens``), >= 1.
+        top_k_frames: frames to keep (``selector.top_k_frames``), >= 1 (``SelectorConfig`` checks).
+        top_k_tokens: tokens to keep per frame (``selector.top_k_tokens``), >= 1 (``SelectorConfig`` checks).
         tubelet_size: frames per token group (2 for VideoMAE).
         scoring: ``'l2'`` or ``'learned'``.
         dim: token width D; required for ``'learned'``.
@@ -98,10 +98,6 @@ class AdaptiveSelector(nn.Module):
         dim: int | None = None,
     ):
         super().__init__()
-        if top_k_frames < 1:
-            raise ValueError(f"selector.top_k_frames is {top_k_frames}; must be >= 1")
-        if top_k_tokens < 1:
-            raise ValueError(f"selector.top_k_tokens is {top_k_tokens}; must be >= 1")
         if tubelet_size < 1:
             raise ValueError(f"tubelet_size is {tubelet_size}; must be >= 1")
         if scoring not in SCORINGS:
@@ -117,18 +113,8 @@ class AdaptiveSelector(nn.Module):
             self.token_scorer = nn.Linear(dim, 1)
 
     def kept_shape(self, num_groups: int, patches_per_group: int) -> tuple[int, int]:
-        """(G_k, P_k) for a (G, P) grid; raises ValueError naming the key when top-k exceeds the grid."""
-        num_frames = num_groups * self.tubelet_size
-        if self.top_k_frames > num_frames:
-            raise ValueError(
-                f"selector.top_k_frames is {self.top_k_frames}; the clip has only {num_frames} frames "
-                f"({num_groups} token groups x tubelet {self.tubelet_size})"
-            )
-        if self.top_k_tokens > patches_per_group:
-            raise ValueError(
-                f"selector.top_k_tokens is {self.top_k_tokens}; a frame has only {patches_per_group} "
-                "patch tokens"
-            )
+        """(G_k, P_k) for a (G, P) grid, each clamped to the grid (the params' ranges against the grid are
+        checked once, by :meth:`~transmodal.params.SelectorConfig.check_against_grid`)."""
         kept_groups = min(math.ceil(self.top_k_frames / self.tubelet_size), num_groups)
         kept_patches = min(self.top_k_tokens * self.tubelet_size, patches_per_group)
         return kept_groups, kept_patches

@@ -135,7 +135,7 @@ class TransModal(nn.Module):
             )
         self.selector: AdaptiveSelector | None = None
         if selector_cfg.enabled:
-            selector_cfg.check_against_grid(num_frames, tubelet_size, patches_per_group)
+            selector_cfg.check_against_grid(num_frames, patches_per_group)
             self.selector = AdaptiveSelector(
                 selector_cfg.top_k_frames,
                 selector_cfg.top_k_tokens,
