@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-real clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/frames.py
 	$(BIN)/python benchmarks/head.py --quick
+
+bench-real: setup
+	$(BIN)/python benchmarks/real_size.py
 
 clean:
 	rm -rf data models metrics/timings
