@@ -15,10 +15,10 @@ from pathlib import Path
 
 import cv2
 import pandas as pd
-from transmodal.data.synth import generate
 
 from transmodal.data.frames import extract_frames
 from transmodal.data.index import index_kth
+from transmodal.data.synth import generate
 from transmodal.params import SynthConfig
 
 

@@ -1,0 +1,39 @@
+"""The real-size benchmark runs end to end (`make bench-real`), on a workload small enough for the suite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+STAGES = ("detect", "pose", "features")
+
+
+def test_real_size_benchmark_measures_every_stage_against_its_bare_forward(tmp_path):
+    out = tmp_path / "real_size.json"
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "real_size.py"),
+        "--videos",
+        "1",
+        "--frames",
+        "4",
+    ]
+    command += ["--detect-frames", "2", "--pose-frames", "4", "--repeats", "1", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {row["stage"]: row for row in report["rows"]}
+    assert set(rows) == set(STAGES)
+    # the real architectures' sizes: RT-DETR r50vd, ViTPose++-B with its 6 experts, VideoMAE-B
+    assert 40e6 < report["parameters"]["detect"] < 45e6
+    assert 120e6 < report["parameters"]["pose"] < 125e6
+    assert 85e6 < report["parameters"]["features"] < 88e6
+    assert (rows["detect"]["units"], rows["pose"]["units"], rows["features"]["unit"]) == (2, 4, "clips")
+    for row in rows.values():
+        assert row["precision"] == "float32" and row["device"] == "cpu"
+        assert len(row["stage_seconds"]) == len(row["bare_seconds"]) == 1
+        assert row["ratio"] > 0 and row["stage_peak_rss_mb"] > 0.9 * row["base_rss_mb"]
+    assert "| pose | cpu | float32 |" in done.stdout  # the printed table
