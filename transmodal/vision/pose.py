@@ -95,12 +95,6 @@ class KeptLayout:
         found = np.sort(found[first])
         return found, row[found]
 
-    def split(self, values: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-video views of an (N, ...) array."""
-        return {
-            v: values[a:b] for v, a, b in zip(self.video_ids, self.bounds[:-1], self.bounds[1:], strict=True)
-        }
-
 
 def primary_boxes(tracks: pd.DataFrame, layout: KeptLayout) -> tuple[np.ndarray, np.ndarray]:
     """The primary track's box (N, 4) per kept frame of ``layout``, clamped to the frame (NaN where it has no
