@@ -1,18 +1,24 @@
-"""Stage ablation: Table 5 (accuracy, delta vs full, head and end-to-end latency) for the variants in params."""
+"""Stage ablation: Table 5 (accuracy over seeds with intervals, difference to full, FLOPs, head and
+end-to-end latency) for the variants in params, as JSON, Markdown and a bar chart."""
 
 from pathlib import Path
 
 from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json, write_text
+from transmodal.params import section
 from transmodal.stage import run_stage
 from transmodal.training.ablation import aggregate
+from transmodal.training.evaluate import PAPER_UNIT
+from transmodal.training.figures import ablation_markdown, plot_ablation
 
 
 def main(params: dict) -> None:
     store = FeatureStore(Path("data/features"), Path("data/clips.parquet"))
-    table, markdown = aggregate(params, store, Path("data/ablation"))
+    table = aggregate(params, store, Path("data/ablation"))
+    markdown = ablation_markdown(table, store.backbone, section(params, "ablation"))
     write_json(table, "metrics/ablation.json")
     write_text(markdown, "metrics/ablation.md")
+    plot_ablation(table, PAPER_UNIT, Path("metrics/ablation.png"))
     print(markdown)
 
 

@@ -203,13 +203,38 @@ def test_clip_positions_stay_inside_one_sequence():
     sequences = [(1, 95), (96, 185), (186, 245), (246, 360)]  # person01_boxing_d1 of KTH's 00sequences.txt
     clips = clip_positions(frame_idx, sequences, LENGTH, count=4)
     assert len(clips) == 4
-    for positions, padded in clips:
+    for positions, padded, sequence in clips:
         numbers = frame_idx[positions] + 1  # 1-based, as in the sequence file
         assert not padded and np.all(np.diff(positions) == 1)
-        assert any(np.all((numbers >= s) & (numbers <= e)) for s, e in sequences), numbers
+        start, end = sequences[sequence]  # the sequence recorded for the clip holds all of it
+        assert np.all((numbers >= start) & (numbers <= end)), numbers
+    assert [sequence for _, _, sequence in clips] == [0, 1, 2, 3]  # here one clip lands in each sequence
+    short = clip_positions(frame_idx, [(1, 20), (41, 70), (101, 110)], LENGTH, count=4, per_sequence=1)
+    assert [(padded, sequence) for _, padded, sequence in short] == [(True, 0), (True, 1), (True, 2)]
     # No sequence holds 16 kept frames (KTH running clips are this short): the longest one, padded.
-    (positions, padded), *rest = clip_positions(frame_idx, [(1, 20), (41, 70), (101, 110)], LENGTH, count=4)
-    assert padded and not rest
+    (positions, padded, sequence), *rest = clip_positions(
+        frame_idx, [(1, 20), (41, 70), (101, 110)], LENGTH, count=4
+    )
+    assert padded and not rest and sequence == 1
+    # No sequences listed: the whole video is the one segment.
+    assert {sequence for _, _, sequence in clip_positions(frame_idx, [], LENGTH, count=3)} == {-1}
+    # Per sequence (val/test): every sequence holding a window gets its clips, spread inside it.
+    uneven = [
+        (1, 200),
+        (201, 240),
+        (241, 400),
+        (1, 100),
+    ]  # 100, 20, 80 kept frames; the last overlaps the first
+    clips = clip_positions(frame_idx, uneven, LENGTH, count=2, per_sequence=2)
+    assert [sequence for _, _, sequence in clips] == [0, 0, 1, 1, 2, 2, 3, 3]
+    for window, _, sequence in clips:
+        numbers = frame_idx[window] + 1
+        assert uneven[sequence][0] <= numbers.min() and numbers.max() <= uneven[sequence][1]
+    spread_over_video = clip_positions(frame_idx, uneven, LENGTH, count=3)
+    assert 1 not in [sequence for _, _, sequence in spread_over_video]  # the short sequence is missed
+    # Overlapping sequences: a window inside both belongs to the first listed.
+    ((_, _, sequence),) = clip_positions(frame_idx, [(1, 60), (1, 40)], LENGTH, count=1)
+    assert sequence == 0
     assert (frame_idx[positions] + 1).tolist() == list(range(41, 70, 2)) + [69]
 
 

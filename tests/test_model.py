@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from tests.conftest import REPO_ROOT
 from transmodal.model import (
     AdaptiveSelector,
     Attention,
@@ -306,7 +307,7 @@ def test_no_pose_has_no_pose_parameters_and_ignores_pose():
     assert not any(name.startswith(("pose_encoder", "fusion")) for name in names)
     counts = parameter_counts(model)
     assert counts["pose_encoder"] == 0 and counts["fusion"] == 0
-    assert counts["total"] == counts["classifier"] == 2 * D + D * C_CLASSES + C_CLASSES
+    assert counts["total"] == counts["classifier"] == (D * D + D) + (D * C_CLASSES + C_CLASSES)
     rgb, pose = make_inputs()
     reference = model(rgb, None).logits
     torch.testing.assert_close(model(rgb, pose).logits, reference)
@@ -403,7 +404,7 @@ def test_same_seed_same_model_and_output():
     out_second = second(rgb, pose).logits
     assert torch.equal(out_first, out_second)
     other = make_model(seed=4)
-    assert not torch.equal(first.classifier.head.weight, other.classifier.head.weight)
+    assert not torch.equal(first.classifier.head[0].weight, other.classifier.head[0].weight)
 
 
 def test_config_dict_round_trip_rebuilds_identical_model():
@@ -427,20 +428,98 @@ def test_config_dict_round_trip_rebuilds_identical_model():
     assert dataclasses.asdict(rebuilt.selector_cfg)["position"] == "before_ffn"
 
 
-def test_parameter_counts_are_real():
-    model = make_model(selector={"scoring": "learned", "top_k_frames": 8, "top_k_tokens": 4})
+@pytest.mark.parametrize(
+    "pool, classifier", [("rgb_and_pose", "mlp"), ("rgb", "mlp"), ("rgb_and_pose", "linear")]
+)
+def test_parameter_counts_are_real(pool, classifier):
+    model = make_model(
+        pool=pool,
+        classifier=classifier,
+        selector={"scoring": "learned", "top_k_frames": 8, "top_k_tokens": 4},
+    )
     counts = parameter_counts(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert counts["total"] == trainable
     assert counts["pose_encoder"] + counts["fusion"] + counts["selector"] + counts["classifier"] == trainable
-    hidden = 4 * D
+    hidden = 2 * D  # model.mlp_ratio 2
     attention = 4 * (D * D + D)
     ffn = D * hidden + hidden + hidden * D + D
     norm = 2 * D
     assert counts["selector"] == 2 * (D + 1)
-    assert counts["classifier"] == norm + D * C_CLASSES + C_CLASSES
+    head = D * C_CLASSES + C_CLASSES
+    assert counts["classifier"] == (D * D + D + head if classifier == "mlp" else head)  # norm has no affine
     assert counts["pose_encoder"] == (J * 2 * D + D) + T * D + 2 * norm + attention + ffn
-    assert counts["fusion"] == 2 * attention + 2 * ffn + 4 * norm
+    if pool == "rgb_and_pose":
+        assert counts["fusion"] == 2 * attention + 2 * ffn + 4 * norm
+    else:  # depth 1: no pose half in the last block (it would feed nothing)
+        assert counts["fusion"] == attention + ffn + 3 * norm
     model.classifier.requires_grad_(False)
     assert parameter_counts(model)["classifier"] == 0
     assert parameter_counts(model)["total"] == trainable - counts["classifier"]
+
+
+def _configs_under_test() -> dict[str, tuple[ModelConfig, SelectorConfig]]:
+    """params.yaml's model and selector, and those of every ablation variant it lists, plus the other
+    choices of the params whose layouts differ (pool, depth, learned scoring)."""
+    from transmodal.params import apply_overrides, load_params, section
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    variants = dict(section(params, "ablation").variants)
+    variants.update(
+        {
+            "pool_rgb": {"model.pool": "rgb"},
+            "pool_rgb_depth_2": {"model.pool": "rgb", "model.fusion_depth": 2},
+            "depth_2": {"model.fusion_depth": 2},
+            "learned_scoring": {"selector.scoring": "learned"},
+            "learned_before_fusion": {"selector.scoring": "learned", "selector.position": "before_fusion"},
+            "pose_scores": {"model.pose_scores": True},
+        }
+    )
+    configs = {}
+    for name, overrides in variants.items():
+        varied = apply_overrides(params, overrides or {})
+        configs[name] = (section(varied, "model"), section(varied, "selector"))
+    return configs
+
+
+CONFIGS = _configs_under_test()
+
+
+def _model_of(name: str) -> TransModal:
+    """The head of one configuration under test at the test widths (4 heads for D=32)."""
+    model_cfg, selector_cfg = CONFIGS[name]
+    return TransModal(
+        dataclasses.replace(model_cfg, num_heads=4),
+        selector_cfg,
+        dim=D,
+        num_classes=C_CLASSES,
+        num_frames=T,
+        tubelet_size=TUBELET,
+        patches_per_group=P,
+    )
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_trainable_parameter_receives_a_gradient(name):
+    model_cfg, _ = CONFIGS[name]
+    torch.manual_seed(0)
+    model = _model_of(name).train()
+    rgb, pose = make_inputs(channels=3 if model_cfg.pose_scores else 2)
+    loss = torch.nn.functional.cross_entropy(model(rgb, pose).logits, torch.arange(B) % C_CLASSES)
+    loss.backward()
+    dead = [
+        param_name
+        for param_name, param in model.named_parameters()
+        if param.requires_grad and (param.grad is None or not torch.any(param.grad != 0))
+    ]
+    assert dead == [], f"{name}: parameters without gradient: {dead}"
+
+
+def test_videomae_only_is_a_linear_layer_on_the_mean_of_the_frozen_tokens():
+    model = _model_of("videomae_only").eval()
+    assert model.pose_encoder is None and model.fusion is None and model.selector is None
+    assert parameter_counts(model)["total"] == D * C_CLASSES + C_CLASSES  # one Linear(D, classes)
+    rgb, pose = make_inputs()
+    pooled = rgb.flatten(1, 2).mean(dim=1)  # every token of the grid
+    expected = model.classifier.head(torch.nn.functional.layer_norm(pooled, (D,)))
+    torch.testing.assert_close(model(rgb, pose).logits, expected)

@@ -21,6 +21,7 @@ TINY = {
     "train": {"epochs": 2},
     "ablation": {
         "variants": {"full": {}, "no_selector": {"selector.enabled": False}},
+        "seeds": [0, 1],  # workers auto: two seed processes on a 2-core machine
         "latency_warmup": 1,
         "latency_repeats": 3,
     },
@@ -80,13 +81,24 @@ def test_repro_produces_every_output_and_a_second_repro_does_nothing(project):
         "metrics/eval.json",
         "metrics/confusion.png",
         "metrics/ablation.md",
+        "metrics/ablation.png",
+        "data/ablation/full/seed-1/model/model.safetensors",
     ):
         assert (project / path).exists(), path
     assert json.loads((project / "metrics/detect.json").read_text())["recall"] == 1.0
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    assert {"clip_accuracy", "sequence_accuracy", "video_accuracy"} <= set(evaluation)
+    complexity = json.loads((project / "metrics/train.json").read_text())["complexity"]
+    assert complexity["paper_size"]["parameters"]["fusion"] == 9_454_080
+    assert complexity["run_size"]["backbone"]["flops"] > 0 and complexity["run_size"]["flops"]["total"] > 0
     table = json.loads((project / "metrics/ablation.json").read_text())
     assert list(table) == ["full", "no_selector"]
     for row in table.values():
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["head_latency_ms"] > 0 and row["e2e_latency_ms"] > 0
+        assert (
+            len(row["seed_accuracies"]) == 2
+            and row["interval"][0] <= row["accuracy_mean"] <= row["interval"][1]
+        )
+        assert row["head_latency_ms"] > 0 and row["e2e_latency_ms"] > 0 and row["head_flops"] > 0
     markdown = (project / "metrics/ablation.md").read_text()
     assert "| full |" in markdown and "| no_selector |" in markdown
     again = dvc(project, "repro")

@@ -11,10 +11,19 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT
+from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json
 from transmodal.params import ParamError, load_params, section
-from transmodal.training import ablation
-from transmodal.training.evaluate import classification_metrics, evaluate_model, video_level
+from transmodal.training import ablation, figures
+from transmodal.training.data import SplitData
+from transmodal.training.evaluate import (
+    PAPER_UNIT,
+    classification_metrics,
+    evaluate_logits,
+    evaluate_model,
+    video_level,
+)
+from transmodal.training.figures import ablation_markdown, plot_ablation
 from transmodal.training.train import load_checkpoint, train_model
 
 G, P, D, T, J = 8, 4, 16, 16, 17
@@ -37,6 +46,7 @@ class MemoryStore:
                         "label": CLASSES[label],
                         "label_idx": label,
                         "split": split,
+                        "sequence": n % 2,  # each video: two listed sequences of one clip
                     }
                 )
         self.clips = pd.DataFrame(rows)
@@ -54,6 +64,8 @@ class MemoryStore:
             "tubelet_size": 2,
             "image_size": 32,
             "checkpoint": "memory",
+            "parameters": 1000,
+            "flops_per_clip": 2_000_000,
         }
 
     def tokens(self, rows):
@@ -141,36 +153,146 @@ def test_classification_metrics_by_hand():
     assert result["per_class"]["y"]["precision"] == pytest.approx(2 / 3)
 
 
-def test_evaluate_reports_clip_and_video_accuracy(params, tmp_path):
+def test_evaluate_reports_clip_sequence_and_video_accuracy(params, tmp_path):
     store = MemoryStore({"train": 12, "val": 3, "test": 8})
     _train(store, params, tmp_path / "m")
-    metrics, videos = evaluate_model(tmp_path / "m", store, "test", 4, "cpu")
-    assert metrics["clips"] == 8 and metrics["videos"] == 4 and len(videos) == 4
-    assert 0.0 <= metrics["clip_accuracy"] <= 1.0
-    assert metrics["video_accuracy"] == (videos["actual"] == videos["predicted"]).mean()
-    assert np.array(metrics["confusion_matrix"]).sum() == 4
+    metrics, predictions = evaluate_model(tmp_path / "m", store, "test", 4, "cpu")
+    assert (metrics["clips"], metrics["sequences"], metrics["videos"]) == (8, 8, 4)
+    assert metrics["paper_unit"] == PAPER_UNIT == "sequence"
+    for unit in ("clip", "sequence", "video"):
+        rows = predictions[unit]
+        assert metrics[f"{unit}_accuracy"] == (rows["actual"] == rows["predicted"]).mean()
+        assert np.array(metrics["units"][unit]["confusion_matrix"]).sum() == len(rows)
+        assert set(metrics["units"][unit]["per_class"]) == set(CLASSES)
+        assert metrics["units"][unit]["description"]
+    assert predictions["sequence"]["unit_id"].tolist()[:2] == ["test0_0/0", "test0_0/1"]
+
+
+def test_units_aggregate_the_clip_logits_of_their_sequence_and_video():
+    # Video a: sequence 0 holds clips 0 and 1, sequence 1 holds clip 2. Video b lists no sequences.
+    logits = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [5.0, 0.0]])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    data = SplitData(
+        store=None,
+        rows=np.arange(6),
+        clip_ids=[f"c{i}" for i in range(6)],
+        labels=labels,
+        video_ids=["a"] * 3 + ["b"] * 3,
+        sequence_ids=["a/0", "a/0", "a/1", "b", "b", "b"],
+        pose_channels=2,
+    )
+    metrics, predictions = evaluate_logits(logits, data, ["x", "y"])
+    assert predictions["clip"]["predicted"].tolist() == ["x", "y", "y", "y", "y", "x"]
+    assert metrics["clip_accuracy"] == 3 / 6
+    # a/0: mean (1.5, 0.5) -> x (right); a/1 -> y (wrong); b: mean (5/3, 2/3) -> x (wrong).
+    assert predictions["sequence"]["unit_id"].tolist() == ["a/0", "a/1", "b"]
+    assert predictions["sequence"]["predicted"].tolist() == ["x", "y", "x"]
+    assert metrics["sequence_accuracy"] == 1 / 3 and metrics["sequences"] == 3
+    # a: mean (1, 2/3) -> x (right); b -> x (wrong).
+    assert metrics["video_accuracy"] == 1 / 2 and metrics["videos"] == 2
+    assert metrics["units"]["sequence"]["per_class"]["x"]["recall"] == 1 / 2
+    assert metrics["units"]["sequence"]["confusion_matrix"] == [[1, 1], [1, 0]]
+
+
+def _ablation_params(params: dict, variants: dict, seeds: list[int]) -> dict:
+    params["ablation"].update(
+        {"variants": variants, "seeds": seeds, "workers": 1, "latency_repeats": 2, "latency_warmup": 0}
+    )
+    return params
 
 
 def test_ablation_table_reads_only_the_variants_params_name(params, tmp_path, monkeypatch):
-    store = MemoryStore({"train": 12, "val": 3, "test": 4})
-    params["ablation"]["variants"] = {"full": {}, "no_pose": {"model.use_pose": False}}
-    params["ablation"]["latency_repeats"] = 2
-    params["ablation"]["latency_warmup"] = 0
-    for variant in ("full", "no_pose"):
-        ablation.run_variant(params, variant, store, tmp_path / variant, progress=False)
+    store = MemoryStore({"train": 12, "val": 3, "test": 8})
+    variants = {"full": {}, "no_pose": {"model.use_pose": False}}
+    params = _ablation_params(params, variants, [0, 1])
+    for variant in variants:
+        metrics = ablation.run_variant(params, variant, store, tmp_path / variant, progress=False)
+        assert [run["seed"] for run in metrics["runs"]] == [0, 1]
+        assert (tmp_path / variant / "seed-1/model/model.safetensors").is_file()
     # a stale folder of a removed variant must not leak into the table
     stale = copy.deepcopy(json.loads((tmp_path / "full/metrics.json").read_text()))
     (tmp_path / "old").mkdir()
     write_json({**stale, "variant": "old"}, tmp_path / "old/metrics.json")
     monkeypatch.setattr(ablation, "backbone_latency", lambda *a, **k: {"median_ms": 10.0})
-    table, markdown = ablation.aggregate(params, store, tmp_path)
+    table = ablation.aggregate(params, store, tmp_path)
+    markdown = ablation_markdown(table, store.backbone, section(params, "ablation"))
     assert list(table) == ["full", "no_pose"] and "old" not in markdown
-    assert table["full"]["delta_vs_full"] == 0.0
-    no_pose = table["no_pose"]
-    assert no_pose["delta_vs_full"] == pytest.approx(no_pose["accuracy"] - table["full"]["accuracy"])
+    full, no_pose = table["full"], table["no_pose"]
+    assert full["unit"] == "sequence" and full["test_units"] == 8
+    assert full["accuracy_mean"] == pytest.approx(np.mean(full["seed_accuracies"]))
+    assert full["interval"][0] <= full["accuracy_mean"] <= full["interval"][1]
+    assert "delta_vs_full" not in full
+    assert no_pose["delta_vs_full"] == pytest.approx(no_pose["accuracy_mean"] - full["accuracy_mean"])
+    assert no_pose["delta_interval"][0] <= no_pose["delta_vs_full"] <= no_pose["delta_interval"][1]
     assert no_pose["e2e_latency_ms"] == pytest.approx((10.0 + no_pose["head_latency_ms"]) / 4)
     assert no_pose["overrides"] == {"model.use_pose": False}
-    assert "| no_pose | model.use_pose=False |" in markdown
+    assert 0 < no_pose["head_flops"] < full["head_flops"]  # no fusion, no pose encoder
+    assert full["head_flops_paper_size"] > 1e9 and full["backbone_flops_paper_size"] > 3e11
+    assert "| no_pose | model.use_pose=False |" in markdown and "sequence-level top-1" in markdown
+    plot_ablation(table, "sequence", tmp_path / "ablation.png")
+    assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Seeds changed in params but not re-run: refused, naming the param.
+    params["ablation"]["seeds"] = [0, 1, 2]
+    with pytest.raises(ValueError, match=r"ran seeds \[0, 1\], but ablation.seeds is \[0, 1, 2\]"):
+        ablation.aggregate(params, store, tmp_path)
+
+
+def test_difference_to_full_is_printed_only_when_its_interval_excludes_zero():
+    cfg = section({"ablation": {"variants": {"full": {}}, "bootstrap_resamples": 2000}}, "ablation")
+    same = np.ones(100)
+    one_unit = np.ones(100)
+    one_unit[0] = 0.0
+    half = np.r_[np.ones(50), np.zeros(50)]
+    videos = [f"v{i}" for i in range(100)]  # one unit per video
+    assert ablation.bootstrap_interval(same - same, videos, cfg) == (0.0, 0.0)
+    low, high = ablation.bootstrap_interval(one_unit - same, videos, cfg)
+    assert low < 0 and high == 0.0  # one unit of 100: no evidence of a difference
+    low, high = ablation.bootstrap_interval(half - same, videos, cfg)
+    assert -0.65 < low < -0.5 < high < -0.35
+    # Units of one video move together: 10 videos of 10 units each give a wider interval than 100 videos.
+    clustered = ablation.bootstrap_interval(half - same, [f"v{i // 10}" for i in range(100)], cfg)
+    assert clustered[0] < low and clustered[1] > high
+    row = {"delta_vs_full": -0.01, "delta_interval": [-0.03, 0.0], "delta_significant": False}
+    assert figures._delta(row) == "no difference [-3.0, +0.0]"
+    row = {"delta_vs_full": -0.5, "delta_interval": [-0.6, -0.4], "delta_significant": True}
+    assert figures._delta(row) == "-50.0 [-60.0, -40.0]"
+    assert ablation.bootstrap_interval(half, videos, cfg) == ablation.bootstrap_interval(half, videos, cfg)
+
+
+def _write_store(memory: MemoryStore, folder) -> FeatureStore:
+    """The memory store as a real feature cache on disk (one shard), as the features stage writes it."""
+    from safetensors.torch import save_file
+
+    from transmodal.features.cache import BACKBONE_FILE, TOKENS_KEY, shard_name
+
+    folder.mkdir(parents=True)
+    save_file({TOKENS_KEY: torch.from_numpy(memory._tokens)}, str(folder / shard_name(0)))
+    (folder / BACKBONE_FILE).write_text(json.dumps(memory.backbone))
+    clips = memory.clips.assign(
+        shard=0,
+        offset=np.arange(len(memory.clips)),
+        pose_xy=list(memory._xy.reshape(len(memory.clips), -1)),
+        pose_score=list(memory._score.reshape(len(memory.clips), -1)),
+        pose_mask=list(memory._mask.reshape(len(memory.clips), -1)),
+    )
+    clips.to_parquet(folder / "clips.parquet")
+    return FeatureStore(folder, folder / "clips.parquet")
+
+
+def test_seeds_in_worker_processes_equal_seeds_in_one_process(params, tmp_path):
+    store = _write_store(MemoryStore({"train": 12, "val": 3, "test": 6}), tmp_path / "features")
+    params = _ablation_params(params, {"full": {}}, [0, 1])
+    serial = ablation.run_variant(params, "full", store, tmp_path / "serial", progress=False)
+    params["ablation"]["workers"] = 2
+    parallel = ablation.run_variant(params, "full", store, tmp_path / "parallel", progress=False)
+    assert parallel == serial
+    for seed in (0, 1):
+        model = f"seed-{seed}/model/model.safetensors"
+        assert (tmp_path / "serial" / model).read_bytes() == (tmp_path / "parallel" / model).read_bytes()
+    assert serial["runs"][0]["predicted"] != serial["runs"][1]["predicted"] or (
+        (tmp_path / "serial/seed-0" / "model/model.safetensors").read_bytes()
+        != (tmp_path / "serial/seed-1" / "model/model.safetensors").read_bytes()
+    )
 
 
 def test_ablation_missing_variant_results_fail_clearly(params, tmp_path, monkeypatch):

@@ -196,6 +196,7 @@ class ClipsConfig:
     length: int = 16
     per_video_train: int = 4
     per_video_test: int = 2
+    per_sequence_test: int = 1
     crop_margin: float = 0.15
 
     def __post_init__(self):
@@ -203,6 +204,7 @@ class ClipsConfig:
         _check_int(s, "length", self.length, 2, 256)
         _check_int(s, "per_video_train", self.per_video_train, 1)
         _check_int(s, "per_video_test", self.per_video_test, 1)
+        _check_int(s, "per_sequence_test", self.per_sequence_test, 0)
         _check_float(s, "crop_margin", self.crop_margin, 0.0, 2.0)
 
 
@@ -229,9 +231,10 @@ class ModelConfig:
     pose_scores: bool = False
     fusion_depth: int = 1
     num_heads: int = 8
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 2.0
     dropout: float = 0.1
-    pool: str = "rgb"
+    pool: str = "rgb_and_pose"
+    classifier: str = "mlp"
 
     def __post_init__(self):
         s = "model"
@@ -242,6 +245,7 @@ class ModelConfig:
         _check_float(s, "mlp_ratio", self.mlp_ratio, 0.0, 16.0, low_open=True)
         _check_float(s, "dropout", self.dropout, 0.0, 0.9)
         _check_choice(s, "pool", self.pool, ("rgb", "rgb_and_pose"))
+        _check_choice(s, "classifier", self.classifier, ("mlp", "linear"))
 
 
 SELECTOR_POSITIONS = ("after_fusion", "before_ffn", "before_fusion")
@@ -311,12 +315,28 @@ class EvalConfig:
 @dataclass(frozen=True)
 class AblationConfig:
     variants: dict = field(default_factory=dict)
+    seeds: tuple = (0, 1, 2)
+    workers: Any = "auto"
+    bootstrap_resamples: int = 10000
+    confidence: float = 0.95
     latency_warmup: int = 3
     latency_repeats: int = 20
     device: str = "auto"
 
     def __post_init__(self):
         s = "ablation"
+        seeds = self.seeds
+        if not isinstance(seeds, list | tuple) or not seeds:
+            _fail(s, "seeds", f"is {seeds!r}; expected a non-empty list of train.seed values, e.g. [0, 1, 2]")
+        for seed in seeds:
+            _check_int(s, "seeds", seed, 0)
+        if len(set(seeds)) != len(seeds):
+            _fail(s, "seeds", f"is {list(seeds)}; the seeds must be distinct")
+        object.__setattr__(self, "seeds", tuple(seeds))
+        if self.workers != "auto":
+            _check_int(s, "workers", self.workers, 1, 64)
+        _check_int(s, "bootstrap_resamples", self.bootstrap_resamples, 100)
+        _check_float(s, "confidence", self.confidence, 0.5, 0.999)
         if not isinstance(self.variants, dict) or not self.variants:
             _fail(s, "variants", "must be a non-empty mapping of variant name -> param overrides")
         if "full" not in self.variants:
@@ -326,6 +346,8 @@ class AblationConfig:
             if not isinstance(overrides, dict):
                 _fail(s, f"variants.{name}", "must be a mapping of 'section.key: value' overrides")
             for key in overrides:
+                if key == "train.seed":
+                    _fail(s, f"variants.{name}", "overrides 'train.seed'; the seeds are ablation.seeds")
                 if key.split(".")[0] not in ("model", "selector", "train"):
                     _fail(
                         s,

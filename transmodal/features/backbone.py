@@ -86,7 +86,11 @@ class FrozenBackbone:
         return self.forward(self.pixel_values(crops))
 
     def describe(self) -> dict:
-        """What training needs to know about the cached grids (written to ``backbone.json``)."""
+        """What training needs to know about the cached grids (written to ``backbone.json``), and the
+        backbone's size and FLOPs per clip (reported beside the head's)."""
+        from transmodal.flops import videomae_complexity
+
+        complexity = videomae_complexity(self.model.config)
         return {
             "checkpoint": self.checkpoint,
             "model_type": self.model_type,
@@ -102,4 +106,6 @@ class FrozenBackbone:
             "rescale_factor": self.normalizer.rescale_factor,
             "dtype": "float16",
             "model_dtype": str(self.dtype).removeprefix("torch."),
+            "parameters": complexity["parameters"],
+            "flops_per_clip": complexity["flops"],
         }

@@ -31,6 +31,7 @@ class FeatureStore:
 
     def __init__(self, features_dir: str | Path, clips_parquet: str | Path):
         self.directory = Path(features_dir)
+        self.clips_path = Path(clips_parquet)
         self.clips = pd.read_parquet(clips_parquet)
         self.backbone = json.loads((self.directory / BACKBONE_FILE).read_text())
         self.grid = (*self.backbone["grid"], self.backbone["hidden_size"])  # (G, P, D)

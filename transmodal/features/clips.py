@@ -16,7 +16,10 @@ frame; a video shorter than one clip likewise gets one padded clip.
 Spreading. ``n`` clips take the start positions at the centres of ``n`` equal bins over the list of valid
 start positions (``floor((k + 1/2) * m / n)`` for ``k < n`` of ``m`` starts): evenly spread, distinct, the
 middle window when ``n == 1``, and deterministic. Fewer valid starts than asked gives fewer clips, never
-duplicates. Train uses ``clips.per_video_train`` clips, val and test ``clips.per_video_test``.
+duplicates. Train uses ``clips.per_video_train`` clips per video. Val and test use
+``clips.per_sequence_test`` clips inside each listed sequence on its own (a sequence shorter than a clip
+gives one padded clip), so that every sequence, the paper's evaluation unit, is scored; or
+``clips.per_video_test`` per video when the video lists no sequences or ``per_sequence_test`` is 0.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import pandas as pd
 
 from transmodal.params import ClipsConfig
 
-CLIP_COLUMNS = ("clip_id", "video_id", "label", "label_idx", "split", "frame_idx", "padded")
+CLIP_COLUMNS = ("clip_id", "video_id", "label", "label_idx", "split", "frame_idx", "padded", "sequence")
+WHOLE_VIDEO = -1  # the ``sequence`` of a clip from a video without listed sequences
 
 
 def skipped_videos(index: pd.DataFrame, videos: pd.DataFrame) -> list[str]:
@@ -44,19 +48,27 @@ def _as_ranges(sequences) -> list[tuple[int, int]]:
     return [(int(start), int(end)) for start, end in sequences]
 
 
-def sequence_segments(frame_idx: np.ndarray, sequences: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-    """Positions (into the kept frames) of each sequence that holds at least one kept frame.
+def sequence_segments(
+    frame_idx: np.ndarray, sequences: Sequence[tuple[int, int]]
+) -> list[tuple[int, np.ndarray]]:
+    """``(sequence number, positions into the kept frames)`` of each sequence holding a kept frame.
 
     Args:
         frame_idx: (T,) sorted original 0-based frame numbers of the kept frames.
         sequences: 1-based inclusive original frame ranges; empty means the whole video is one segment.
+
+    The sequence number is the range's 0-based position in the video's list (``00sequences.txt`` order), or
+    ``WHOLE_VIDEO`` (-1) when the whole video stands for one segment.
     """
-    everything = [np.arange(len(frame_idx))]
+    everything = [(WHOLE_VIDEO, np.arange(len(frame_idx)))]
     if not sequences:
         return everything
     numbers = np.asarray(frame_idx, dtype=np.int64) + 1  # 1-based, as in 00sequences.txt
-    segments = [np.flatnonzero((numbers >= start) & (numbers <= end)) for start, end in sequences]
-    segments = [segment for segment in segments if len(segment)]
+    segments = [
+        (number, np.flatnonzero((numbers >= start) & (numbers <= end)))
+        for number, (start, end) in enumerate(sequences)
+    ]
+    segments = [(number, segment) for number, segment in segments if len(segment)]
     # Sequences beyond the decoded frames (a file shorter than its listing): fall back to the whole video.
     return segments or everything
 
@@ -68,21 +80,53 @@ def spread(num_starts: int, count: int) -> np.ndarray:
     return np.floor((np.arange(count) + 0.5) * num_starts / count).astype(np.int64)
 
 
+def _windows(segment: np.ndarray, length: int, count: int) -> list[tuple[np.ndarray, bool]]:
+    """Up to ``count`` spread windows of one segment, or one padded window when it is shorter than a clip."""
+    if len(segment) < length:
+        return [(np.concatenate([segment, np.full(length - len(segment), segment[-1])]), True)]
+    # A segment is contiguous in the kept frames (frame_idx is sorted), so windows are start..start+length-1.
+    starts = np.arange(segment[0], segment[-1] - length + 2)
+    return [(np.arange(start, start + length), False) for start in starts[spread(len(starts), count)]]
+
+
 def clip_positions(
-    frame_idx: np.ndarray, sequences: Sequence[tuple[int, int]], length: int, count: int
-) -> list[tuple[np.ndarray, bool]]:
-    """Up to ``count`` clips of one video as ``(positions (length,) into the kept frames, padded)``."""
+    frame_idx: np.ndarray,
+    sequences: Sequence[tuple[int, int]],
+    length: int,
+    count: int,
+    per_sequence: int = 0,
+) -> list[tuple[np.ndarray, bool, int]]:
+    """Clips of one video as ``(positions (length,) into the kept frames, padded, sequence)``, ``sequence``
+    being the number of the listed sequence that holds the whole clip, or -1.
+
+    ``per_sequence == 0``: up to ``count`` clips spread over all valid windows of the video (a window inside
+    several overlapping sequences belongs to the first listed). ``per_sequence > 0`` (evaluation splits, when
+    the video lists sequences): up to that many clips spread inside EACH sequence on its own, and one padded
+    clip for a sequence shorter than a clip, so every listed sequence with a decoded frame is scored."""
     if len(frame_idx) == 0:
         return []
     segments = sequence_segments(frame_idx, sequences)
-    # A segment is contiguous in the kept frames (frame_idx is sorted), so windows are start..start+length-1.
-    starts = [np.arange(seg[0], seg[-1] - length + 2) for seg in segments if len(seg) >= length]
-    if not starts:
-        longest = max(segments, key=len)  # first of the longest on ties
-        pad = np.full(length - len(longest), longest[-1])
-        return [(np.concatenate([longest, pad]), True)]
-    valid = np.unique(np.concatenate(starts))  # overlapping KTH sequences repeat starts
-    return [(np.arange(start, start + length), False) for start in valid[spread(len(valid), count)]]
+    if per_sequence and segments[0][0] != WHOLE_VIDEO:
+        return [
+            (positions, padded, number)
+            for number, segment in segments
+            for positions, padded in _windows(segment, length, per_sequence)
+        ]
+    long_enough = [(number, seg) for number, seg in segments if len(seg) >= length]
+    if not long_enough:
+        number, longest = max(segments, key=lambda item: len(item[1]))  # first of the longest on ties
+        ((positions, padded),) = _windows(longest, length, 1)
+        return [(positions, padded, number)]
+    # Each start with the first sequence that holds its window (overlapping KTH sequences repeat starts).
+    owner: dict[int, int] = {}
+    for number, seg in long_enough:
+        for start in range(int(seg[0]), int(seg[-1]) - length + 2):
+            owner.setdefault(start, number)
+    valid = np.array(sorted(owner))
+    return [
+        (np.arange(start, start + length), False, owner[int(start)])
+        for start in valid[spread(len(valid), count)]
+    ]
 
 
 def make_clips(
@@ -98,7 +142,9 @@ def make_clips(
 
     Returns:
         Columns ``clip_id`` (``<video_id>#<n>``), video_id, label, label_idx, split, ``frame_idx``
-        (int32 array of ``cfg.length`` original 0-based frame numbers), ``padded`` (bool).
+        (int32 array of ``cfg.length`` original 0-based frame numbers), ``padded`` (bool), ``sequence`` (the
+        0-based number of the listed sequence that holds the clip, -1 for a video without sequences: the
+        evaluation unit of the paper's KTH numbers, docs/decisions.md "Accuracy units").
     """
     skipped = set(skipped_videos(index, videos))
     kept_frames = {
@@ -110,9 +156,11 @@ def make_clips(
         if video.video_id in skipped:
             continue
         frame_idx = kept_frames.get(video.video_id, np.zeros(0, np.int64))
-        count = cfg.per_video_train if video.split == "train" else cfg.per_video_test
-        for n, (positions, padded) in enumerate(
-            clip_positions(frame_idx, _as_ranges(video.sequences), cfg.length, count)
+        train = video.split == "train"
+        count = cfg.per_video_train if train else cfg.per_video_test
+        per_sequence = 0 if train else cfg.per_sequence_test
+        for n, (positions, padded, sequence) in enumerate(
+            clip_positions(frame_idx, _as_ranges(video.sequences), cfg.length, count, per_sequence)
         ):
             rows.append(
                 {
@@ -123,7 +171,8 @@ def make_clips(
                     "split": video.split,
                     "frame_idx": frame_idx[positions].astype(np.int32),
                     "padded": padded,
+                    "sequence": sequence,
                 }
             )
     clips = pd.DataFrame(rows, columns=list(CLIP_COLUMNS))
-    return clips.astype({"label_idx": np.int64, "padded": bool})
+    return clips.astype({"label_idx": np.int64, "padded": bool, "sequence": np.int64})

@@ -62,7 +62,7 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
+    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
 
@@ -132,6 +132,7 @@ class TransModal(nn.Module):
                 num_heads=model_cfg.num_heads,
                 mlp_ratio=model_cfg.mlp_ratio,
                 dropout=model_cfg.dropout,
+                pose_output=model_cfg.pool == "rgb_and_pose",
             )
         self.selector: AdaptiveSelector | None = None
         if selector_cfg.enabled:
@@ -143,7 +144,7 @@ class TransModal(nn.Module):
                 scoring=selector_cfg.scoring,
                 dim=dim,
             )
-        self.classifier = Classifier(dim, num_classes)
+        self.classifier = Classifier(dim, num_classes, model_cfg.classifier, model_cfg.dropout)
         self.apply(_init_weights)
 
     def forward(self, rgb: torch.Tensor, pose: torch.Tensor | None = None) -> TransModalOutput:

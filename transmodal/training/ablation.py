@@ -1,21 +1,39 @@
-"""The paper's Table 5 as DVC stages: one trained/evaluated head per variant, then one latency table."""
+"""The paper's Table 5 as DVC stages: each variant trained over ``ablation.seeds`` and evaluated, then one
+table with intervals, FLOPs and latency.
+
+Statistics (docs/decisions.md, "Ablation table: seeds, intervals, FLOPs and latency"). The unit is the paper's
+(:data:`~transmodal.training.evaluate.PAPER_UNIT`, the listed sequence). For each variant and test unit, the
+share of seeds that classify it correctly is that unit's score; accuracy is the mean score. Its interval is a
+percentile bootstrap that resamples whole test videos (``ablation.bootstrap_resamples``,
+``ablation.confidence``); the seeds' spread is their standard deviation. A difference to ``full`` is a
+PAIRED bootstrap of the per-unit score differences (same resampled videos); it is printed only when its
+interval excludes 0, and "no difference" otherwise. Intervals are per comparison, not corrected for the
+number of rows.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json
-from transmodal.params import apply_overrides, section
-from transmodal.training.evaluate import evaluate_model
+from transmodal.params import AblationConfig, apply_overrides, section
+from transmodal.training.evaluate import PAPER_UNIT, UNITS, evaluate_model
 from transmodal.training.latency import measure_ms
-from transmodal.training.train import load_checkpoint, train_model
+from transmodal.training.train import load_checkpoint, model_size, train_model
 from transmodal.vision.checkpoints import load_model, pick_device
 
 LATENCY_BATCH = 4  # the paper reports ms per batch of 4
+METRICS_FILE = "metrics.json"
 
 
 def variant_params(params: dict, variant: str) -> dict:
@@ -26,33 +44,95 @@ def variant_params(params: dict, variant: str) -> dict:
     return apply_overrides(params, cfg.variants[variant] or {})
 
 
-def run_variant(
-    params: dict, variant: str, store: FeatureStore, out_dir: Path, progress: bool = True
-) -> dict:
-    """Train and evaluate one variant into ``out_dir`` (model/ and metrics.json); returns its metrics."""
-    varied = variant_params(params, variant)
-    model_dir = out_dir / "model"
+def seed_dir(out_dir: Path, seed: int) -> Path:
+    return Path(out_dir) / f"seed-{seed}"
+
+
+def _run_seed(varied: dict, seed: int, store: FeatureStore, out_dir: Path, progress: bool) -> dict:
+    """Train and evaluate one seed of a variant; its model goes to ``out_dir/seed-<seed>/model``."""
+    model_dir = seed_dir(out_dir, seed) / "model"
+    train_cfg = dataclasses.replace(section(varied, "train"), seed=seed)
     train_metrics, _ = train_model(
-        store,
-        section(varied, "model"),
-        section(varied, "selector"),
-        section(varied, "train"),
-        model_dir,
-        progress=progress,
+        store, section(varied, "model"), section(varied, "selector"), train_cfg, model_dir, progress=progress
     )
     eval_cfg = section(varied, "eval")
-    test, _ = evaluate_model(model_dir, store, "test", eval_cfg.batch_size, eval_cfg.device)
-    metrics = {
-        "variant": variant,
-        "overrides": section(params, "ablation").variants[variant] or {},
-        "accuracy": test["video_accuracy"],
-        "clip_accuracy": test["clip_accuracy"],
+    test, predictions = evaluate_model(model_dir, store, "test", eval_cfg.batch_size, eval_cfg.device)
+    units = predictions[PAPER_UNIT]
+    return {
+        "seed": seed,
+        "accuracy": {unit: test[f"{unit}_accuracy"] for unit in UNITS},
+        "test_counts": {unit: test[f"{unit}s"] for unit in UNITS},
         "val_accuracy": train_metrics["val_acc"],
         "best_epoch": train_metrics["best_epoch"],
         "parameters": train_metrics["parameters"]["total"],
-        "test_videos": test["videos"],
+        "unit_ids": units["unit_id"].tolist(),
+        "video_ids": units["video_id"].tolist(),
+        "actual": units["actual"].tolist(),
+        "predicted": units["predicted"].tolist(),
     }
-    write_json(metrics, out_dir / "metrics.json")
+
+
+def _seed_worker(varied: dict, seed: int, features_dir: Path, clips_path: Path, out_dir: Path, threads: int):
+    """:func:`_run_seed` in a worker process, on its own store handle and ``threads`` torch threads."""
+    torch.set_num_threads(threads)
+    return _run_seed(varied, seed, FeatureStore(features_dir, clips_path), out_dir, progress=False)
+
+
+def worker_count(cfg: AblationConfig, device: torch.device) -> int:
+    """Seeds trained at once: ``ablation.workers``, or with ``auto`` one per seed up to the CPU cores on the
+    CPU and 1 on an accelerator (its kernels, not Python, are then the limit)."""
+    if cfg.workers != "auto":
+        return min(cfg.workers, len(cfg.seeds))
+    if device.type != "cpu":
+        return 1
+    return max(1, min(len(cfg.seeds), available_cores()))
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_variant(
+    params: dict, variant: str, store: FeatureStore, out_dir: Path, progress: bool = True
+) -> dict:
+    """Train and evaluate one variant for every seed into ``out_dir`` (seed-<s>/model/, metrics.json)."""
+    varied = variant_params(params, variant)
+    cfg = section(params, "ablation")
+    workers = worker_count(cfg, pick_device(section(varied, "train").device))
+    if workers == 1:
+        runs = [_run_seed(varied, seed, store, out_dir, progress) for seed in cfg.seeds]
+    else:
+        threads = max(1, available_cores() // workers)
+        by_seed = {}
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {
+                pool.submit(
+                    _seed_worker, varied, seed, store.directory, store.clips_path, out_dir, threads
+                ): seed
+                for seed in cfg.seeds
+            }
+            done = tqdm(
+                as_completed(futures), total=len(futures), desc=variant, unit="seed", disable=not progress
+            )
+            for future in done:
+                by_seed[futures[future]] = future.result()
+        runs = [by_seed[seed] for seed in cfg.seeds]
+    accuracy = np.array([run["accuracy"][PAPER_UNIT] for run in runs])
+    metrics = {
+        "variant": variant,
+        "overrides": cfg.variants[variant] or {},
+        "unit": PAPER_UNIT,
+        "seeds": list(cfg.seeds),
+        "accuracy_mean": float(accuracy.mean()),
+        "accuracy_std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else 0.0,
+        **{
+            f"{unit}_accuracy_mean": float(np.mean([run["accuracy"][unit] for run in runs])) for unit in UNITS
+        },
+        "parameters": runs[0]["parameters"],
+        "runs": runs,
+    }
+    write_json(metrics, Path(out_dir) / METRICS_FILE)
     return metrics
 
 
@@ -84,9 +164,77 @@ def backbone_latency(
     return measure_ms(forward, device, warmup, repeats)
 
 
-def aggregate(params: dict, store: FeatureStore, ablation_dir: Path) -> tuple[dict, str]:
-    """Read the variants that params names (never a stale folder), time each head on one shared batch."""
+def _scores(metrics: dict, unit_ids: list[str], variant: str) -> np.ndarray:
+    """Per test unit, the share of the variant's seeds that classify it correctly (units in ``unit_ids``)."""
+    scores = []
+    for run in metrics["runs"]:
+        if run["unit_ids"] != unit_ids:
+            raise ValueError(
+                f"ablation variant {variant!r} was evaluated on other test {PAPER_UNIT}s than 'full' "
+                "(its results are stale); run its stage"
+            )
+        scores.append(np.asarray(run["actual"]) == np.asarray(run["predicted"]))
+    return np.mean(scores, axis=0)
+
+
+def _pooled_mean(sums: np.ndarray, counts: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.sum(sums, axis=axis) / np.sum(counts, axis=axis)
+
+
+def bootstrap_interval(values: np.ndarray, videos: list[str], cfg: AblationConfig) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of the per-unit ``values``, resampling whole VIDEOS (the
+    sequences of one video share a subject and a scene, so they are not independent draws); seeded, so the
+    same table every run."""
+    from scipy.stats import bootstrap
+
+    if np.all(values == values[0]):  # no spread to resample (e.g. identical predictions)
+        return float(values[0]), float(values[0])
+    _, video_index = np.unique(np.asarray(videos, dtype=object), return_inverse=True)
+    sums = np.bincount(video_index, weights=values)
+    counts = np.bincount(video_index).astype(np.float64)
+    result = bootstrap(
+        (sums, counts),
+        _pooled_mean,
+        paired=True,
+        n_resamples=cfg.bootstrap_resamples,
+        confidence_level=cfg.confidence,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(0),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _complexity(model, store: FeatureStore) -> dict:
+    from transmodal.model.complexity import PAPER_SIZE, head_complexity
+
+    run = head_complexity(model.model_cfg, model.selector_cfg, **model_size(store))
+    paper = head_complexity(model.model_cfg, model.selector_cfg, **PAPER_SIZE)
+    return {"head_flops": run["flops"]["total"], "head_flops_paper_size": paper["flops"]["total"]}
+
+
+def aggregate(params: dict, store: FeatureStore, ablation_dir: Path) -> dict[str, dict]:
+    """Read the variants that params names (never a stale folder); intervals, FLOPs and latency per variant."""
+    from transformers import VideoMAEConfig
+
+    from transmodal.flops import videomae_complexity
+
     cfg = section(params, "ablation")
+    results = {}
+    for variant in cfg.variants:
+        path = ablation_dir / variant / METRICS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"ablation variant {variant!r} has no results at {path}; run its stage")
+        results[variant] = json.loads(path.read_text())
+        if results[variant]["seeds"] != list(cfg.seeds):
+            raise ValueError(
+                f"ablation variant {variant!r} ran seeds {results[variant]['seeds']}, but ablation.seeds is "
+                f"{list(cfg.seeds)}; run its stage"
+            )
+    unit_ids = results["full"]["runs"][0]["unit_ids"]
+    videos = results["full"]["runs"][0]["video_ids"]
+    full_scores = _scores(results["full"], unit_ids, "full")
+
     device = pick_device(cfg.device)
     backbone = backbone_latency(
         section(params, "backbone").checkpoint,
@@ -96,16 +244,25 @@ def aggregate(params: dict, store: FeatureStore, ablation_dir: Path) -> tuple[di
         cfg.latency_repeats,
     )
     inputs = {scores: tuple(t.to(device) for t in _latency_batch(store, scores)) for scores in (False, True)}
+    backbone_flops = {
+        "run": store.backbone["flops_per_clip"],
+        "paper_size": videomae_complexity(VideoMAEConfig())["flops"],
+    }
     table: dict[str, dict] = {}
-    for variant in cfg.variants:
-        folder = ablation_dir / variant
-        metrics_path = folder / "metrics.json"
-        if not metrics_path.is_file():
-            raise FileNotFoundError(
-                f"ablation variant {variant!r} has no results at {metrics_path}; run its stage"
-            )
-        metrics = json.loads(metrics_path.read_text())
-        model, _ = load_checkpoint(folder / "model", device)
+    for variant, metrics in results.items():
+        scores = _scores(metrics, unit_ids, variant)
+        low, high = bootstrap_interval(scores, videos, cfg)
+        row = {key: value for key, value in metrics.items() if key != "runs"}
+        row["seed_accuracies"] = [run["accuracy"][PAPER_UNIT] for run in metrics["runs"]]
+        row["test_units"] = len(unit_ids)
+        row["interval"] = [low, high]
+        if variant != "full":
+            difference = scores - full_scores
+            d_low, d_high = bootstrap_interval(difference, videos, cfg)
+            row["delta_vs_full"] = float(difference.mean())
+            row["delta_interval"] = [d_low, d_high]
+            row["delta_significant"] = bool(d_low > 0 or d_high < 0)
+        model, _ = load_checkpoint(seed_dir(ablation_dir / variant, cfg.seeds[0]) / "model", device)
         tokens, pose = inputs[model.model_cfg.pose_scores]
 
         @torch.inference_mode()
@@ -113,46 +270,24 @@ def aggregate(params: dict, store: FeatureStore, ablation_dir: Path) -> tuple[di
             return model(tokens, pose).logits
 
         head = measure_ms(forward, device, cfg.latency_warmup, cfg.latency_repeats)
-        table[variant] = {
-            **metrics,
-            "head_latency_ms": head["median_ms"],
-            "e2e_latency_ms": (backbone["median_ms"] + head["median_ms"]) / LATENCY_BATCH,
-            "backbone_latency_ms": backbone["median_ms"],
-            "latency_batch": LATENCY_BATCH,
-            "latency_repeats": cfg.latency_repeats,
-            "device": _device_name(device),
-        }
-    full = table["full"]["accuracy"]
-    for row in table.values():
-        row["delta_vs_full"] = row["accuracy"] - full
-    return table, _markdown(table, store.backbone)
+        row.update(_complexity(model, store))
+        row.update(
+            {
+                "backbone_flops": backbone_flops["run"],
+                "backbone_flops_paper_size": backbone_flops["paper_size"],
+                "head_latency_ms": head["median_ms"],
+                "e2e_latency_ms": (backbone["median_ms"] + head["median_ms"]) / LATENCY_BATCH,
+                "backbone_latency_ms": backbone["median_ms"],
+                "latency_batch": LATENCY_BATCH,
+                "latency_repeats": cfg.latency_repeats,
+                "device": _device_name(device),
+            }
+        )
+        table[variant] = row
+    return table
 
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def _markdown(table: dict[str, dict], backbone: dict) -> str:
-    first = next(iter(table.values()))
-    lines = [
-        "# Ablations (paper Table 5), as measured by this pipeline",
-        "",
-        f"Backbone: `{backbone.get('checkpoint')}` (grid {backbone['grid'][0]} x {backbone['grid'][1]} tokens, "
-        f"D={backbone['hidden_size']}). Accuracy: video-level top-1 on the test split. Latency on "
-        f"{first['device']}: median of {first['latency_repeats']} runs after warm-up, batch of "
-        f"{first['latency_batch']}, the same input batch for every variant; end-to-end = (backbone + head) "
-        "per clip.",
-        "",
-        "| variant | overrides | top-1 (%) | delta vs full (pts) | head latency (ms/batch) | e2e latency (ms/clip) |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for name, row in table.items():
-        overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "-"
-        delta = "-" if name == "full" else f"{100 * row['delta_vs_full']:+.1f}"
-        lines.append(
-            f"| {name} | {overrides} | {100 * row['accuracy']:.1f} | {delta} | "
-            f"{row['head_latency_ms']:.2f} | {row['e2e_latency_ms']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"

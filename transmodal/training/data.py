@@ -19,8 +19,12 @@ class SplitData:
 
     store: FeatureStore
     rows: np.ndarray  # (N,) row numbers into store.clips
+    clip_ids: list[str]
     labels: torch.Tensor  # (N,) int64
     video_ids: list[str]
+    sequence_ids: list[
+        str
+    ]  # "<video_id>/<n>": the listed sequence holding the clip; the video id without one
     pose_channels: int
     _tokens: torch.Tensor | None = None  # (N, G, P, D) fp16 when preloaded
     _pose: torch.Tensor | None = None  # (N, T, J, C) float32
@@ -43,8 +47,11 @@ def load_split(store: FeatureStore, split: str, pose_scores: bool) -> SplitData:
     rows = np.flatnonzero((clips["split"] == split).to_numpy())
     labels = torch.as_tensor(clips["label_idx"].to_numpy()[rows], dtype=torch.long)
     video_ids = clips["video_id"].to_numpy()[rows].tolist()
+    sequences = clips["sequence"].to_numpy()[rows].tolist()
+    sequence_ids = [video if n < 0 else f"{video}/{n}" for video, n in zip(video_ids, sequences, strict=True)]
     channels = 3 if pose_scores else 2
-    data = SplitData(store, rows, labels, video_ids, channels)
+    clip_ids = clips["clip_id"].to_numpy()[rows].tolist()
+    data = SplitData(store, rows, clip_ids, labels, video_ids, sequence_ids, channels)
     if len(rows):
         xy, score, mask = store.pose(rows.tolist())  # (N, T, J, 2), (N, T, J), (N, T, J)
         xy = torch.as_tensor(xy) * torch.as_tensor(mask)[..., None]

@@ -1,4 +1,4 @@
-"""Evaluate a trained head: clip- and video-level top-1, per-class report, confusion matrix."""
+"""Evaluate a trained head: top-1, per-class report and confusion matrix per clip, sequence and video."""
 
 from __future__ import annotations
 
@@ -10,23 +10,39 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from transmodal.features.cache import FeatureStore
-from transmodal.training.data import load_split
+from transmodal.training.data import SplitData, load_split
 from transmodal.training.train import load_checkpoint, predict
 from transmodal.vision.checkpoints import pick_device
 
+UNITS = {
+    "clip": "one clip of clips.length frames",
+    "sequence": (
+        "one listed sequence of 00sequences.txt (KTH, the synthetic set; the whole video where none are "
+        "listed), predicted from the mean of its clips' logits"
+    ),
+    "video": "one video, predicted from the mean of its clips' logits",
+}
+# The unit of the paper's KTH numbers and of the ablation table (docs/decisions.md, "Accuracy units").
+PAPER_UNIT = "sequence"
 
-def video_level(logits: torch.Tensor, labels: torch.Tensor, video_ids: list[str]) -> pd.DataFrame:
-    """One row per video: its label and the argmax of the MEAN of its clips' logits."""
-    frame = pd.DataFrame({"video_id": video_ids, "label": labels.numpy()})
-    mean_logits = pd.DataFrame(logits.numpy()).groupby(frame["video_id"].to_numpy(), sort=True).mean()
-    labels_by_video = frame.groupby("video_id", sort=True)["label"].first()
+
+def unit_level(logits: torch.Tensor, labels: torch.Tensor, unit_ids: list[str]) -> pd.DataFrame:
+    """One row per unit (sorted by id): its label and the argmax of the MEAN of its clips' logits."""
+    keys = np.asarray(unit_ids, dtype=object)
+    mean_logits = pd.DataFrame(logits.numpy()).groupby(keys, sort=True).mean()
+    labels_by_unit = pd.Series(labels.numpy()).groupby(keys, sort=True).first()
     return pd.DataFrame(
         {
-            "video_id": mean_logits.index.to_numpy(),
-            "label": labels_by_video.loc[mean_logits.index].to_numpy(),
+            "unit_id": mean_logits.index.to_numpy(),
+            "label": labels_by_unit.loc[mean_logits.index].to_numpy(),
             "prediction": mean_logits.to_numpy().argmax(axis=1),
         }
     )
+
+
+def video_level(logits: torch.Tensor, labels: torch.Tensor, video_ids: list[str]) -> pd.DataFrame:
+    """:func:`unit_level` over videos, with the id column named ``video_id``."""
+    return unit_level(logits, labels, video_ids).rename(columns={"unit_id": "video_id"})
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
@@ -51,10 +67,40 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, classes:
     }
 
 
+def unit_ids(data: SplitData) -> dict[str, list[str]]:
+    """The id of every clip's unit, for each of :data:`UNITS`."""
+    return {"clip": data.clip_ids, "sequence": data.sequence_ids, "video": data.video_ids}
+
+
+def evaluate_logits(
+    logits: torch.Tensor, data: SplitData, classes: list[str]
+) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Top-1, per-class P/R/F1 and confusion matrix at clip, sequence and video level, and the predictions
+    of each unit (unit_id, video_id, actual, predicted as class names)."""
+    metrics: dict = {"units": {}, "paper_unit": PAPER_UNIT}
+    predictions = {}
+    for unit, ids in unit_ids(data).items():
+        frame = unit_level(logits, data.labels, ids)
+        video_of = dict(zip(ids, data.video_ids, strict=True))
+        result = classification_metrics(frame["label"].to_numpy(), frame["prediction"].to_numpy(), classes)
+        metrics[f"{unit}_accuracy"] = result["accuracy"]
+        metrics[f"{unit}s"] = int(len(frame))
+        metrics["units"][unit] = {"description": UNITS[unit], "count": int(len(frame)), **result}
+        predictions[unit] = pd.DataFrame(
+            {
+                "unit_id": frame["unit_id"],
+                "video_id": [video_of[unit_id] for unit_id in frame["unit_id"]],
+                "actual": [classes[i] for i in frame["label"]],
+                "predicted": [classes[i] for i in frame["prediction"]],
+            }
+        )
+    return metrics, predictions
+
+
 def evaluate_model(
     model_dir: Path, store: FeatureStore, split: str, batch_size: int, device: str = "auto"
-) -> tuple[dict, pd.DataFrame]:
-    """Metrics on ``split`` and the per-video predictions (video_id, label, prediction as names)."""
+) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Metrics on ``split`` at every unit (see :func:`evaluate_logits`) and each unit's predictions."""
     torch_device = pick_device(device)
     model, config = load_checkpoint(model_dir, torch_device)
     classes = config["classes"]
@@ -62,47 +108,5 @@ def evaluate_model(
     if len(data) == 0:
         raise ValueError(f"no {split} clips in the feature cache")
     logits = predict(model, data, batch_size, torch_device)
-    clip_predictions = logits.argmax(-1).numpy()
-    videos = video_level(logits, data.labels, data.video_ids)
-    video_metrics = classification_metrics(
-        videos["label"].to_numpy(), videos["prediction"].to_numpy(), classes
-    )
-    metrics = {
-        "split": split,
-        "clips": len(data),
-        "videos": int(len(videos)),
-        "clip_accuracy": float((clip_predictions == data.labels.numpy()).mean()),
-        "video_accuracy": video_metrics.pop("accuracy"),
-        **video_metrics,
-        "classes": classes,
-    }
-    videos["actual"] = [classes[i] for i in videos["label"]]
-    videos["predicted"] = [classes[i] for i in videos["prediction"]]
-    return metrics, videos[["video_id", "actual", "predicted"]]
-
-
-def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
-    """Confusion matrix PNG (rows actual, columns predicted), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from transmodal.io import atomic_path
-
-    counts = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2, 1.1 * len(classes) + 1.5), dpi=100)
-    ax.imshow(counts, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(title)
-    for (i, j), value in np.ndenumerate(counts):
-        ax.text(
-            j, i, str(value), ha="center", va="center", color="white" if value > counts.max() / 2 else "black"
-        )
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    metrics, predictions = evaluate_logits(logits, data, classes)
+    return {"split": split, **metrics, "classes": classes}, predictions

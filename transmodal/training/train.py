@@ -32,19 +32,41 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def model_size(store: FeatureStore) -> dict[str, int]:
+    """The head's size arguments (dim, classes, frames, tubelet, patches) from the feature cache's grid."""
+    backbone = store.backbone
+    return {
+        "dim": backbone["hidden_size"],
+        "num_classes": len(class_names(store)),
+        "num_frames": backbone["num_frames"],
+        "tubelet_size": backbone["tubelet_size"],
+        "patches_per_group": backbone["grid"][1],
+    }
+
+
 def build_model(store: FeatureStore, model_cfg: ModelConfig, selector_cfg: SelectorConfig) -> TransModal:
     """A fresh head sized from the feature cache's grid (which the selector's ranges are checked against)."""
+    return TransModal(model_cfg, selector_cfg, **model_size(store))
+
+
+def complexity_report(store: FeatureStore, model_cfg: ModelConfig, selector_cfg: SelectorConfig) -> dict:
+    """Parameters and FLOPs per clip, per module, of this head at the cache's size beside the backbone that
+    made the cache, and the same at the paper's size (docs/decisions.md, "Parameter counts and FLOPs")."""
+    from transmodal.model.complexity import head_complexity, paper_size_complexity
+
     backbone = store.backbone
-    _, patches = backbone["grid"]
-    return TransModal(
-        model_cfg,
-        selector_cfg,
-        dim=backbone["hidden_size"],
-        num_classes=len(class_names(store)),
-        num_frames=backbone["num_frames"],
-        tubelet_size=backbone["tubelet_size"],
-        patches_per_group=patches,
-    )
+    return {
+        "flops_counted_by": "torch.utils.flop_counter.FlopCounterMode, one clip, 2 FLOPs per multiply-add",
+        "run_size": {
+            **head_complexity(model_cfg, selector_cfg, **model_size(store)),
+            "backbone": {
+                "checkpoint": backbone.get("checkpoint"),
+                "parameters": backbone["parameters"],
+                "flops": backbone["flops_per_clip"],
+            },
+        },
+        "paper_size": paper_size_complexity(model_cfg, selector_cfg),
+    }
 
 
 def class_names(store: FeatureStore) -> list[str]:

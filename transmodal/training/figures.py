@@ -1,0 +1,127 @@
+"""What the evaluate and ablation stages show: PNG figures (headless matplotlib, written atomically) and the
+ablation table as Markdown. Only those two stages import this, so changing a figure or a table's layout
+re-runs nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from transmodal.io import atomic_path
+from transmodal.params import AblationConfig
+from transmodal.training.evaluate import PAPER_UNIT, UNITS
+
+
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG (no software tag, so identical figures give identical bytes) and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    pyplot().close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    """Confusion matrix PNG normalised per row (rows actual, columns predicted; each cell the share of the
+    actual class, as the paper's Figure 2), written atomically."""
+    plt = pyplot()
+    counts = np.asarray(matrix, dtype=np.float64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2, 1.1 * len(classes) + 1.5), dpi=100)
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    for (i, j), value in np.ndenumerate(shares):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.5 else "black")
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def plot_ablation(table: dict[str, dict], unit: str, path: Path) -> None:
+    """Accuracy (mean, interval, each seed) and end-to-end latency per variant, as a PNG."""
+    plt = pyplot()
+    names = list(table)
+    y = np.arange(len(names))[::-1]
+    fig, (acc_ax, lat_ax) = plt.subplots(
+        1, 2, figsize=(11, 0.5 * len(names) + 1.8), dpi=100, sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+    )
+    means = np.array([100 * table[n]["accuracy_mean"] for n in names])
+    intervals = np.array([[100 * v for v in table[n]["interval"]] for n in names])
+    acc_ax.barh(y, means, color=["tab:blue" if n == "full" else "tab:gray" for n in names], alpha=0.6)
+    acc_ax.errorbar(
+        means,
+        y,
+        xerr=np.clip([means - intervals[:, 0], intervals[:, 1] - means], 0, None),
+        fmt="none",
+        ecolor="black",
+        capsize=3,
+    )
+    for yi, name in zip(y, names, strict=True):
+        seeds = 100 * np.asarray(table[name]["seed_accuracies"])
+        acc_ax.scatter(seeds, np.full(len(seeds), yi), color="black", s=10, zorder=3)
+    acc_ax.set_yticks(y, names)
+    acc_ax.set_xlabel(f"{unit}-level top-1 (%): mean, interval, seeds")
+    acc_ax.set_xlim(0, 100)
+    lat_ax.barh(y, [table[n]["e2e_latency_ms"] for n in names], color="tab:orange", alpha=0.7)
+    lat_ax.set_xlabel("end-to-end latency (ms/clip)")
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def _delta(row: dict) -> str:
+    if "delta_vs_full" not in row:
+        return "-"
+    low, high = (100 * v for v in row["delta_interval"])
+    if row["delta_significant"]:
+        return f"{100 * row['delta_vs_full']:+.1f} [{low:+.1f}, {high:+.1f}]"
+    return f"no difference [{low:+.1f}, {high:+.1f}]"
+
+
+def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfig) -> str:
+    """Table 5 as Markdown (``metrics/ablation.md``) from :func:`~transmodal.training.ablation.aggregate`."""
+    first = next(iter(table.values()))
+    confidence = f"{100 * cfg.confidence:g} %"
+    lines = [
+        "# Ablations (paper Table 5), as measured by this pipeline",
+        "",
+        f"Backbone: `{backbone.get('checkpoint')}` (grid {backbone['grid'][0]} x {backbone['grid'][1]} tokens, "
+        f"D={backbone['hidden_size']}), {first['backbone_flops'] / 1e9:.3g} GFLOPs per clip here; VideoMAE-B "
+        f"at the paper's size: {first['backbone_flops_paper_size'] / 1e9:.0f} GFLOPs per clip.",
+        "",
+        f"Accuracy: {PAPER_UNIT}-level top-1 on the test split ({first['test_units']} {PAPER_UNIT}s; "
+        f"{UNITS[PAPER_UNIT]}), mean ± std over seeds {list(cfg.seeds)}, with a {confidence} percentile "
+        f"bootstrap interval resampling whole test videos ({cfg.bootstrap_resamples} resamples). vs full: the "
+        f"paired difference and its {confidence} interval, printed only when the interval excludes 0 "
+        "(per comparison, uncorrected).",
+        "",
+        f"FLOPs: FlopCounterMode, one clip, head only (at this run's size and at the paper's, D=768 and 8 x 196 "
+        f"tokens). Latency on {first['device']}: median of {first['latency_repeats']} runs after warm-up, "
+        f"batch of {first['latency_batch']}, the same input batch for every variant; end-to-end = (backbone + "
+        "head) per clip.",
+        "",
+        f"| variant | overrides | top-1 (%) | {confidence} interval | vs full (pts) | head MFLOPs | "
+        "head GFLOPs, paper size | head latency (ms/batch) | e2e latency (ms/clip) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in table.items():
+        overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "-"
+        low, high = (100 * v for v in row["interval"])
+        lines.append(
+            f"| {name} | {overrides} | {100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f} | "
+            f"[{low:.1f}, {high:.1f}] | {_delta(row)} | {row['head_flops'] / 1e6:.3g} | "
+            f"{row['head_flops_paper_size'] / 1e9:.3g} | {row['head_latency_ms']:.2f} | "
+            f"{row['e2e_latency_ms']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
