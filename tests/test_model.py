@@ -29,8 +29,11 @@ POSITIONS = ("after_fusion", "before_ffn", "before_fusion")
 
 def make_model(seed: int = 0, *, selector: dict | None = None, **model_kwargs) -> TransModal:
     torch.manual_seed(seed)
-    model_cfg = ModelConfig(num_heads=4, dropout=0.1, **model_kwargs)
-    selector_cfg = SelectorConfig(**(selector or {}))
+    return build(ModelConfig(num_heads=4, dropout=0.1, **model_kwargs), SelectorConfig(**(selector or {})))
+
+
+def build(model_cfg: ModelConfig, selector_cfg: SelectorConfig) -> TransModal:
+    """The head at the test widths."""
     return TransModal(
         model_cfg,
         selector_cfg,
@@ -488,15 +491,7 @@ CONFIGS = _configs_under_test()
 def _model_of(name: str) -> TransModal:
     """The head of one configuration under test at the test widths (4 heads for D=32)."""
     model_cfg, selector_cfg = CONFIGS[name]
-    return TransModal(
-        dataclasses.replace(model_cfg, num_heads=4),
-        selector_cfg,
-        dim=D,
-        num_classes=C_CLASSES,
-        num_frames=T,
-        tubelet_size=TUBELET,
-        patches_per_group=P,
-    )
+    return build(dataclasses.replace(model_cfg, num_heads=4), selector_cfg)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
