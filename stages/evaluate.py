@@ -1,14 +1,20 @@
 """Stage evaluate: test-split top-1 and per-class report per clip, sequence and video; the confusion matrix
-at the paper's unit (sequence) as a DVC plot and a PNG."""
+at the paper's unit (sequence) as a DVC plot and a PNG; the training curves as a PNG; paper Figures 3 and 4
+for ``eval.explain_clips`` test clips (metrics/explain/)."""
 
 from pathlib import Path
 
+import pandas as pd
+
+from transmodal.data.frames import FrameStore
+from transmodal.explain import explain_test_clips
 from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json, write_text
 from transmodal.params import section
 from transmodal.stage import run_stage
 from transmodal.training.evaluate import PAPER_UNIT, evaluate_model
-from transmodal.training.figures import plot_confusion
+from transmodal.training.figures import plot_confusion, plot_curves
+from transmodal.training.train import load_checkpoint
 
 
 def main(params: dict) -> None:
@@ -25,6 +31,19 @@ def main(params: dict) -> None:
         f"({unit['count']} {PAPER_UNIT}s)"
     )
     plot_confusion(unit["confusion_matrix"], metrics["classes"], Path("metrics/confusion.png"), title)
+    model, _ = load_checkpoint(Path("models/transmodal"))
+    tracks = pd.read_parquet("data/tracks.parquet")
+    metrics["explained_clips"] = explain_test_clips(
+        model,
+        store,
+        FrameStore("data/frames"),
+        tracks,
+        metrics["classes"],
+        Path("metrics/explain"),
+        cfg.explain_clips,
+    )
+    history = pd.read_csv("metrics/train_curve.csv")
+    plot_curves(history, Path("metrics/curves.png"), "TransMODAL head: training curves (models/transmodal)")
     write_json(metrics, "metrics/eval.json")
 
 

@@ -6,7 +6,7 @@ from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json, write_text
 from transmodal.params import section
 from transmodal.stage import run_stage
-from transmodal.training.train import complexity_report, train_model
+from transmodal.training.train import complexity_report, pipeline_record, train_model
 
 
 def main(params: dict) -> None:
@@ -14,7 +14,10 @@ def main(params: dict) -> None:
     selector_cfg = section(params, "selector")
     train_cfg = section(params, "train")
     store = FeatureStore(Path("data/features"), Path("data/clips.parquet"))
-    metrics, history = train_model(store, model_cfg, selector_cfg, train_cfg, Path("models/transmodal"))
+    pipeline = pipeline_record(params)
+    metrics, history = train_model(
+        store, model_cfg, selector_cfg, train_cfg, Path("models/transmodal"), pipeline=pipeline
+    )
     write_text(history.to_csv(index=False, float_format="%.6g"), "metrics/train_curve.csv")
     metrics["complexity"] = complexity_report(store, model_cfg, selector_cfg)
     write_json(metrics, "metrics/train.json")

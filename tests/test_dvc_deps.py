@@ -109,7 +109,7 @@ def stage_code() -> dict[str, tuple[Path, set[str]]]:
     found = {}
     for name, stage in stages.items():
         stage = stage.get("do", stage)
-        script = re.fullmatch(r"python (stages/\w+\.py)( .*)?", stage["cmd"])
+        script = re.fullmatch(r"sh stages/python.sh (stages/\w+\.py)( .*)?", stage["cmd"])
         assert script, f"dvc.yaml: stage {name}'s cmd {stage['cmd']!r} does not run a script of stages/"
         found[name] = (REPO_ROOT / script.group(1), listed_code(stage["deps"]))
     return found
@@ -151,3 +151,47 @@ def test_removing_a_dep_is_caught():
     closure = import_closure(script)
     assert closure == listed
     assert closure != listed - {"transmodal/vision/pose_decode.py"}
+
+
+def test_stages_find_the_project_python_without_an_activated_venv(tmp_path):
+    """`.venv/bin/dvc repro` without activating the venv: a stage's interpreter is still the project's."""
+    import os
+    import subprocess
+    import sys
+
+    bare = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
+    venv_python = REPO_ROOT / ".venv" / "bin" / "python"
+    if venv_python.is_file():
+        probe = subprocess.run(
+            ["sh", "stages/python.sh", "-c", "import sys, transmodal; print(sys.prefix)"],
+            cwd=REPO_ROOT,
+            env=bare,
+            capture_output=True,
+            text=True,
+        )
+        assert probe.returncode == 0, probe.stderr
+        assert Path(probe.stdout.strip()).resolve() == (REPO_ROOT / ".venv").resolve()
+    # an activated environment with the project installed wins
+    probe = subprocess.run(
+        ["sh", str(REPO_ROOT / "stages" / "python.sh"), "-c", "import sys; print(sys.prefix)"],
+        cwd=tmp_path,
+        env={**bare, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode == 0 and probe.stdout.strip() == sys.prefix
+    # neither: one line saying what to do
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "python.sh").write_text((REPO_ROOT / "stages" / "python.sh").read_text())
+    probe = subprocess.run(
+        ["/bin/sh", "stages/python.sh", "stages/train.py"],
+        cwd=tmp_path,
+        env={"PATH": str(tmp_path / "nothing")},
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode == 2
+    assert probe.stderr.strip().splitlines() == [
+        "stages/train.py: error: no Python with the transmodal package on PATH and no .venv here: run "
+        "'make setup', then '. .venv/bin/activate'"
+    ]

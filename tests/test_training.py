@@ -300,3 +300,24 @@ def test_ablation_missing_variant_results_fail_clearly(params, tmp_path, monkeyp
     params["ablation"]["variants"] = {"full": {}}
     with pytest.raises(FileNotFoundError, match="'full' has no results"):
         ablation.aggregate(params, MemoryStore({"test": 2}), tmp_path)
+
+
+def test_training_curves_png_is_deterministic(tmp_path):
+    from transmodal.training.figures import plot_curves
+
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "lr": [1e-4, 5e-5, 0.0],
+            "train_loss": [1.7, 1.2, 0.9],
+            "train_acc": [0.2, 0.5, 0.7],
+            "val_loss": [1.6, 1.1, 1.3],
+            "val_acc": [0.3, 0.6, 0.6],
+        }
+    )
+    plot_curves(history, tmp_path / "a.png", "curves")
+    plot_curves(history, tmp_path / "b.png", "curves")
+    data = (tmp_path / "a.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data == (tmp_path / "b.png").read_bytes()
+    plot_curves(history.drop(columns=["val_loss", "val_acc"]), tmp_path / "c.png", "no val split")
+    assert (tmp_path / "c.png").read_bytes() != data

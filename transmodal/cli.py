@@ -1,4 +1,5 @@
-"""``transmodal`` command line: dataset generation, tiny checkpoints, stage timings."""
+"""``transmodal`` command line: dataset generation and download, tiny checkpoints, stage timings, and the
+trained model on one video (``predict``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from transmodal.params import KTH_ACTIONS, KTH_SCENARIOS, ParamError, SynthConfig
+from transmodal.params import DEVICES, KTH_ACTIONS, KTH_SCENARIOS, CheckpointError, ParamError, SynthConfig
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -51,6 +52,35 @@ def _timings(args: argparse.Namespace) -> None:
     print(f"{'sum':<{width}}  {sum(s for _, s in rows):7.1f}")
 
 
+def _download(args: argparse.Namespace) -> None:
+    from transmodal.data.download import download
+
+    summary = download(
+        args.dataset, Path(args.root), progress=not args.quiet, keep_archives=args.keep_archives
+    )
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from transmodal.predict import run_predict
+
+    run_predict(args)
+
+
+def _preset(args: argparse.Namespace) -> None:
+    from transmodal.presets import apply_preset
+
+    changed = apply_preset(args.name, Path(args.params))
+    print(f"{args.params}: preset {args.name} set {len(changed)} value(s): {', '.join(changed) or 'none'}")
+    print("undo with: git checkout " + args.params)
+
+
+def _explain(args: argparse.Namespace) -> None:
+    from transmodal.predict import run_explain
+
+    run_explain(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="transmodal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,14 +102,71 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_tiny)
 
+    from transmodal.data.download import DATASETS
+
+    fetch = sub.add_parser(
+        "download", help="fetch a dataset's official archives into ROOT, in the layout `prepare` reads"
+    )
+    fetch.add_argument("dataset", choices=DATASETS)
+    fetch.add_argument("root")
+    fetch.add_argument("--keep-archives", action="store_true", help="keep the archives after unpacking")
+    fetch.add_argument("--quiet", action="store_true")
+    fetch.set_defaults(func=_download)
+
+    from transmodal.predict import DEFAULT_MAX_SIDE
+
+    pred = sub.add_parser(
+        "predict", help="the trained model on one video: top-5 actions, per-window timeline, annotated video"
+    )
+    pred.add_argument("video")
+    pred.add_argument("--model", default="models/transmodal", help="a model folder the train stage wrote")
+    pred.add_argument("--out", default=None, help="annotated video (.mp4 or .avi)")
+    pred.add_argument("--json", default=None, help="per-window timeline and the video-level result")
+    pred.add_argument(
+        "--step", type=int, default=None, help="kept frames between windows (default: half a clip)"
+    )
+    pred.add_argument("--device", default="auto", choices=DEVICES)
+    pred.add_argument(
+        "--max-side", type=int, default=DEFAULT_MAX_SIDE, help="shrink larger frames to this side"
+    )
+    pred.add_argument("--detector", default=None, help="RT-DETR checkpoint instead of the recorded one")
+    pred.add_argument("--pose-model", default=None, help="ViTPose++ checkpoint instead of the recorded one")
+    pred.add_argument("--quiet", action="store_true")
+    pred.set_defaults(func=_predict)
+
+    expl = sub.add_parser(
+        "explain", help="selector scores and co-attention on the crop of one window (paper Figures 3, 4)"
+    )
+    expl.add_argument("video")
+    expl.add_argument("--out", required=True, help="the attention/selector PNG (Figure 4)")
+    expl.add_argument("--pose-out", default=None, help="the pose-track PNG (Figure 3)")
+    expl.add_argument("--model", default="models/transmodal")
+    expl.add_argument(
+        "--window", type=int, default=None, help="default: the window most sure of the video's label"
+    )
+    expl.add_argument("--device", default="auto", choices=DEVICES)
+    expl.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
+    expl.add_argument("--detector", default=None, help="RT-DETR checkpoint instead of the recorded one")
+    expl.add_argument("--pose-model", default=None, help="ViTPose++ checkpoint instead of the recorded one")
+    expl.add_argument("--quiet", action="store_true")
+    expl.set_defaults(func=_explain)
+
+    preset = sub.add_parser("preset", help="merge params/NAME.yaml (e.g. paper-kth) into params.yaml")
+    preset.add_argument("name")
+    preset.add_argument("--params", default="params.yaml")
+    preset.set_defaults(func=_preset)
+
     timings = sub.add_parser("timings", help="print each stage's wall time (metrics/timings/)")
     timings.add_argument("--dir", default=None)
     timings.set_defaults(func=_timings)
 
+    from transmodal.data.download import DownloadError
+    from transmodal.predict import PredictError
+
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except ParamError as err:
+    except (ParamError, CheckpointError, DownloadError, PredictError) as err:
         print(f"transmodal {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
 

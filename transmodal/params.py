@@ -306,10 +306,12 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 16
     device: str = "auto"
+    explain_clips: int = 6
 
     def __post_init__(self):
         _check_int("eval", "batch_size", self.batch_size, 1)
         _check_choice("eval", "device", self.device, DEVICES)
+        _check_int("eval", "explain_clips", self.explain_clips, 0, 100)
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,12 @@ class DecodedVideo:
     reason: str = ""
 
 
-def decode_video(path: Path, video_id: str, stride: int) -> DecodedVideo:
+def decode_video(path: Path, video_id: str, stride: int, max_side: int | None = None) -> DecodedVideo:
     """Decode all frames of ``path`` and keep every ``stride``-th (0, stride, 2*stride, ...).
+
+    ``max_side`` (``transmodal predict`` only; the frames stage keeps the source size): kept frames whose
+    longer side exceeds it are shrunk to it (area resampling, aspect kept) as they are decoded, so a 4K video
+    holds a quarter of the memory.
 
     Zero-byte, unreadable, non-video and truncated files come back with ``frames=None`` and a reason.
     A file is called truncated when it decodes fewer frames than its container header announces.
@@ -84,6 +88,10 @@ def decode_video(path: Path, video_id: str, stride: int) -> DecodedVideo:
                 ok, frame = capture.retrieve()
                 if not ok:
                     break
+                if max_side is not None and max(frame.shape[:2]) > max_side:
+                    scale = max_side / max(frame.shape[:2])
+                    size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
+                    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
                 kept.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
                 kept_idx.append(decoded)
             decoded += 1

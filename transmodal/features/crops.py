@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+CROP_COLUMNS = ("crop_x1", "crop_y1", "crop_x2", "crop_y2")  # the clip's crop box in clips.parquet (pixels)
+
 
 def square_crop_box(
     boxes: np.ndarray, frame_width: int, frame_height: int, margin: float

@@ -45,12 +45,17 @@ from transmodal.data.frames import FrameStore
 from transmodal.features.backbone import FrozenBackbone
 from transmodal.features.cache import BACKBONE_FILE, TOKENS_KEY, shard_name
 from transmodal.features.clips import make_clips, skipped_videos
-from transmodal.features.crops import PixelNormalizer, align_poses, crop_frames, square_crop_boxes
+from transmodal.features.crops import (
+    CROP_COLUMNS,
+    PixelNormalizer,
+    align_poses,
+    crop_frames,
+    square_crop_boxes,
+)
 from transmodal.io import atomic_dir, write_json, write_parquet
 from transmodal.params import BackboneConfig, ClipsConfig
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
-CROP_COLUMNS = ("crop_x1", "crop_y1", "crop_x2", "crop_y2")
 
 
 class ShardWriter:

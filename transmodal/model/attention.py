@@ -33,6 +33,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
         self.out_dropout = nn.Dropout(dropout)
+        # ``record = True`` (``transmodal explain``): forward also keeps the head-averaged attention weights
+        # (B, N, M) in ``weights``; off in training and evaluation, where only the fused kernel runs.
+        self.record = False
+        self.weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Attend from ``x`` (B, N, D) to ``context`` (B, M, D), or to ``x`` itself; returns (B, N, D)."""
@@ -43,6 +47,9 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, N, D/H)
+        if self.record:
+            scores = q @ k.transpose(-2, -1) * self.head_dim**-0.5  # (B, H, N, M)
+            self.weights = scores.softmax(dim=-1).mean(dim=1).detach()  # (B, N, M)
         out = rearrange(out, "b h n d -> b n (h d)")  # (B, N, D)
         return self.out_dropout(self.out_proj(out))
 

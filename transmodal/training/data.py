@@ -41,6 +41,14 @@ class SplitData:
         return tokens.float(), self._pose[positions], self.labels[positions]
 
 
+def pose_input(xy: np.ndarray, score: np.ndarray, mask: np.ndarray, pose_scores: bool) -> torch.Tensor:
+    """The head's pose input (N, T, J, C) float32 from aligned keypoints: xy (N, T, J, 2) zeroed where
+    ``mask`` (N, T, J) is False, then the score (N, T, J) as a third channel when ``pose_scores``."""
+    xy = torch.as_tensor(xy) * torch.as_tensor(mask)[..., None]
+    pose = torch.cat([xy, torch.as_tensor(score)[..., None]], dim=-1) if pose_scores else xy
+    return pose.float().contiguous()
+
+
 def load_split(store: FeatureStore, split: str, pose_scores: bool) -> SplitData:
     """All clips of ``split`` (train | val | test) in clips.parquet order."""
     clips = store.clips
@@ -53,12 +61,7 @@ def load_split(store: FeatureStore, split: str, pose_scores: bool) -> SplitData:
     clip_ids = clips["clip_id"].to_numpy()[rows].tolist()
     data = SplitData(store, rows, clip_ids, labels, video_ids, sequence_ids, channels)
     if len(rows):
-        xy, score, mask = store.pose(rows.tolist())  # (N, T, J, 2), (N, T, J), (N, T, J)
-        xy = torch.as_tensor(xy) * torch.as_tensor(mask)[..., None]
-        pose = (
-            torch.cat([xy, torch.as_tensor(score)[..., None]], dim=-1) if pose_scores else xy
-        )  # (N, T, J, C)
-        data._pose = pose.float().contiguous()
+        data._pose = pose_input(*store.pose(rows.tolist()), pose_scores)
         grid = store.backbone["grid"]
         nbytes = len(rows) * grid[0] * grid[1] * store.backbone["hidden_size"] * 2
         if nbytes <= PRELOAD_BYTES:

@@ -26,11 +26,16 @@ UNITS = {
 PAPER_UNIT = "sequence"
 
 
+def mean_logits_by_unit(logits: torch.Tensor, unit_ids: list[str]) -> pd.DataFrame:
+    """The mean of each unit's clip logits (one row per unit id, sorted; one column per class): how every
+    unit, and ``transmodal predict``'s whole video, is scored from its clips."""
+    return pd.DataFrame(logits.numpy()).groupby(np.asarray(unit_ids, dtype=object), sort=True).mean()
+
+
 def unit_level(logits: torch.Tensor, labels: torch.Tensor, unit_ids: list[str]) -> pd.DataFrame:
     """One row per unit (sorted by id): its label and the argmax of the MEAN of its clips' logits."""
-    keys = np.asarray(unit_ids, dtype=object)
-    mean_logits = pd.DataFrame(logits.numpy()).groupby(keys, sort=True).mean()
-    labels_by_unit = pd.Series(labels.numpy()).groupby(keys, sort=True).first()
+    mean_logits = mean_logits_by_unit(logits, unit_ids)
+    labels_by_unit = pd.Series(labels.numpy()).groupby(np.asarray(unit_ids, dtype=object), sort=True).first()
     return pd.DataFrame(
         {
             "unit_id": mean_logits.index.to_numpy(),

@@ -49,6 +49,131 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
     save_png(fig, path)
 
 
+def plot_curves(history, path: Path, title: str) -> None:
+    """Loss and top-1 per epoch (train, and val where there is a val split) from ``metrics/train_curve.csv``,
+    with the epoch the model was kept at (best val accuracy) marked, as a PNG."""
+    plt = pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    epochs = history["epoch"].to_numpy()
+    for ax, metric, label in ((loss_ax, "loss", "cross-entropy"), (acc_ax, "acc", "clip top-1")):
+        for split, style in (("train", "-"), ("val", "--")):
+            column = f"{split}_{metric}"
+            if column in history:
+                ax.plot(epochs, history[column].to_numpy(), style, marker="o", markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if "val_acc" in history and history["val_acc"].notna().any():
+        # the first epoch with the best val accuracy, lower val loss breaking ties (as train_model keeps)
+        best = history.sort_values(["val_acc", "val_loss"], ascending=[False, True], kind="stable").iloc[0]
+        for ax in (loss_ax, acc_ax):
+            ax.axvline(best["epoch"], color="grey", linewidth=0.8)
+        acc_ax.annotate(f"kept: epoch {int(best['epoch'])}", (best["epoch"], best["val_acc"]), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def _skeleton(ax, xy: np.ndarray, mask: np.ndarray, size: int) -> None:
+    """Draw one frame's COCO skeleton: xy (J, 2) in the crop's unit square, mask (J,) present joints."""
+    from transmodal.data.coco import COCO_LIMBS
+
+    points = np.asarray(xy, np.float64) * size
+    for a, b in COCO_LIMBS:
+        if mask[a] and mask[b]:
+            ax.plot(points[[a, b], 0], points[[a, b], 1], color="lime", linewidth=1.2)
+    ax.scatter(points[mask, 0], points[mask, 1], s=6, color="red", zorder=3)
+
+
+def plot_pose_track(
+    crops: np.ndarray, xy: np.ndarray, mask: np.ndarray, path: Path, title: str, count: int = 6
+) -> None:
+    """Paper Figure 3: the pose track drawn on ``count`` evenly sampled frames of a clip's crop.
+
+    crops (T, S, S, 3) uint8; xy (T, J, 2) in the crop's unit square; mask (T, J) bool.
+    """
+    plt = pyplot()
+    frames = np.unique(np.linspace(0, len(crops) - 1, min(count, len(crops))).round().astype(int))
+    size = crops.shape[1]
+    fig, axes = plt.subplots(1, len(frames), figsize=(2.0 * len(frames), 2.5), dpi=100, squeeze=False)
+    for ax, t in zip(axes[0], frames, strict=True):
+        ax.imshow(crops[t])
+        _skeleton(ax, xy[t], mask[t], size)
+        ax.set_title(f"frame {t}", fontsize=8)
+        ax.set_xlim(0, size)
+        ax.set_ylim(size, 0)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def plot_explanation(
+    crops: np.ndarray,
+    xy: np.ndarray,
+    mask: np.ndarray,
+    explanation,
+    tubelet_size: int,
+    path: Path,
+    title: str,
+) -> None:
+    """Paper Figure 4: per kept frame group (columns), the crop with its pose, then each map of
+    :class:`~transmodal.explain.ClipExplanation` over the patch grid on the crop, kept tokens outlined."""
+    from matplotlib.patches import Rectangle
+
+    plt = pyplot()
+    maps = explanation.maps()
+    groups = (
+        explanation.group_index if explanation.group_index is not None else np.arange(len(explanation.kept))
+    )
+    groups = list(groups)[:8]
+    size = crops.shape[1]
+    side = int(round(explanation.kept.shape[1] ** 0.5))
+    patch = size / side
+    rows = 1 + len(maps)
+    fig, axes = plt.subplots(
+        rows, len(groups), figsize=(2.0 * len(groups), 2.0 * rows + 0.6), dpi=100, squeeze=False
+    )
+    for column, g in enumerate(groups):
+        t = int(g) * tubelet_size
+        ax = axes[0, column]
+        ax.imshow(crops[t])
+        _skeleton(ax, xy[t], mask[t], size)
+        ax.set_title(f"group {int(g)} (frames {t}-{t + tubelet_size - 1})", fontsize=7)
+        for row, (name, heat) in enumerate(maps.items(), start=1):
+            ax = axes[row, column]
+            ax.imshow(crops[t], alpha=0.55)
+            finite = heat[np.isfinite(heat)]
+            low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+            ax.imshow(
+                heat[int(g)].reshape(side, side),
+                cmap="inferno",
+                alpha=0.6,
+                extent=(0, size, size, 0),
+                vmin=low,
+                vmax=high if high > low else low + 1e-9,
+                interpolation="nearest",
+            )
+            for p in np.flatnonzero(explanation.kept[int(g)]):
+                y, x = divmod(int(p), side)
+                ax.add_patch(
+                    Rectangle(
+                        (x * patch, y * patch), patch, patch, fill=False, edgecolor="cyan", linewidth=0.8
+                    )
+                )
+            if column == 0:
+                ax.set_ylabel(name, fontsize=7)
+        for ax in axes[:, column]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlim(0, size)
+            ax.set_ylim(size, 0)
+    fig.suptitle(title + "  (cyan: tokens kept by the selector)", fontsize=9)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
 def plot_ablation(table: dict[str, dict], unit: str, path: Path) -> None:
     """Accuracy (mean, interval, each seed) and end-to-end latency per variant, as a PNG."""
     plt = pyplot()

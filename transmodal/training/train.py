@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict
@@ -23,6 +24,36 @@ from transmodal.vision.checkpoints import pick_device
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+
+# The params upstream of the feature cache that `transmodal predict` needs to run the same chain on a new
+# video, recorded in the model folder's config.json under "pipeline" (dvc.yaml lists them under train).
+PIPELINE_KEYS: dict[str, tuple[str, ...]] = {
+    "frames": ("stride",),
+    "clips": ("length", "crop_margin"),
+    "detect": (
+        "source",
+        "checkpoint",
+        "score_threshold",
+        "person_label",
+        "track_activation_threshold",
+        "lost_track_buffer",
+        "minimum_matching_threshold",
+        "minimum_consecutive_frames",
+        "stitch_tracks",
+    ),
+    "pose": ("source", "checkpoint", "dataset_index"),
+}
+
+
+def pipeline_record(params: dict) -> dict[str, dict]:
+    """The :data:`PIPELINE_KEYS` of ``params``, each section validated first (a bad value names its key)."""
+    from transmodal.params import section
+
+    record = {}
+    for name, keys in PIPELINE_KEYS.items():
+        values = dataclasses.asdict(section(params, name))
+        record[name] = {key: values[key] for key in keys}
+    return record
 
 
 def seed_everything(seed: int) -> None:
@@ -95,11 +126,13 @@ def train_model(
     train_cfg: TrainConfig,
     out_dir: Path,
     progress: bool = True,
+    pipeline: dict | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Train, select the epoch with the best validation accuracy, save it to ``out_dir``.
 
     Returns (metrics, per-epoch history). The checkpoint is ``model.safetensors`` + ``config.json``
-    (everything needed to rebuild the model without params.yaml).
+    (everything needed to rebuild the model without params.yaml; ``pipeline``, from :func:`pipeline_record`,
+    adds the upstream params a new video is processed with).
     """
     seed_everything(train_cfg.seed)
     device = pick_device(train_cfg.device)
@@ -157,6 +190,8 @@ def train_model(
         "best_epoch": best_epoch,
         "backbone": store.backbone,
     }
+    if pipeline is not None:
+        config["pipeline"] = pipeline
     save_checkpoint(best_state, config, out_dir)
     best = history[best_epoch - 1]
     metrics = {

@@ -1,0 +1,396 @@
+"""``transmodal predict``: the whole chain on one video file, its outputs, and its bad inputs.
+
+The model folder is a head with random weights saved the way the train stage saves one (config.json with
+``pipeline``), over the tiny random checkpoints: these tests pin the wiring, not the accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO_ROOT
+from transmodal.cli import main
+from transmodal.params import BackboneConfig, ModelConfig, SelectorConfig, TrainConfig
+from transmodal.predict import window_starts
+
+CLASSES = ["boxing", "handclapping", "handwaving", "jogging", "running", "walking"]
+
+
+def camera_like_video(path: Path, frames: int = 40, size: tuple[int, int] = (640, 480), fps: float = 25.0):
+    """A real-camera-like clip: a textured backdrop and two rendered people walking in opposite directions
+    (head, torso, swinging arms and legs), written as MJPG. Returns the first person's box per frame."""
+    width, height = size
+    rng = np.random.default_rng(0)
+    backdrop = cv2.GaussianBlur(rng.integers(60, 200, (height, width, 3), dtype=np.uint8), (0, 0), 6)
+    backdrop[int(0.75 * height) :] = (90, 110, 90)  # floor
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    assert writer.isOpened()
+    scale = height / 480
+    boxes = []
+    for t in range(frames):
+        image = backdrop.copy()
+        for direction, colour, start in ((1, (40, 40, 200), 0.15), (-1, (200, 60, 40), 0.85)):
+            cx = int(width * (start + direction * 0.5 * t / frames))
+            feet = int(0.8 * height)
+            hip, neck = feet - int(110 * scale), feet - int(200 * scale)
+            swing = int(30 * scale * np.sin(t / 3))
+            for dx in (swing, -swing):  # legs and arms
+                cv2.line(image, (cx, hip), (cx + dx, feet), colour, max(2, int(12 * scale)))
+                cv2.line(
+                    image,
+                    (cx, neck + int(10 * scale)),
+                    (cx - dx, hip - int(10 * scale)),
+                    colour,
+                    max(2, int(9 * scale)),
+                )
+            cv2.line(image, (cx, neck), (cx, hip), colour, max(2, int(26 * scale)))
+            cv2.circle(image, (cx, neck - int(22 * scale)), int(20 * scale), (170, 190, 230), -1)
+            if direction == 1:
+                boxes.append((cx - 40 * scale, neck - 42 * scale, cx + 40 * scale, feet))
+        writer.write(image)
+    writer.release()
+    return np.asarray(boxes)
+
+
+def plain_video(path: Path, frames: int, size: tuple[int, int], fourcc: str = "MJPG") -> None:
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 25.0, (width, height))
+    assert writer.isOpened()
+    rng = np.random.default_rng(1)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    writer.release()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_checkpoints) -> Path:
+    """A trained-model folder as the train stage writes it (random head weights), on the tiny checkpoints."""
+    from transmodal.features.backbone import FrozenBackbone
+    from transmodal.model import TransModal
+    from transmodal.training.train import pipeline_record, save_checkpoint
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["detect"]["checkpoint"] = tiny_checkpoints["detector"]
+    params["pose"]["checkpoint"] = tiny_checkpoints["pose"]
+    backbone = FrozenBackbone(BackboneConfig(checkpoint=tiny_checkpoints["backbone"], device="cpu"), 16)
+    torch.manual_seed(0)
+    model = TransModal(
+        ModelConfig(),
+        SelectorConfig(),
+        dim=backbone.hidden_size,
+        num_classes=len(CLASSES),
+        num_frames=16,
+        tubelet_size=backbone.tubelet_size,
+        patches_per_group=backbone.grid[1],
+    )
+    config = {
+        "model": model.config_dict(),
+        "classes": CLASSES,
+        "train": asdict(TrainConfig()),
+        "best_epoch": 1,
+        "backbone": backbone.describe(),
+        "pipeline": pipeline_record(params),
+    }
+    out = tmp_path_factory.mktemp("model") / "transmodal"
+    save_checkpoint(model.state_dict(), config, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def camera_video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("videos") / "two people.avi"
+    camera_like_video(path)
+    return path
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``transmodal ARGV`` in process: (exit code, stdout, stderr)."""
+    try:
+        main([*argv, "--quiet"])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_window_starts_cover_every_frame():
+    assert window_starts(10, 16, 8) == [0]
+    assert window_starts(16, 16, 8) == [0]
+    assert window_starts(40, 16, 8) == [0, 8, 16, 24]
+    assert window_starts(41, 16, 8) == [0, 8, 16, 24, 25]
+    for n in (17, 33, 50):
+        starts = window_starts(n, 16, 5)
+        covered = set().union(*(range(s, s + 16) for s in starts))
+        assert covered == set(range(n))
+
+
+def test_predict_on_a_camera_like_video(model_dir, camera_video, tmp_path, capsys):
+    out_json, out_video = tmp_path / "p.json", tmp_path / "annotated.mp4"
+    code, out, err = run(
+        [
+            "predict",
+            str(camera_video),
+            "--model",
+            str(model_dir),
+            "--json",
+            str(out_json),
+            "--out",
+            str(out_video),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    ranked = [line for line in out.splitlines() if line[:2] in {f"{i}." for i in range(1, 6)}]
+    assert len(ranked) == 5
+    probabilities = [float(line.split()[-1]) for line in ranked]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert "detect.source: annotations" in out  # the recorded source is ground truth: said so
+
+    summary = json.loads(out_json.read_text())
+    assert summary["size"] == [640, 480] and summary["frames_kept"] == 20  # 40 frames at stride 2
+    assert len(summary["video_top5"]) == 5
+    assert sum(item["probability"] for item in summary["video_top5"]) <= 1 + 1e-6
+    windows = summary["windows"]
+    assert [w["start_frame"] for w in windows] == [0, 8]  # 20 kept frames, windows of 16, step 8 -> 0 and 4
+    assert windows[-1]["end_frame"] == 38
+    for window in windows:
+        shown = [item["probability"] for item in window["top5"]]
+        assert len(shown) == 5 and shown == sorted(shown, reverse=True) and sum(shown) <= 1 + 1e-6
+
+    capture = cv2.VideoCapture(str(out_video))
+    assert capture.isOpened()
+    assert int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) == 640
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    assert count == 20
+
+
+def test_the_video_level_result_is_the_mean_of_the_window_logits(model_dir, camera_video):
+    from transmodal.predict import predict_video, softmax
+
+    prediction, _ = predict_video(camera_video, model_dir, progress=False)
+    expected = softmax(prediction.logits.mean(axis=0))
+    np.testing.assert_allclose(prediction.video_probabilities(), expected, rtol=1e-5, atol=1e-7)
+    again, _ = predict_video(camera_video, model_dir, progress=False)
+    np.testing.assert_array_equal(again.logits, prediction.logits)  # deterministic
+
+
+def test_a_video_without_anyone_uses_the_fallback_box_and_says_so(model_dir, tmp_path, capsys):
+    path = tmp_path / "empty.avi"
+    plain_video(path, 20, (160, 120))
+    code, out, err = run(["predict", str(path), "--model", str(model_dir)], capsys)
+    assert code == 0, err
+    assert "no person was detected: the whole frame is the crop" in out
+
+
+@pytest.mark.parametrize(
+    ("frames", "size", "note"),
+    [
+        (1, (160, 120), "fewer than one clip"),  # one frame: one padded window
+        (6, (120, 160), None),  # portrait
+        (2, (3840, 2160), "frames shrunk from 3840x2160 to 1280x720"),  # 4K
+    ],
+)
+def test_odd_videos_are_scored(model_dir, tmp_path, capsys, frames, size, note):
+    path = tmp_path / "odd.avi"
+    plain_video(path, frames, size)
+    out_json = tmp_path / "odd.json"
+    code, out, err = run(["predict", str(path), "--model", str(model_dir), "--json", str(out_json)], capsys)
+    assert code == 0, err
+    summary = json.loads(out_json.read_text())
+    assert len(summary["windows"]) == 1 and summary["windows"][0]["padded"]
+    if note:
+        assert note in out
+
+
+def _broken_model(model_dir: Path, tmp_path: Path, edit) -> Path:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (broken / name).write_bytes((model_dir / name).read_bytes())
+    edit(broken)
+    return broken
+
+
+def _edit_config(change):
+    def edit(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        change(config)
+        (folder / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d, t, v: (t / "missing.mp4", d), "missing.mp4: no such file"),
+        (lambda d, t, v: (_write(t / "text.mp4", b"not a video\n"), d), "not a video OpenCV can read"),
+        (lambda d, t, v: (_write(t / "empty.mp4", b""), d), "zero-byte file"),
+        (lambda d, t, v: (v, t / "nowhere"), "no such folder"),
+        (
+            lambda d, t, v: (v, _broken_model(d, t, lambda f: (f / "config.json").unlink())),
+            "config.json is missing",
+        ),
+        (
+            lambda d, t, v: (
+                v,
+                _broken_model(d, t, _edit_config(lambda c: c.update(classes=c["classes"][:4]))),
+            ),
+            "names 4 classes but the head has 6 outputs",
+        ),
+        (
+            lambda d, t, v: (v, _broken_model(d, t, _edit_config(lambda c: c.pop("pipeline")))),
+            "has no pipeline",
+        ),
+        (
+            lambda d, t, v: (
+                v,
+                _broken_model(d, t, _edit_config(lambda c: c["model"].update(num_classes=4))),
+            ),
+            "names 6 classes but the head has 4 outputs",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_a_non_zero_exit(model_dir, camera_video, tmp_path, capsys, make, message):
+    video, model = make(model_dir, tmp_path, camera_video)
+    code, out, err = run(["predict", str(video), "--model", str(model)], capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_the_train_stage_lists_every_recorded_param():
+    """config.json's ``pipeline`` holds params the train stage must re-run for (dvc.yaml lists them)."""
+    from transmodal.training.train import PIPELINE_KEYS
+
+    listed = set(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"])
+    for name, keys in PIPELINE_KEYS.items():
+        for key in keys:
+            assert f"{name}.{key}" in listed or name in listed, f"{name}.{key}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# explain: selector scores and co-attention on the patch grid (paper Figures 3 and 4)
+
+
+def _head(**changes):
+    from transmodal.model import TransModal
+
+    model_changes = {k: v for k, v in changes.items() if k in ModelConfig.__dataclass_fields__}
+    selector_changes = {k: v for k, v in changes.items() if k in SelectorConfig.__dataclass_fields__}
+    torch.manual_seed(0)
+    return TransModal(
+        ModelConfig(**model_changes),
+        SelectorConfig(**{"top_k_tokens": 3, **selector_changes}),
+        dim=32,
+        num_classes=6,
+        num_frames=16,
+        tubelet_size=2,
+        patches_per_group=16,
+    ).eval()
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(3)
+    return torch.randn(2, 8, 16, 32, generator=gen), torch.rand(2, 16, 17, 2, generator=gen)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"position": "before_ffn"}, {"position": "before_fusion"}, {"use_pose": False}, {"enabled": False}],
+)
+def test_explanation_maps_are_on_the_grid_and_leave_the_logits_alone(changes):
+    from transmodal.explain import explain_clips
+
+    model = _head(**changes)
+    tokens, pose = _inputs()
+    with torch.inference_mode():
+        plain = model(tokens, pose).logits
+    explanations = explain_clips(model, tokens, pose)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            model(tokens, pose).logits, plain, rtol=0, atol=0
+        )  # recording is off again
+    for b, explanation in enumerate(explanations):
+        np.testing.assert_allclose(explanation.probabilities, plain[b].softmax(-1).numpy(), rtol=1e-5)
+        maps = explanation.maps()
+        if changes.get("use_pose") is False:
+            assert set(maps) == {"selector token scores"}
+            continue
+        assert explanation.rgb_to_pose.shape == explanation.pose_to_rgb.shape == (8, 16)
+        seen = np.isfinite(explanation.pose_to_rgb)
+        if changes.get("position") == "before_fusion":
+            np.testing.assert_array_equal(seen, explanation.kept)  # the fusion saw the kept tokens only
+        else:
+            assert seen.all()
+        assert explanation.pose_to_rgb[seen].sum() == pytest.approx(1.0, rel=1e-5)
+        assert ((explanation.rgb_to_pose[seen] >= 0) & (explanation.rgb_to_pose[seen] <= 1)).all()
+        if changes.get("enabled") is False:
+            assert explanation.token_scores is None and explanation.kept.all()
+        else:
+            assert explanation.kept.sum() == 4 * 6  # 4 groups x (3 tokens x tubelet 2)
+            assert np.isfinite(explanation.token_scores).sum(axis=1).tolist().count(16) == 4
+
+
+def test_uniform_attention_gives_the_own_frame_share_of_a_tubelet():
+    """With zero queries every RGB token attends evenly to the 16 pose tokens: 2 of them are its own."""
+    from transmodal.explain import explain_clips
+
+    model = _head()
+    for attention in (model.fusion.blocks[-1].attn_rgb, model.fusion.blocks[-1].attn_pose):
+        torch.nn.init.zeros_(attention.q_proj.weight)
+        torch.nn.init.zeros_(attention.q_proj.bias)
+    (explanation, _) = explain_clips(model, *_inputs())
+    np.testing.assert_allclose(explanation.rgb_to_pose, 2 / 16, rtol=1e-5)
+    np.testing.assert_allclose(explanation.pose_to_rgb, 1 / 128, rtol=1e-5)
+
+
+def test_heat_in_box():
+    from transmodal.explain import heat_in_box
+
+    boxes = np.tile([0.0, 0.0, 0.5, 0.5], (2, 1))  # the upper-left quarter: 4 of 16 patch centres
+    flat = np.ones((2, 16))
+    assert heat_in_box(flat, boxes) == pytest.approx((0.25, 0.25))
+    on_person = np.zeros((2, 16))
+    on_person[:, [0, 1, 4, 5]] = 1.0
+    assert heat_in_box(on_person, boxes) == pytest.approx((1.0, 0.25))
+    off = flat.copy()
+    off[:, [0, 1, 4, 5]] = np.nan  # unknown values are left out of both
+    assert heat_in_box(off, boxes) == pytest.approx((0.0, 0.0))
+
+
+def test_explain_writes_figures_3_and_4(model_dir, camera_video, tmp_path, capsys):
+    heat, pose = tmp_path / "heat.png", tmp_path / "pose.png"
+    argv = [
+        "explain",
+        str(camera_video),
+        "--model",
+        str(model_dir),
+        "--out",
+        str(heat),
+        "--pose-out",
+        str(pose),
+    ]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    for path in (heat, pose):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, err = run([*argv, "--window", "7"], capsys)
+    assert code == 2 and "--window is 7; this video has windows 0..1" in err

@@ -1,0 +1,68 @@
+"""Paper presets: ``transmodal preset NAME`` merges params/NAME.yaml into params.yaml, comments kept."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from transmodal.cli import main
+from transmodal.params import SECTIONS, section
+from transmodal.presets import available
+
+PAPER = {
+    "paper-kth": ("kth", "paper"),
+    "paper-ucf101": ("ucf101", 1),
+    "paper-hmdb51": ("hmdb51", 1),
+}
+
+
+def test_the_three_paper_presets_exist():
+    assert set(PAPER) <= set(available(REPO_ROOT / "params"))
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_preset_sets_the_paper_setup_and_keeps_everything_else(name, tmp_path, capsys):
+    target = tmp_path / "params.yaml"
+    original = (REPO_ROOT / "params.yaml").read_text()
+    target.write_text(original)
+    main(["preset", name, "--params", str(target)])
+    assert f"preset {name} set" in capsys.readouterr().out
+    text = target.read_text()
+    assert "# TransMODAL pipeline parameters" in text and "# paper: 100" in text  # comments survive
+    before, after = yaml.safe_load(original), yaml.safe_load(text)
+    dataset, split = PAPER[name]
+    assert after["data"]["dataset"] == dataset and after["data"]["split"] == split
+    assert after["detect"]["source"] == after["pose"]["source"] == "model"
+    assert after["detect"]["checkpoint"] == "PekingU/rtdetr_r50vd_coco_o365"
+    assert after["pose"]["checkpoint"] == "usyd-community/vitpose-plus-base"
+    assert after["backbone"]["checkpoint"] == "MCG-NJU/videomae-base-finetuned-kinetics"
+    assert after["train"]["epochs"] == 100
+    assert after["backbone"]["precision"] == "fp16"
+    for key in ("model", "selector", "ablation", "clips", "frames"):
+        assert after[key] == before[key]
+    for sect in SECTIONS:
+        section(after, sect)  # every section valid
+    main(["preset", name, "--params", str(target)])  # idempotent
+    assert target.read_text() == text
+
+
+def test_unknown_preset_is_one_line(tmp_path, capsys):
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO_ROOT / "params.yaml").read_text())
+    with pytest.raises(SystemExit) as exit_:
+        main(["preset", "paper-kinetics", "--params", str(target)])
+    assert exit_.value.code == 2
+    assert "no params/paper-kinetics.yaml (presets: " in capsys.readouterr().err
+
+
+def test_a_preset_key_params_yaml_lacks_is_refused(tmp_path):
+    from transmodal.params import ParamError
+    from transmodal.presets import apply_preset
+
+    (tmp_path / "typo.yaml").write_text("train:\n  epoch: 100\n")
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO_ROOT / "params.yaml").read_text())
+    with pytest.raises(ParamError, match=r"preset: train.epoch is not a key of params.yaml"):
+        apply_preset("typo", target, tmp_path)
+    assert target.read_text() == (REPO_ROOT / "params.yaml").read_text()

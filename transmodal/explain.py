@@ -1,0 +1,229 @@
+"""What the head looked at in one clip (paper Figures 3 and 4): selector scores and co-attention weights on
+the crop's patch grid.
+
+Per clip, on the (G, P) token grid (G = frame groups of ``tubelet_size`` frames, P = patches, raster order):
+
+- ``token_scores``: the AdaptiveSelector's patch saliences (Eq. 4) in each kept group, NaN in the groups it
+  dropped; ``kept``: True for the tokens that reached the pooling.
+- ``rgb_to_pose``: RGB queries over pose (the last fusion block's ``attn_rgb``): the share of each RGB
+  token's attention that falls on the pose tokens of its own frames. Uniform attention gives
+  ``tubelet_size / T``; more means the token reads the pose of the moment it shows.
+- ``pose_to_rgb``: pose queries over RGB (``attn_pose``): the attention the pose tokens pay to each RGB
+  token, averaged over the clip's pose tokens (a distribution over the tokens the fusion saw; sums to 1).
+
+With ``selector.position: before_fusion`` the fusion sees only the kept tokens, so both attention maps are
+NaN elsewhere. Without a pose stream (``model.use_pose: false``) they are absent; without a selector so are
+the scores. :func:`heat_in_box` measures how much of a map lies on the person: its mass inside a box
+against the box's share of the grid.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from transmodal.model import TransModal
+
+
+@dataclass
+class ClipExplanation:
+    probabilities: np.ndarray  # (C,)
+    group_index: np.ndarray | None  # (G_k,) kept groups
+    kept: np.ndarray  # (G, P) bool
+    token_scores: np.ndarray | None  # (G, P), NaN outside the kept groups
+    rgb_to_pose: np.ndarray | None  # (G, P)
+    pose_to_rgb: np.ndarray | None  # (G, P)
+
+    def maps(self) -> dict[str, np.ndarray]:
+        named = {
+            "selector token scores": self.token_scores,
+            "RGB queries over pose (own-frame share)": self.rgb_to_pose,
+            "pose queries over RGB": self.pose_to_rgb,
+        }
+        return {name: value for name, value in named.items() if value is not None}
+
+
+@contextmanager
+def recording(model: TransModal):
+    """Make the last fusion block's two cross-attentions keep their weights while the block runs."""
+    modules = []
+    if model.fusion is not None:
+        block = model.fusion.blocks[-1]
+        modules = [block.attn_rgb] + ([block.attn_pose] if block.update_pose else [])
+    for module in modules:
+        module.record, module.weights = True, None
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.record = False
+
+
+def _fused_positions(model: TransModal, out, batch: int) -> torch.Tensor:
+    """(B, N_f) flat grid positions (g * P + p) of the tokens the last fusion block saw, in its order."""
+    G, P = model.num_groups, model.patches_per_group
+    if (
+        model.selector_cfg.enabled
+        and model.selector_cfg.position == "before_fusion"
+        and out.group_index is not None
+    ):
+        return (out.group_index[:, :, None] * P + out.patch_index).flatten(1)
+    return torch.arange(G * P).expand(batch, -1)
+
+
+@torch.inference_mode()
+def explain_clips(model: TransModal, tokens: torch.Tensor, pose: torch.Tensor) -> list[ClipExplanation]:
+    """Explanations of a batch: tokens (B, G, P, D), pose (B, T, J, C) on the model's device."""
+    model.eval()
+    with recording(model):
+        out = model(tokens, pose)
+        block = model.fusion.blocks[-1] if model.fusion is not None else None
+        to_pose = block.attn_rgb.weights if block is not None else None  # (B, N_f, T)
+        to_rgb = block.attn_pose.weights if block is not None and block.update_pose else None  # (B, T, N_f)
+    B, G, P = tokens.shape[0], model.num_groups, model.patches_per_group
+    positions = _fused_positions(model, out, B).cpu()
+    frames_of_group = torch.arange(model.num_frames) // model.tubelet_size  # (T,) group of each pose token
+    explanations = []
+    for b in range(B):
+        kept = np.zeros((G, P), bool)
+        token_scores = group_index = None
+        if out.group_index is not None:
+            group_index = out.group_index[b].cpu().numpy()
+            token_scores = np.full((G, P), np.nan)
+            token_scores[group_index] = out.token_scores[b].float().cpu().numpy()
+            for k, g in enumerate(group_index):
+                kept[g, out.patch_index[b, k].cpu().numpy()] = True
+        else:
+            kept[:] = True
+        rgb_to_pose = pose_to_rgb = None
+        if to_pose is not None:
+            weights = to_pose[b].float().cpu()  # (N_f, T)
+            group = positions[b] // P  # (N_f,)
+            own = (frames_of_group[None, :] == group[:, None]).float()  # (N_f, T)
+            rgb_to_pose = _on_grid((weights * own).sum(-1), positions[b], G, P)
+        if to_rgb is not None:
+            pose_to_rgb = _on_grid(to_rgb[b].float().cpu().mean(0), positions[b], G, P)
+        explanations.append(
+            ClipExplanation(
+                probabilities=out.logits[b].float().softmax(-1).cpu().numpy(),
+                group_index=group_index,
+                kept=kept,
+                token_scores=token_scores,
+                rgb_to_pose=rgb_to_pose,
+                pose_to_rgb=pose_to_rgb,
+            )
+        )
+    return explanations
+
+
+def _on_grid(values: torch.Tensor, positions: torch.Tensor, G: int, P: int) -> np.ndarray:
+    grid = np.full(G * P, np.nan)
+    grid[positions.numpy()] = values.numpy()
+    return grid.reshape(G, P)
+
+
+def patch_centres(P: int) -> np.ndarray:
+    """(P, 2) x, y centres of a square patch grid in the crop's unit square, raster order."""
+    side = int(round(P**0.5))
+    if side * side != P:
+        raise ValueError(f"{P} patches do not form a square grid")
+    centres = (np.arange(side) + 0.5) / side
+    ys, xs = np.meshgrid(centres, centres, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+def heat_in_box(heat: np.ndarray, boxes: np.ndarray) -> tuple[float, float]:
+    """(mass of ``heat`` on the patches whose centre lies in the box, the share of such patches).
+
+    Args:
+        heat: (G, P) non-negative map (NaN = no value, left out).
+        boxes: (G, 4) x1, y1, x2, y2 per group in the crop's unit square (the person's box).
+
+    A map that sits on the person has a mass above the box's share; a flat map has them equal.
+    """
+    heat = np.asarray(heat, np.float64)
+    valid = np.isfinite(heat)
+    centres = patch_centres(heat.shape[1])
+    boxes = np.asarray(boxes, np.float64)[:, None, :]  # (G, 1, 4)
+    inside = (
+        (centres[None, :, 0] >= boxes[..., 0])
+        & (centres[None, :, 0] <= boxes[..., 2])
+        & (centres[None, :, 1] >= boxes[..., 1])
+        & (centres[None, :, 1] <= boxes[..., 3])
+    )  # (G, P)
+    values = np.where(valid, np.clip(heat, 0, None), 0.0)
+    total = values.sum()
+    mass = float(values[inside].sum() / total) if total > 0 else float("nan")
+    share = float(inside[valid].mean()) if valid.any() else float("nan")
+    return mass, share
+
+
+def boxes_in_crop(
+    tracks, video_id: str, frame_idx: np.ndarray, crop: np.ndarray, tubelet_size: int
+) -> np.ndarray:
+    """(G, 4) the union of the primary track's boxes over each group's frames, in the crop's unit square
+    (NaN for a group without a box)."""
+    primary = tracks[(tracks["video_id"] == video_id) & tracks["is_primary"].astype(bool)]
+    primary = primary.drop_duplicates("frame_idx").set_index("frame_idx")
+    x1, y1, x2, _ = (float(v) for v in crop)
+    side = x2 - x1
+    out = np.full((len(frame_idx) // tubelet_size, 4), np.nan)
+    for g in range(len(out)):
+        frames = [f for f in frame_idx[g * tubelet_size : (g + 1) * tubelet_size] if f in primary.index]
+        if not frames:
+            continue
+        rows = primary.loc[frames, ["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
+        union = np.r_[rows[:, :2].min(0), rows[:, 2:].max(0)]
+        out[g] = (union - [x1, y1, x1, y1]) / side
+    return out
+
+
+def explain_test_clips(
+    model: TransModal, store, frames, tracks, classes: list[str], out_dir, count: int
+) -> dict:
+    """Figures 3 and 4 for the first test clip of each of the first ``count`` classes, into ``out_dir``;
+    returns, per clip, the label, prediction and each map's :func:`heat_in_box` on the primary track's box."""
+    from pathlib import Path
+
+    from transmodal.features.crops import CROP_COLUMNS, crop_frames
+    from transmodal.io import atomic_dir
+    from transmodal.training.data import pose_input
+    from transmodal.training.figures import plot_explanation, plot_pose_track
+
+    clips = store.clips
+    test = clips[clips["split"] == "test"]
+    rows = test.groupby("label_idx", sort=True).head(1).head(count)
+    device = next(model.parameters()).device
+    size = max(160, int(store.backbone["image_size"]))
+    report = {}
+    with atomic_dir(Path(out_dir)) as tmp:
+        for position, row in zip(rows.index, rows.itertuples(index=False), strict=True):
+            where = clips.index.get_loc(position)
+            xy, score, mask = store.pose([where])
+            pose = pose_input(xy, score, mask, model.model_cfg.pose_scores).to(device)
+            tokens = store.tokens([where]).float().to(device)
+            (explanation,) = explain_clips(model, tokens, pose)
+            frame_idx, pixels = frames.read(row.video_id)
+            wanted = np.asarray(row.frame_idx, np.int64)
+            crop = np.asarray([getattr(row, c) for c in CROP_COLUMNS], np.float64)
+            crops = crop_frames(
+                pixels, tuple(int(v) for v in crop), size, np.searchsorted(frame_idx, wanted).tolist()
+            )
+            predicted = classes[int(np.argmax(explanation.probabilities))]
+            title = f"{row.clip_id}: true {row.label}, predicted {predicted}"
+            name = row.clip_id.replace("#", "-")
+            plot_explanation(
+                crops, xy[0], mask[0], explanation, model.tubelet_size, tmp / f"{name}-attention.png", title
+            )
+            plot_pose_track(crops, xy[0], mask[0], tmp / f"{name}-pose.png", title)
+            boxes = boxes_in_crop(tracks, row.video_id, wanted, crop, model.tubelet_size)
+            heat = {}
+            for map_name, values in explanation.maps().items():
+                usable = np.isfinite(boxes).all(axis=1)
+                mass, share = heat_in_box(values[usable], boxes[usable]) if usable.any() else (None, None)
+                heat[map_name] = {"mass_in_box": mass, "box_share": share}
+            report[row.clip_id] = {"label": row.label, "predicted": predicted, "heat_in_box": heat}
+    return report

@@ -1,0 +1,608 @@
+"""``transmodal predict``: the trained model on one video file, through the same chain as the pipeline.
+
+The chain is the stages' own code on a one-video, in-memory frame store: decode (every ``frames.stride``-th
+frame, :func:`~transmodal.data.frames.decode_video`), RT-DETR + ByteTrack and the primary track
+(:func:`~transmodal.vision.detect.run_detect`), ViTPose++ on it (:func:`~transmodal.vision.pose.run_pose`),
+the person-centric crop and aligned pose (:func:`~transmodal.features.store.plan_clips`,
+:func:`~transmodal.features.store.crop_batches`), the frozen VideoMAE and the fusion head. Every param of
+that chain comes from the model folder's ``config.json`` (``pipeline``, recorded by the train stage, and
+``backbone``), never from params.yaml, so a model folder is self-contained.
+
+Windows. The video is scored with a sliding window of ``clips.length`` consecutive kept frames, ``step``
+kept frames apart (default: half a clip); the last window is moved back to end on the last kept frame, so
+every frame is covered. A video shorter than one clip gives one window padded with its last frame (as the
+pipeline pads). The video-level result is the mean of the windows' logits, as ``evaluate`` scores a video
+from its clips (:func:`~transmodal.training.evaluate.mean_logits_by_unit`).
+
+Sources. A model trained with ``detect.source`` or ``pose.source: annotations`` saw ground-truth boxes or
+keypoints, which a new video does not have: predict then runs the recorded ``detect.checkpoint`` /
+``pose.checkpoint`` (the tiny checkpoints in the demo) and says so. A video where the detector finds nobody
+is cropped on the whole frame (the pipeline's fallback box), also said.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from transmodal.data.coco import COCO_JOINTS, COCO_LIMBS
+from transmodal.data.frames import DecodedVideo, decode_video
+from transmodal.params import BackboneConfig, CheckpointError, DetectConfig, ParamError, PoseConfig
+
+VIDEO_ID = "input"
+TOP_K = 5
+DEFAULT_MAX_SIDE = 1280  # frames are shrunk to this longer side when decoded (the detector sees 640 px)
+MEMORY_SHARE = 0.5  # the decoded frames may take at most this share of the available memory
+# Writers tried for --out, in order, per container: (fourcc, name).
+WRITERS = {
+    ".mp4": (("avc1", "H.264"), ("mp4v", "MPEG-4 Part 2")),
+    ".avi": (("MJPG", "Motion JPEG"), ("XVID", "MPEG-4 Part 2")),
+}
+
+
+class PredictError(RuntimeError):
+    """Bad input to predict (the message is one line naming the file or option to fix)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model folder
+
+
+@dataclass
+class ModelFolder:
+    """A trained model folder and what its config.json records about the chain that made its features."""
+
+    path: Path
+    config: dict
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: Path) -> ModelFolder:
+        from transmodal.training.train import CONFIG_FILE, WEIGHTS_FILE
+
+        path = Path(path)
+        if not path.is_dir():
+            raise PredictError(f"--model {path}: no such folder (train one with `dvc repro train`)")
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise PredictError(f"--model {path}: {name} is missing (not a folder the train stage wrote)")
+        try:
+            config = json.loads((path / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as err:
+            raise PredictError(f"--model {path}: {CONFIG_FILE} is not valid JSON ({err})") from None
+        missing = [key for key in ("model", "classes", "backbone", "pipeline") if key not in config]
+        if missing:
+            raise PredictError(
+                f"--model {path}: {CONFIG_FILE} has no {', '.join(missing)} (written by an older train stage: "
+                "re-run `dvc repro train`)"
+            )
+        classes, num_classes = config["classes"], config["model"].get("num_classes")
+        if len(classes) != num_classes:
+            raise PredictError(
+                f"--model {path}: {CONFIG_FILE} names {len(classes)} classes but the head has {num_classes} "
+                "outputs"
+            )
+        return cls(path, config)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+    @property
+    def stride(self) -> int:
+        return int(self.config["pipeline"]["frames"]["stride"])
+
+    @property
+    def clip_length(self) -> int:
+        return int(self.config["pipeline"]["clips"]["length"])
+
+    @property
+    def crop_margin(self) -> float:
+        return float(self.config["pipeline"]["clips"]["crop_margin"])
+
+    def detect_config(self, device: str, checkpoint: str | None) -> DetectConfig:
+        recorded = dict(self.config["pipeline"]["detect"])
+        self._note_source("detect", recorded, checkpoint)
+        recorded.update(source="model", checkpoint=checkpoint or recorded["checkpoint"], device=device)
+        return DetectConfig(**recorded)
+
+    def pose_config(self, device: str, checkpoint: str | None) -> PoseConfig:
+        recorded = dict(self.config["pipeline"]["pose"])
+        self._note_source("pose", recorded, checkpoint)
+        recorded.update(source="model", checkpoint=checkpoint or recorded["checkpoint"], device=device)
+        return PoseConfig(**recorded)
+
+    def backbone_config(self, device: str) -> BackboneConfig:
+        return BackboneConfig(checkpoint=self.config["backbone"]["checkpoint"], device=device)
+
+    def _note_source(self, stage: str, recorded: dict, checkpoint: str | None) -> None:
+        used = checkpoint or recorded["checkpoint"]
+        if recorded["source"] == "annotations":
+            self.notes.append(
+                f"the model was trained on ground-truth {'boxes' if stage == 'detect' else 'keypoints'} "
+                f"({stage}.source: annotations); this video has none, so {used} ({stage}.checkpoint) runs instead"
+            )
+        elif checkpoint and checkpoint != recorded["checkpoint"]:
+            self.notes.append(f"{stage}: {checkpoint} replaces the recorded {recorded['checkpoint']}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One video in memory, with the frame store's interface
+
+
+class MemoryFrameStore:
+    """The kept frames of one decoded video behind :class:`~transmodal.data.frames.FrameStore`'s interface
+    (``videos``, ``frames``, ``video_ids``, ``read``, ``iter_videos``), so the stages' code runs on it."""
+
+    def __init__(self, video: DecodedVideo):
+        self.video = video
+        _, height, width, _ = video.frames.shape
+        self.videos = pd.DataFrame(
+            {
+                "video_id": [video.video_id],
+                "status": ["ok"],
+                "reason": [""],
+                "width": [width],
+                "height": [height],
+                "fps": [video.fps],
+            }
+        )
+        n = len(video.frame_idx)
+        self.frames = pd.DataFrame(
+            {
+                "video_id": [video.video_id] * n,
+                "frame_idx": video.frame_idx.astype(np.int64),
+                "width": np.full(n, width),
+                "height": np.full(n, height),
+                "fps": np.full(n, video.fps),
+            }
+        )
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [self.video.video_id]
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id == self.video.video_id
+
+    def read(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.video.frame_idx.astype(np.int64), self.video.frames
+
+    def iter_videos(self, video_ids=None):
+        yield self.video.video_id, *self.read(self.video.video_id)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The chain
+
+
+def window_starts(num_frames: int, length: int, step: int) -> list[int]:
+    """Start positions (into the kept frames) of the sliding windows; see the module docstring."""
+    if num_frames <= length:
+        return [0]
+    starts = list(range(0, num_frames - length + 1, step))
+    if starts[-1] != num_frames - length:
+        starts.append(num_frames - length)
+    return starts
+
+
+def window_clips(frame_idx: np.ndarray, length: int, step: int) -> pd.DataFrame:
+    """One clip row per window (the columns :func:`~transmodal.features.store.plan_clips` reads)."""
+    rows = []
+    for n, start in enumerate(window_starts(len(frame_idx), length, step)):
+        positions = np.arange(start, start + length)
+        padded = bool(positions[-1] >= len(frame_idx))
+        positions = np.minimum(positions, len(frame_idx) - 1)
+        rows.append(
+            {
+                "clip_id": f"{VIDEO_ID}#{n}",
+                "video_id": VIDEO_ID,
+                "frame_idx": frame_idx[positions].astype(np.int32),
+                "padded": padded,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def top_k(probabilities: np.ndarray, classes: list[str], k: int = TOP_K) -> list[dict]:
+    """The ``k`` most probable classes, most probable first (ties: the lower class index)."""
+    order = np.argsort(-probabilities, kind="stable")[: min(k, len(classes))]
+    return [{"label": classes[i], "probability": float(probabilities[i])} for i in order]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Prediction:
+    """What :func:`predict_video` computed; :meth:`summary` is the ``--json`` document."""
+
+    video: Path
+    classes: list[str]
+    frame_idx: np.ndarray  # (T,) kept original frame numbers
+    fps: float
+    size: tuple[int, int]  # (width, height) as decoded (after any shrinking)
+    source_size: tuple[int, int]
+    windows: pd.DataFrame  # planned clips: frame_idx, padded, crop box, aligned pose
+    logits: np.ndarray  # (W, C) float32
+    tracks: pd.DataFrame
+    keypoints: pd.DataFrame
+    notes: list[str]
+    fallback: bool  # no person found: the whole frame was cropped
+    frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB kept frames, for --out
+    tokens: torch.Tensor | None = None  # (W, G, P, D) float16 per window (keep_tokens, for explain)
+    pose: torch.Tensor | None = None  # (W, T, J, C) the head's pose input per window
+
+    def video_probabilities(self) -> np.ndarray:
+        from transmodal.training.evaluate import mean_logits_by_unit
+
+        mean = mean_logits_by_unit(torch.from_numpy(self.logits), [VIDEO_ID] * len(self.logits))
+        return softmax(mean.to_numpy()[0])
+
+    def summary(self) -> dict:
+        probabilities = softmax(self.logits)
+        timeline = []
+        for n, (row, probs) in enumerate(
+            zip(self.windows.itertuples(index=False), probabilities, strict=True)
+        ):
+            timeline.append(
+                {
+                    "window": n,
+                    "start_frame": int(row.frame_idx[0]),
+                    "end_frame": int(row.frame_idx[-1]),
+                    "padded": bool(row.padded),
+                    "top5": top_k(probs, self.classes),
+                }
+            )
+        return {
+            "video": str(self.video),
+            "frames_kept": int(len(self.frame_idx)),
+            "fps": self.fps,
+            "size": list(self.size),
+            "source_size": list(self.source_size),
+            "person_found": not self.fallback,
+            "notes": list(self.notes),
+            "aggregation": "mean of the windows' logits, then softmax (as evaluate scores a video)",
+            "video_top5": top_k(self.video_probabilities(), self.classes),
+            "windows": timeline,
+        }
+
+
+def load_video(path: Path, stride: int, max_side: int) -> tuple[DecodedVideo, tuple[int, int]]:
+    """Decode ``path`` for predict, or raise :class:`PredictError` with one line saying why it cannot be."""
+    path = Path(path)
+    if not path.exists():
+        raise PredictError(f"{path}: no such file")
+    if path.is_dir():
+        raise PredictError(f"{path}: is a folder, not a video file")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        opened = capture.isOpened()
+        source = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        reported = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+    finally:
+        capture.release()
+    if path.stat().st_size == 0:
+        raise PredictError(f"{path}: zero-byte file")
+    if not opened:
+        raise PredictError(f"{path}: not a video OpenCV can read")
+    check_memory(path, source, reported, stride, max_side)
+    video = decode_video(path, VIDEO_ID, stride, max_side=max_side)
+    if video.frames is None:
+        raise PredictError(f"{path}: {video.reason}")
+    return video, source
+
+
+def check_memory(path: Path, size: tuple[int, int], frames: int, stride: int, max_side: int) -> None:
+    """Refuse a video whose kept frames would not fit in memory (from the header, before decoding)."""
+    import psutil
+
+    width, height = size
+    scale = min(1.0, max_side / max(width, height, 1))
+    need = math.ceil(frames / stride) * round(width * scale) * round(height * scale) * 3
+    available = psutil.virtual_memory().available
+    if need > MEMORY_SHARE * available:
+        raise PredictError(
+            f"{path}: its {math.ceil(frames / stride)} kept frames need {need / 2**30:.1f} GiB, more than half "
+            f"the {available / 2**30:.1f} GiB available; lower --max-side or cut the video"
+        )
+
+
+def predict_video(
+    video_path: Path,
+    model_dir: Path,
+    *,
+    step: int | None = None,
+    device: str = "auto",
+    max_side: int = DEFAULT_MAX_SIDE,
+    detector: str | None = None,
+    pose_model: str | None = None,
+    progress: bool = True,
+    keep_tokens: bool = False,
+) -> tuple[Prediction, object]:
+    """Run the chain on one video; returns the prediction and the loaded head (``keep_tokens``: with every
+    window's backbone tokens, for ``explain``)."""
+    from tqdm import tqdm
+
+    from transmodal.features.backbone import FrozenBackbone
+    from transmodal.features.store import crop_batches, plan_clips
+    from transmodal.training.data import pose_input
+    from transmodal.training.train import load_checkpoint
+    from transmodal.vision.checkpoints import pick_device
+    from transmodal.vision.detect import run_detect
+    from transmodal.vision.pose import run_pose
+
+    folder = ModelFolder.open(model_dir)
+    length = folder.clip_length
+    if step is not None and step < 1:
+        raise PredictError(f"--step is {step}; it must be at least 1")
+    step = step or max(1, length // 2)
+    video, source_size = load_video(video_path, folder.stride, max_side)
+    store = MemoryFrameStore(video)
+    detect_cfg = folder.detect_config(device, detector)
+    pose_cfg = folder.pose_config(device, pose_model)
+
+    tracks, detect_metrics = run_detect(store, detect_cfg, None, progress=progress)
+    fallback = detect_metrics["videos_fallback"] > 0
+    keypoints, _ = run_pose(store, tracks, pose_cfg, None, progress=progress)
+    clips = window_clips(video.frame_idx, length, step)
+    planned, _ = plan_clips(clips, store.videos, tracks, keypoints, folder.crop_margin)
+
+    backbone = FrozenBackbone(folder.backbone_config(device), length)
+    expected = folder.config["backbone"]
+    got = backbone.describe()
+    for key in ("grid", "hidden_size", "image_size", "num_frames"):
+        if got[key] != expected[key]:
+            raise PredictError(
+                f"--model {folder.path}: trained on {expected['checkpoint']} features with {key} "
+                f"{expected[key]}, but that checkpoint now gives {got[key]}"
+            )
+    torch_device = pick_device(device)
+    model, _ = load_checkpoint(folder.path, torch_device)
+    t = length
+    xy = np.stack(planned["pose_xy"].to_numpy()).reshape(len(planned), t, len(COCO_JOINTS), 2)
+    score = np.stack(planned["pose_score"].to_numpy()).reshape(len(planned), t, len(COCO_JOINTS))
+    mask = np.stack(planned["pose_mask"].to_numpy()).reshape(len(planned), t, len(COCO_JOINTS))
+    pose = pose_input(xy, score, mask, model.model_cfg.pose_scores)
+    logits, kept, done = [], [], 0
+    batches = crop_batches(store, planned, backbone.image_size, 8, backbone.normalizer)
+    with (
+        tqdm(total=len(planned), desc="windows", unit="clip", disable=not progress) as bar,
+        torch.inference_mode(),
+    ):
+        for pixel_values in batches:
+            half = backbone.forward(pixel_values)
+            if keep_tokens:
+                kept.append(half)
+            tokens = half.float().to(torch_device)
+            batch_pose = pose[done : done + len(tokens)].to(torch_device)
+            logits.append(model(tokens, batch_pose).logits.float().cpu().numpy())
+            done += len(tokens)
+            bar.update(len(tokens))
+    notes = list(folder.notes)
+    if fallback:
+        notes.append("no person was detected: the whole frame is the crop (the pipeline's fallback box)")
+    if source_size != (store.videos["width"][0], store.videos["height"][0]):
+        notes.append(
+            f"frames shrunk from {source_size[0]}x{source_size[1]} to "
+            f"{store.videos['width'][0]}x{store.videos['height'][0]} (--max-side {max_side})"
+        )
+    if len(video.frame_idx) < length:
+        notes.append(
+            f"only {len(video.frame_idx)} kept frames, fewer than one clip ({length}): one window, padded"
+        )
+    prediction = Prediction(
+        video=Path(video_path),
+        classes=folder.classes,
+        frame_idx=video.frame_idx.astype(np.int64),
+        fps=video.fps,
+        size=(int(store.videos["width"][0]), int(store.videos["height"][0])),
+        source_size=source_size,
+        windows=planned,
+        logits=np.concatenate(logits).astype(np.float32),
+        tracks=tracks,
+        keypoints=keypoints,
+        notes=notes,
+        fallback=fallback,
+        frames=video.frames,
+        tokens=torch.cat(kept) if keep_tokens else None,
+        pose=pose,
+    )
+    return prediction, model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --out: the annotated video
+
+
+def frame_labels(prediction: Prediction) -> list[str]:
+    """The label drawn on each kept frame: that of the window whose centre is nearest the frame."""
+    probabilities = softmax(prediction.logits)
+    centres = np.array([np.mean(f) for f in prediction.windows["frame_idx"]])
+    labels = []
+    for frame in prediction.frame_idx:
+        n = int(np.argmin(np.abs(centres - frame)))
+        best = int(np.argmax(probabilities[n]))
+        labels.append(f"{prediction.classes[best]} {probabilities[n, best]:.2f} (window {n})")
+    return labels
+
+
+def draw_frame(
+    frame: np.ndarray, box: np.ndarray | None, joints: np.ndarray | None, label: str
+) -> np.ndarray:
+    """One kept frame (H, W, 3) RGB with the primary box, the COCO skeleton and the label, as BGR."""
+    image = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    scale = max(image.shape[:2]) / 480
+    thick = max(1, round(2 * scale))
+    if box is not None and np.isfinite(box).all():
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(image, (x1, y1), (x2, y2), (0, 200, 255), thick)
+    if joints is not None:
+        for a, b in COCO_LIMBS:
+            pa, pb = joints[a], joints[b]
+            if np.isfinite(pa).all() and np.isfinite(pb).all():
+                cv2.line(image, tuple(int(v) for v in pa), tuple(int(v) for v in pb), (80, 255, 80), thick)
+        for point in joints:
+            if np.isfinite(point).all():
+                cv2.circle(image, tuple(int(v) for v in point), thick + 1, (255, 80, 80), -1)
+    cv2.putText(
+        image, label, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), thick + 2
+    )
+    cv2.putText(
+        image, label, (8, int(24 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (255, 255, 255), thick
+    )
+    return image
+
+
+def write_annotated(prediction: Prediction, out: Path) -> str:
+    """Write the kept frames, annotated, to ``out`` (.mp4 or .avi) at the kept frame rate; returns the codec.
+
+    Written to a temporary name in the same folder and renamed when complete.
+    """
+    import os
+
+    from transmodal.data.coco import joint_columns
+
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in WRITERS:
+        raise PredictError(f"--out {out}: use a .mp4 or .avi file name")
+    stride = max(1, int(np.median(np.diff(prediction.frame_idx)))) if len(prediction.frame_idx) > 1 else 1
+    fps = (prediction.fps or 25.0) / stride
+    width, height = prediction.size
+    primary = prediction.tracks[prediction.tracks["is_primary"].astype(bool)].set_index("frame_idx")
+    keypoints = prediction.keypoints.set_index("frame_idx")
+    xs, ys = joint_columns("x"), joint_columns("y")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    for fourcc, name in WRITERS[suffix]:  # noqa: B007 (the pair that opened is used below)
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+        if writer.isOpened():
+            break
+        writer.release()
+    else:
+        tmp.unlink(missing_ok=True)
+        tried = ", ".join(f for f, _ in WRITERS[suffix])
+        raise PredictError(
+            f"--out {out}: OpenCV here writes none of {tried} into {suffix}; try the other suffix"
+        )
+    try:
+        for frame, frame_no, label in zip(
+            prediction.frames, prediction.frame_idx, frame_labels(prediction), strict=True
+        ):
+            box = (
+                primary.loc[frame_no, ["x1", "y1", "x2", "y2"]].to_numpy(float)
+                if frame_no in primary.index
+                else None
+            )
+            joints = None
+            if frame_no in keypoints.index:
+                row = keypoints.loc[frame_no]
+                joints = np.stack([row[xs].to_numpy(float), row[ys].to_numpy(float)], axis=1)
+            writer.write(draw_frame(frame, box, joints, label))
+        writer.release()
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return f"{fourcc} ({name})"
+
+
+def explain_window(prediction: Prediction, model, window: int, size: int):
+    """(explanation, crops (T, S, S, 3) uint8, pose xy (T, J, 2), mask (T, J)) of one window."""
+    from transmodal.explain import explain_clips
+    from transmodal.features.crops import CROP_COLUMNS, crop_frames
+
+    row = prediction.windows.iloc[window]
+    device = next(model.parameters()).device
+    tokens = prediction.tokens[window : window + 1].float().to(device)
+    pose = prediction.pose[window : window + 1].to(device)
+    (explanation,) = explain_clips(model, tokens, pose)
+    positions = np.searchsorted(prediction.frame_idx, np.asarray(row["frame_idx"], np.int64)).tolist()
+    box = tuple(int(v) for v in row[list(CROP_COLUMNS)])
+    crops = crop_frames(prediction.frames, box, size, positions)
+    t = len(positions)
+    xy = np.asarray(row["pose_xy"], np.float32).reshape(t, len(COCO_JOINTS), 2)
+    mask = np.asarray(row["pose_mask"], bool).reshape(t, len(COCO_JOINTS))
+    return explanation, crops, xy, mask
+
+
+def _predict_from_args(args, keep_tokens: bool = False) -> tuple[Prediction, object]:
+    """:func:`predict_video` with the command's options; expected errors become :class:`PredictError` and
+    the notes are printed."""
+    if args.max_side < 64:
+        raise PredictError(f"--max-side is {args.max_side}; it must be at least 64")
+    try:
+        prediction, model = predict_video(
+            Path(args.video),
+            Path(args.model),
+            step=getattr(args, "step", None),
+            device=args.device,
+            max_side=args.max_side,
+            detector=args.detector,
+            pose_model=args.pose_model,
+            progress=not args.quiet,
+            keep_tokens=keep_tokens,
+        )
+    except (ParamError, CheckpointError) as err:
+        raise PredictError(str(err)) from None
+    for note in prediction.notes:
+        print(f"note: {note}")
+    return prediction, model
+
+
+def run_explain(args) -> int:
+    """The ``transmodal explain`` command: Figure 4 (and, with --pose-out, Figure 3) for one window."""
+    from transmodal.training.figures import plot_explanation, plot_pose_track
+
+    prediction, model = _predict_from_args(args, keep_tokens=True)
+    video_best = int(np.argmax(prediction.video_probabilities()))
+    probabilities = softmax(prediction.logits)
+    window = int(np.argmax(probabilities[:, video_best])) if args.window is None else args.window
+    if not 0 <= window < len(prediction.logits):
+        raise PredictError(f"--window is {window}; this video has windows 0..{len(prediction.logits) - 1}")
+    explanation, crops, xy, mask = explain_window(
+        prediction, model, window, max(160, model_image_size(model))
+    )
+    label = prediction.classes[int(np.argmax(explanation.probabilities))]
+    frames = prediction.windows.iloc[window]["frame_idx"]
+    title = f"{Path(args.video).name}, window {window} (frames {frames[0]}-{frames[-1]}): predicted {label}"
+    plot_explanation(crops, xy, mask, explanation, model.tubelet_size, Path(args.out), title)
+    print(f"attention and selector maps: {args.out}")
+    if args.pose_out:
+        plot_pose_track(crops, xy, mask, Path(args.pose_out), title)
+        print(f"pose track: {args.pose_out}")
+    return 0
+
+
+def model_image_size(model) -> int:
+    """The crop side the head's patch grid covers at 16 px patches (display only)."""
+    return int(round(model.patches_per_group**0.5)) * 16
+
+
+def run_predict(args) -> int:
+    """The ``transmodal predict`` command; returns the exit code."""
+    from transmodal.io import write_json
+
+    prediction, _ = _predict_from_args(args)
+    summary = prediction.summary()
+    print(
+        f"{args.video}: {len(summary['windows'])} window(s) of {prediction.windows['frame_idx'].iloc[0].size} frames"
+    )
+    for rank, item in enumerate(summary["video_top5"], 1):
+        print(f"{rank}. {item['label']:<24} {item['probability']:.3f}")
+    if args.json:
+        write_json(summary, args.json)
+        print(f"timeline and video-level result: {args.json}")
+    if args.out:
+        codec = write_annotated(prediction, Path(args.out))
+        print(f"annotated video: {args.out} ({codec})")
+    return 0
