@@ -102,18 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_tiny)
 
-    from transmodal.data.download import DATASETS
-
     fetch = sub.add_parser(
         "download", help="fetch a dataset's official archives into ROOT, in the layout `prepare` reads"
     )
-    fetch.add_argument("dataset", choices=DATASETS)
+    fetch.add_argument("dataset", help="kth | ucf101 | hmdb51")
     fetch.add_argument("root")
     fetch.add_argument("--keep-archives", action="store_true", help="keep the archives after unpacking")
     fetch.add_argument("--quiet", action="store_true")
     fetch.set_defaults(func=_download)
-
-    from transmodal.predict import DEFAULT_MAX_SIDE
 
     pred = sub.add_parser(
         "predict", help="the trained model on one video: top-5 actions, per-window timeline, annotated video"
@@ -127,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     pred.add_argument("--device", default="auto", choices=DEVICES)
     pred.add_argument(
-        "--max-side", type=int, default=DEFAULT_MAX_SIDE, help="shrink larger frames to this side"
+        "--max-side", type=int, default=None, help="shrink larger frames to this side (default 1280)"
     )
     pred.add_argument("--detector", default=None, help="RT-DETR checkpoint instead of the recorded one")
     pred.add_argument("--pose-model", default=None, help="ViTPose++ checkpoint instead of the recorded one")
@@ -145,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         "--window", type=int, default=None, help="default: the window most sure of the video's label"
     )
     expl.add_argument("--device", default="auto", choices=DEVICES)
-    expl.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
+    expl.add_argument("--max-side", type=int, default=None, help="as for predict")
     expl.add_argument("--detector", default=None, help="RT-DETR checkpoint instead of the recorded one")
     expl.add_argument("--pose-model", default=None, help="ViTPose++ checkpoint instead of the recorded one")
     expl.add_argument("--quiet", action="store_true")
@@ -160,13 +156,20 @@ def main(argv: list[str] | None = None) -> None:
     timings.add_argument("--dir", default=None)
     timings.set_defaults(func=_timings)
 
-    from transmodal.data.download import DownloadError
-    from transmodal.predict import PredictError
-
     args = parser.parse_args(argv)
+    expected: tuple[type[Exception], ...] = (ParamError, CheckpointError)
+    # each command's own error class, imported only for it (torch and cv2 stay out of `timings`)
+    if args.command in ("predict", "explain"):
+        from transmodal.predict import PredictError
+
+        expected += (PredictError,)
+    elif args.command == "download":
+        from transmodal.data.download import DownloadError
+
+        expected += (DownloadError,)
     try:
         args.func(args)
-    except (ParamError, CheckpointError, DownloadError, PredictError) as err:
+    except expected as err:
         print(f"transmodal {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
 

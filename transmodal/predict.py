@@ -538,15 +538,16 @@ def explain_window(prediction: Prediction, model, window: int, size: int):
 def _predict_from_args(args, keep_tokens: bool = False) -> tuple[Prediction, object]:
     """:func:`predict_video` with the command's options; expected errors become :class:`PredictError` and
     the notes are printed."""
-    if args.max_side < 64:
-        raise PredictError(f"--max-side is {args.max_side}; it must be at least 64")
+    max_side = DEFAULT_MAX_SIDE if args.max_side is None else args.max_side
+    if max_side < 64:
+        raise PredictError(f"--max-side is {max_side}; it must be at least 64")
     try:
         prediction, model = predict_video(
             Path(args.video),
             Path(args.model),
             step=getattr(args, "step", None),
             device=args.device,
-            max_side=args.max_side,
+            max_side=max_side,
             detector=args.detector,
             pose_model=args.pose_model,
             progress=not args.quiet,
