@@ -1,4 +1,4 @@
-"""Stage frames: decode every indexed video at frames.stride -> data/frames/ (Parquet shards)."""
+"""Stage frames: decode every indexed video, one frame per time sample -> data/frames/ (Parquet shards)."""
 
 from pathlib import Path
 
@@ -23,6 +23,7 @@ def main(params: dict) -> None:
         stride=frames.stride,
         clip_length=clips.length,
         videos_per_shard=frames.videos_per_shard,
+        reference_fps=frames.reference_fps,
     )
     write_json(summary, "metrics/frames.json")
 

@@ -676,3 +676,38 @@ def test_an_error_in_the_forward_stops_the_crop_threads_at_once(world, monkeypat
     alive = [thread.name for thread in threading.enumerate() if thread.name.startswith("features-crop")]
     assert alive == []
     assert not (out / "features").exists()
+
+
+def test_an_interrupted_build_resumes_from_its_finished_shards(world, built, monkeypatch):
+    """Shard 0 finished before the interruption is not encoded again; the output is the same bytes."""
+    import transmodal.features.store as store_module
+
+    real_open, real_forward = ShardWriter._open, store_module.FrozenBackbone.forward
+
+    def interrupt_at_shard_1(self, shard):
+        if shard == 1:
+            raise KeyboardInterrupt
+        real_open(self, shard)
+
+    monkeypatch.setattr(ShardWriter, "_open", interrupt_at_shard_1)
+    with pytest.raises(KeyboardInterrupt):
+        build(world, "resumed")
+    out = world["root"] / "resumed"
+    assert not (out / "features").exists() and not (out / "clips.parquet").exists()
+    (partial,) = (out / ".partial" / "features").iterdir()
+    assert sorted(p.name for p in partial.iterdir()) == [shard_name(0)]  # no half-written shard 1
+
+    monkeypatch.setattr(ShardWriter, "_open", real_open)
+    encoded = []
+    monkeypatch.setattr(
+        store_module.FrozenBackbone,
+        "forward",
+        lambda self, px: encoded.append(len(px)) or real_forward(self, px),
+    )
+    build(world, "resumed")
+    per_shard = backbone_cfg(world).clips_per_shard
+    assert sum(encoded) == built["summary"]["clips"] - per_shard  # only the clips of shard 1 and later
+    for name in ("backbone.json", shard_name(0), shard_name(1)):
+        assert (out / "features" / name).read_bytes() == (built["dir"] / name).read_bytes(), name
+    assert (out / "clips.parquet").read_bytes() == built["clips"].read_bytes()
+    assert not (out / ".partial").exists()

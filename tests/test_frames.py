@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from tests.conftest import write_test_video
-from transmodal.data.frames import FrameStore, decode_video, extract_frames
+from transmodal.data.frames import FrameStore, decode_video, extract_frames, sample_numbers, sample_step
+from transmodal.features.clips import time_samples
 
 
 def _decode_all(path):
@@ -46,7 +47,7 @@ def test_stride_keeps_every_nth_frame_and_pixels_match_opencv(video_tree, tmp_pa
     np.testing.assert_array_equal(frames, _decode_all(root / "a.avi")[::2])
     frame_idx, _ = store.read("b")
     assert frame_idx.tolist() == list(range(0, 21, 2))  # 11 frames: 0, 2, ..., 20
-    assert summary["videos_ok"] == 3
+    assert summary["videos_ok"] == 4  # a, b, short and the truncated cut
     # frame table: one row per kept frame with size and fps
     table = store.frames[store.frames["video_id"] == "a"]
     assert len(table) == 20 and set(table["width"]) == {64} and set(table["height"]) == {48}
@@ -57,14 +58,30 @@ def test_bad_videos_are_skipped_with_reasons_and_counted(video_tree, tmp_path):
     root, index = video_tree
     summary = extract_frames(index, root, tmp_path / "frames", stride=2, clip_length=16, videos_per_shard=2)
     reasons = {item["video_id"]: item["reason"] for item in summary["skipped"]}
-    assert set(reasons) == {"zero", "text", "cut", "absent"}
+    assert set(reasons) == {"zero", "text", "absent"}
     assert reasons["zero"] == "zero-byte file"
     assert reasons["absent"] == "file not found"
-    assert "truncated" in reasons["cut"] or "no frame" in reasons["cut"]
-    assert summary["videos_skipped"] == 4
+    assert reasons["text"].startswith("not a readable video")
+    assert summary["videos_skipped"] == 3
     videos = FrameStore(tmp_path / "frames").videos.set_index("video_id")
     assert (videos.loc[list(reasons), "status"] == "skipped").all()
-    assert videos.loc["cut", "reason"] == reasons["cut"]
+
+
+def test_truncated_video_keeps_the_frames_it_decoded_flagged_and_counted(video_tree, tmp_path):
+    root, index = video_tree
+    summary = extract_frames(index, root, tmp_path / "frames", stride=2, clip_length=16, videos_per_shard=2)
+    store = FrameStore(tmp_path / "frames")
+    cut = store.videos.set_index("video_id").loc["cut"]
+    assert cut["status"] == "ok" and bool(cut["truncated"])
+    assert 0 < cut["frames_decoded"] < cut["frames_reported"] == 40
+    assert cut["reason"].startswith(f"truncated: decoded {cut['frames_decoded']} of the 40 frames the header")
+    assert summary["videos_truncated"] == 1
+    assert summary["flagged"] == [{"video_id": "cut", "reason": cut["reason"]}]
+    frame_idx, frames = store.read("cut")
+    decoded = _decode_all(root / "cut.avi")
+    assert len(decoded) == cut["frames_decoded"]
+    assert frame_idx.tolist() == list(range(0, len(decoded), 2))
+    np.testing.assert_array_equal(frames, decoded[::2])
 
 
 def test_short_video_is_kept_and_flagged(video_tree, tmp_path):
@@ -74,15 +91,19 @@ def test_short_video_is_kept_and_flagged(video_tree, tmp_path):
     videos = store.videos.set_index("video_id")
     assert bool(videos.loc["short", "short"]) and videos.loc["short", "frames_kept"] == 5
     assert not bool(videos.loc["a", "short"])
-    assert summary["videos_short"] == 2  # short (5 kept) and b (11 kept) are under 16
+    assert summary["videos_short"] == 3  # short (5 kept), b (11) and the truncated cut are under 16
     assert store.read("short")[1].shape == (5, 48, 64, 3)
 
 
 def test_shards_hold_several_videos(video_tree, tmp_path):
     root, index = video_tree
     extract_frames(index, root, tmp_path / "frames", stride=1, clip_length=16, videos_per_shard=2)
+    # index rows [a, b] [short, zero] [text, cut] [absent], 2 per shard; the last has no decodable video
     shards = sorted(p.name for p in (tmp_path / "frames").glob("shard-*.parquet"))
-    assert shards == ["shard-00000.parquet", "shard-00001.parquet"]  # 3 good videos, 2 per shard
+    assert shards == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    videos = FrameStore(tmp_path / "frames").videos.set_index("video_id")
+    assert videos.loc[["a", "b", "short", "cut"], "shard"].tolist() == [0, 0, 1, 2]
+    assert videos.loc[["a", "b", "short", "cut"], "row_group"].tolist() == [0, 1, 0, 0]
 
 
 def test_two_runs_give_identical_outputs(video_tree, tmp_path):
@@ -116,3 +137,112 @@ def test_decode_video_reports_header_count(tmp_path):
     assert video.frames_decoded == 12 and video.frames_reported == 12
     assert video.frame_idx.tolist() == [0, 3, 6, 9]
     assert json.dumps(video.reason) == '""'
+
+
+def _write_at_fps(path, num_frames, fps, size=(32, 24)):
+    """An MJPG .avi at ``fps`` whose frame n is filled with the value n (readable back after compression)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for n in range(num_frames):
+        writer.write(np.full((size[1], size[0], 3), (n * 2) % 256, np.uint8))
+    writer.release()
+
+
+def test_sample_numbers_at_25_fps_are_every_stride_th_frame():
+    for stride in (1, 2, 3):
+        for frames in (1, 2, 95, 96, 97):
+            assert sample_numbers(frames, sample_step(25.0, stride, 25.0)).tolist() == list(
+                range(0, frames, stride)
+            )
+    assert sample_step(30.0, 2, None) == 2.0  # no reference rate: by frame count
+    assert sample_step(0.0, 2, 25.0) == 2.0  # no usable header rate: by frame count
+    assert sample_step(30.0, 2, 25.0) == pytest.approx(2.4)
+
+
+@pytest.mark.parametrize("fps", [10.0, 25.0, 30.0, 50.0])
+def test_other_frame_rates_are_resampled_by_time(tmp_path, fps):
+    """Kept frames sample time every stride / 25 s: a clip of 16 samples spans 1.28 s at any rate."""
+    path = tmp_path / "v.avi"
+    _write_at_fps(path, int(fps * 3), fps)  # 3 s
+    video = decode_video(path, "v", stride=2, reference_fps=25.0)
+    assert video.fps == pytest.approx(fps) and video.reason == ""
+    samples = sample_numbers(video.frames_decoded, video.step)
+    assert abs(len(samples) - 3 / 0.08) <= 1  # one sample per 0.08 s whatever the rate
+    times = samples / fps
+    np.testing.assert_allclose(
+        times, np.arange(len(samples)) * 0.08, atol=0.5 / fps + 1e-9
+    )  # nearest in time
+    assert np.unique(samples).tolist() == video.frame_idx.tolist()  # kept: the distinct samples
+    if fps < 12.5:
+        assert video.frame_idx.tolist() == list(range(video.frames_decoded))  # every frame, some twice
+        assert len(samples) > len(video.frame_idx)
+    index = pd.DataFrame({"video_id": ["v"], "path": ["v.avi"]})
+    summary = extract_frames(index, tmp_path, tmp_path / "frames", stride=2, clip_length=16, videos_per_shard=1,
+                             progress=False, reference_fps=25.0)  # fmt: skip
+    assert summary["videos_resampled"] == (fps != 25.0)
+    store = FrameStore(tmp_path / "frames")
+    row = store.videos.iloc[0]
+    assert row["samples"] == len(samples) and row["step"] == pytest.approx(2 * fps / 25)
+    assert time_samples(store.videos, store.frames)["v"].tolist() == samples.tolist()
+
+
+def test_an_interrupted_run_resumes_from_its_finished_shards(video_tree, tmp_path, monkeypatch):
+    """Shards finished before the interruption are not decoded again, and the output is the same bytes."""
+    import transmodal.data.frames as frames_module
+
+    root, index = video_tree
+    extract_frames(
+        index, root, tmp_path / "clean", stride=2, clip_length=16, videos_per_shard=2, progress=False
+    )
+    real_write = frames_module._write_shard
+    calls = []
+
+    def interrupt_at_the_second_shard(videos, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_write(videos, path)
+
+    monkeypatch.setattr(frames_module, "_write_shard", interrupt_at_the_second_shard)
+    out = tmp_path / "frames"
+    with pytest.raises(KeyboardInterrupt):
+        extract_frames(index, root, out, stride=2, clip_length=16, videos_per_shard=2, progress=False)
+    assert not out.exists()  # nothing that looks complete
+    partial = list((tmp_path / ".partial" / "frames").iterdir())
+    assert len(partial) == 1
+    assert sorted(p.name for p in partial[0].iterdir()) == [
+        "shard-00000.parquet",
+        "shard-00000.videos.parquet",
+    ]
+
+    monkeypatch.setattr(frames_module, "_write_shard", real_write)
+    decoded = []
+    real_decode = frames_module.decode_video
+    monkeypatch.setattr(
+        frames_module,
+        "decode_video",
+        lambda path, vid, *a, **k: decoded.append(vid) or real_decode(path, vid, *a, **k),
+    )
+    extract_frames(index, root, out, stride=2, clip_length=16, videos_per_shard=2, progress=False)
+    assert decoded == ["short", "zero", "text", "cut", "absent"]  # a and b (shard 0) were not decoded again
+    for path in sorted((tmp_path / "clean").iterdir()):
+        assert path.read_bytes() == (out / path.name).read_bytes(), path.name
+    assert not (tmp_path / ".partial").exists()  # removed once the output is complete
+
+
+def test_finished_shards_of_other_params_or_inputs_are_not_reused(video_tree, tmp_path, monkeypatch):
+    import transmodal.data.frames as frames_module
+
+    root, index = video_tree
+    monkeypatch.setattr(frames_module, "_write_shard", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        extract_frames(index, root, tmp_path / "frames", stride=2, clip_length=16, videos_per_shard=2)
+    monkeypatch.undo()
+    first = list((tmp_path / ".partial" / "frames").iterdir())
+    write_test_video(root / "a.avi", 30, seed=9)  # an input changed
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(
+            frames_module, "_write_shard", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt)
+        )
+        extract_frames(index, root, tmp_path / "frames", stride=2, clip_length=16, videos_per_shard=2)
+    second = list((tmp_path / ".partial" / "frames").iterdir())
+    assert len(second) == 1 and second != first  # the old parts were removed, not reused

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.dvc_project import dvc, make_project, run
 
 TINY = {
     "synth": {"subjects": 25, "scenarios": ["d1"], "actions": ["boxing", "walking"], "frames_per_video": 40},
@@ -29,42 +24,13 @@ TINY = {
 
 
 def _run(args: list[str], cwd: Path) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "HF_HUB_OFFLINE": "1",
-    }
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, (
-        f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
+    result = run(args, cwd)
     return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO_ROOT / name, root / name)
-    for name in ("stages", "transmodal"):
-        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    params["ablation"]["variants"] = TINY["ablation"]["variants"]
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], root)
-    _run(["git", "config", "user.email", "test@example.invalid"], root)
-    _run(["git", "config", "user.name", "test"], root)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], root)
-    _run([sys.executable, "-m", "dvc", "config", "core.autostage", "true"], root)
-    _run(["git", "add", "-A"], root)
-    _run(["git", "commit", "-qm", "tiny project"], root)
-    return root
-
-
-def dvc(project: Path, *args: str) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], project)
+    return make_project(tmp_path_factory.mktemp("project"), TINY, variants=TINY["ablation"]["variants"])
 
 
 def test_repro_produces_every_output_and_a_second_repro_does_nothing(project):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -12,12 +14,27 @@ from pathlib import Path
 
 import pandas as pd
 
+PARTIAL_DIR = ".partial"  # beside each resumable output: finished parts of an interrupted run
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove the temporaries of an earlier write of ``path`` that was killed before it could clean up."""
+    for leftover in [
+        *path.parent.glob(f".{glob.escape(path.name)}.*.tmp"),
+        path.with_name(f".{path.name}.old"),
+    ]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.exists():
+            leftover.unlink(missing_ok=True)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -34,6 +51,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o755)
     try:
@@ -84,3 +102,68 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def digest(obj) -> str:
+    """A short, stable hash of a JSON-able object (sorted keys): the identity of a piece of work."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_signature(path: str | Path) -> list:
+    """``[size, mtime_ns]`` of a file (``[-1, -1]`` when absent): a cheap stand-in for its content."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return [-1, -1]
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def source_digest(*modules: str | Path) -> str:
+    """Hash of source files, so that finished parts of an older version of the code are never reused."""
+    return hashlib.sha256(b"".join(Path(m).read_bytes() for m in modules)).hexdigest()[:16]
+
+
+class Resumable:
+    """Finished parts of one stage output that survive an interruption (Ctrl-C, a kill, a crash).
+
+    The parts live in ``<out_dir's parent>/.partial/<out_dir name>/<digest of key>/``: outside the output,
+    which DVC deletes before it re-runs a stage, and under a name that changes with anything that would
+    change a part (``key``: params, inputs' signatures, the code's hash), so a part is reused only by the
+    run that would have written the same bytes. Each part is written atomically; a part exists under its
+    name only once complete. Parts of other keys are removed when a run starts, and :meth:`discard` removes
+    this run's folder once the output is complete.
+    """
+
+    def __init__(self, out_dir: str | Path, key: dict):
+        out_dir = Path(out_dir)
+        self.base = out_dir.parent / PARTIAL_DIR / out_dir.name
+        self.directory = self.base / digest(key)
+        if self.base.is_dir():
+            for other in self.base.iterdir():
+                if other != self.directory:
+                    shutil.rmtree(other, ignore_errors=True) if other.is_dir() else other.unlink()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for leftover in self.directory.glob(".*.tmp"):  # a part being written when the run was killed
+            leftover.unlink()
+        self.resumed = 0
+
+    def has(self, name: str) -> bool:
+        return (self.directory / name).is_file()
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def writing(self, name: str):
+        """``atomic_path`` of a part: the part appears under ``name`` only when the block succeeds."""
+        return atomic_path(self.directory / name)
+
+    def move(self, name: str, target: Path) -> None:
+        """Move a finished part into the output being assembled (same file system: a rename)."""
+        os.replace(self.directory / name, target)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        for folder in (self.base, self.base.parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty

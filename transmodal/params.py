@@ -8,6 +8,7 @@ any work.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,16 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
+class TinyConfig:
+    """The tiny random checkpoints of the offline demo (stage checkpoints)."""
+
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_int("tiny", "seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
     root: str = "data/synthetic"
@@ -128,10 +139,13 @@ class DataConfig:
 @dataclass(frozen=True)
 class FramesConfig:
     stride: int = 2
+    reference_fps: float | None = 25.0
     videos_per_shard: int = 64
 
     def __post_init__(self):
         _check_int("frames", "stride", self.stride, 1, 64)
+        if self.reference_fps is not None:
+            _check_float("frames", "reference_fps", self.reference_fps, 0.0, 1000.0, low_open=True)
         _check_int("frames", "videos_per_shard", self.videos_per_shard, 1)
 
 
@@ -267,17 +281,28 @@ class SelectorConfig:
         _check_choice(s, "scoring", self.scoring, ("l2", "learned"))
         _check_choice(s, "position", self.position, SELECTOR_POSITIONS)
 
-    def check_against_grid(self, num_frames: int, patches_per_group: int) -> None:
-        """Fail, naming the key, when the selector asks for more frames or tokens than the grid has."""
+    def check_against_grid(
+        self, num_frames: int, patches_per_group: int | None, frames_from: str = "", tokens_from: str = ""
+    ) -> None:
+        """Fail, naming the key, when the selector asks for more frames or tokens than the grid has.
+
+        ``patches_per_group`` None: not known yet (a hub checkpoint before the features stage), not checked.
+        ``frames_from`` / ``tokens_from`` name where the counts come from (``clips.length``, a config.json)."""
         if self.top_k_frames > num_frames:
+            source = f" ({frames_from})" if frames_from else ""
             _fail(
-                "selector", "top_k_frames", f"is {self.top_k_frames}; the clip has only {num_frames} frames"
+                "selector",
+                "top_k_frames",
+                f"is {self.top_k_frames}; the clip has only {num_frames} frames{source}; "
+                f"expected 1 to {num_frames}",
             )
-        if self.top_k_tokens > patches_per_group:
+        if patches_per_group is not None and self.top_k_tokens > patches_per_group:
+            source = f" ({tokens_from})" if tokens_from else ""
             _fail(
                 "selector",
                 "top_k_tokens",
-                f"is {self.top_k_tokens}; a frame has only {patches_per_group} patch tokens",
+                f"is {self.top_k_tokens}; a frame has only {patches_per_group} patch tokens{source}; "
+                f"expected 1 to {patches_per_group}",
             )
 
 
@@ -363,6 +388,7 @@ class AblationConfig:
 
 SECTIONS: dict[str, type] = {
     "synth": SynthConfig,
+    "tiny": TinyConfig,
     "data": DataConfig,
     "frames": FramesConfig,
     "detect": DetectConfig,
@@ -415,3 +441,179 @@ def apply_overrides(params: dict, overrides: dict) -> dict:
         result[sect][key] = value
         section(result, sect)  # validate the changed section now, naming the key
     return result
+
+
+# --- Validation when a stage starts -----------------------------------------------------------------------
+# run_stage calls validate_stage(name, params) before the stage's body: every section the stage reads is
+# built (types, ranges, unknown keys), then the relations between sections and against the checkpoints'
+# config.json / the feature cache's backbone.json are checked. Nothing here imports torch or transformers.
+
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "synth": ("synth",),
+    "checkpoints": ("tiny",),
+    "prepare": ("data",),
+    "frames": ("data", "frames", "clips"),
+    "detect": ("data", "detect"),
+    "pose": ("data", "pose"),
+    "features": ("clips", "backbone"),
+    "train": ("model", "selector", "train", "frames", "clips", "detect", "pose"),
+    "evaluate": ("eval",),
+    "ablate": ("model", "selector", "train", "eval", "ablation"),  # run as ablate@<variant>
+    "ablation": ("ablation", "backbone"),
+}
+"""The sections of params.yaml each stage of dvc.yaml reads (``ablate@<variant>`` is ``ablate``)."""
+
+FEATURES_BACKBONE = Path("data/features") / "backbone.json"
+"""The grid the features stage recorded (``transmodal.features.cache.BACKBONE_FILE`` in its output folder),
+relative to the project root a stage runs in: what the head trains on."""
+
+# model_type values of config.json each checkpoint param accepts, and a line saying what is expected.
+CHECKPOINT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
+    "detect.checkpoint": (("rt_detr", "rt_detr_v2"), "RT-DETR, e.g. PekingU/rtdetr_r50vd_coco_o365"),
+    "pose.checkpoint": (("vitpose",), "ViTPose++, e.g. usyd-community/vitpose-plus-base"),
+    "backbone.checkpoint": (("videomae",), "VideoMAE, e.g. MCG-NJU/videomae-base-finetuned-kinetics"),
+}
+
+# VideoMAEConfig's defaults, for a config.json that leaves a key out.
+VIDEOMAE_DEFAULTS = {"image_size": 224, "patch_size": 16, "num_frames": 16, "tubelet_size": 2}
+
+
+def check_clip_length(clip_length: int, num_frames: int, checkpoint: str) -> None:
+    """The clip length must be the checkpoint's ``num_frames`` (its temporal position embedding is fixed)."""
+    if clip_length != num_frames:
+        raise ParamError(
+            f"params.yaml: clips.length is {clip_length}, but backbone.checkpoint {checkpoint!r} takes clips "
+            f"of num_frames={num_frames}; set clips.length to {num_frames}"
+        )
+
+
+def local_checkpoint_config(checkpoint: Any, param: str, strict: bool = True) -> dict | None:
+    """The config.json of a checkpoint param that is a local folder; None for a hub id (or anything that is
+    not an existing folder: the loader resolves and reports those).
+
+    ``strict``: a folder without a readable config.json is a :class:`CheckpointError` (the stage loads it);
+    otherwise None."""
+    if not isinstance(checkpoint, str) or not checkpoint or not Path(checkpoint).is_dir():
+        return None
+    path = Path(checkpoint) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        if not strict:
+            return None
+        what = "without config.json" if not path.is_file() else f"whose config.json is unreadable ({err})"
+        raise CheckpointError(
+            f"params.yaml: {param} is {checkpoint!r}, a folder {what} "
+            "(expected a Hugging Face save_pretrained folder)"
+        ) from None
+    if not isinstance(config, dict):
+        if strict:
+            raise CheckpointError(f"params.yaml: {param} is {checkpoint!r}: its config.json is not a mapping")
+        return None
+    return config
+
+
+def check_checkpoint_type(param: str, checkpoint: str) -> dict | None:
+    """A local checkpoint folder's ``model_type`` must be the architecture ``param`` loads; returns its
+    config.json (None for a hub id, checked when the model loads)."""
+    config = local_checkpoint_config(checkpoint, param)
+    if config is None:
+        return None
+    expected, what = CHECKPOINT_TYPES[param]
+    model_type = config.get("model_type")
+    if model_type not in expected:
+        found = f"a {model_type} checkpoint" if model_type else "a checkpoint without model_type"
+        raise CheckpointError(
+            f"params.yaml: {param} is {checkpoint!r}, {found}; expected a {' or '.join(expected)} "
+            f"checkpoint ({what})"
+        )
+    return config
+
+
+def _videomae_value(config: dict, key: str) -> int | None:
+    value = config.get(key, VIDEOMAE_DEFAULTS[key])
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _patches_per_group(params: dict) -> tuple[int, str] | None:
+    """Patch tokens per frame group the head will see, and where that number comes from: the feature
+    cache's backbone.json when present (what the head trains on), else the backbone checkpoint's
+    config.json when it is a local VideoMAE folder; None when neither is known (a hub id)."""
+    if FEATURES_BACKBONE.is_file():
+        try:
+            record = json.loads(FEATURES_BACKBONE.read_text())
+            return int(record["patches_per_group"]), str(FEATURES_BACKBONE)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: the stage's own reading of the cache fails, naming it
+    backbone = params.get("backbone")
+    checkpoint = backbone.get("checkpoint") if isinstance(backbone, dict) else None
+    config = local_checkpoint_config(checkpoint, "backbone.checkpoint", strict=False)
+    if config is None or config.get("model_type") != "videomae":
+        return None
+    image_size, patch_size = _videomae_value(config, "image_size"), _videomae_value(config, "patch_size")
+    if image_size is None or patch_size is None:
+        return None
+    return (
+        image_size // patch_size
+    ) ** 2, f"{Path(checkpoint) / 'config.json'}: ({image_size} // {patch_size})**2"
+
+
+def _check_head(params: dict, grid: tuple[int, str] | None) -> None:
+    """The selector of a (possibly varied) params against the clip length and the backbone's patch grid."""
+    selector = section(params, "selector")
+    if not selector.enabled:
+        return  # no selector is built, so nothing is selected (as when the model is built)
+    patches, source = grid if grid is not None else (None, "")
+    selector.check_against_grid(
+        section(params, "clips").length, patches, frames_from="clips.length", tokens_from=source
+    )
+
+
+def _check_variant(params: dict, name: str, overrides: Any, grid: tuple[int, str] | None) -> None:
+    """One ablation variant: its overrides give valid sections and a head that fits the grid."""
+    try:
+        varied = apply_overrides(params, overrides or {})
+        for sect in ("model", "selector", "train"):
+            section(varied, sect)
+        _check_head(varied, grid)
+    except ParamError as err:
+        detail = str(err).removeprefix("params.yaml: ")
+        raise ParamError(f"params.yaml: ablation.variants.{name}: {detail}") from None
+
+
+def validate_stage(stage: str, params: dict) -> None:
+    """Check everything ``stage`` (a dvc.yaml stage name; ``ablate@<variant>``) reads from ``params`` before
+    it does any work: each section of :data:`STAGE_SECTIONS`, then the relations between them, the local
+    checkpoints' architecture and config.json, and every ablation variant it runs. Raises
+    :class:`ParamError` or :class:`CheckpointError`, one line naming the key and what is allowed."""
+    base, _, variant = stage.partition("@")
+    if base not in STAGE_SECTIONS:
+        raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(STAGE_SECTIONS)})")
+    for name in STAGE_SECTIONS[base]:
+        section(params, name)
+
+    if base == "detect" and section(params, "detect").source == "model":
+        check_checkpoint_type("detect.checkpoint", section(params, "detect").checkpoint)
+    elif base == "pose" and section(params, "pose").source == "model":
+        check_checkpoint_type("pose.checkpoint", section(params, "pose").checkpoint)
+    elif base == "features":
+        checkpoint = section(params, "backbone").checkpoint
+        config = check_checkpoint_type("backbone.checkpoint", checkpoint)
+        num_frames = _videomae_value(config, "num_frames") if config is not None else None
+        if num_frames is not None:
+            check_clip_length(section(params, "clips").length, num_frames, checkpoint)
+    elif base == "train":
+        _check_head(params, _patches_per_group(params))
+    elif base == "ablate":
+        variants = section(params, "ablation").variants
+        if variant not in variants:
+            raise ParamError(
+                f"params.yaml: ablation.variants has no variant {variant!r} (stage {stage}); "
+                f"expected one of {', '.join(variants)}"
+            )
+        _check_variant(params, variant, variants[variant], _patches_per_group(params))
+    elif base == "ablation":
+        check_checkpoint_type("backbone.checkpoint", section(params, "backbone").checkpoint)
+        grid = _patches_per_group(params)
+        for name, overrides in section(params, "ablation").variants.items():
+            _check_variant(params, name, overrides, grid)

@@ -1,7 +1,7 @@
 """``transmodal predict``: the trained model on one video file, through the same chain as the pipeline.
 
-The chain is the stages' own code on a one-video, in-memory frame store: decode (every ``frames.stride``-th
-frame, :func:`~transmodal.data.frames.decode_video`), RT-DETR + ByteTrack and the primary track
+The chain is the stages' own code on a one-video, in-memory frame store: decode (one frame per time sample,
+``frames.stride`` frames of 25 fps, :func:`~transmodal.data.frames.decode_video`), RT-DETR + ByteTrack and the primary track
 (:func:`~transmodal.vision.detect.run_detect`), ViTPose++ on it (:func:`~transmodal.vision.pose.run_pose`),
 the person-centric crop and aligned pose (:func:`~transmodal.features.store.plan_clips`,
 :func:`~transmodal.features.store.crop_batches`), the frozen VideoMAE and the fusion head. Every param of
@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from transmodal.data.coco import COCO_JOINTS, COCO_LIMBS
-from transmodal.data.frames import DecodedVideo, decode_video
+from transmodal.data.frames import DecodedVideo, decode_video, sample_numbers, sample_step
 from transmodal.params import BackboneConfig, CheckpointError, DetectConfig, ParamError, PoseConfig
 
 VIDEO_ID = "input"
@@ -98,6 +98,11 @@ class ModelFolder:
     @property
     def stride(self) -> int:
         return int(self.config["pipeline"]["frames"]["stride"])
+
+    @property
+    def reference_fps(self) -> float | None:
+        """``frames.reference_fps`` (a model folder from before time resampling: None, every stride-th)."""
+        return self.config["pipeline"]["frames"].get("reference_fps")
 
     @property
     def clip_length(self) -> int:
@@ -277,7 +282,9 @@ class Prediction:
         }
 
 
-def load_video(path: Path, stride: int, max_side: int) -> tuple[DecodedVideo, tuple[int, int]]:
+def load_video(
+    path: Path, stride: int, max_side: int, reference_fps: float | None = None
+) -> tuple[DecodedVideo, tuple[int, int]]:
     """Decode ``path`` for predict, or raise :class:`PredictError` with one line saying why it cannot be."""
     path = Path(path)
     if not path.exists():
@@ -289,21 +296,24 @@ def load_video(path: Path, stride: int, max_side: int) -> tuple[DecodedVideo, tu
         opened = capture.isOpened()
         source = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         reported = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
     finally:
         capture.release()
     if path.stat().st_size == 0:
         raise PredictError(f"{path}: zero-byte file")
     if not opened:
         raise PredictError(f"{path}: not a video OpenCV can read")
-    check_memory(path, source, reported, stride, max_side)
-    video = decode_video(path, VIDEO_ID, stride, max_side=max_side)
+    step = max(1.0, sample_step(fps if math.isfinite(fps) else 0.0, stride, reference_fps))
+    check_memory(path, source, reported, step, max_side)
+    video = decode_video(path, VIDEO_ID, stride, max_side=max_side, reference_fps=reference_fps)
     if video.frames is None:
         raise PredictError(f"{path}: {video.reason}")
     return video, source
 
 
-def check_memory(path: Path, size: tuple[int, int], frames: int, stride: int, max_side: int) -> None:
-    """Refuse a video whose kept frames would not fit in memory (from the header, before decoding)."""
+def check_memory(path: Path, size: tuple[int, int], frames: int, stride: float, max_side: int) -> None:
+    """Refuse a video whose kept frames would not fit in memory (from the header, before decoding);
+    ``stride``: source frames per kept frame."""
     import psutil
 
     width, height = size
@@ -346,7 +356,7 @@ def predict_video(
     if step is not None and step < 1:
         raise PredictError(f"--step is {step}; it must be at least 1")
     step = step or max(1, length // 2)
-    video, source_size = load_video(video_path, folder.stride, max_side)
+    video, source_size = load_video(video_path, folder.stride, max_side, folder.reference_fps)
     store = MemoryFrameStore(video)
     detect_cfg = folder.detect_config(device, detector)
     pose_cfg = folder.pose_config(device, pose_model)
@@ -354,7 +364,7 @@ def predict_video(
     tracks, detect_metrics = run_detect(store, detect_cfg, None, progress=progress)
     fallback = detect_metrics["videos_fallback"] > 0
     keypoints, _ = run_pose(store, tracks, pose_cfg, None, progress=progress)
-    clips = window_clips(video.frame_idx, length, step)
+    clips = window_clips(sample_numbers(video.frames_decoded, video.step), length, step)
     planned, _ = plan_clips(clips, store.videos, tracks, keypoints, folder.crop_margin)
 
     backbone = FrozenBackbone(folder.backbone_config(device), length)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from transmodal.params import CheckpointError, ParamError, load_params
+from transmodal.params import CheckpointError, ParamError, load_params, validate_stage
 
 TIMINGS_DIR = Path("metrics/timings")
 
@@ -17,7 +17,9 @@ class StageInputError(RuntimeError):
 
 
 def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path = "params.yaml") -> None:
-    """Load params, run ``body(params)``, record the stage's wall time in ``metrics/timings/<name>.json``.
+    """Load params, validate what stage ``name`` reads (:func:`~transmodal.params.validate_stage`: sections,
+    their relations, local checkpoints, ablation variants) before any work, run ``body(params)``, record the
+    stage's wall time in ``metrics/timings/<name>.json``.
 
     Expected errors (bad params, missing checkpoints, bad input) become one line on stderr and exit code 2.
     """
@@ -26,6 +28,7 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     start = time.perf_counter()
     try:
         params = load_params(params_path)
+        validate_stage(name, params)
         body(params)
     except (ParamError, CheckpointError, StageInputError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)

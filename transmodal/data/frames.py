@@ -1,19 +1,28 @@
-"""Frames stage: decode every video once with OpenCV, keep every ``stride``-th frame, store compactly.
+"""Frames stage: decode every video once with OpenCV, keep its time samples, store them compactly.
+
+Sampling. Kept frames sample time every ``frames.stride / frames.reference_fps`` seconds (the paper's 16
+frames at stride 2 of 25 fps): a 25 fps video keeps frames 0, 2, 4, ...; a 30 fps video 0, 2, 5, 7, 10, ...;
+a 10 fps video every frame (:func:`sample_step`, :func:`sample_numbers`; docs/decisions.md "Frame rates").
 
 Layout of ``data/frames/``:
-- ``shard-NNNNN.parquet``: one row per video (one row group each, so a video reads alone):
-  ``video_id``, ``frame_idx`` (list of original 0-based frame numbers kept), ``height``, ``width``,
-  ``codec``, ``pixels`` (RGB uint8 T x H x W x 3, compressed with ``codec`` (LZ4 frame): lossless, and
-  compressed by the decode workers in parallel rather than by the single Parquet writer).
+- ``shard-NNNNN.parquet``: the decodable videos of index rows ``N * frames.videos_per_shard`` onwards, one
+  row (and one row group, so a video reads alone) per video: ``video_id``, ``frame_idx`` (list of original
+  0-based frame numbers kept), ``height``, ``width``, ``codec``, ``pixels`` (RGB uint8 T x H x W x 3,
+  compressed with ``codec`` (LZ4 frame): lossless, and compressed by the decode workers in parallel rather
+  than by the single Parquet writer). A shard whose videos all failed has no file.
 - ``videos.parquet``: one row per indexed video: ``video_id``, ``status`` (``ok`` | ``skipped``),
-  ``reason``, ``frames_decoded``, ``frames_reported`` (container header), ``frames_kept``, ``width``,
-  ``height``, ``fps``, ``short`` (fewer kept frames than one clip), ``shard``, ``row_group``.
+  ``reason`` (why it was skipped, or what is odd about a kept video: truncated, no frame rate),
+  ``frames_decoded``, ``frames_reported`` (container header), ``frames_kept``, ``samples`` (time samples,
+  ``frames_kept`` plus repeats when the video is slower than the sampling), ``step`` (source frames per
+  sample), ``truncated`` (decoded fewer frames than the header announces; the decoded ones are kept),
+  ``width``, ``height``, ``fps``, ``short`` (fewer samples than one clip), ``shard``, ``row_group``.
 - ``frames.parquet``: the frame table, one row per kept frame: ``video_id``, ``frame_idx``, ``width``,
   ``height``, ``fps``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import deque
@@ -29,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from transmodal.io import atomic_dir, write_parquet
+from transmodal.io import Resumable, atomic_dir, file_signature, source_digest, write_parquet
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -43,28 +52,67 @@ SHARD_SCHEMA = pa.schema(
 )
 
 
+MAX_FPS = 1000.0  # a header frame rate above this (or <= 0, NaN) is taken as missing
+
+
+def sample_step(fps: float, stride: int, reference_fps: float | None) -> float:
+    """Source frames per kept frame: ``stride`` at ``reference_fps`` (25, the paper's), scaled to ``fps``.
+
+    Kept frames sample TIME every ``stride / reference_fps`` seconds, so a 30 fps video keeps every 2.4th
+    frame and a 10 fps video every frame (some twice, see :func:`sample_numbers`). ``reference_fps`` None, or
+    a header rate that is missing or absurd, keeps every ``stride``-th frame whatever the rate.
+    """
+    if reference_fps is None or not (0.0 < fps <= MAX_FPS):
+        return float(stride)
+    return stride * fps / reference_fps
+
+
+def sample_numbers(frames_decoded: int, step: float) -> np.ndarray:
+    """The original frame number of each time sample, ``floor(k * step + 1/2)`` for k = 0, 1, ... (int64).
+
+    Nondecreasing; with ``step < 1`` (a video slower than the sampling) a frame repeats for the samples it
+    is the nearest to. ``step == stride`` gives exactly 0, stride, 2 * stride, ...: the frames the stage kept
+    before resampling by time existed, so 25 fps datasets are unchanged.
+    """
+    if frames_decoded <= 0:
+        return np.zeros(0, np.int64)
+    count = int(np.ceil((frames_decoded - 0.5) / step))
+    numbers = np.floor(np.arange(count) * step + 0.5).astype(np.int64)
+    return numbers[numbers < frames_decoded]
+
+
 @dataclass
 class DecodedVideo:
     """One decoded video, or the reason it could not be decoded (``frames`` is None then)."""
 
     video_id: str
     frames: np.ndarray | None  # (T, H, W, 3) uint8 RGB, only the kept frames
-    frame_idx: np.ndarray  # (T,) original 0-based frame numbers
+    frame_idx: np.ndarray  # (T,) original 0-based frame numbers, distinct and increasing
     frames_decoded: int
     frames_reported: int
     fps: float
-    reason: str = ""
+    reason: str = ""  # why the video was skipped, or what is odd about a kept one (truncated, no fps)
+    step: float = 0.0  # source frames per time sample (sample_step)
+    truncated: bool = False  # fewer frames decoded than the container header announces
 
 
-def decode_video(path: Path, video_id: str, stride: int, max_side: int | None = None) -> DecodedVideo:
-    """Decode all frames of ``path`` and keep every ``stride``-th (0, stride, 2*stride, ...).
+def decode_video(
+    path: Path,
+    video_id: str,
+    stride: int,
+    max_side: int | None = None,
+    reference_fps: float | None = None,
+) -> DecodedVideo:
+    """Decode all frames of ``path`` and keep the time samples of :func:`sample_numbers`.
 
-    ``max_side`` (``transmodal predict`` only; the frames stage keeps the source size): kept frames whose
-    longer side exceeds it are shrunk to it (area resampling, aspect kept) as they are decoded, so a 4K video
-    holds a quarter of the memory.
+    ``reference_fps`` None keeps every ``stride``-th frame (0, stride, 2*stride, ...); a number resamples by
+    time (:func:`sample_step`). ``max_side`` (``transmodal predict`` only; the frames stage keeps the source
+    size): kept frames whose longer side exceeds it are shrunk to it (area resampling, aspect kept) as they
+    are decoded, so a 4K video holds a quarter of the memory.
 
-    Zero-byte, unreadable, non-video and truncated files come back with ``frames=None`` and a reason.
-    A file is called truncated when it decodes fewer frames than its container header announces.
+    Zero-byte, unreadable and non-video files, and files of which no frame decodes, come back with
+    ``frames=None`` and a reason. A file that decodes fewer frames than its container header announces
+    (cut short, corrupt from some point on) keeps the frames it decoded and is flagged ``truncated``.
     """
     empty = np.zeros(0, dtype=np.int32)
     if not path.is_file():
@@ -79,12 +127,16 @@ def decode_video(path: Path, video_id: str, stride: int, max_side: int | None = 
             )
         reported = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        kept, kept_idx, decoded = [], [], 0
+        if not np.isfinite(fps):
+            fps = 0.0
+        step = sample_step(fps, stride, reference_fps)
+        kept, kept_idx, decoded, sample = [], [], 0, 0
         while True:
             ok = capture.grab()
             if not ok:
                 break
-            if decoded % stride == 0:
+            wanted = int(np.floor(sample * step + 0.5))
+            if decoded == wanted:
                 ok, frame = capture.retrieve()
                 if not ok:
                     break
@@ -94,45 +146,113 @@ def decode_video(path: Path, video_id: str, stride: int, max_side: int | None = 
                     frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
                 kept.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
                 kept_idx.append(decoded)
+                while int(np.floor(sample * step + 0.5)) <= decoded:  # samples this frame is nearest to
+                    sample += 1
             decoded += 1
     finally:
         capture.release()
-    if decoded == 0:
-        return DecodedVideo(video_id, None, empty, 0, reported, fps, "no frame could be decoded")
-    if reported and decoded < reported:
-        return DecodedVideo(
-            video_id,
-            None,
-            empty,
-            decoded,
-            reported,
-            fps,
-            f"truncated: header has {reported} frames, decoded {decoded}",
+    if decoded == 0 or not kept:
+        return DecodedVideo(video_id, None, empty, decoded, reported, fps, "no frame could be decoded")
+    notes = []
+    truncated = bool(reported and decoded < reported)
+    if truncated:
+        notes.append(
+            f"truncated: decoded {decoded} of the {reported} frames the header announces (a cut file or a "
+            "wrong header); kept the decoded frames"
         )
-    return DecodedVideo(video_id, np.stack(kept), np.asarray(kept_idx, np.int32), decoded, reported, fps)
+    if reference_fps is not None and not (0.0 < fps <= MAX_FPS):
+        notes.append(f"no usable frame rate in the header ({fps:g}); kept every {stride}th frame")
+    frame_idx = np.asarray(kept_idx, np.int32)
+    return DecodedVideo(
+        video_id, np.stack(kept), frame_idx, decoded, reported, fps, "; ".join(notes), step, truncated
+    )
 
 
 PIXEL_CODEC = "lz4"  # LZ4 frame: ~2.5x smaller than raw on KTH-like frames, several times faster than zstd
 
 
-def _decode_and_compress(path: Path, video_id: str, stride: int) -> tuple[DecodedVideo, pa.Buffer | None]:
+def _decode_and_compress(
+    path: Path, video_id: str, stride: int, reference_fps: float | None
+) -> tuple[DecodedVideo, pa.Buffer | None]:
     """Decode one video and compress its kept frames (both release the GIL, so workers run in parallel)."""
-    video = decode_video(path, video_id, stride)
+    video = decode_video(path, video_id, stride, reference_fps=reference_fps)
     if video.frames is None:
         return video, None
     return video, pa.Codec(PIXEL_CODEC).compress(np.ascontiguousarray(video.frames))
 
 
-def _decoded_in_order(jobs: list[tuple[Path, str]], stride: int, workers: int) -> Iterator:
+def _decoded_in_order(
+    jobs: list[tuple[Path, str]], stride: int, reference_fps: float | None, workers: int
+) -> Iterator:
     """``_decode_and_compress`` over ``jobs`` on a thread pool, results in job order, few videos in flight."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
-        for path, video_id in jobs:
-            pending.append(pool.submit(_decode_and_compress, path, video_id, stride))
-            if len(pending) > 2 * workers:
+        try:
+            for path, video_id in jobs:
+                pending.append(pool.submit(_decode_and_compress, path, video_id, stride, reference_fps))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        finally:  # stopped early (an error, Ctrl-C): do not decode the queued videos
+            for future in pending:
+                future.cancel()
+
+
+VIDEO_COLUMNS = (
+    "video_id", "status", "reason", "frames_decoded", "frames_reported", "frames_kept", "samples", "step",
+    "truncated", "width", "height", "fps", "short", "shard", "row_group",
+)  # fmt: skip
+FRAME_COLUMNS = ("video_id", "frame_idx", "width", "height", "fps")
+
+
+def _write_shard(videos: list[tuple[DecodedVideo, pa.Buffer | None]], path: Path) -> None:
+    """One Parquet shard, one row group per decoded video (the pixels arrive compressed)."""
+    with pq.ParquetWriter(
+        path,
+        SHARD_SCHEMA,
+        compression={name: "zstd" for name in SHARD_SCHEMA.names} | {"pixels": "none"},
+        use_dictionary=False,
+        write_statistics=False,
+    ) as writer:
+        for video, pixels in videos:
+            _, h, w, _ = video.frames.shape
+            table = pa.table(
+                {
+                    "video_id": [video.video_id],
+                    "frame_idx": [video.frame_idx.tolist()],
+                    "height": [h],
+                    "width": [w],
+                    "codec": [PIXEL_CODEC],
+                    "pixels": _blob(pixels),
+                },
+                schema=SHARD_SCHEMA,
+            )
+            writer.write_table(table)  # one call -> one row group per video
+
+
+def _video_row(video: DecodedVideo, shard: int, row_group: int, clip_length: int) -> dict:
+    ok = video.frames is not None
+    t, h, w = video.frames.shape[:3] if ok else (0, 0, 0)
+    samples = len(sample_numbers(video.frames_decoded, video.step)) if ok else 0
+    return {
+        "video_id": video.video_id,
+        "status": "ok" if ok else "skipped",
+        "reason": video.reason,
+        "frames_decoded": video.frames_decoded,
+        "frames_reported": video.frames_reported,
+        "frames_kept": t,
+        "samples": samples,
+        "step": float(video.step),
+        "truncated": video.truncated,
+        "width": w,
+        "height": h,
+        "fps": video.fps,
+        "short": ok and samples < clip_length,
+        "shard": shard if ok else -1,
+        "row_group": row_group if ok else -1,
+        "frame_idx": video.frame_idx.tolist(),
+    }
 
 
 def extract_frames(
@@ -144,106 +264,104 @@ def extract_frames(
     videos_per_shard: int,
     progress: bool = True,
     workers: int | None = None,
+    reference_fps: float | None = None,
 ) -> dict:
     """Decode every video of ``index`` (columns video_id, path) under ``root`` into ``out_dir``.
 
-    ``workers`` decode-and-compress threads (default: one per CPU core). Returns the summary written to
-    ``metrics/frames.json``.
+    Shard ``n`` holds the decodable videos among index rows ``n * videos_per_shard`` to
+    ``(n + 1) * videos_per_shard - 1`` (no file when there are none). Finished shards are kept in
+    ``.partial/`` beside ``out_dir`` (:class:`~transmodal.io.Resumable`) until the whole output is written, so
+    a run interrupted after some shards resumes from the first unfinished one and writes the same bytes.
+    ``workers`` decode-and-compress threads (default: one per CPU core). ``reference_fps``: see
+    :func:`sample_step`. Returns the summary written to ``metrics/frames.json``.
     """
     jobs = [(Path(root) / rel, vid) for vid, rel in zip(index["video_id"], index["path"], strict=True)]
     workers = workers or max(1, os.cpu_count() or 1)
-    video_rows, frame_tables = [], []
+    chunks = [jobs[start : start + videos_per_shard] for start in range(0, len(jobs), videos_per_shard)]
+    parts = Resumable(
+        out_dir,
+        {
+            "code": source_digest(__file__),
+            "stride": stride,
+            "reference_fps": reference_fps,
+            "clip_length": clip_length,
+            "videos_per_shard": videos_per_shard,
+            "videos": [(vid, str(path), file_signature(path)) for path, vid in jobs],
+        },
+    )
+    todo = [n for n in range(len(chunks)) if not parts.has(_rows_name(n))]
+    parts.resumed = len(chunks) - len(todo)
+    if parts.resumed and progress:
+        print(f"frames: resuming, {parts.resumed} of {len(chunks)} shards already done in {parts.directory}")
+    decoded = _decoded_in_order([job for n in todo for job in chunks[n]], stride, reference_fps, workers)
+    with (
+        contextlib.closing(decoded),
+        tqdm(total=len(jobs), desc="frames", unit="video", disable=not progress) as bar,
+    ):
+        bar.update(sum(len(chunks[n]) for n in range(len(chunks)) if n not in set(todo)))
+        for n in todo:
+            videos = [next(decoded) for _ in chunks[n]]
+            good = [(video, pixels) for video, pixels in videos if video.frames is not None]
+            if good:
+                with parts.writing(_shard_name(n)) as tmp:
+                    _write_shard(good, tmp)
+            rows, group = [], 0
+            for video, _ in videos:
+                rows.append(_video_row(video, n, group, clip_length))
+                group += video.frames is not None
+            write_parquet(pd.DataFrame(rows), parts.path(_rows_name(n)))  # last: marks the shard done
+            bar.update(len(videos))
+    rows = [pd.read_parquet(parts.path(_rows_name(n))) for n in range(len(chunks))]
+    table = (
+        pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=[*VIDEO_COLUMNS, "frame_idx"])
+    )
+    videos = table[list(VIDEO_COLUMNS)].astype({"truncated": bool, "short": bool})
+    ok = table[table["status"] == "ok"]
+    frames = pd.DataFrame(
+        {
+            "video_id": np.repeat(ok["video_id"].to_numpy(), ok["frames_kept"].to_numpy(np.int64)),
+            "frame_idx": np.concatenate([np.asarray(f, np.int32) for f in ok["frame_idx"]] or [[]]).astype(
+                np.int32
+            ),
+            "width": np.repeat(ok["width"].to_numpy(np.int32), ok["frames_kept"].to_numpy(np.int64)),
+            "height": np.repeat(ok["height"].to_numpy(np.int32), ok["frames_kept"].to_numpy(np.int64)),
+            "fps": np.repeat(ok["fps"].to_numpy(np.float32), ok["frames_kept"].to_numpy(np.int64)),
+        },
+        columns=list(FRAME_COLUMNS),
+    )
     with atomic_dir(out_dir) as tmp:
-        writer, shard, rows_in_shard = None, -1, 0
-        try:
-            decoded = _decoded_in_order(jobs, stride, workers)
-            for video, pixels in tqdm(
-                decoded, total=len(jobs), desc="frames", unit="video", disable=not progress
-            ):
-                row = {
-                    "video_id": video.video_id,
-                    "status": "ok" if video.frames is not None else "skipped",
-                    "reason": video.reason,
-                    "frames_decoded": video.frames_decoded,
-                    "frames_reported": video.frames_reported,
-                    "frames_kept": 0,
-                    "width": 0,
-                    "height": 0,
-                    "fps": video.fps,
-                    "short": False,
-                    "shard": -1,
-                    "row_group": -1,
-                }
-                if video.frames is not None:
-                    if writer is None or rows_in_shard == videos_per_shard:
-                        if writer is not None:
-                            writer.close()
-                        shard, rows_in_shard = shard + 1, 0
-                        # pixels arrive compressed; Parquet compresses only the small columns
-                        writer = pq.ParquetWriter(
-                            tmp / f"shard-{shard:05d}.parquet",
-                            SHARD_SCHEMA,
-                            compression={name: "zstd" for name in SHARD_SCHEMA.names} | {"pixels": "none"},
-                            use_dictionary=False,
-                            write_statistics=False,
-                        )
-                    t, h, w, _ = video.frames.shape
-                    table = pa.table(
-                        {
-                            "video_id": [video.video_id],
-                            "frame_idx": [video.frame_idx.tolist()],
-                            "height": [h],
-                            "width": [w],
-                            "codec": [PIXEL_CODEC],
-                            "pixels": _blob(pixels),
-                        },
-                        schema=SHARD_SCHEMA,
-                    )
-                    writer.write_table(table)  # one call -> one row group per video
-                    row.update(
-                        frames_kept=t,
-                        width=w,
-                        height=h,
-                        short=t < clip_length,
-                        shard=shard,
-                        row_group=rows_in_shard,
-                    )
-                    rows_in_shard += 1
-                    frame_tables.append(
-                        pd.DataFrame(
-                            {
-                                "video_id": video.video_id,
-                                "frame_idx": video.frame_idx,
-                                "width": np.int32(w),
-                                "height": np.int32(h),
-                                "fps": np.float32(video.fps),
-                            }
-                        )
-                    )
-                video_rows.append(row)
-        finally:
-            if writer is not None:
-                writer.close()
-        videos = pd.DataFrame(video_rows)
-        frames = (
-            pd.concat(frame_tables, ignore_index=True)
-            if frame_tables
-            else pd.DataFrame(columns=["video_id", "frame_idx", "width", "height", "fps"])
-        )
+        for n in sorted(set(ok["shard"].astype(int))):
+            parts.move(_shard_name(n), tmp / _shard_name(n))
         write_parquet(videos, tmp / "videos.parquet")
         write_parquet(frames, tmp / "frames.parquet")
+    parts.discard()
     skipped = videos[videos["status"] == "skipped"]
+    flagged = videos[(videos["status"] == "ok") & (videos["reason"] != "")]
     return {
         "videos": int(len(videos)),
         "videos_ok": int((videos["status"] == "ok").sum()),
         "videos_skipped": int(len(skipped)),
         "videos_short": int(videos["short"].sum()),
+        "videos_truncated": int(videos["truncated"].sum()),
+        "videos_resampled": int(((videos["status"] == "ok") & (videos["step"] != float(stride))).sum()),
         "frames_kept": int(videos["frames_kept"].sum()),
         "stride": stride,
+        "reference_fps": reference_fps,
         "skipped": [
             {"video_id": v, "reason": r} for v, r in zip(skipped["video_id"], skipped["reason"], strict=True)
         ],
+        "flagged": [
+            {"video_id": v, "reason": r} for v, r in zip(flagged["video_id"], flagged["reason"], strict=True)
+        ],
     }
+
+
+def _shard_name(n: int) -> str:
+    return f"shard-{n:05d}.parquet"
+
+
+def _rows_name(n: int) -> str:
+    return f"shard-{n:05d}.videos.parquet"
 
 
 def _blob(data: pa.Buffer) -> pa.LargeBinaryArray:

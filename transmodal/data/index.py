@@ -184,7 +184,8 @@ def index_kth(root: Path, split: str) -> tuple[pd.DataFrame, dict]:
 
     ``split`` is ``paper`` or ``schuldt`` (fixed subject lists; KTH has no random validation hold-out).
     Videos on disk but not in 00sequences.txt are kept with no sequences and counted; listed videos
-    missing on disk are counted, not indexed; .avi files not named like KTH videos are listed, not indexed.
+    missing on disk are counted, not indexed; .avi files not named like KTH videos, or in a folder that is
+    not their KTH action's, are listed with the reason (``unrecognised_reasons``), counted, not indexed.
     """
     root = Path(root)
     _check_root(root)
@@ -193,18 +194,24 @@ def index_kth(root: Path, split: str) -> tuple[pd.DataFrame, dict]:
 
     on_disk: dict[str, tuple[str, re.Match]] = {}
     unrecognised: list[str] = []
-    for action in KTH_ACTIONS:
-        folder = root / action
-        if not folder.is_dir():
-            continue
+    reasons: dict[str, str] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        action = folder.name
         for file in sorted(folder.iterdir()):
             if file.suffix.lower() != ".avi":
                 continue
+            rel = f"{action}/{file.name}"
             match = _KTH_FILE.fullmatch(file.name)
-            if match is None or match["action"] != action:
-                unrecognised.append(f"{action}/{file.name}")
+            if action not in KTH_ACTIONS:
+                reasons[rel] = f"folder {action!r} is not a KTH action ({', '.join(KTH_ACTIONS)})"
+            elif match is None:
+                reasons[rel] = "not named personNN_<action>_dN_uncomp.avi"
+            elif match["action"] != action:
+                reasons[rel] = f"names the action {match['action']!r} but lies in the folder {action!r}"
+            else:
+                on_disk[file.name.removesuffix("_uncomp.avi")] = (rel, match)
                 continue
-            on_disk[file.name.removesuffix("_uncomp.avi")] = (f"{action}/{file.name}", match)
+            unrecognised.append(rel)
     if not on_disk:
         raise _root_error(root, "has no KTH videos (<action>/personNN_<action>_dS_uncomp.avi)")
 
@@ -251,6 +258,8 @@ def index_kth(root: Path, split: str) -> tuple[pd.DataFrame, dict]:
             "videos_without_sequences_ids": without_sequences,
             "videos_with_overlapping_sequences": len(overlapping),
             "unrecognised_files": unrecognised,
+            "unrecognised": len(unrecognised),
+            "unrecognised_reasons": reasons,
         }
     )
     return index, summary

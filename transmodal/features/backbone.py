@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from transmodal.features.crops import PixelNormalizer
-from transmodal.params import BackboneConfig, ParamError
+from transmodal.params import BackboneConfig, check_clip_length  # torch-free: also checked at stage start
 from transmodal.vision.checkpoints import load_model, load_processor, pick_device, pick_dtype
 
 CHECKPOINT_PARAM = "backbone.checkpoint"
@@ -24,15 +24,6 @@ def processor_class():
     from transformers import VideoMAEImageProcessor, VideoMAEImageProcessorPil
 
     return VideoMAEImageProcessor if importlib.util.find_spec("torchvision") else VideoMAEImageProcessorPil
-
-
-def check_clip_length(clip_length: int, num_frames: int, checkpoint: str) -> None:
-    """The clip length must be the checkpoint's ``num_frames`` (its temporal position embedding is fixed)."""
-    if clip_length != num_frames:
-        raise ParamError(
-            f"params.yaml: clips.length is {clip_length}, but {CHECKPOINT_PARAM} {checkpoint!r} takes clips "
-            f"of num_frames={num_frames}; set clips.length to {num_frames}"
-        )
 
 
 class FrozenBackbone:

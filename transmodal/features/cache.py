@@ -17,6 +17,19 @@ from transmodal.data.coco import NUM_JOINTS
 TOKENS_KEY = "tokens"
 BACKBONE_FILE = "backbone.json"
 
+TOKEN_TOLERANCE = {"rtol": 1e-2, "atol": 1e-2}
+"""How closely two feature caches of the same inputs must agree when they were not computed with the same
+float kernels (another CPU's vector unit, a GPU): ``|a - b| <= atol + rtol * |b|`` for every fp16 token
+value (``numpy.allclose``). On one machine with the same library versions the tokens are identical, bit for
+bit, whatever the thread count; a different kernel moved them by one fp16 step (2e-3 at |x| ~ 4) here
+(docs/decisions.md "What reproduces bit for bit"). Checked by :func:`tokens_close`."""
+
+
+def tokens_close(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> bool:
+    """Whether two token arrays of the same clips agree within :data:`TOKEN_TOLERANCE`."""
+    a, b = (np.asarray(x, dtype=np.float32) for x in (a, b))
+    return a.shape == b.shape and bool(np.allclose(a, b, **TOKEN_TOLERANCE))
+
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.safetensors"

@@ -1,8 +1,10 @@
 """Clip sampling: which kept frames of each video form the ``clips.length``-frame clips fed to VideoMAE.
 
-Frame numbers. The frames stage keeps every ``frames.stride``-th frame and records each kept frame's
-ORIGINAL 0-based frame number (``frame_idx``; tracks and keypoints use the same numbers). A clip is
-``clips.length`` CONSECUTIVE kept frames, so it spans ``length * stride`` original frames. KTH's
+Frame numbers. The frames stage keeps one frame per time sample (every ``frames.stride``-th frame of a
+25 fps video; :mod:`transmodal.data.frames`) and records each kept frame's ORIGINAL 0-based frame number
+(``frame_idx``; tracks and keypoints use the same numbers). A clip is ``clips.length`` CONSECUTIVE time
+samples (:func:`time_samples`), so it spans ``length * stride / reference_fps`` seconds whatever the video's
+frame rate; in a video slower than the sampling a frame fills several samples of a clip. KTH's
 ``00sequences.txt`` ranges in the index are 1-based inclusive: kept frame ``f`` lies in ``[start, end]``
 when ``start <= f + 1 <= end``.
 
@@ -129,6 +131,32 @@ def clip_positions(
     ]
 
 
+def time_samples(videos: pd.DataFrame, frame_table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per decoded video, the original frame number of each time sample (sorted, int64).
+
+    The samples are :func:`~transmodal.data.frames.sample_numbers` of the video's decoded frame count and
+    step; where the video is slower than the sampling a frame stands for several samples, so a clip of
+    ``clips.length`` samples always spans the same time. Their distinct values are exactly the kept frames.
+    """
+    from transmodal.data.frames import sample_numbers
+
+    kept = {
+        video_id: np.sort(group.to_numpy(np.int64))
+        for video_id, group in frame_table.groupby("video_id", sort=False)["frame_idx"]
+    }
+    ok = videos[videos["status"] == "ok"]
+    if "step" not in ok.columns:  # a frame table without time sampling: one sample per kept frame
+        return kept
+    samples = {}
+    for video_id, decoded, step in zip(ok["video_id"], ok["frames_decoded"], ok["step"], strict=True):
+        numbers = sample_numbers(int(decoded), float(step))
+        have = kept.get(video_id, np.zeros(0, np.int64))
+        if not np.array_equal(np.unique(numbers), have):
+            raise ValueError(f"video {video_id!r}: the frame table does not hold its time samples")
+        samples[video_id] = numbers
+    return samples
+
+
 def make_clips(
     index: pd.DataFrame, videos: pd.DataFrame, frame_table: pd.DataFrame, cfg: ClipsConfig
 ) -> pd.DataFrame:
@@ -147,15 +175,12 @@ def make_clips(
         evaluation unit of the paper's KTH numbers, docs/decisions.md "Accuracy units").
     """
     skipped = set(skipped_videos(index, videos))
-    kept_frames = {
-        video_id: np.sort(group.to_numpy(np.int64))
-        for video_id, group in frame_table.groupby("video_id", sort=False)["frame_idx"]
-    }
+    samples = time_samples(videos, frame_table)
     rows = []
     for video in index.itertuples(index=False):
         if video.video_id in skipped:
             continue
-        frame_idx = kept_frames.get(video.video_id, np.zeros(0, np.int64))
+        frame_idx = samples.get(video.video_id, np.zeros(0, np.int64))
         train = video.split == "train"
         count = cfg.per_video_train if train else cfg.per_video_test
         per_sequence = 0 if train else cfg.per_sequence_test

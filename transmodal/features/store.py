@@ -52,7 +52,7 @@ from transmodal.features.crops import (
     crop_frames,
     square_crop_boxes,
 )
-from transmodal.io import atomic_dir, write_json, write_parquet
+from transmodal.io import Resumable, atomic_dir, file_signature, source_digest, write_json, write_parquet
 from transmodal.params import BackboneConfig, ClipsConfig
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
@@ -66,11 +66,13 @@ class ShardWriter:
     Knowing every shard's row count up front lets the header go first, so no shard is ever held in memory.
     """
 
-    def __init__(self, directory: Path, total: int, per_shard: int, item_shape: tuple[int, ...]):
+    def __init__(
+        self, directory: Path, total: int, per_shard: int, item_shape: tuple[int, ...], start_shard: int = 0
+    ):
         self.directory = Path(directory)
         self.total, self.per_shard, self.item_shape = total, per_shard, tuple(item_shape)
         self.item_bytes = int(np.prod(self.item_shape)) * 2  # float16
-        self.written = 0
+        self.written = min(total, start_shard * per_shard)  # shards before start_shard exist already
         self._file = None
         self._shard = -1
 
@@ -90,7 +92,8 @@ class ShardWriter:
         }
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # align the data to 8 bytes, as safetensors does
-        self._file = open(self.directory / shard_name(shard), "wb")  # closed by _close() / close()
+        # written under a temporary name, renamed once complete (_close): a shard file is always whole
+        self._file = open(self.directory / f".{shard_name(shard)}.tmp", "wb")  # closed by _close() / close()
         self._file.write(struct.pack("<Q", len(text)) + text)
         self._shard = shard
 
@@ -118,6 +121,9 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+            os.replace(
+                self.directory / f".{shard_name(self._shard)}.tmp", self.directory / shard_name(self._shard)
+            )
 
     def close(self) -> None:
         """Close the last shard; every announced row must have been written."""
@@ -346,6 +352,42 @@ def crop_batches(
         yield torch.from_numpy(batch[:filled])
 
 
+def _folder_signature(folder: Path) -> list:
+    """Names and signatures of the files in a folder (a checkpoint, the frame store), sorted."""
+    if not folder.is_dir():
+        return [str(folder)]
+    return [
+        (p.relative_to(folder).as_posix(), file_signature(p))
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    ]
+
+
+def _resume_key(clips_cfg: ClipsConfig, backbone_cfg: BackboneConfig, store, clips: pd.DataFrame) -> dict:
+    """Everything a token shard depends on: code, params, checkpoint and frame files, the clips' frames and
+    crop boxes (see :class:`~transmodal.io.Resumable`)."""
+    import dataclasses
+    import hashlib
+
+    here = Path(__file__).parent
+    planned = hashlib.sha256()
+    for column in ("clip_id", "frame_idx", *CROP_COLUMNS):
+        values = clips[column].to_numpy()
+        planned.update(
+            np.stack(values).tobytes()
+            if column == "frame_idx" and len(values)
+            else str(list(values)).encode()
+        )
+    return {
+        "code": source_digest(here / "store.py", here / "backbone.py", here / "crops.py", here / "clips.py"),
+        "clips": dataclasses.asdict(clips_cfg),
+        "backbone": dataclasses.asdict(backbone_cfg),
+        "checkpoint": _folder_signature(Path(backbone_cfg.checkpoint)),
+        "frames": _folder_signature(Path(getattr(store, "directory", ""))),
+        "planned": planned.hexdigest(),
+    }
+
+
 def build_features(
     index: pd.DataFrame,
     store: FrameStore,
@@ -379,47 +421,59 @@ def build_features(
     grid = (*backbone.grid, backbone.hidden_size)  # (G, P, D)
     if timings is not None:
         timings["setup"] = time.perf_counter() - started
-    with atomic_dir(features_dir) as tmp:
-        writer = ShardWriter(tmp, total, per_shard, grid)
-        cores = available_cores()
-        # On the CPU the forward takes torch's threads; on an accelerator it needs about none.
-        during_forward = cores - torch.get_num_threads() if backbone.device.type == "cpu" else cores
-        share = CpuShare(cores, during_forward)
-        batches = crop_batches(
-            store, clips, backbone.image_size, backbone_cfg.batch_size, backbone.normalizer, share
+    parts = Resumable(features_dir, _resume_key(clips_cfg, backbone_cfg, store, clips))
+    done = 0  # leading shards finished by an interrupted run with the same key
+    while done * per_shard < total and parts.has(shard_name(done)):
+        done += 1
+    if done and progress:
+        print(
+            f"features: resuming, {done} of {-(-total // per_shard)} shards already done in {parts.directory}"
         )
-        # Closed in reverse order on the way out: the background reader first (its worker ends), then the
-        # crop generator, so an error below stops the crop pool at once.
-        pixels = prefetch(batches, name="features-crops")
-        with (
-            contextlib.closing(batches),
-            tqdm(total=total, desc="features", unit="clip", disable=not progress) as bar,
-            contextlib.closing(pixels),
-        ):
+    writer = ShardWriter(parts.directory, total, per_shard, grid, start_shard=done)
+    cores = available_cores()
+    # On the CPU the forward takes torch's threads; on an accelerator it needs about none.
+    during_forward = cores - torch.get_num_threads() if backbone.device.type == "cpu" else cores
+    share = CpuShare(cores, during_forward)
+    batches = crop_batches(
+        store, clips.iloc[writer.written :], backbone.image_size, backbone_cfg.batch_size,
+        backbone.normalizer, share,
+    )  # fmt: skip
+    # Closed in reverse order on the way out: the background reader first (its worker ends), then the
+    # crop generator, so an error below stops the crop pool at once.
+    pixels = prefetch(batches, name="features-crops")
+    with (
+        contextlib.closing(batches),
+        tqdm(total=total, initial=writer.written, desc="features", unit="clip", disable=not progress) as bar,
+        contextlib.closing(pixels),
+    ):
+        mark = time.perf_counter()
+        for pixel_values in pixels:
+            waited = time.perf_counter()
+            with share.forward():
+                tokens = backbone.forward(pixel_values)  # (b, G, P, D) float16
+            forwarded = time.perf_counter()
+            writer.write(tokens)
+            bar.update(len(pixel_values))
+            del pixel_values  # free the batch before waiting for the next (peak: 3 batches, not 4)
+            if timings is not None:
+                timings["wait"] += waited - mark
+                timings["forward"] += forwarded - waited
+                timings["write"] += time.perf_counter() - forwarded
             mark = time.perf_counter()
-            for pixel_values in pixels:
-                waited = time.perf_counter()
-                with share.forward():
-                    tokens = backbone.forward(pixel_values)  # (b, G, P, D) float16
-                forwarded = time.perf_counter()
-                writer.write(tokens)
-                bar.update(len(pixel_values))
-                del pixel_values  # free the batch before waiting for the next (peak: 3 batches, not 4)
-                if timings is not None:
-                    timings["wait"] += waited - mark
-                    timings["forward"] += forwarded - waited
-                    timings["write"] += time.perf_counter() - forwarded
-                mark = time.perf_counter()
-        writer.close()
-        finishing = time.perf_counter()
-        description = backbone.describe() | {
-            "clip_length": clips_cfg.length,
-            "num_clips": total,
-            "clips_per_shard": per_shard,
-            "num_shards": writer.num_shards,
-        }
+    writer.close()
+    finishing = time.perf_counter()
+    description = backbone.describe() | {
+        "clip_length": clips_cfg.length,
+        "num_clips": total,
+        "clips_per_shard": per_shard,
+        "num_shards": writer.num_shards,
+    }
+    with atomic_dir(features_dir) as tmp:
+        for shard in range(writer.num_shards):
+            parts.move(shard_name(shard), tmp / shard_name(shard))
         write_json(description, tmp / BACKBONE_FILE)
         write_parquet(clips, clips_path)  # inside the block: no clips.parquet without its shards
+    parts.discard()
     seconds = time.perf_counter() - started
     if timings is not None:
         timings["finish"] = time.perf_counter() - finishing

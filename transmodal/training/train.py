@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,7 +29,7 @@ CONFIG_FILE = "config.json"
 # The params upstream of the feature cache that `transmodal predict` needs to run the same chain on a new
 # video, recorded in the model folder's config.json under "pipeline" (dvc.yaml lists them under train).
 PIPELINE_KEYS: dict[str, tuple[str, ...]] = {
-    "frames": ("stride",),
+    "frames": ("stride", "reference_fps"),
     "clips": ("length", "crop_margin"),
     "detect": (
         "source",
@@ -57,7 +58,9 @@ def pipeline_record(params: dict) -> dict[str, dict]:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch and numpy and ask torch for deterministic kernels."""
+    """Seed torch and numpy and ask torch for deterministic kernels (on CUDA, cuBLAS needs a fixed workspace
+    for that, set before its first use; docs/decisions.md "What reproduces bit for bit")."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
     np.random.seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
