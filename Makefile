@@ -33,6 +33,7 @@ bench: setup
 
 bench-real: setup
 	$(BIN)/python benchmarks/real_size.py
+	$(BIN)/python benchmarks/keep.py
 
 clean:
 	rm -rf data models metrics/timings

@@ -510,11 +510,38 @@ def test_every_trainable_parameter_receives_a_gradient(name):
     assert dead == [], f"{name}: parameters without gradient: {dead}"
 
 
-def test_videomae_only_is_a_linear_layer_on_the_mean_of_the_frozen_tokens():
-    model = _model_of("videomae_only").eval()
+def test_linear_probe_is_a_linear_layer_on_the_mean_of_the_standardised_frozen_tokens():
+    model = _model_of("linear_probe")
     assert model.pose_encoder is None and model.fusion is None and model.selector is None
     assert parameter_counts(model)["total"] == D * C_CLASSES + C_CLASSES  # one Linear(D, classes)
     rgb, pose = make_inputs()
-    pooled = rgb.flatten(1, 2).mean(dim=1)  # every token of the grid
+    model.train()(rgb, pose)  # one training batch: the running statistics move towards its per-channel ones
+    model.eval()
+    norm = model.token_norm
+    assert norm is not None and not norm.affine
+    tokens = (rgb - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    pooled = tokens.flatten(1, 2).mean(dim=1)  # every token of the grid
     expected = model.classifier.head(torch.nn.functional.layer_norm(pooled, (D,)))
     torch.testing.assert_close(model(rgb, pose).logits, expected)
+
+
+@pytest.mark.parametrize("name", ["full", "linear_probe"])
+def test_token_norm_removes_a_per_channel_offset_and_scale_of_the_frozen_tokens(name):
+    """model.token_norm: batch: in training, a per-channel affine change of every token changes nothing (the
+    same dropout masks: the same seed before each forward); without it, it does."""
+    assert CONFIGS[name][0].token_norm == "batch"  # the params.yaml default
+    model = _model_of(name)
+    rgb, pose = make_inputs()
+    gen = torch.Generator().manual_seed(5)
+    shifted = rgb * (1 + torch.rand(D, generator=gen)) + 10 * torch.randn(D, generator=gen)
+    torch.manual_seed(0)
+    before = model.train()(rgb, pose).logits
+    torch.manual_seed(0)
+    after = model.train()(shifted, pose).logits
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    without = build(dataclasses.replace(CONFIGS[name][0], num_heads=4, token_norm="none"), CONFIGS[name][1])
+    assert without.token_norm is None
+    torch.manual_seed(0)
+    plain = without.train()(rgb, pose).logits
+    torch.manual_seed(0)
+    assert not torch.allclose(without.train()(shifted, pose).logits, plain, atol=1e-2)

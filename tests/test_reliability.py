@@ -160,8 +160,11 @@ def interrupted(tmp_path_factory):
     dvc(project, "repro", "prepare", "checkpoints")
     # Ctrl-C in the frames stage (its first run: nothing in DVC's cache), once some shards are finished
     process = _start(project, "repro", "frames")
-    _stop_when(process, lambda: bool(_parts(project, "frames", "*.videos.parquet")), signal.SIGINT)
+    sigint_log = _stop_when(
+        process, lambda: bool(_parts(project, "frames", "*.videos.parquet")), signal.SIGINT
+    )
     after_sigint = {
+        "log": sigint_log,
         "frames_exists": (project / "data/frames").exists(),
         "parts": [p.name for p in _parts(project, "frames", "*")],
         "leftovers": sorted(p.name for p in (project / "data").glob(".frames*")),
@@ -196,6 +199,8 @@ def interrupted(tmp_path_factory):
 def test_ctrl_c_leaves_nothing_that_looks_complete_and_the_rerun_resumes(interrupted):
     sigint = interrupted["after_sigint"]
     assert not sigint["frames_exists"] and sigint["leftovers"] == []
+    assert "frames: interrupted; nothing it was writing looks complete" in sigint["log"]
+    assert "Traceback" not in sigint["log"]
     assert sigint["parts"] and all(name.startswith("shard-") for name in sigint["parts"])
     # the next run of the frames stage (upstream of features) picked up the shards finished before Ctrl-C
     done = sum(name.endswith(".videos.parquet") for name in sigint["parts"])

@@ -248,7 +248,7 @@ def test_checkpoints_are_checked_only_where_the_model_runs(tiny_checkpoints, mon
 
 
 def test_a_disabled_selector_is_not_checked_against_the_grid(monkeypatch, tmp_path):
-    """As when the model is built: no selector, nothing selected (videomae_only sets selector.enabled false)."""
+    """As when the model is built: no selector, nothing selected (linear_probe sets selector.enabled false)."""
     monkeypatch.chdir(tmp_path)
     params = with_values(PARAMS, {"selector.enabled": False, "selector.top_k_frames": 99})
     validate_stage("train", params)

@@ -249,6 +249,7 @@ class ModelConfig:
     dropout: float = 0.1
     pool: str = "rgb_and_pose"
     classifier: str = "mlp"
+    token_norm: str = "none"  # none (checkpoints from before it existed) | batch
 
     def __post_init__(self):
         s = "model"
@@ -260,6 +261,7 @@ class ModelConfig:
         _check_float(s, "dropout", self.dropout, 0.0, 0.9)
         _check_choice(s, "pool", self.pool, ("rgb", "rgb_and_pose"))
         _check_choice(s, "classifier", self.classifier, ("mlp", "linear"))
+        _check_choice(s, "token_norm", self.token_norm, ("none", "batch"))
 
 
 SELECTOR_POSITIONS = ("after_fusion", "before_ffn", "before_fusion")

@@ -33,6 +33,14 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     except (ParamError, CheckpointError, StageInputError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Outputs appear only once complete; frames and features keep their finished shards (data/.partial/).
+        print(
+            f"{name}: interrupted; nothing it was writing looks complete. Run it again (frames and features "
+            "resume from their finished shards)",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     seconds = time.perf_counter() - start
     write_json({"stage": name, "seconds": round(seconds, 2)}, TIMINGS_DIR / f"{name}.json")
     print(f"{name}: done in {seconds:.1f} s", file=sys.stderr)

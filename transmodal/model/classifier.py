@@ -3,7 +3,7 @@
 ``model.classifier`` (docs/decisions.md, "Parameter counts and FLOPs (Table 1)"):
     mlp     Linear(D, D) -> GELU -> Dropout -> Linear(D, classes); 595,206 parameters at D=768 and 6 classes,
             Table 1's 0.60M.
-    linear  Linear(D, classes): the linear probe (the ``videomae_only`` ablation row).
+    linear  Linear(D, classes): the linear probe (the ``linear_probe`` ablation row).
 Both start with a LayerNorm without affine parameters: the pooled backbone tokens are not normalised
 (VideoMAE with mean pooling has no final norm), and an affine norm would only add parameters that the first
 linear layer can absorb.

@@ -114,6 +114,10 @@ class TransModal(nn.Module):
         self.num_joints = num_joints
         self.in_channels = 3 if model_cfg.pose_scores else 2
 
+        # Per-channel standardisation of the frozen tokens (model.token_norm: batch; no parameters, running
+        # statistics of the training tokens at eval), as MAE's linear probe does before its classifier:
+        # VideoMAE's un-normalised residual stream carries a large offset common to every clip.
+        self.token_norm = nn.BatchNorm1d(dim, affine=False) if model_cfg.token_norm == "batch" else None
         self.pose_encoder: PoseEncoder | None = None
         self.fusion: CoAttentionFusion | None = None
         if model_cfg.use_pose:
@@ -153,6 +157,8 @@ class TransModal(nn.Module):
         if rgb.ndim != 4 or tuple(rgb.shape[1:]) != expected:
             raise ValueError(f"rgb must be (B, {', '.join(map(str, expected))}); got {tuple(rgb.shape)}")
         B, G, P, D = rgb.shape
+        if self.token_norm is not None:
+            rgb = self.token_norm(rgb.reshape(B * G * P, D)).reshape(B, G, P, D)
 
         pose_tokens = None
         if self.pose_encoder is not None:
