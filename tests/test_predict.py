@@ -394,3 +394,25 @@ def test_explain_writes_figures_3_and_4(model_dir, camera_video, tmp_path, capsy
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, out, err = run([*argv, "--window", "7"], capsys)
     assert code == 2 and "--window is 7; this video has windows 0..1" in err
+
+
+@pytest.mark.parametrize("fps", [10.0, 30.0])
+def test_windows_span_the_same_time_at_any_frame_rate(model_dir, tmp_path, fps):
+    """frames.reference_fps recorded in the model folder: 16 samples at stride 2 of 25 fps, i.e. 1.2 s from a
+    window's first to its last frame, at 10 fps (frames repeat) as at 30 fps; an older folder without it keeps
+    every stride-th frame, as it was trained."""
+    from transmodal.predict import predict_video
+
+    path = tmp_path / "video.avi"
+    camera_like_video(path, frames=int(4 * fps), size=(320, 240), fps=fps)
+    prediction, _ = predict_video(path, model_dir, progress=False)
+    first = np.asarray(prediction.windows["frame_idx"].iloc[0])
+    assert abs((first[-1] - first[0]) / fps - 15 * 2 / 25) <= 1 / fps
+    assert (np.diff(first) == 0).any() == (fps < 12.5)  # a 10 fps frame fills two samples
+
+    older = _broken_model(
+        model_dir, tmp_path, _edit_config(lambda c: c["pipeline"]["frames"].pop("reference_fps"))
+    )
+    prediction, _ = predict_video(path, older, progress=False)
+    first = np.asarray(prediction.windows["frame_idx"].iloc[0])
+    assert np.diff(first).tolist() == [2] * 15

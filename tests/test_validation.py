@@ -326,3 +326,16 @@ def test_dvc_exp_run_set_param_fails_in_the_stage_naming_the_key(project):
     assert (
         not (project / "models" / "transmodal").exists() and not (project / "metrics" / "train.json").exists()
     )
+
+
+@pytest.mark.parametrize(
+    "stage, missing", [("features", "data/index.parquet"), ("train", "data/clips.parquet")]
+)
+def test_a_missing_input_is_one_line_naming_it(stage, missing, tmp_path):
+    """Valid params, but the upstream stages have not run (a stage script run by hand): one line, exit 2."""
+    result = run_script(tmp_path, stage, with_values(PARAMS, {"backbone.checkpoint": "not/a/folder"}))
+    lines = [line for line in result.stderr.strip().splitlines() if "Warning" not in line and line.strip()]
+    assert result.returncode == 2 and lines[-1].startswith(f"{stage}: error: {missing}"), result.stderr[
+        -3000:
+    ]
+    assert "Traceback" not in result.stderr and f"`dvc repro {stage}`" in lines[-1]

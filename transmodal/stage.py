@@ -33,6 +33,13 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     except (ParamError, CheckpointError, StageInputError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except FileNotFoundError as err:  # an input an upstream stage writes (dvc repro builds it first)
+        missing = err.filename or str(err)
+        print(
+            f"{name}: error: {missing}: no such file; `dvc repro {name}` runs the stages that write it",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except KeyboardInterrupt:
         # Outputs appear only once complete; frames and features keep their finished shards (data/.partial/).
         print(
