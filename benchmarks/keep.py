@@ -39,7 +39,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -55,6 +54,9 @@ from transmodal.model.complexity import head_complexity
 from transmodal.params import ModelConfig, SelectorConfig
 from transmodal.training.latency import measure_ms
 
+sys.path.insert(0, str(Path(__file__).parent))
+from real_size import cpu_name  # noqa: E402  (the sibling benchmark; run as a script)
+
 NUM_CLASSES = 6
 NUM_JOINTS = 17
 BOX = (0.25, 0.10, 0.75, 0.90)  # x0, y0, x1, y1 as fractions of the 224 px crop: the middle 50 % x 80 %
@@ -68,16 +70,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(
         "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 def kept_patches(
