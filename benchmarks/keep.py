@@ -13,8 +13,9 @@ Eval mode, ``torch.inference_mode``; fp32 on the CPU (fp16 by default on CUDA). 
 (B, 16, 3, 224, 224) and keypoints (B, 16, 17, 2), the same for every keep.
 
 Dropping: for keep < 1, ``bool_masked_pos`` (B, G*P), True = dropped, keeps in EVERY group the same K patches,
-those whose centres are nearest the centre of a person box, in distances scaled by the box's half-sides
-(elliptical rings that follow the box's shape; ties broken by patch index). The box is fixed and centred:
+those the pipeline keeps for a person box (``transmodal.features.keep.kept_patches``, ``backbone.keep_by:
+box`` without margin: nearest the box centre in distances scaled by its half-sides, the larger of the two
+axes; ties broken by patch index). The box is fixed and centred:
 the middle 50 % of the crop's width x 80 % of its height (x 56-168, y 22-202 px of 224). transformers'
 ``VideoMAEEmbeddings`` drops the masked tokens after the patch embedding (a Conv3d on the whole clip) and
 the position embeddings, so the 12 encoder layers run on G*K tokens, each with its own position embedding;
@@ -46,9 +47,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 import torch
 
-from transmodal.flops import count_flops, videomae_complexity
+from transmodal.features.keep import kept_patches, masked_positions, patch_centres
+from transmodal.flops import videomae_complexity
 from transmodal.model import TransModal
 from transmodal.model.complexity import head_complexity
 from transmodal.params import ModelConfig, SelectorConfig
@@ -72,39 +75,13 @@ def resolve_device(device: str) -> torch.device:
     )
 
 
-def kept_patches(
-    side: int, patch: int, keep_count: int, box: tuple[float, float, float, float]
-) -> torch.Tensor:
-    """Indices (ascending) of the ``keep_count`` patches of a ``side`` x ``side`` grid (row-major, as VideoMAE's
-    Conv3d flattens them) whose centres are nearest the box centre, distances scaled by the box half-sides."""
-    size = side * patch
-    x0, y0, x1, y1 = (v * size for v in box)
-    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
-    centres = (torch.arange(side, dtype=torch.float64) + 0.5) * patch
-    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
-    distance = (((xs - cx) / hw) ** 2 + ((ys - cy) / hh) ** 2).flatten()
-    order = torch.sort(distance, stable=True).indices  # ties: the lower index first
-    return order[:keep_count].sort().values
-
-
-def masked_positions(batch: int, groups: int, side: int, patch: int, keep_count: int) -> torch.Tensor:
-    """``bool_masked_pos`` (batch, groups * side**2): True = dropped; the same kept patches in every group."""
-    per_group = torch.ones(side * side, dtype=torch.bool)
-    per_group[kept_patches(side, patch, keep_count, BOX)] = False
-    return per_group.repeat(groups).unsqueeze(0).expand(batch, -1).contiguous()
-
-
-def backbone_flops(config, keep_count: int) -> int:
-    """FLOPs per clip of VideoMAE: the patch embedding on the whole clip, the encoder on G * K tokens."""
-    from transformers import VideoMAEModel
-
-    groups = config.num_frames // config.tubelet_size
-    with torch.device("meta"):
-        model = VideoMAEModel(config).eval()
-        pixels = torch.empty(1, config.num_frames, config.num_channels, config.image_size, config.image_size)
-        hidden = torch.empty(1, groups * keep_count, config.hidden_size)
-    embed = count_flops(model.embeddings.patch_embeddings, pixels)[""]
-    return embed + count_flops(model.encoder, hidden)[""]
+def masked(batch: int, groups: int, config, keep_count: int) -> torch.Tensor:
+    """``bool_masked_pos`` (batch, groups * P): True = dropped; in every group the K patches the pipeline
+    keeps for the fixed box (:func:`transmodal.features.keep.kept_patches`, ``keep_by: box``, no margin)."""
+    centres = patch_centres(config.image_size, config.patch_size)
+    kept = kept_patches(np.array([[BOX] * groups]), centres, keep_count, margin=0.0)  # (1, G, K)
+    mask = masked_positions(np.broadcast_to(kept, (batch, groups, keep_count)), len(centres))
+    return torch.from_numpy(mask)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             .eval()
             .to(device, dtype)
         )
-        mask = None if keep == 1.0 else masked_positions(args.batch, groups, side, config.patch_size, k)
+        mask = None if keep == 1.0 else masked(args.batch, groups, config, k)
         masks[keep] = None if mask is None else mask.to(device)
     gen = torch.Generator().manual_seed(args.seed)
     shape = (args.batch, config.num_frames, config.num_channels, config.image_size, config.image_size)
@@ -230,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for keep in keeps:
         k = counts[keep]
-        flops = backbone_flops(config, k)
+        flops = videomae_complexity(config, None if keep == 1.0 else k)["flops"]
         if keep == 1.0:
             assert flops == full_flops, (flops, full_flops)
         head_flops = head_complexity(ModelConfig(), selector_cfg, **head_size, patches_per_group=k)
@@ -265,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         "box": BOX,
         "grid": [groups, patches],
         "kept_patches": {
-            str(keep): kept_patches(side, config.patch_size, k, BOX).tolist() for keep, k in counts.items()
+            str(keep): np.flatnonzero(~masked(1, 1, config, k)[0].numpy()).tolist()
+            for keep, k in counts.items()
         },
         "checks": "passed",
         "rows": rows,

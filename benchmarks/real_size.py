@@ -26,7 +26,8 @@ Each stage runs in its own subprocess, model loaded once, and is timed two ways:
   threads as the stage's forward uses. Detect and pose: copies of the stage's own inputs, recorded in its
   warm-up run (per batch, the first input of its shape and strides; the layout matters: the detector's
   pre-processing makes channels_last tensors, on which RT-DETR's CPU forward is faster than on contiguous
-  ones); features: random contiguous float32 batches of ``backbone.batch_size`` clips, as the stage's.
+  ones); features: batches of ``backbone.batch_size`` clips in the form the stage feeds them, random
+  contiguous float32 pixels on the CPU, pinned random uint8 crops on CUDA (normalised on the device).
 
 One warm-up stage run, then ``--repeats`` rounds of a stage run and a bare run, back to back (stage first in
 odd rounds, bare first in even ones, so that a drift of the machine's speed does not favour either); reported:
@@ -280,6 +281,8 @@ def child(stage: str, work: Path, args: argparse.Namespace) -> dict:
     transformers.utils.logging.disable_progress_bar()  # from_pretrained's bar on every features run
     if args.threads:
         torch.set_num_threads(args.threads)
+    if getattr(args, "host_normalise", False):  # the features stage as it was before device normalisation
+        FrozenBackbone.host_normalizer = property(lambda self: self.normalizer)
     data, checkpoint = work / stage, str(work / "checkpoints" / stage)
     out = work / "out" / stage
     started = time.perf_counter()
@@ -342,12 +345,20 @@ def child(stage: str, work: Path, args: argparse.Namespace) -> dict:
     if stage != "features":
         del model.forward  # the method again
         inputs = recorder.inputs()
-    else:  # its batches: contiguous float32 on the CPU (forward moves them to the device)
+    else:  # its batches: float32 pixels on the CPU; on CUDA pinned uint8 crops (normalised on the device)
         clips, batch = warm["result"]["clips"], cfg.batch_size
         sizes = [batch] * (clips // batch) + ([clips % batch] if clips % batch else [])
-        made = {
-            n: torch.randn(n, model.num_frames, 3, model.image_size, model.image_size) for n in set(sizes)
-        }
+        side, frames = model.image_size, model.num_frames
+        if model.host_normalizer is None:
+            generator = torch.Generator().manual_seed(0)
+            made = {
+                n: torch.randint(
+                    0, 256, (n, frames, side, side, 3), dtype=torch.uint8, generator=generator
+                ).pin_memory()
+                for n in set(sizes)
+            }
+        else:
+            made = {n: torch.randn(n, frames, 3, side, side) for n in set(sizes)}
         inputs = [made[n] for n in sizes]
     shapes = [tuple(x.shape) for x in inputs]
     base_rss = current_rss_mb()
@@ -481,6 +492,11 @@ def main(argv: list[str] | None = None) -> int:
         "--precision", choices=("fp32", "fp16", "bf16"), help="default fp16 on CUDA (the CPU runs fp32)"
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--host-normalise",
+        action="store_true",
+        help="features on CUDA: normalise on the host and send float32 (the stage before 2026-12-04)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)

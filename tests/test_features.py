@@ -653,7 +653,7 @@ def test_frame_store_reads_from_several_threads_equal_serial_reads(world):
 
 
 def test_an_error_in_the_forward_stops_the_crop_threads_at_once(world, monkeypatch):
-    def failing_forward(self, pixel_values):
+    def failing_forward(self, pixel_values, kept=None):
         raise RuntimeError("forward failed")
 
     monkeypatch.setattr(FrozenBackbone, "forward", failing_forward)
@@ -702,7 +702,7 @@ def test_an_interrupted_build_resumes_from_its_finished_shards(world, built, mon
     monkeypatch.setattr(
         store_module.FrozenBackbone,
         "forward",
-        lambda self, px: encoded.append(len(px)) or real_forward(self, px),
+        lambda self, px, kept=None: encoded.append(len(px)) or real_forward(self, px, kept),
     )
     build(world, "resumed")
     per_shard = backbone_cfg(world).clips_per_shard

@@ -15,7 +15,11 @@ TINY = {
     "backbone": {"batch_size": 16},
     "train": {"epochs": 2},
     "ablation": {
-        "variants": {"full": {}, "no_selector": {"selector.enabled": False}},
+        "variants": {
+            "full": {},
+            "no_selector": {"selector.enabled": False},
+            "keep_50": {"backbone.keep": 0.5, "selector.top_k_tokens": 6},
+        },
         "seeds": [0, 1],  # workers auto: two seed processes on a 2-core machine
         "latency_warmup": 1,
         "latency_repeats": 3,
@@ -58,7 +62,13 @@ def test_repro_produces_every_output_and_a_second_repro_does_nothing(project):
     assert complexity["paper_size"]["parameters"]["fusion"] == 9_454_080
     assert complexity["run_size"]["backbone"]["flops"] > 0 and complexity["run_size"]["flops"]["total"] > 0
     table = json.loads((project / "metrics/ablation.json").read_text())
-    assert list(table) == ["full", "no_selector"]
+    assert sorted(table) == ["full", "keep_50", "no_selector"]
+    # keep_50 trained on its own cache of 8 of the 16 patches a group, measured beside full in one run
+    own = json.loads((project / "data/ablation/keep_50/features/backbone.json").read_text())
+    assert own["grid"] == [8, 8] and own["keep"] == 0.5 and own["full_patches_per_group"] == 16
+    assert table["keep_50"]["backbone_keep"] == 0.5 and table["full"]["backbone_keep"] == 1.0
+    assert table["keep_50"]["backbone_flops"] < table["full"]["backbone_flops"]
+    assert table["keep_50"]["backbone_flops_paper_size"] < table["full"]["backbone_flops_paper_size"]
     for row in table.values():
         assert (
             len(row["seed_accuracies"]) == 2
@@ -66,7 +76,7 @@ def test_repro_produces_every_output_and_a_second_repro_does_nothing(project):
         )
         assert row["head_latency_ms"] > 0 and row["e2e_latency_ms"] > 0 and row["head_flops"] > 0
     markdown = (project / "metrics/ablation.md").read_text()
-    assert "| full |" in markdown and "| no_selector |" in markdown
+    assert "| full |" in markdown and "| no_selector |" in markdown and "| keep_50 |" in markdown
     again = dvc(project, "repro")
     assert "Running stage" not in again, again
 

@@ -39,6 +39,10 @@ def test_preset_sets_the_paper_setup_and_keeps_everything_else(name, tmp_path, c
     assert after["backbone"]["checkpoint"] == "MCG-NJU/videomae-base-finetuned-kinetics"
     assert after["train"]["epochs"] == 100
     assert after["backbone"]["precision"] == "fp16"
+    # at the paper's size the keep variants' selector keeps full's 24 patches a group (the demo's: 6 and 3)
+    for variant in ("keep_50", "keep_25"):
+        assert after["ablation"]["variants"][variant]["selector.top_k_tokens"] == 12
+        after["ablation"]["variants"][variant] = before["ablation"]["variants"][variant]
     for key in ("model", "selector", "ablation", "clips", "frames"):
         assert after[key] == before[key]
     for sect in SECTIONS:

@@ -74,9 +74,44 @@ def _fused_positions(model: TransModal, out, batch: int) -> torch.Tensor:
     return torch.arange(G * P).expand(batch, -1)
 
 
+def explain_clips(
+    model: TransModal,
+    tokens: torch.Tensor,
+    pose: torch.Tensor,
+    kept: np.ndarray | None = None,
+    full_patches: int | None = None,
+) -> list[ClipExplanation]:
+    """Explanations of a batch: tokens (B, G, K, D), pose (B, T, J, C) on the model's device.
+
+    ``kept`` (B, G, K) and ``full_patches`` P: with ``backbone.keep`` < 1, which patch of the whole grid each
+    token is (:meth:`~transmodal.features.cache.FeatureStore.kept_patches`); the maps are then placed on the
+    whole (G, P) grid, NaN (and not kept) at the patches the backbone never saw."""
+    explanations = _explain(model, tokens, pose)
+    if kept is None:
+        return explanations
+    from transmodal.features.keep import on_full_grid
+
+    def whole(values: np.ndarray | None, patches: np.ndarray) -> np.ndarray | None:
+        return None if values is None else on_full_grid(values, patches, full_patches)
+
+    out = []
+    for explanation, patches in zip(explanations, kept, strict=True):
+        seen = whole(explanation.kept.astype(np.float64), patches)
+        out.append(
+            ClipExplanation(
+                probabilities=explanation.probabilities,
+                group_index=explanation.group_index,
+                kept=np.nan_to_num(seen) > 0,
+                token_scores=whole(explanation.token_scores, patches),
+                rgb_to_pose=whole(explanation.rgb_to_pose, patches),
+                pose_to_rgb=whole(explanation.pose_to_rgb, patches),
+            )
+        )
+    return out
+
+
 @torch.inference_mode()
-def explain_clips(model: TransModal, tokens: torch.Tensor, pose: torch.Tensor) -> list[ClipExplanation]:
-    """Explanations of a batch: tokens (B, G, P, D), pose (B, T, J, C) on the model's device."""
+def _explain(model: TransModal, tokens: torch.Tensor, pose: torch.Tensor) -> list[ClipExplanation]:
     model.eval()
     with recording(model):
         out = model(tokens, pose)
@@ -205,7 +240,8 @@ def explain_test_clips(
             xy, score, mask = store.pose([where])
             pose = pose_input(xy, score, mask, model.model_cfg.pose_scores).to(device)
             tokens = store.tokens([where]).float().to(device)
-            (explanation,) = explain_clips(model, tokens, pose)
+            kept = store.kept_patches([where])  # None unless the backbone dropped tokens
+            (explanation,) = explain_clips(model, tokens, pose, kept, store.full_patches_per_group)
             frame_idx, pixels = frames.read(row.video_id)
             wanted = np.asarray(row.frame_idx, np.int64)
             crop = np.asarray([getattr(row, c) for c in CROP_COLUMNS], np.float64)

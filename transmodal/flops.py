@@ -30,15 +30,25 @@ def count_flops(module: nn.Module, *args: torch.Tensor, **kwargs: torch.Tensor) 
     return flops
 
 
-def videomae_complexity(config: Any) -> dict[str, int]:
+def videomae_complexity(config: Any, kept_per_group: int | None = None) -> dict[str, int]:
     """Parameters and FLOPs per clip of a ``VideoMAEModel`` with this ``VideoMAEConfig`` (frozen: all of
-    its parameters, none of them trainable here)."""
+    its parameters, none of them trainable here).
+
+    ``kept_per_group`` (``backbone.keep`` < 1): the encoder runs on that many patches of each frame group;
+    the patch embedding still runs on the whole clip (transformers drops the tokens after it)."""
     from transformers import VideoMAEModel
 
     with torch.device("meta"):
         model = VideoMAEModel(config).eval()
         pixels = torch.empty(1, config.num_frames, config.num_channels, config.image_size, config.image_size)
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "flops": count_flops(model, pixel_values=pixels)[""],
-    }
+    if kept_per_group is None:
+        flops = count_flops(model, pixel_values=pixels)[""]
+    else:
+        groups = config.num_frames // config.tubelet_size
+        with torch.device("meta"):
+            hidden = torch.empty(1, groups * kept_per_group, config.hidden_size)
+        flops = (
+            count_flops(model.embeddings.patch_embeddings, pixels)[""]
+            + count_flops(model.encoder, hidden)[""]
+        )
+    return {"parameters": sum(p.numel() for p in model.parameters()), "flops": flops}

@@ -229,12 +229,42 @@ class BackboneConfig(RuntimeMixin):
     device: str = "auto"
     precision: str = "fp32"
     clips_per_shard: int = 256
+    keep: float = 1.0  # share of each frame group's patch tokens the encoder sees (pose-guided dropping)
+    keep_margin: float = 0.1  # the person box is dilated by this share of its larger side on each side
+    keep_by: str = "box"  # box: nearest the box centre first | joints: inside the box, nearest a joint first
 
     def __post_init__(self):
         s = "backbone"
         _check_str(s, "checkpoint", self.checkpoint)
         self._check_runtime(s)
         _check_int(s, "clips_per_shard", self.clips_per_shard, 1)
+        _check_float(s, "keep", self.keep, 0.0, 1.0, low_open=True)
+        _check_float(s, "keep_margin", self.keep_margin, 0.0, 2.0)
+        _check_choice(s, "keep_by", self.keep_by, KEEP_BY)
+
+    def kept_count(self, patches_per_group: int) -> int:
+        """K, the patches of each frame group the encoder keeps: ``round(keep * P)`` (P itself at keep 1)."""
+        return kept_count(self.keep, patches_per_group)
+
+
+KEEP_BY = ("box", "joints")
+BACKBONE_KEEP_KEYS = ("backbone.keep", "backbone.keep_margin", "backbone.keep_by")
+"""The backbone params an ablation variant may vary: each variant that does gets its own feature cache."""
+
+
+def varies_backbone_keep(params: dict, varied: dict) -> bool:
+    """Whether an ablation variant's params change a ``backbone.keep*`` key (it then gets its own cache)."""
+    base, mine = section(params, "backbone"), section(varied, "backbone")
+    return any(
+        getattr(base, k.partition(".")[2]) != getattr(mine, k.partition(".")[2]) for k in BACKBONE_KEEP_KEYS
+    )
+
+
+def kept_count(keep: float, patches_per_group: int) -> int:
+    """``round(keep * P)`` patches per frame group (at least 1); ``P`` at keep 1."""
+    if keep >= 1.0:
+        return patches_per_group
+    return max(1, int(math.floor(keep * patches_per_group + 0.5)))
 
 
 @dataclass(frozen=True)
@@ -377,11 +407,12 @@ class AblationConfig:
             for key in overrides:
                 if key == "train.seed":
                     _fail(s, f"variants.{name}", "overrides 'train.seed'; the seeds are ablation.seeds")
-                if key.split(".")[0] not in ("model", "selector", "train"):
+                if key.split(".")[0] not in ("model", "selector", "train") and key not in BACKBONE_KEEP_KEYS:
                     _fail(
                         s,
                         f"variants.{name}",
-                        f"overrides {key!r}; only model.*, selector.*, train.* may vary",
+                        f"overrides {key!r}; only model.*, selector.*, train.* and "
+                        f"{', '.join(BACKBONE_KEEP_KEYS)} may vary",
                     )
         _check_int(s, "latency_warmup", self.latency_warmup, 0)
         _check_int(s, "latency_repeats", self.latency_repeats, 1)
@@ -460,7 +491,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "features": ("clips", "backbone"),
     "train": ("model", "selector", "train", "frames", "clips", "detect", "pose"),
     "evaluate": ("eval",),
-    "ablate": ("model", "selector", "train", "eval", "ablation"),  # run as ablate@<variant>
+    "ablate": ("model", "selector", "train", "eval", "ablation", "clips", "backbone"),  # ablate@<variant>
     "ablation": ("ablation", "backbone"),
 }
 """The sections of params.yaml each stage of dvc.yaml reads (``ablate@<variant>`` is ``ablate``)."""
@@ -537,16 +568,40 @@ def _videomae_value(config: dict, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _patches_per_group(params: dict) -> tuple[int, str] | None:
+def _patches_per_group(params: dict, varied: dict | None = None) -> tuple[int, str] | None:
     """Patch tokens per frame group the head will see, and where that number comes from: the feature
     cache's backbone.json when present (what the head trains on), else the backbone checkpoint's
-    config.json when it is a local VideoMAE folder; None when neither is known (a hub id)."""
+    config.json when it is a local VideoMAE folder; None when neither is known (a hub id).
+
+    ``varied``: an ablation variant's params. When it changes a ``backbone.keep*`` key the variant gets its
+    own cache, of ``round(backbone.keep * P)`` patches a group, P being the backbone's whole grid."""
+    own_cache = varied is not None and varies_backbone_keep(params, varied)
     if FEATURES_BACKBONE.is_file():
         try:
             record = json.loads(FEATURES_BACKBONE.read_text())
-            return int(record["patches_per_group"]), str(FEATURES_BACKBONE)
+            if not own_cache:
+                return int(record["patches_per_group"]), str(FEATURES_BACKBONE)
+            full = int(record.get("full_patches_per_group", record["patches_per_group"]))
+            keep = section(varied, "backbone").keep
+            return kept_count(keep, full), f"{FEATURES_BACKBONE} at backbone.keep {keep}"
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: the stage's own reading of the cache fails, naming it
+    full = _checkpoint_patches(params)
+    if full is None:
+        return None
+    keep = _backbone_value(varied if own_cache else params, "backbone.keep")
+    keep = float(keep) if isinstance(keep, int | float) and 0 < keep <= 1 else 1.0  # else: features fails
+    patches, source = full
+    return kept_count(keep, patches), source + (f" at backbone.keep {keep}" if keep < 1 else "")
+
+
+def _backbone_value(params: dict, dotted: str) -> Any:
+    backbone = params.get("backbone")
+    return backbone.get(dotted.partition(".")[2]) if isinstance(backbone, dict) else None
+
+
+def _checkpoint_patches(params: dict) -> tuple[int, str] | None:
+    """The backbone checkpoint's whole patch grid per frame group, from a local folder's config.json."""
     backbone = params.get("backbone")
     checkpoint = backbone.get("checkpoint") if isinstance(backbone, dict) else None
     config = local_checkpoint_config(checkpoint, "backbone.checkpoint", strict=False)
@@ -571,13 +626,13 @@ def _check_head(params: dict, grid: tuple[int, str] | None) -> None:
     )
 
 
-def _check_variant(params: dict, name: str, overrides: Any, grid: tuple[int, str] | None) -> None:
-    """One ablation variant: its overrides give valid sections and a head that fits the grid."""
+def _check_variant(params: dict, name: str, overrides: Any) -> None:
+    """One ablation variant: its overrides give valid sections and a head that fits its grid."""
     try:
         varied = apply_overrides(params, overrides or {})
-        for sect in ("model", "selector", "train"):
+        for sect in ("model", "selector", "train", "backbone"):
             section(varied, sect)
-        _check_head(varied, grid)
+        _check_head(varied, _patches_per_group(params, varied))
     except ParamError as err:
         detail = str(err).removeprefix("params.yaml: ")
         raise ParamError(f"params.yaml: ablation.variants.{name}: {detail}") from None
@@ -613,9 +668,8 @@ def validate_stage(stage: str, params: dict) -> None:
                 f"params.yaml: ablation.variants has no variant {variant!r} (stage {stage}); "
                 f"expected one of {', '.join(variants)}"
             )
-        _check_variant(params, variant, variants[variant], _patches_per_group(params))
+        _check_variant(params, variant, variants[variant])
     elif base == "ablation":
         check_checkpoint_type("backbone.checkpoint", section(params, "backbone").checkpoint)
-        grid = _patches_per_group(params)
         for name, overrides in section(params, "ablation").variants.items():
-            _check_variant(params, name, overrides, grid)
+            _check_variant(params, name, overrides)

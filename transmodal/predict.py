@@ -125,7 +125,16 @@ class ModelFolder:
         return PoseConfig(**recorded)
 
     def backbone_config(self, device: str) -> BackboneConfig:
-        return BackboneConfig(checkpoint=self.config["backbone"]["checkpoint"], device=device)
+        """The backbone the features were made with: checkpoint and, where it dropped tokens, the keep."""
+        recorded = self.config["backbone"]
+        keep = {key: recorded[key] for key in ("keep", "keep_margin", "keep_by") if key in recorded}
+        return BackboneConfig(checkpoint=recorded["checkpoint"], device=device, **keep)
+
+    @property
+    def full_patches_per_group(self) -> int:
+        """P, the backbone's whole patch grid per frame group (the head sees K of them with a keep < 1)."""
+        recorded = self.config["backbone"]
+        return int(recorded.get("full_patches_per_group", recorded["grid"][1]))
 
     def _note_source(self, stage: str, recorded: dict, checkpoint: str | None) -> None:
         used = checkpoint or recorded["checkpoint"]
@@ -244,7 +253,9 @@ class Prediction:
     notes: list[str]
     fallback: bool  # no person found: the whole frame was cropped
     frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB kept frames, for --out
-    tokens: torch.Tensor | None = None  # (W, G, P, D) float16 per window (keep_tokens, for explain)
+    tokens: torch.Tensor | None = None  # (W, G, K, D) float16 per window (keep_tokens, for explain)
+    kept_patches: np.ndarray | None = None  # (W, G, K) the patches the backbone kept (backbone.keep < 1)
+    full_patches: int | None = None  # P, the whole patch grid of a frame group
     pose: torch.Tensor | None = None  # (W, T, J, C) the head's pose input per window
 
     def video_probabilities(self) -> np.ndarray:
@@ -344,7 +355,7 @@ def predict_video(
     from tqdm import tqdm
 
     from transmodal.features.backbone import FrozenBackbone
-    from transmodal.features.store import crop_batches, plan_clips
+    from transmodal.features.store import crop_batches, plan_clips, plan_kept
     from transmodal.training.data import pose_input
     from transmodal.training.train import load_checkpoint
     from transmodal.vision.checkpoints import pick_device
@@ -376,6 +387,7 @@ def predict_video(
                 f"--model {folder.path}: trained on {expected['checkpoint']} features with {key} "
                 f"{expected[key]}, but that checkpoint now gives {got[key]}"
             )
+    window_kept = plan_kept(planned, tracks, backbone) if backbone.drops else None  # (W, G, K) or None
     torch_device = pick_device(device)
     model, _ = load_checkpoint(folder.path, torch_device)
     t = length
@@ -384,13 +396,17 @@ def predict_video(
     mask = np.stack(planned["pose_mask"].to_numpy()).reshape(len(planned), t, len(COCO_JOINTS))
     pose = pose_input(xy, score, mask, model.model_cfg.pose_scores)
     logits, kept, done = [], [], 0
-    batches = crop_batches(store, planned, backbone.image_size, 8, backbone.normalizer)
+    batches = crop_batches(
+        store, planned, backbone.image_size, 8, backbone.host_normalizer,
+        pin_memory=backbone.host_normalizer is None,
+    )  # fmt: skip
     with (
         tqdm(total=len(planned), desc="windows", unit="clip", disable=not progress) as bar,
         torch.inference_mode(),
     ):
         for pixel_values in batches:
-            half = backbone.forward(pixel_values)
+            batch_kept = None if window_kept is None else window_kept[done : done + len(pixel_values)]
+            half = backbone.forward(pixel_values, batch_kept)
             if keep_tokens:
                 kept.append(half)
             tokens = half.float().to(torch_device)
@@ -426,6 +442,8 @@ def predict_video(
         frames=video.frames,
         tokens=torch.cat(kept) if keep_tokens else None,
         pose=pose,
+        kept_patches=window_kept,
+        full_patches=folder.full_patches_per_group,
     )
     return prediction, model
 
@@ -535,7 +553,8 @@ def explain_window(prediction: Prediction, model, window: int, size: int):
     device = next(model.parameters()).device
     tokens = prediction.tokens[window : window + 1].float().to(device)
     pose = prediction.pose[window : window + 1].to(device)
-    (explanation,) = explain_clips(model, tokens, pose)
+    kept = None if prediction.kept_patches is None else prediction.kept_patches[window : window + 1]
+    (explanation,) = explain_clips(model, tokens, pose, kept, prediction.full_patches)
     positions = np.searchsorted(prediction.frame_idx, np.asarray(row["frame_idx"], np.int64)).tolist()
     box = tuple(int(v) for v in row[list(CROP_COLUMNS)])
     crops = crop_frames(prediction.frames, box, size, positions)
@@ -581,7 +600,7 @@ def run_explain(args) -> int:
     if not 0 <= window < len(prediction.logits):
         raise PredictError(f"--window is {window}; this video has windows 0..{len(prediction.logits) - 1}")
     explanation, crops, xy, mask = explain_window(
-        prediction, model, window, max(160, model_image_size(model))
+        prediction, model, window, max(160, model_image_size(prediction.full_patches))
     )
     label = prediction.classes[int(np.argmax(explanation.probabilities))]
     frames = prediction.windows.iloc[window]["frame_idx"]
@@ -594,9 +613,9 @@ def run_explain(args) -> int:
     return 0
 
 
-def model_image_size(model) -> int:
-    """The crop side the head's patch grid covers at 16 px patches (display only)."""
-    return int(round(model.patches_per_group**0.5)) * 16
+def model_image_size(full_patches: int) -> int:
+    """The crop side the backbone's patch grid covers at 16 px patches (display only)."""
+    return int(round(full_patches**0.5)) * 16
 
 
 def run_predict(args) -> int:

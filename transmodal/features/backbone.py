@@ -54,34 +54,72 @@ class FrozenBackbone:
         )  # the position embedding fixes it, whatever the processor says
         self.patch_size = int(config.patch_size)
         self.hidden_size = int(config.hidden_size)
-        self.grid = (
-            self.num_frames // self.tubelet_size,
-            (self.image_size // self.patch_size) ** 2,
-        )  # (G, P)
+        groups, patches = self.num_frames // self.tubelet_size, (self.image_size // self.patch_size) ** 2
+        self.full_patches_per_group = patches  # P: the whole patch grid of a frame group
+        self.keep, self.keep_margin, self.keep_by = cfg.keep, cfg.keep_margin, cfg.keep_by
+        self.grid = (groups, cfg.kept_count(patches))  # (G, K): what the encoder returns (K = P at keep 1)
 
     def pixel_values(self, crops: np.ndarray) -> torch.Tensor:
         """(B, T, S, S, 3) uint8 crops -> (B, T, 3, S, S) float32 normalised pixel_values (CPU)."""
         return self.normalizer(crops)
 
+    @property
+    def host_normalizer(self) -> PixelNormalizer | None:
+        """The normaliser the host applies before :meth:`forward`, or None on an accelerator, which takes
+        the uint8 crops and normalises them itself (bit for bit the same values, a quarter of the bytes)."""
+        return None if self.device.type == "cuda" else self.normalizer
+
+    @property
+    def drops(self) -> bool:
+        """Whether the encoder sees only some patches (``backbone.keep`` < 1; :mod:`~transmodal.features.keep`)."""
+        return self.grid[1] < self.full_patches_per_group
+
     @torch.inference_mode()
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, S, S) pixel_values -> (B, G, P, D) float16 tokens on the CPU."""
+    def forward(self, pixel_values: torch.Tensor, kept: np.ndarray | None = None) -> torch.Tensor:
+        """(B, T, 3, S, S) float32 pixel_values, or (B, T, S, S, 3) uint8 crops (normalised where the model
+        runs), -> (B, G, K, D) float16 tokens on the CPU.
+
+        ``kept`` (B, G, K): the patches each clip keeps (:func:`~transmodal.features.keep.kept_patches`),
+        required when ``backbone.keep`` < 1 and not allowed at keep 1 (where K = P and no mask is passed)."""
+        from transmodal.features.keep import masked_positions
+
         b = pixel_values.shape[0]
-        pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
-        hidden = self.model(pixel_values=pixel_values).last_hidden_state  # (B, G * P, D)
-        tokens = hidden.reshape(b, *self.grid, self.hidden_size)  # (B, G, P, D), time-major
+        if self.drops != (kept is not None):
+            raise ValueError(
+                f"backbone.keep is {self.keep}: kept patches must {'' if self.drops else 'not '}be given"
+            )
+        masked = None
+        if kept is not None:
+            if tuple(kept.shape) != (b, *self.grid):
+                raise ValueError(f"kept patches {tuple(kept.shape)}; expected {(b, *self.grid)}")
+            masked = torch.from_numpy(masked_positions(kept, self.full_patches_per_group)).to(self.device)
+        if pixel_values.dtype == torch.uint8:  # crops: normalised on the device
+            crops = pixel_values.to(self.device, non_blocking=True)
+            pixel_values = self.normalizer.on_device(crops).to(self.dtype)
+        else:
+            pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+        hidden = self.model(
+            pixel_values=pixel_values, bool_masked_pos=masked
+        ).last_hidden_state  # (B, G*K, D)
+        tokens = hidden.reshape(b, *self.grid, self.hidden_size)  # (B, G, K, D), time-major
         return tokens.to(torch.float16).cpu()
 
-    def encode(self, crops: np.ndarray) -> torch.Tensor:
-        """(B, T, S, S, 3) uint8 crops -> (B, G, P, D) float16 tokens."""
-        return self.forward(self.pixel_values(crops))
+    def encode(self, crops: np.ndarray, kept: np.ndarray | None = None) -> torch.Tensor:
+        """(B, T, S, S, 3) uint8 crops -> (B, G, K, D) float16 tokens."""
+        return self.forward(self.pixel_values(crops), kept)
 
     def describe(self) -> dict:
         """What training needs to know about the cached grids (written to ``backbone.json``), and the
         backbone's size and FLOPs per clip (reported beside the head's)."""
         from transmodal.flops import videomae_complexity
 
-        complexity = videomae_complexity(self.model.config)
+        complexity = videomae_complexity(self.model.config, self.grid[1] if self.drops else None)
+        dropping = {  # only when tokens are dropped: at keep 1 backbone.json reads as it always has
+            "keep": self.keep,
+            "keep_margin": self.keep_margin,
+            "keep_by": self.keep_by,
+            "full_patches_per_group": self.full_patches_per_group,
+        }
         return {
             "checkpoint": self.checkpoint,
             "model_type": self.model_type,
@@ -99,4 +137,4 @@ class FrozenBackbone:
             "model_dtype": str(self.dtype).removeprefix("torch."),
             "parameters": complexity["parameters"],
             "flops_per_clip": complexity["flops"],
-        }
+        } | (dropping if self.drops else {})

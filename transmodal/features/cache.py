@@ -76,6 +76,23 @@ class FeatureStore:
             out[torch.from_numpy(run)] = self._handle(shard).get_slice(TOKENS_KEY)[first : first + len(run)]
         return out
 
+    @property
+    def full_patches_per_group(self) -> int:
+        """P, the backbone's whole patch grid per frame group (the cache holds K of them when it drops)."""
+        return int(self.backbone.get("full_patches_per_group", self.backbone["patches_per_group"]))
+
+    def kept_patches(self, rows: Sequence[int]) -> np.ndarray | None:
+        """(n, G, K) int64: which patch of the whole grid each cached token is (``backbone.keep`` < 1), or
+        None when the cache holds every patch."""
+        if "full_patches_per_group" not in self.backbone:
+            return None
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        column = self.clips["kept_patches"].to_numpy()[rows]
+        groups, count = self.backbone["grid"]
+        if not len(rows):
+            return np.zeros((0, groups, count), np.int64)
+        return np.stack(column).astype(np.int64).reshape(len(rows), groups, count)
+
     def pose(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pose in each clip's crop: xy (n, T, J, 2) float32, score (n, T, J) float32, mask (n, T, J) bool."""
         if self._pose is None:

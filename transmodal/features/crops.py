@@ -196,6 +196,16 @@ class PixelNormalizer:
             span = slice(channel * h * w, (channel + 1) * h * w)
             cv2.LUT(plane.reshape(t, h * w), self.table[channel], dst=rows[:, span])  # in place
 
+    def on_device(self, crops: torch.Tensor) -> torch.Tensor:
+        """(B, T, S, S, 3) uint8 RGB on any device -> (B, T, 3, S, S) float32 there: the same table, looked
+        up where the crops are, so the values are those of :meth:`normalize_into` bit for bit. The features
+        stage uses it on an accelerator, which then receives a quarter of the bytes (uint8, not float32) and
+        no host thread normalises."""
+        table = torch.from_numpy(self.table.reshape(-1)).to(crops.device)  # (3 * 256,) channel-major
+        offsets = torch.arange(0, 3 * 256, 256, device=crops.device, dtype=torch.int32).view(1, 1, 3, 1, 1)
+        index = crops.permute(0, 1, 4, 2, 3).int() + offsets  # int32 indices: half of int64's bytes
+        return table[index].contiguous()  # the host path's layout (the lookup keeps the permuted strides)
+
     def __call__(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(B, T, S, S, 3) uint8 RGB -> (B, T, 3, S, S) float32 pixel_values for VideoMAE."""
         crops = np.asarray(crops, dtype=np.uint8)

@@ -201,6 +201,40 @@ def plan_clips(
     return planned, without_track
 
 
+def plan_kept(
+    clips: pd.DataFrame, tracks: pd.DataFrame, backbone: FrozenBackbone, chunk: int = 256
+) -> np.ndarray:
+    """The patches each planned clip keeps before the encoder (``backbone.keep`` < 1): (N, G, K) int16.
+
+    Boxes: the primary track's, per frame, in the clip's crop; joints: the aligned pose of :func:`plan_clips`.
+    See :mod:`transmodal.features.keep`. Planned ``chunk`` clips at a time (the joint distances cost
+    G * P * T / G * J floats a clip)."""
+    from transmodal.features.keep import group_boxes, kept_patches, patch_centres
+
+    n = len(clips)
+    groups, count = backbone.grid
+    tubelet = backbone.tubelet_size
+    out = np.zeros((n, groups, count), np.int16)
+    centres = patch_centres(backbone.image_size, backbone.patch_size)
+    primary = tracks[tracks["is_primary"].astype(bool)]
+    for start in range(0, n, chunk):
+        part = clips.iloc[start : start + chunk]
+        m = len(part)
+        frame_idx = np.stack(part["frame_idx"].to_numpy()).astype(np.int64)
+        t = frame_idx.shape[1]
+        boxes = _frame_lookup(primary, BOX_COLUMNS, part["video_id"].to_numpy(), frame_idx)
+        crops = part[list(CROP_COLUMNS)].to_numpy(np.float64)
+        xy = np.stack(part["pose_xy"].to_numpy()).reshape(m, t // tubelet, tubelet * NUM_JOINTS, 2)
+        visible = np.stack(part["pose_mask"].to_numpy()).reshape(m, t // tubelet, tubelet * NUM_JOINTS)
+        out[start : start + m] = kept_patches(
+            group_boxes(boxes, crops, tubelet), centres, count, backbone.keep_margin, backbone.keep_by,
+            joints=xy, joints_visible=visible,
+        )  # fmt: skip
+    return out
+
+
+KEPT_COLUMN = "kept_patches"  # clips.parquet, only with backbone.keep < 1: G*K int16, row-major (G, K)
+
 MAX_CROP_WORKERS = 8  # crop threads at most: each holds up to two videos' crops (~2.4 MB a 224 px clip)
 PLAN_CHUNK = 4096  # clips planned at once: the float64 look-ups cost ~17 KB a clip while they live
 
@@ -316,40 +350,50 @@ def crop_batches(
     clips: pd.DataFrame,
     size: int,
     batch_size: int,
-    normalizer: PixelNormalizer,
+    normalizer: PixelNormalizer | None,
     share: CpuShare | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """Normalised pixel_values (b, T, 3, S, S) float32 of the clips in order.
+    """The clips' crops in order, in batches: normalised pixel_values (b, T, 3, S, S) float32, or with
+    ``normalizer`` None the uint8 crops (b, T, S, S, 3) as they are (an accelerator normalises them:
+    :meth:`~transmodal.features.crops.PixelNormalizer.on_device`), in page-locked memory if ``pin_memory``.
 
     Videos are read and cropped by :func:`crop_video` on ``share.cores`` threads (at most
     ``MAX_CROP_WORKERS``; torch's resize, numpy and the frame decompression release the GIL), at most two
-    videos a thread ahead; the crops are normalised here, in clip order, straight into the batch.
+    videos a thread ahead; the crops are normalised (or copied) here, in clip order, straight into the batch.
     """
     share = share or CpuShare(1, 1)
     boxes = clips[list(CROP_COLUMNS)].to_numpy(np.int64)
     clip_frames = clips["frame_idx"].to_numpy()
     length = len(clip_frames[0]) if len(clips) else 0
-    shape = (batch_size, length, 3, size, size)  # (B, T, 3, S, S)
+    if normalizer is None:
+        shape, dtype = (batch_size, length, size, size, 3), torch.uint8  # (B, T, S, S, 3)
+    else:
+        shape, dtype = (batch_size, length, 3, size, size), torch.float32  # (B, T, 3, S, S)
+
+    def new_batch() -> torch.Tensor:  # a new buffer each time: the consumer holds the last
+        return torch.empty(shape, dtype=dtype, pin_memory=pin_memory)
+
     jobs = [
         (store, video_id, clip_frames[rows], boxes[rows], size, share) for video_id, rows in _videos_of(clips)
     ]
-    batch, filled = np.empty(shape, np.float32), 0
+    batch, filled = new_batch(), 0
     # closing: stopped early, the pool's pending videos are cancelled at once
     with contextlib.closing(_ordered(crop_video, jobs, min(share.cores, MAX_CROP_WORKERS))) as videos:
         for crops in videos:
             for crop in crops:
                 with share.step():
-                    normalizer.normalize_into(crop, batch[filled])
+                    if normalizer is None:
+                        batch[filled].numpy()[...] = crop
+                    else:
+                        normalizer.normalize_into(crop, batch[filled].numpy())
                 filled += 1
                 if filled == batch_size:
-                    yield torch.from_numpy(batch)
-                    batch, filled = (
-                        np.empty(shape, np.float32),
-                        0,
-                    )  # a new buffer: the consumer holds the last
+                    yield batch
+                    batch, filled = new_batch(), 0
             del crops
     if filled:
-        yield torch.from_numpy(batch[:filled])
+        yield batch[:filled]
 
 
 def _folder_signature(folder: Path) -> list:
@@ -371,15 +415,19 @@ def _resume_key(clips_cfg: ClipsConfig, backbone_cfg: BackboneConfig, store, cli
 
     here = Path(__file__).parent
     planned = hashlib.sha256()
-    for column in ("clip_id", "frame_idx", *CROP_COLUMNS):
+    for column in ("clip_id", "frame_idx", *CROP_COLUMNS, KEPT_COLUMN):
+        if column not in clips:
+            continue
         values = clips[column].to_numpy()
         planned.update(
             np.stack(values).tobytes()
-            if column == "frame_idx" and len(values)
+            if column in ("frame_idx", KEPT_COLUMN) and len(values)
             else str(list(values)).encode()
         )
     return {
-        "code": source_digest(here / "store.py", here / "backbone.py", here / "crops.py", here / "clips.py"),
+        "code": source_digest(
+            *(here / f"{name}.py" for name in ("store", "backbone", "crops", "clips", "keep"))
+        ),
         "clips": dataclasses.asdict(clips_cfg),
         "backbone": dataclasses.asdict(backbone_cfg),
         "checkpoint": _folder_signature(Path(backbone_cfg.checkpoint)),
@@ -414,6 +462,9 @@ def build_features(
     clips = make_clips(index, store.videos, store.frames, clips_cfg)
     skipped = skipped_videos(index, store.videos)
     clips, without_track = plan_clips(clips, store.videos, tracks, keypoints, clips_cfg.crop_margin)
+    kept = plan_kept(clips, tracks, backbone) if backbone.drops else None  # (N, G, K) or None
+    if kept is not None:
+        clips[KEPT_COLUMN] = list(kept.reshape(len(clips), kept.shape[1] * kept.shape[2]))
     total = len(clips)
     per_shard = backbone_cfg.clips_per_shard
     clips["shard"] = (np.arange(total) // per_shard).astype(np.int32)
@@ -436,7 +487,7 @@ def build_features(
     share = CpuShare(cores, during_forward)
     batches = crop_batches(
         store, clips.iloc[writer.written :], backbone.image_size, backbone_cfg.batch_size,
-        backbone.normalizer, share,
+        backbone.host_normalizer, share, pin_memory=backbone.host_normalizer is None,
     )  # fmt: skip
     # Closed in reverse order on the way out: the background reader first (its worker ends), then the
     # crop generator, so an error below stops the crop pool at once.
@@ -447,10 +498,13 @@ def build_features(
         contextlib.closing(pixels),
     ):
         mark = time.perf_counter()
+        row = writer.written
         for pixel_values in pixels:
             waited = time.perf_counter()
+            batch_kept = None if kept is None else kept[row : row + len(pixel_values)]
+            row += len(pixel_values)
             with share.forward():
-                tokens = backbone.forward(pixel_values)  # (b, G, P, D) float16
+                tokens = backbone.forward(pixel_values, batch_kept)  # (b, G, K, D) float16
             forwarded = time.perf_counter()
             writer.write(tokens)
             bar.update(len(pixel_values))

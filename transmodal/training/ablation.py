@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json
-from transmodal.params import AblationConfig, apply_overrides, section
+from transmodal.params import AblationConfig, apply_overrides, kept_count, section, varies_backbone_keep
 from transmodal.training.evaluate import PAPER_UNIT, UNITS, evaluate_model
 from transmodal.training.latency import measure_ms
 from transmodal.training.train import load_checkpoint, model_size, train_model
@@ -42,6 +42,21 @@ def variant_params(params: dict, variant: str) -> dict:
     if variant not in cfg.variants:
         raise KeyError(f"ablation variant {variant!r} is not in params.yaml ablation.variants")
     return apply_overrides(params, cfg.variants[variant] or {})
+
+
+def own_features(params: dict, variant: str, out_dir: Path) -> tuple[Path, Path] | None:
+    """Where a variant that varies ``backbone.keep*`` keeps its own feature cache (``<out_dir>/features``,
+    ``<out_dir>/clips.parquet``); None for a variant that trains on the features stage's cache."""
+    varied = variant_params(params, variant)
+    if not varies_backbone_keep(params, varied):
+        return None
+    return Path(out_dir) / "features", Path(out_dir) / "clips.parquet"
+
+
+def variant_store(params: dict, variant: str, out_dir: Path, features: FeatureStore) -> FeatureStore:
+    """The cache a variant trained on: its own (:func:`own_features`) or ``features``, the stage's."""
+    own = own_features(params, variant, out_dir)
+    return features if own is None else FeatureStore(*own)
 
 
 def seed_dir(out_dir: Path, seed: int) -> Path:
@@ -149,17 +164,26 @@ def _latency_batch(store: FeatureStore, pose_scores: bool) -> tuple[torch.Tensor
 def backbone_latency(
     checkpoint: str, backbone: dict, device: torch.device, warmup: int, repeats: int
 ) -> dict:
-    """VideoMAE forward on a batch of 4 clips at its input size (content does not change its cost)."""
+    """VideoMAE forward on a batch of 4 clips at its input size (content does not change its cost); with a
+    cache that dropped tokens (``backbone.keep`` < 1), on K patches of each group (which K does not change
+    the cost either: the first K)."""
     from transformers import VideoMAEModel
+
+    from transmodal.features.keep import masked_positions
 
     model = load_model(VideoMAEModel, checkpoint, "backbone.checkpoint", device, torch.float32)
     size = backbone["image_size"]
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(LATENCY_BATCH, backbone["num_frames"], 3, size, size, generator=generator).to(device)
+    masked = None
+    if "full_patches_per_group" in backbone:
+        groups, count = backbone["grid"]
+        kept = np.broadcast_to(np.arange(count), (LATENCY_BATCH, groups, count))
+        masked = torch.from_numpy(masked_positions(kept, backbone["full_patches_per_group"])).to(device)
 
     @torch.inference_mode()
     def forward():
-        return model(pixel_values=pixels).last_hidden_state
+        return model(pixel_values=pixels, bool_masked_pos=masked).last_hidden_state
 
     return measure_ms(forward, device, warmup, repeats)
 
@@ -205,11 +229,23 @@ def bootstrap_interval(values: np.ndarray, videos: list[str], cfg: AblationConfi
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def _paper_kept(record: dict) -> int | None:
+    """Patches a group the paper's VideoMAE-B (196 a group) keeps at the cache's ``backbone.keep``; None
+    when the cache holds every patch."""
+    from transmodal.model.complexity import PAPER_SIZE
+
+    if "full_patches_per_group" not in record:
+        return None
+    return kept_count(record["keep"], PAPER_SIZE["patches_per_group"])
+
+
 def _complexity(model, store: FeatureStore) -> dict:
     from transmodal.model.complexity import PAPER_SIZE, head_complexity
 
     run = head_complexity(model.model_cfg, model.selector_cfg, **model_size(store))
-    paper = head_complexity(model.model_cfg, model.selector_cfg, **PAPER_SIZE)
+    paper_kept = _paper_kept(store.backbone)  # a keep < 1 row: the head sees K of the 196 patches
+    paper_size = PAPER_SIZE | ({} if paper_kept is None else {"patches_per_group": paper_kept})
+    paper = head_complexity(model.model_cfg, model.selector_cfg, **paper_size)
     return {"head_flops": run["flops"]["total"], "head_flops_paper_size": paper["flops"]["total"]}
 
 
@@ -236,20 +272,29 @@ def aggregate(params: dict, store: FeatureStore, ablation_dir: Path) -> dict[str
     full_scores = _scores(results["full"], unit_ids, "full")
 
     device = pick_device(cfg.device)
-    backbone = backbone_latency(
-        section(params, "backbone").checkpoint,
-        store.backbone,
-        device,
-        cfg.latency_warmup,
-        cfg.latency_repeats,
-    )
-    inputs = {scores: tuple(t.to(device) for t in _latency_batch(store, scores)) for scores in (False, True)}
-    backbone_flops = {
-        "run": store.backbone["flops_per_clip"],
-        "paper_size": videomae_complexity(VideoMAEConfig())["flops"],
-    }
+    checkpoint = section(params, "backbone").checkpoint
+    backbones: dict[tuple, dict] = {}  # per grid: latency and FLOPs, each measured once
     table: dict[str, dict] = {}
     for variant, metrics in results.items():
+        variant_cache = variant_store(params, variant, ablation_dir / variant, store)
+        record = variant_cache.backbone
+        grid = (tuple(record["grid"]), record.get("full_patches_per_group"))
+        if grid not in backbones:
+            paper_kept = _paper_kept(record)
+            backbones[grid] = {
+                "latency": backbone_latency(
+                    checkpoint, record, device, cfg.latency_warmup, cfg.latency_repeats
+                ),
+                "flops": record["flops_per_clip"],
+                "paper_size": videomae_complexity(VideoMAEConfig(), paper_kept)["flops"],
+                "inputs": {
+                    scores: tuple(t.to(device) for t in _latency_batch(variant_cache, scores))
+                    for scores in (False, True)
+                },
+            }
+        backbone = backbones[grid]["latency"]
+        inputs = backbones[grid]["inputs"]
+        backbone_flops = {"run": backbones[grid]["flops"], "paper_size": backbones[grid]["paper_size"]}
         scores = _scores(metrics, unit_ids, variant)
         low, high = bootstrap_interval(scores, videos, cfg)
         row = {key: value for key, value in metrics.items() if key != "runs"}
@@ -270,7 +315,8 @@ def aggregate(params: dict, store: FeatureStore, ablation_dir: Path) -> dict[str
             return model(tokens, pose).logits
 
         head = measure_ms(forward, device, cfg.latency_warmup, cfg.latency_repeats)
-        row.update(_complexity(model, store))
+        row.update(_complexity(model, variant_cache))
+        row["backbone_keep"] = record.get("keep", 1.0)
         row.update(
             {
                 "backbone_flops": backbone_flops["run"],

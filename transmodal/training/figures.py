@@ -231,14 +231,16 @@ def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfi
         f"paired difference and its {confidence} interval, printed only when the interval excludes 0 "
         "(per comparison, uncorrected).",
         "",
-        f"FLOPs: FlopCounterMode, one clip, head only (at this run's size and at the paper's, D=768 and 8 x 196 "
-        f"tokens). Latency on {first['device']}: median of {first['latency_repeats']} runs after warm-up, "
-        f"batch of {first['latency_batch']}, the same input batch for every variant; end-to-end = (backbone + "
-        "head) per clip.",
+        f"FLOPs: FlopCounterMode, one clip, the head and the backbone (at this run's size and at the paper's, "
+        "D=768 and 8 x 196 tokens; a variant with backbone.keep < 1 runs the encoder on its kept tokens only). "
+        f"Latency on {first['device']}: median of {first['latency_repeats']} runs after warm-up, "
+        f"batch of {first['latency_batch']}, the same input batch for every variant of one feature cache; "
+        "end-to-end = (backbone + head) per clip, every row measured in this one run.",
         "",
         f"| variant | overrides | top-1 (%) | {confidence} interval | vs full (pts) | head MFLOPs | "
-        "head GFLOPs, paper size | head latency (ms/batch) | e2e latency (ms/clip) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "head GFLOPs, paper size | backbone GFLOPs, paper size | head latency (ms/batch) | "
+        "e2e latency (ms/clip) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in table.items():
         overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "-"
@@ -246,7 +248,8 @@ def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfi
         lines.append(
             f"| {name} | {overrides} | {100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f} | "
             f"[{low:.1f}, {high:.1f}] | {_delta(row)} | {row['head_flops'] / 1e6:.3g} | "
-            f"{row['head_flops_paper_size'] / 1e9:.3g} | {row['head_latency_ms']:.2f} | "
+            f"{row['head_flops_paper_size'] / 1e9:.3g} | {row['backbone_flops_paper_size'] / 1e9:.0f} | "
+            f"{row['head_latency_ms']:.2f} | "
             f"{row['e2e_latency_ms']:.2f} |"
         )
     return "\n".join(lines) + "\n"
