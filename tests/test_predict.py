@@ -73,6 +73,10 @@ def plain_video(path: Path, frames: int, size: tuple[int, int], fourcc: str = "M
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_checkpoints) -> Path:
     """A trained-model folder as the train stage writes it (random head weights), on the tiny checkpoints."""
+    return write_model_folder(tmp_path_factory.mktemp("model") / "transmodal", tiny_checkpoints)
+
+
+def write_model_folder(out: Path, tiny_checkpoints: dict, keep: float = 1.0) -> Path:
     from transmodal.features.backbone import FrozenBackbone
     from transmodal.model import TransModal
     from transmodal.training.train import pipeline_record, save_checkpoint
@@ -80,11 +84,12 @@ def model_dir(tmp_path_factory, tiny_checkpoints) -> Path:
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["detect"]["checkpoint"] = tiny_checkpoints["detector"]
     params["pose"]["checkpoint"] = tiny_checkpoints["pose"]
-    backbone = FrozenBackbone(BackboneConfig(checkpoint=tiny_checkpoints["backbone"], device="cpu"), 16)
+    cfg = BackboneConfig(checkpoint=tiny_checkpoints["backbone"], device="cpu", keep=keep)
+    backbone = FrozenBackbone(cfg, 16)
     torch.manual_seed(0)
     model = TransModal(
         ModelConfig(),
-        SelectorConfig(),
+        SelectorConfig(top_k_tokens=min(SelectorConfig().top_k_tokens, backbone.grid[1])),
         dim=backbone.hidden_size,
         num_classes=len(CLASSES),
         num_frames=16,
@@ -99,7 +104,6 @@ def model_dir(tmp_path_factory, tiny_checkpoints) -> Path:
         "backbone": backbone.describe(),
         "pipeline": pipeline_record(params),
     }
-    out = tmp_path_factory.mktemp("model") / "transmodal"
     save_checkpoint(model.state_dict(), config, out)
     return out
 
@@ -416,3 +420,26 @@ def test_windows_span_the_same_time_at_any_frame_rate(model_dir, tmp_path, fps):
     prediction, _ = predict_video(path, older, progress=False)
     first = np.asarray(prediction.windows["frame_idx"].iloc[0])
     assert np.diff(first).tolist() == [2] * 15
+
+
+def test_a_model_trained_on_dropped_tokens_predicts_and_explains_with_the_same_keep(
+    tiny_checkpoints, camera_video, tmp_path, capsys
+):
+    """The model folder records backbone.keep; predict drops the same share of each window's patches and
+    explain places the maps back on the whole grid, NaN where the backbone never looked."""
+    from transmodal.predict import explain_window, predict_video
+    from transmodal.training.train import load_checkpoint
+
+    folder = write_model_folder(tmp_path / "keep", tiny_checkpoints, keep=0.5)
+    prediction, model = predict_video(camera_video, folder, device="cpu", progress=False, keep_tokens=True)
+    windows = len(prediction.logits)
+    assert prediction.kept_patches.shape == (windows, 8, 8) and prediction.full_patches == 16
+    assert prediction.tokens.shape[1:3] == (8, 8)
+    explanation, _, _, _ = explain_window(prediction, model, 0, 64)
+    for values in explanation.maps().values():
+        assert values.shape == (8, 16) and np.isnan(values).sum(axis=1).min() >= 8  # 8 of 16 never seen
+    assert explanation.kept.sum(axis=1).max() <= 8
+    loaded, _ = load_checkpoint(folder, "cpu")
+    assert loaded.patches_per_group == 8
+    code, out, err = run(["predict", str(camera_video), "--model", str(folder)], capsys)
+    assert code == 0 and "\n5. " in out, err  # the top-5 list
