@@ -12,16 +12,8 @@
 # Needs python3 with torch (CUDA build), transformers, numpy, pandas, pyarrow, opencv, scipy, matplotlib, tqdm,
 # pyyaml, safetensors, einops, scikit-learn; wheels in .whl/ (trackers, supervision, ...) are installed into
 # /tmp/site first. Each step has its own time limit, so one slow step does not take the others with it.
-set -u
 OUT=${OUT:-/tmp/cuda-check}
-mkdir -p "$OUT"
-ROOT=$(pwd)
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$ROOT:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-step() { echo "=== $1 ($(date +%T))"; }
+. benchmarks/cuda_env.sh
 
 step environment
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
@@ -35,12 +27,7 @@ step "real_size.py"
 timeout 240 python3 benchmarks/real_size.py --device cuda --videos 16 --repeats 3 --json "$OUT/real_size.json" 2>&1 | tail -14
 
 step "demo stages on CUDA"
-work=$(mktemp -d)
-cp -r stages transmodal params.yaml "$work"/
-cd "$work" || exit 1
-for s in synth checkpoints prepare frames detect pose features train evaluate; do
-  timeout 150 python3 stages/$s.py 2>&1 | grep -E "done in|error|Error" || echo "stage $s: no output"
-done
+demo_stages 150 synth checkpoints prepare frames detect pose features train evaluate
 python3 - <<'EOF' | tee "$OUT/demo_cuda.txt"
 import json
 for name in ("features", "train", "eval"):

@@ -7,16 +7,8 @@
 #   OUT=/some/dir bash benchmarks/cuda_features.sh
 #
 # Same requirements as benchmarks/cuda_check.sh (wheels in .whl/ are installed into /tmp/site first).
-set -u
 OUT=${OUT:-/tmp/cuda-features}
-mkdir -p "$OUT"
-ROOT=$(pwd)
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$ROOT:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-step() { echo "=== $1 ($(date +%T))"; }
+. benchmarks/cuda_env.sh
 
 step "uint8 crops normalised on the device against host float32 pixels"
 timeout 60 python3 - <<'EOF' | tee "$OUT/uint8.txt"
@@ -49,12 +41,7 @@ step "keep.py batch 32"
 timeout 90 python3 benchmarks/keep.py --device cuda --batch 32 --repeats 10 --json "$OUT/keep_b32.json" 2>&1 | tail -7
 
 step "which training op is not deterministic on CUDA"
-work=$(mktemp -d)
-cp -r stages transmodal params.yaml "$work"/
-cd "$work" || exit 1
-for s in synth checkpoints prepare frames detect pose features; do
-  timeout 60 python3 stages/$s.py 2>&1 | grep -E "done in|error" || echo "stage $s: no output"
-done
+demo_stages 60 synth checkpoints prepare frames detect pose features
 sed -i 's/^\(  epochs: \)20/\12/' params.yaml
 timeout 90 python3 -W always stages/train.py 2>&1 | grep -iE "determinis|done in|error" | sort | uniq -c | head -20 | tee "$OUT/train_warnings.txt"
 cd "$ROOT" && rm -rf "$work"
