@@ -1,26 +1,35 @@
-"""Stage train: fit the fusion head on the cached features -> models/transmodal/ + curves."""
+"""Stage train: fit the fusion head on the cached features -> models/transmodal/ + curves.
+
+With ``compute.nproc`` x ``compute.nnodes`` > 1 it re-runs itself under torchrun and trains with
+DistributedDataParallel (transmodal.distributed); rank 0 writes every output."""
 
 from pathlib import Path
 
+from transmodal.distributed import launch, process_group
 from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json, write_text
 from transmodal.params import section
 from transmodal.stage import run_stage
 from transmodal.training.train import complexity_report, pipeline_record, train_model
+from transmodal.vision.checkpoints import pick_device
 
 
 def main(params: dict) -> None:
+    if launch(section(params, "compute"), "train"):
+        return  # the workers trained and wrote the outputs
     model_cfg = section(params, "model")
     selector_cfg = section(params, "selector")
     train_cfg = section(params, "train")
     store = FeatureStore(Path("data/features"), Path("data/clips.parquet"))
     pipeline = pipeline_record(params)
-    metrics, history = train_model(
-        store, model_cfg, selector_cfg, train_cfg, Path("models/transmodal"), pipeline=pipeline
-    )
-    write_text(history.to_csv(index=False, float_format="%.6g"), "metrics/train_curve.csv")
-    metrics["complexity"] = complexity_report(store, model_cfg, selector_cfg)
-    write_json(metrics, "metrics/train.json")
+    with process_group(pick_device(train_cfg.device).type) as world:
+        metrics, history = train_model(
+            store, model_cfg, selector_cfg, train_cfg, Path("models/transmodal"), pipeline=pipeline
+        )
+    if world.is_main:
+        write_text(history.to_csv(index=False, float_format="%.6g"), "metrics/train_curve.csv")
+        metrics["complexity"] = complexity_report(store, model_cfg, selector_cfg)
+        write_json(metrics, "metrics/train.json")
 
 
 if __name__ == "__main__":

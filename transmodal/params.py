@@ -360,6 +360,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """Processes per machine and machines for the stages that run under torchrun (train, for now)."""
+
+    nproc: int = 1  # processes per machine (one per GPU on CUDA); > 1: torchrun, gloo on CPU, NCCL on CUDA
+    nnodes: int = 1  # machines; > 1 also needs MASTER_ADDR, MASTER_PORT and NODE_RANK (README)
+
+    def __post_init__(self):
+        _check_int("compute", "nproc", self.nproc, 1, 1024)
+        _check_int("compute", "nnodes", self.nnodes, 1, 1024)
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 16
     device: str = "auto"
@@ -431,6 +447,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "selector": SelectorConfig,
     "train": TrainConfig,
+    "compute": ComputeConfig,
     "eval": EvalConfig,
     "ablation": AblationConfig,
 }
@@ -489,7 +506,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "detect": ("data", "detect"),
     "pose": ("data", "pose"),
     "features": ("clips", "backbone"),
-    "train": ("model", "selector", "train", "frames", "clips", "detect", "pose"),
+    "train": ("model", "selector", "train", "frames", "clips", "detect", "pose", "compute"),
     "evaluate": ("eval",),
     "ablate": ("model", "selector", "train", "eval", "ablation", "clips", "backbone"),  # ablate@<variant>
     "ablation": ("ablation", "backbone"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -49,5 +50,7 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
         )
         sys.exit(130)
     seconds = time.perf_counter() - start
+    if "WORLD_SIZE" in os.environ:  # a torchrun worker: the process that launched the workers reports
+        return
     write_json({"stage": name, "seconds": round(seconds, 2)}, TIMINGS_DIR / f"{name}.json")
     print(f"{name}: done in {seconds:.1f} s", file=sys.stderr)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from transmodal import distributed
 from transmodal.features.cache import FeatureStore
 from transmodal.io import atomic_dir
 from transmodal.model import TransModal, parameter_counts
@@ -138,39 +139,63 @@ def train_model(
     adds the upstream params a new video is processed with).
     """
     seed_everything(train_cfg.seed)
+    world = distributed.current()
     device = pick_device(train_cfg.device)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
     model = build_model(store, model_cfg, selector_cfg).to(device)
     train = load_split(store, "train", model_cfg.pose_scores)
     val = load_split(store, "val", model_cfg.pose_scores)
     if len(train) == 0:
         raise ValueError("no training clips in the feature cache (check data.split and the features stage)")
+    net, sampler = model, None
+    if world.size > 1:  # compute.nproc x compute.nnodes processes: the global batch is batch_size x world
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data import DistributedSampler
+
+        net = DistributedDataParallel(
+            model,
+            device_ids=[world.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+        sampler = DistributedSampler(
+            range(len(train)), world.size, world.rank, shuffle=True, seed=train_cfg.seed
+        )
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.epochs)
     generator = torch.Generator().manual_seed(train_cfg.seed)
 
     history, best_state, best_key = [], None, None
-    epochs = tqdm(range(1, train_cfg.epochs + 1), desc="train", unit="epoch", disable=not progress)
+    shown = progress and world.is_main
+    epochs = tqdm(range(1, train_cfg.epochs + 1), desc="train", unit="epoch", disable=not shown)
     for epoch in epochs:
-        model.train()
-        order = torch.randperm(len(train), generator=generator).numpy()
+        net.train()
+        if sampler is None:
+            order = torch.randperm(len(train), generator=generator).numpy()
+        else:  # this rank's share of the epoch (padded to an equal count on every rank)
+            sampler.set_epoch(epoch)
+            order = np.fromiter(sampler, dtype=np.int64)
         loss_sum, correct = 0.0, 0
         for start in range(0, len(order), train_cfg.batch_size):
             positions = order[start : start + train_cfg.batch_size]
             tokens, pose, labels = train.batch(positions)
             tokens, pose, labels = tokens.to(device), pose.to(device), labels.to(device)
-            logits = model(tokens, pose).logits  # (B, classes)
+            logits = net(tokens, pose).logits  # (B, classes)
             loss = F.cross_entropy(logits, labels, label_smoothing=train_cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.item() * len(positions)
             correct += int((logits.argmax(-1) == labels).sum())
+        seen = len(order)
+        if sampler is not None:  # every rank's sums: the epoch's loss and accuracy over all of them
+            loss_sum, correct, seen = distributed.sum_over_ranks([loss_sum, correct, seen], device)
         scheduler.step()
         row = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / len(train),
-            "train_acc": correct / len(train),
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
         }
         if len(val):
             val_logits = predict(model, val, max(train_cfg.batch_size, 16), device)
@@ -195,7 +220,10 @@ def train_model(
     }
     if pipeline is not None:
         config["pipeline"] = pipeline
-    save_checkpoint(best_state, config, out_dir)
+    if world.size > 1:
+        distributed.barrier()  # every rank finished: a failure in any of them leaves no checkpoint
+    if world.is_main:
+        save_checkpoint(best_state, config, out_dir)
     best = history[best_epoch - 1]
     metrics = {
         "best_epoch": best_epoch,
@@ -207,6 +235,8 @@ def train_model(
         "val_clips": len(val),
         "parameters": parameter_counts(model),
         "device": str(device),
+        "processes": world.size,
+        "global_batch_size": train_cfg.batch_size * world.size,
     }
     return metrics, pd.DataFrame(history)
 

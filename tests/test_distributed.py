@@ -1,0 +1,100 @@
+"""compute.nproc: the train stage under torchrun (2 CPU processes, gloo), and a failing rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_features import build, world  # noqa: F401  (the module fixture)
+
+from transmodal.distributed import torchrun_command
+from transmodal.params import ComputeConfig, ParamError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def project(world, tmp_path_factory) -> Path:  # noqa: F811
+    """A folder holding a feature cache and params.yaml, as the train stage finds them."""
+    root = tmp_path_factory.mktemp("distributed")
+    _, features_dir, clips_path = build(world, "distributed")
+    (root / "data").mkdir()
+    shutil.copytree(features_dir, root / "data" / "features")
+    shutil.copy(clips_path, root / "data" / "clips.parquet")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["train"].update(epochs=1, batch_size=2, device="cpu")
+    params["selector"]["top_k_tokens"] = 4
+    params["compute"]["nproc"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def train(project: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess:
+    python_path = [str(REPO_ROOT), *([str(extra_path)] if extra_path else [])]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(python_path), "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "stages" / "train.py")],
+        cwd=project, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_two_processes_train_one_epoch_and_write_one_checkpoint(project):
+    done = train(project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes x 1 machines under torchrun" in done.stderr
+    assert sorted(p.name for p in (project / "models").iterdir()) == ["transmodal"]  # no temporary left
+    assert sorted(p.name for p in (project / "models" / "transmodal").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    assert metrics["processes"] == 2 and metrics["global_batch_size"] == 4
+    assert (project / "metrics" / "train_curve.csv").read_text().count("\n") == 2  # header + 1 epoch
+    assert json.loads((project / "metrics" / "timings" / "train.json").read_text())["stage"] == "train"
+
+
+def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_output(project, tmp_path):
+    for output in ("models", "metrics"):
+        shutil.rmtree(project / output, ignore_errors=True)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import transmodal.training.train as train\n"
+        "    def fail(*args, **kwargs):\n"
+        "        raise RuntimeError('rank 1 failed on purpose')\n"
+        "    train.train_model = fail\n"
+    )
+    done = train(project, hook)
+    assert done.returncode != 0
+    assert "rank 1 failed on purpose" in done.stderr and "a torchrun worker failed" in done.stderr
+    assert not (project / "models").exists() and not (project / "metrics" / "train.json").exists()
+
+
+def test_torchrun_command_one_machine_and_several(monkeypatch):
+    one = torchrun_command(ComputeConfig(nproc=4), ["stages/train.py"])
+    assert one[1:] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "--standalone", "stages/train.py"]
+    for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ParamError, match="compute.nnodes is 2; set MASTER_ADDR, MASTER_PORT, NODE_RANK"):
+        torchrun_command(ComputeConfig(nproc=8, nnodes=2), ["stages/train.py"])
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("NODE_RANK", "1")
+    several = torchrun_command(ComputeConfig(nproc=8, nnodes=2), ["stages/train.py"])
+    assert "--nnodes=2" in several and "--node_rank=1" in several and "--master_addr=10.0.0.1" in several
+
+
+def test_compute_params_are_checked():
+    with pytest.raises(ParamError, match=r"compute\.nproc is 0"):
+        ComputeConfig(nproc=0)
+    assert ComputeConfig(nproc=2, nnodes=3).world_size == 6

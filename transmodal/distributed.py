@@ -1,0 +1,116 @@
+"""Several processes, on one machine or several, through torch.distributed (``compute.nproc``,
+``compute.nnodes``; docs/decisions.md 41).
+
+A stage that supports it (train) calls :func:`launch` once its params are validated: with a world of one
+nothing happens; otherwise, unless it already runs under torchrun, it re-runs itself under
+``python -m torch.distributed.run`` (torchrun) with ``compute.nproc`` processes per machine and waits for
+them. torchrun starts the workers, and when one fails it stops the others and exits non-zero, printing that
+worker's error, so a stage's outputs (written by rank 0 after the last collective) never appear.
+
+:func:`process_group` joins the group in a worker: gloo on the CPU, NCCL on CUDA (one GPU per local rank).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from transmodal.params import ComputeConfig, ParamError
+
+MULTI_NODE_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK")
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current() -> World:
+    """This process's place in the torchrun world (rank 0 of 1 outside torchrun)."""
+    if "WORLD_SIZE" not in os.environ:
+        return World()
+    return World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+
+
+def torchrun_command(cfg: ComputeConfig, argv: list[str]) -> list[str]:
+    """``python -m torch.distributed.run ...`` running ``argv`` (a script and its arguments) on ``cfg``'s
+    processes: one machine (a rendezvous of its own), or ``cfg.nnodes`` machines that meet at
+    MASTER_ADDR:MASTER_PORT, this one being NODE_RANK."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.nproc}"]
+    if cfg.nnodes == 1:
+        command.append("--standalone")
+    else:
+        missing = [name for name in MULTI_NODE_ENV if not os.environ.get(name)]
+        if missing:
+            raise ParamError(
+                f"params.yaml: compute.nnodes is {cfg.nnodes}; set {', '.join(missing)} in the environment of "
+                'every machine (README, "Several processes")'
+            )
+        command += [
+            f"--nnodes={cfg.nnodes}",
+            f"--node_rank={os.environ['NODE_RANK']}",
+            f"--master_addr={os.environ['MASTER_ADDR']}",
+            f"--master_port={os.environ['MASTER_PORT']}",
+        ]
+    return [*command, *argv]
+
+
+def launch(cfg: ComputeConfig, stage: str) -> bool:
+    """Re-run this script under torchrun when ``cfg`` asks for more than one process and it is not already
+    one of them. Returns True when it did (the caller then stops: the workers did the stage's work); exits
+    with torchrun's code when a worker failed."""
+    if cfg.world_size == 1 or "WORLD_SIZE" in os.environ:
+        return False
+    print(f"{stage}: {cfg.nproc} processes x {cfg.nnodes} machines under torchrun", file=sys.stderr)
+    done = subprocess.run(torchrun_command(cfg, sys.argv), check=False)
+    if done.returncode != 0:
+        print(f"{stage}: error: a torchrun worker failed (exit code {done.returncode}; its error is above)",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(done.returncode if 0 < done.returncode < 128 else 1)
+    return True
+
+
+@contextlib.contextmanager
+def process_group(device_type: str) -> Iterator[World]:
+    """Join the torchrun world for the block (gloo on the CPU, NCCL on CUDA); outside torchrun, a world of
+    one and no group."""
+    import torch
+    import torch.distributed as dist
+
+    world = current()
+    if world.size == 1:
+        yield world
+        return
+    if device_type == "cuda":
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    try:
+        yield world
+    finally:
+        dist.destroy_process_group()
+
+
+def sum_over_ranks(values: list[float], device) -> list[float]:
+    """The element-wise sum of ``values`` over every rank (float64)."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
