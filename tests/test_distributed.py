@@ -35,13 +35,13 @@ def project(world, tmp_path_factory) -> Path:  # noqa: F811
     return root
 
 
-def train(project: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess:
+def train(project: Path, extra_path: Path | None = None, stage: str = "train") -> subprocess.CompletedProcess:
     python_path = [str(REPO_ROOT), *([str(extra_path)] if extra_path else [])]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(python_path), "OMP_NUM_THREADS": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(name, None)
     return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "stages" / "train.py")],
+        [sys.executable, str(REPO_ROOT / "stages" / f"{stage}.py")],
         cwd=project, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
@@ -98,3 +98,73 @@ def test_compute_params_are_checked():
     with pytest.raises(ParamError, match=r"compute\.nproc is 0"):
         ComputeConfig(nproc=0)
     assert ComputeConfig(nproc=2, nnodes=3).world_size == 6
+
+
+@pytest.fixture(scope="module")
+def extraction(world, tmp_path_factory) -> Path:  # noqa: F811
+    """A folder with the features stage's inputs: index, frame store, tracks, keypoints, tiny backbone."""
+    root = tmp_path_factory.mktemp("extraction")
+    (root / "data").mkdir()
+    world["index"].to_parquet(root / "data" / "index.parquet")
+    shutil.copytree(world["root"] / "frames", root / "data" / "frames")
+    world["tracks"].to_parquet(root / "data" / "tracks.parquet")
+    world["keypoints"].to_parquet(root / "data" / "keypoints.parquet")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    clips = world["clips_cfg"]
+    params["clips"].update(
+        length=clips.length, per_video_train=clips.per_video_train, per_video_test=clips.per_video_test,
+        crop_margin=clips.crop_margin,
+    )  # fmt: skip
+    params["backbone"].update(checkpoint=world["checkpoint"], batch_size=2, clips_per_shard=2, device="cpu")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    files = sorted((root / "data" / "features").iterdir()) + [root / "data" / "clips.parquet"]
+    return {path.name: path.read_bytes() for path in files}
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.5])
+def test_features_on_two_processes_are_byte_identical_to_one(extraction, keep):
+    params = yaml.safe_load((extraction / "params.yaml").read_text())
+    params["backbone"]["keep"] = keep
+    single = {}
+    for nproc in (1, 2):
+        params["compute"]["nproc"] = nproc
+        (extraction / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        done = train(extraction, stage="features")
+        assert done.returncode == 0, done.stderr[-3000:]
+        if nproc == 1:
+            single = outputs(extraction)
+            assert sum(name.startswith("shard-") for name in single) >= 3  # several shards to share out
+            shutil.rmtree(extraction / "data" / "features")
+    assert "2 processes x 1 machines under torchrun" in done.stderr
+    assert outputs(extraction) == single
+    assert not (extraction / "data" / ".partial").exists()
+    assert json.loads((extraction / "metrics" / "features.json").read_text())["processes"] == 2
+
+
+def test_a_failing_rank_leaves_no_features(extraction, tmp_path):
+    params = yaml.safe_load((extraction / "params.yaml").read_text())
+    params["compute"]["nproc"] = 2
+    params["backbone"]["keep"] = 1.0
+    (extraction / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for output in ("data/features", "data/clips.parquet", "metrics"):
+        path = extraction / output
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    from transmodal.features.backbone import FrozenBackbone\n"
+        "    def fail(self, *args, **kwargs):\n"
+        "        raise RuntimeError('rank 1 failed on purpose')\n"
+        "    FrozenBackbone.forward = fail\n"
+    )
+    done = train(extraction, hook, stage="features")
+    assert done.returncode != 0 and "rank 1 failed on purpose" in done.stderr
+    assert not (extraction / "data" / "features").exists()
+    assert not (extraction / "data" / "clips.parquet").exists()
+    assert not (extraction / "metrics" / "features.json").exists()

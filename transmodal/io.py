@@ -135,10 +135,16 @@ class Resumable:
     this run's folder once the output is complete.
     """
 
-    def __init__(self, out_dir: str | Path, key: dict):
+    def __init__(self, out_dir: str | Path, key: dict, clean: bool = True):
+        """``clean``: remove other keys' parts and this key's leftover temporaries (one process of several
+        does it, before any of them writes)."""
         out_dir = Path(out_dir)
         self.base = out_dir.parent / PARTIAL_DIR / out_dir.name
         self.directory = self.base / digest(key)
+        if not clean:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.resumed = 0
+            return
         if self.base.is_dir():
             for other in self.base.iterdir():
                 if other != self.directory:

@@ -361,7 +361,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Processes per machine and machines for the stages that run under torchrun (train, for now)."""
+    """Processes per machine and machines for the stages that run under torchrun (features, train)."""
 
     nproc: int = 1  # processes per machine (one per GPU on CUDA); > 1: torchrun, gloo on CPU, NCCL on CUDA
     nnodes: int = 1  # machines; > 1 also needs MASTER_ADDR, MASTER_PORT and NODE_RANK (README)
@@ -505,7 +505,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "frames": ("data", "frames", "clips"),
     "detect": ("data", "detect"),
     "pose": ("data", "pose"),
-    "features": ("clips", "backbone"),
+    "features": ("clips", "backbone", "compute"),
     "train": ("model", "selector", "train", "frames", "clips", "detect", "pose", "compute"),
     "evaluate": ("eval",),
     "ablate": ("model", "selector", "train", "eval", "ablation", "clips", "backbone"),  # ablate@<variant>

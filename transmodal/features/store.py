@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from transmodal import distributed
 from transmodal.background import prefetch
 from transmodal.data.coco import NUM_JOINTS, joint_columns
 from transmodal.data.frames import FrameStore
@@ -67,21 +68,35 @@ class ShardWriter:
     """
 
     def __init__(
-        self, directory: Path, total: int, per_shard: int, item_shape: tuple[int, ...], start_shard: int = 0
+        self,
+        directory: Path,
+        total: int,
+        per_shard: int,
+        item_shape: tuple[int, ...],
+        start_shard: int = 0,
+        shards: Sequence[int] | None = None,
     ):
+        """``shards``: the shards this writer fills, in the order of the rows it is given (default: every
+        one from ``start_shard`` on; one process of several writes every world-size-th)."""
         self.directory = Path(directory)
         self.total, self.per_shard, self.item_shape = total, per_shard, tuple(item_shape)
         self.item_bytes = int(np.prod(self.item_shape)) * 2  # float16
-        self.written = min(total, start_shard * per_shard)  # shards before start_shard exist already
+        self.shards = list(range(start_shard, self.num_shards) if shards is None else shards)
+        self.expected = sum(self.shard_rows(shard) for shard in self.shards)
+        self.written = 0  # rows written by this writer
+        self._queue = list(self.shards)
         self._file = None
-        self._shard = -1
+        self._shard, self._left = -1, 0
 
     @property
     def num_shards(self) -> int:
         return -(-self.total // self.per_shard)
 
+    def shard_rows(self, shard: int) -> int:
+        return min(self.per_shard, self.total - shard * self.per_shard)
+
     def _open(self, shard: int) -> None:
-        rows = min(self.per_shard, self.total - shard * self.per_shard)
+        rows = self.shard_rows(shard)
         header = {
             "__metadata__": {"format": "pt"},
             TOKENS_KEY: {
@@ -95,7 +110,7 @@ class ShardWriter:
         # written under a temporary name, renamed once complete (_close): a shard file is always whole
         self._file = open(self.directory / f".{shard_name(shard)}.tmp", "wb")  # closed by _close() / close()
         self._file.write(struct.pack("<Q", len(text)) + text)
-        self._shard = shard
+        self._shard, self._left = shard, rows
 
     def write(self, tokens: torch.Tensor) -> None:
         """Append rows (b, G, P, D) float16 in order."""
@@ -106,16 +121,17 @@ class ShardWriter:
         data = tokens.contiguous().numpy()  # (b, G, P, D)
         start = 0
         while start < len(data):
-            if self.written >= self.total:
-                raise ValueError(f"more than the {self.total} announced rows")
-            shard, offset = divmod(self.written, self.per_shard)
-            if shard != self._shard:
-                self._close()
-                self._open(shard)
-            take = min(len(data) - start, self.per_shard - offset, self.total - self.written)
+            if self._file is None:
+                if not self._queue:
+                    raise ValueError(f"more than the {self.expected} announced rows")
+                self._open(self._queue.pop(0))
+            take = min(len(data) - start, self._left)
             self._file.write(data[start : start + take].tobytes())
             start += take
             self.written += take
+            self._left -= take
+            if self._left == 0:
+                self._close()
 
     def _close(self) -> None:
         if self._file is not None:
@@ -128,8 +144,8 @@ class ShardWriter:
     def close(self) -> None:
         """Close the last shard; every announced row must have been written."""
         self._close()
-        if self.written != self.total:
-            raise ValueError(f"wrote {self.written} of {self.total} announced rows")
+        if self.written != self.expected:
+            raise ValueError(f"wrote {self.written} of {self.expected} announced rows")
 
 
 def _frame_lookup(
@@ -353,6 +369,7 @@ def crop_batches(
     normalizer: PixelNormalizer | None,
     share: CpuShare | None = None,
     pin_memory: bool = False,
+    breaks: Sequence[int] | None = None,
 ) -> Iterator[torch.Tensor]:
     """The clips' crops in order, in batches: normalised pixel_values (b, T, 3, S, S) float32, or with
     ``normalizer`` None the uint8 crops (b, T, S, S, 3) as they are (an accelerator normalises them:
@@ -361,6 +378,8 @@ def crop_batches(
     Videos are read and cropped by :func:`crop_video` on ``share.cores`` threads (at most
     ``MAX_CROP_WORKERS``; torch's resize, numpy and the frame decompression release the GIL), at most two
     videos a thread ahead; the crops are normalised (or copied) here, in clip order, straight into the batch.
+    ``breaks``: sizes of consecutive runs of clips (the feature shards) that no batch straddles: a run's last
+    batch may be short, so the batches of a shard are the same whichever shards a process encodes.
     """
     share = share or CpuShare(1, 1)
     boxes = clips[list(CROP_COLUMNS)].to_numpy(np.int64)
@@ -377,7 +396,8 @@ def crop_batches(
     jobs = [
         (store, video_id, clip_frames[rows], boxes[rows], size, share) for video_id, rows in _videos_of(clips)
     ]
-    batch, filled = new_batch(), 0
+    ends = set(np.cumsum(breaks).tolist()) if breaks is not None else set()  # clip counts ending a run
+    batch, filled, seen = new_batch(), 0, 0
     # closing: stopped early, the pool's pending videos are cancelled at once
     with contextlib.closing(_ordered(crop_video, jobs, min(share.cores, MAX_CROP_WORKERS))) as videos:
         for crops in videos:
@@ -388,8 +408,9 @@ def crop_batches(
                     else:
                         normalizer.normalize_into(crop, batch[filled].numpy())
                 filled += 1
-                if filled == batch_size:
-                    yield batch
+                seen += 1
+                if filled == batch_size or (seen in ends and filled):
+                    yield batch[:filled]
                     batch, filled = new_batch(), 0
             del crops
     if filled:
@@ -472,37 +493,44 @@ def build_features(
     grid = (*backbone.grid, backbone.hidden_size)  # (G, P, D)
     if timings is not None:
         timings["setup"] = time.perf_counter() - started
-    parts = Resumable(features_dir, _resume_key(clips_cfg, backbone_cfg, store, clips))
-    done = 0  # leading shards finished by an interrupted run with the same key
-    while done * per_shard < total and parts.has(shard_name(done)):
-        done += 1
-    if done and progress:
+    world = distributed.current()
+    parts = Resumable(features_dir, _resume_key(clips_cfg, backbone_cfg, store, clips), clean=world.is_main)
+    if world.size > 1:
+        distributed.barrier()  # rank 0 has cleaned the partial folder before anyone writes in it
+    num_shards = -(-total // per_shard)
+    todo = [shard for shard in range(num_shards) if not parts.has(shard_name(shard))]
+    if len(todo) < num_shards and progress and world.is_main:
         print(
-            f"features: resuming, {done} of {-(-total // per_shard)} shards already done in {parts.directory}"
+            f"features: resuming, {num_shards - len(todo)} of {num_shards} shards already done in {parts.directory}"
         )
-    writer = ShardWriter(parts.directory, total, per_shard, grid, start_shard=done)
+    mine = todo[world.rank :: world.size]  # under torchrun: every world-size-th shard left, by index
+    writer = ShardWriter(parts.directory, total, per_shard, grid, shards=mine)
+    rows = np.concatenate([np.arange(s * per_shard, min((s + 1) * per_shard, total)) for s in mine] or [[]])
+    rows = rows.astype(np.int64)
     cores = available_cores()
     # On the CPU the forward takes torch's threads; on an accelerator it needs about none.
     during_forward = cores - torch.get_num_threads() if backbone.device.type == "cpu" else cores
     share = CpuShare(cores, during_forward)
     batches = crop_batches(
-        store, clips.iloc[writer.written :], backbone.image_size, backbone_cfg.batch_size,
+        store, clips.iloc[rows], backbone.image_size, backbone_cfg.batch_size,
         backbone.host_normalizer, share, pin_memory=backbone.host_normalizer is None,
+        breaks=[writer.shard_rows(shard) for shard in mine],
     )  # fmt: skip
     # Closed in reverse order on the way out: the background reader first (its worker ends), then the
     # crop generator, so an error below stops the crop pool at once.
     pixels = prefetch(batches, name="features-crops")
+    shown = progress and world.is_main
     with (
         contextlib.closing(batches),
-        tqdm(total=total, initial=writer.written, desc="features", unit="clip", disable=not progress) as bar,
+        tqdm(total=len(rows), desc="features", unit="clip", disable=not shown) as bar,
         contextlib.closing(pixels),
     ):
         mark = time.perf_counter()
-        row = writer.written
+        done = 0  # clips of this process encoded
         for pixel_values in pixels:
             waited = time.perf_counter()
-            batch_kept = None if kept is None else kept[row : row + len(pixel_values)]
-            row += len(pixel_values)
+            batch_kept = None if kept is None else kept[rows[done : done + len(pixel_values)]]
+            done += len(pixel_values)
             with share.forward():
                 tokens = backbone.forward(pixel_values, batch_kept)  # (b, G, K, D) float16
             forwarded = time.perf_counter()
@@ -515,6 +543,10 @@ def build_features(
                 timings["write"] += time.perf_counter() - forwarded
             mark = time.perf_counter()
     writer.close()
+    if world.size > 1:
+        distributed.barrier()  # every shard is written (a failed rank never gets here: no output)
+        if not world.is_main:
+            return {}  # rank 0 assembles the output and reports
     finishing = time.perf_counter()
     description = backbone.describe() | {
         "clip_length": clips_cfg.length,
