@@ -168,3 +168,33 @@ def test_a_failing_rank_leaves_no_features(extraction, tmp_path):
     assert not (extraction / "data" / "features").exists()
     assert not (extraction / "data" / "clips.parquet").exists()
     assert not (extraction / "metrics" / "features.json").exists()
+
+
+def test_detect_and_pose_on_two_processes_are_byte_identical_to_one(extraction, tiny_checkpoints, world):  # noqa: F811
+    """source: model (the tiny RT-DETR and ViTPose++) with one video a unit, so both processes get videos."""
+    params = yaml.safe_load((extraction / "params.yaml").read_text())
+    params["data"]["root"] = str(world["root"])  # its videos; no annotations.parquet there
+    params["detect"].update(
+        source="model", checkpoint=tiny_checkpoints["detector"], device="cpu", batch_size=4
+    )
+    params["pose"].update(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu", batch_size=4)
+    params["compute"]["videos_per_unit"] = 1
+    results = {}
+    for nproc in (1, 2):
+        params["compute"]["nproc"] = nproc
+        (extraction / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        for stage in ("detect", "pose"):
+            done = train(extraction, stage=stage)
+            assert done.returncode == 0, done.stderr[-3000:]
+        results[nproc] = {
+            name: (extraction / "data" / name).read_bytes()
+            for name in ("tracks.parquet", "keypoints.parquet")
+        }
+        if nproc == 2:
+            assert "2 processes x 1 machines under torchrun" in done.stderr
+    assert results[2] == results[1]
+    for stage in ("detect", "pose"):
+        assert not (extraction / "data" / ".partial" / stage).exists()  # the parts are merged and gone
+    for stage in ("detect", "pose"):
+        metrics = json.loads((extraction / "metrics" / f"{stage}.json").read_text())
+        assert metrics["processes"] == 2 and metrics["source"] == "model"

@@ -114,3 +114,30 @@ def barrier() -> None:
     import torch.distributed as dist
 
     dist.barrier()
+
+
+def gather_tables(table, parts_dir, name: str, world: World):
+    """Every rank's ``table`` (a DataFrame), in rank order, on rank 0 (None on the others).
+
+    Each rank writes ``parts_dir/<name>-<rank>.parquet`` atomically; after a barrier rank 0 reads them all
+    and removes them. A rank that failed before writing never reaches the barrier, and torchrun stops the
+    rest: nothing is merged."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from transmodal.io import write_parquet
+
+    parts = Path(parts_dir)
+    write_parquet(table, parts / f"{name}-{world.rank:05d}.parquet")
+    barrier()
+    if not world.is_main:
+        return None
+    paths = [parts / f"{name}-{rank:05d}.parquet" for rank in range(world.size)]
+    tables = [pd.read_parquet(path) for path in paths]
+    for path in paths:
+        path.unlink()
+    for folder in (parts, parts.parent):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+    return tables

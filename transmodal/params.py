@@ -361,14 +361,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Processes per machine and machines for the stages that run under torchrun (features, train)."""
+    """Processes per machine and machines for the stages that run under torchrun (detect, pose, features,
+    train)."""
 
     nproc: int = 1  # processes per machine (one per GPU on CUDA); > 1: torchrun, gloo on CPU, NCCL on CUDA
     nnodes: int = 1  # machines; > 1 also needs MASTER_ADDR, MASTER_PORT and NODE_RANK (README)
+    videos_per_unit: int = (
+        64  # detect/pose: the videos a batch may span, and the unit shared out to processes
+    )
 
     def __post_init__(self):
         _check_int("compute", "nproc", self.nproc, 1, 1024)
         _check_int("compute", "nnodes", self.nnodes, 1, 1024)
+        _check_int("compute", "videos_per_unit", self.videos_per_unit, 1)
 
     @property
     def world_size(self) -> int:
@@ -503,8 +508,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("tiny",),
     "prepare": ("data",),
     "frames": ("data", "frames", "clips"),
-    "detect": ("data", "detect"),
-    "pose": ("data", "pose"),
+    "detect": ("data", "detect", "compute"),
+    "pose": ("data", "pose", "compute"),
     "features": ("clips", "backbone", "compute"),
     "train": ("model", "selector", "train", "frames", "clips", "detect", "pose", "compute"),
     "evaluate": ("eval",),

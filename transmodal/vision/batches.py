@@ -67,14 +67,30 @@ class FramePiece:
     frames: np.ndarray  # (n, H, W, 3) uint8 RGB (a view into the decoded video)
 
 
-def iter_frame_batches(
-    store: FrameStore, video_ids: list[str], batch_size: int
-) -> Iterator[list[FramePiece]]:
-    """Kept frames of ``video_ids`` in order, in batches of ``batch_size`` frames that may span videos.
+VIDEOS_PER_UNIT = 64
+"""``compute.videos_per_unit``'s default: batches restart every this many videos, so that the processes of a
+torchrun world, each given whole units (:func:`my_units`), batch a unit's frames exactly as one process does."""
 
-    Every batch but the last holds exactly ``batch_size`` frames. Videos are decoded ahead on a thread
-    (:func:`~transmodal.background.prefetch`), two at most, while the caller works on the current batch.
+
+def video_units(video_ids: list[str], per_unit: int = VIDEOS_PER_UNIT) -> list[list[str]]:
+    """Consecutive runs of ``per_unit`` videos (the last may be shorter)."""
+    return [video_ids[i : i + per_unit] for i in range(0, len(video_ids), per_unit)]
+
+
+def my_units(video_ids: list[str], rank: int, world_size: int, per_unit: int = VIDEOS_PER_UNIT) -> list[str]:
+    """The videos of one process of a torchrun world: its units (every world-size-th, by position), in order."""
+    return [video for unit in video_units(video_ids, per_unit)[rank::world_size] for video in unit]
+
+
+def iter_frame_batches(
+    store: FrameStore, video_ids: list[str], batch_size: int, per_unit: int = VIDEOS_PER_UNIT
+) -> Iterator[list[FramePiece]]:
+    """Kept frames of ``video_ids`` in order, in batches of ``batch_size`` frames that may span videos of one
+    unit (``per_unit`` consecutive videos of the list) but never two units: each unit's last batch may be
+    short. Videos are decoded ahead on a thread (:func:`~transmodal.background.prefetch`), two at
+    most, while the caller works on the current batch.
     """
+    ends = {unit[-1] for unit in video_units(list(video_ids), per_unit)}
     batch: list[FramePiece] = []
     filled = 0
     for video_id, frame_idx, frames in prefetch(store.iter_videos(video_ids), depth=2, name="frames"):
@@ -89,6 +105,9 @@ def iter_frame_batches(
             if filled == batch_size:
                 yield batch
                 batch, filled = [], 0
+        if video_id in ends and batch:
+            yield batch
+            batch, filled = [], 0
     if batch:
         yield batch
 

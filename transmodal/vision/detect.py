@@ -19,14 +19,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from transmodal import distributed
 from transmodal.data.frames import FrameStore
 from transmodal.params import CheckpointError, DetectConfig, ParamError
 from transmodal.vision import checkpoints
 from transmodal.vision.batches import (
+    VIDEOS_PER_UNIT,
     FramePiece,
     VideoFrames,
     frames_to_tensor,
     iter_frame_batches,
+    my_units,
     pipelined,
     size_hw,
     stored_videos,
@@ -197,6 +200,7 @@ def _model_tracks(
     detector: PersonDetector,
     cfg: DetectConfig,
     progress: bool,
+    videos_per_unit: int = VIDEOS_PER_UNIT,
 ) -> tuple[dict[str, DetectedRows], int]:
     """Detect persons in every kept frame and track them: video_id -> detected track rows, and the number
     of person boxes. A video is tracked as soon as its last frame is detected, so on a GPU the tracking
@@ -236,11 +240,37 @@ def _model_tracks(
         # on a GPU the device runs batch k + 1 while the host decodes and tracks batch k (on the CPU: a plain
         # loop with all of torch's threads)
         pipelined(
-            iter_frame_batches(store, list(videos), cfg.batch_size),
+            iter_frame_batches(store, list(videos), cfg.batch_size, videos_per_unit),
             lambda batch: detector.forward(prepare(batch)),
             finish,
         )
     return tracked, counts["boxes"]
+
+
+def _gather_tracks(detected: dict[str, DetectedRows], boxes: int, parts_dir, world):
+    """Every rank's detected rows, on rank 0 (None on the others): video_id -> rows, and the box count."""
+    tables = []
+    for video_id, rows in detected.items():
+        table = pd.DataFrame(rows.boxes, columns=list(BOX_COLUMNS))
+        table.insert(0, "track_id", rows.track_id)
+        table.insert(0, "frame_idx", rows.frame_idx)
+        table.insert(0, "video_id", video_id)
+        table["score"] = rows.score
+        tables.append(table)
+    mine = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["video_id"])
+    counts = pd.DataFrame({"video_id": list(detected), "boxes": boxes})
+    parts = distributed.gather_tables(mine, parts_dir, "detect", world)
+    totals = distributed.gather_tables(counts, parts_dir, "detect-videos", world)
+    if parts is None:
+        return None
+    merged: dict[str, DetectedRows] = {}
+    for table, videos in zip(parts, totals, strict=True):
+        groups = dict(list(table.groupby("video_id", sort=False))) if len(table) else {}
+        for video_id in videos["video_id"]:
+            rows = groups.get(video_id, table.iloc[0:0])
+            merged[video_id] = DetectedRows.from_table(rows.reset_index(drop=True))
+    boxes_total = int(sum(int(videos["boxes"].iloc[0]) for videos in totals if len(videos)))
+    return merged, boxes_total
 
 
 def run_detect(
@@ -249,8 +279,14 @@ def run_detect(
     annotations: pd.DataFrame | None,
     progress: bool = True,
     detector: PersonDetector | None = None,
+    parts_dir: str = "data/.partial/detect",
+    videos_per_unit: int = VIDEOS_PER_UNIT,
 ) -> tuple[pd.DataFrame, dict]:
     """Tracks of every stored video and the detect metrics (for ``metrics/detect.json``).
+
+    Under torchrun (``compute.nproc`` x ``compute.nnodes`` > 1, source ``model``) each process detects and
+    tracks its units of videos (:func:`~transmodal.vision.batches.my_units`), writes its rows to
+    ``parts_dir``, and rank 0 merges them and returns the result; the other ranks return (None, None).
 
     ``annotations`` is the dataset's ground truth or None; ``source: annotations`` requires it, and whenever
     given it scores the tracks (adds the keys of :func:`~transmodal.vision.quality.detection_quality`).
@@ -275,7 +311,20 @@ def run_detect(
             score_threshold=cfg.score_threshold,
         )
         # detected track rows per video (frame_idx, track_id, boxes, score)
-        detected_by_video, detections = _model_tracks(store, videos, detector, cfg, progress)
+        world = distributed.current()
+        if world.size == 1:
+            detected_by_video, detections = _model_tracks(
+                store, videos, detector, cfg, progress, videos_per_unit
+            )
+        else:  # this process's units of videos; rank 0 merges every rank's rows in video order
+            mine = {v: videos[v] for v in my_units(list(videos), world.rank, world.size, videos_per_unit)}
+            detected_by_video, detections = _model_tracks(
+                store, mine, detector, cfg, progress and world.is_main, videos_per_unit
+            )
+            merged = _gather_tracks(detected_by_video, detections, parts_dir, world)
+            if merged is None:
+                return None, None  # not rank 0: rank 0 finishes the stage
+            detected_by_video, detections = merged
     else:
         detected_by_video = ground_truth_tracks(annotations)
         detections = 0

@@ -16,10 +16,19 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from transmodal import distributed
 from transmodal.data.coco import NUM_JOINTS, joint_columns
 from transmodal.data.frames import FrameStore
 from transmodal.params import ParamError, PoseConfig
-from transmodal.vision.batches import FramePiece, VideoFrames, iter_frame_batches, pipelined, stored_videos
+from transmodal.vision.batches import (
+    VIDEOS_PER_UNIT,
+    FramePiece,
+    VideoFrames,
+    iter_frame_batches,
+    my_units,
+    pipelined,
+    stored_videos,
+)
 from transmodal.vision.pose_estimator import PoseEstimator
 from transmodal.vision.quality import FrameKeys, lookup, pose_quality
 
@@ -135,8 +144,14 @@ def run_pose(
     annotations: pd.DataFrame | None,
     progress: bool = True,
     estimator: PoseEstimator | None = None,
+    parts_dir: str = "data/.partial/pose",
+    videos_per_unit: int = VIDEOS_PER_UNIT,
 ) -> tuple[pd.DataFrame, dict]:
     """Keypoints of every kept frame of every stored video and the pose metrics (for ``metrics/pose.json``).
+
+    Under torchrun (``compute.nproc`` x ``compute.nnodes`` > 1, source ``model``) each process runs the model
+    on its units of videos (:func:`~transmodal.vision.batches.my_units`), writes its keypoints to
+    ``parts_dir``, and rank 0 merges them and returns the result; the other ranks return (None, None).
 
     ``tracks`` is the detect stage's table (its primary rows give the boxes). ``annotations`` is the dataset's
     ground truth or None; ``source: annotations`` requires it, and whenever given it scores the keypoints
@@ -206,8 +221,30 @@ def run_pose(
                 all_xy[rows], all_scores[rows] = (t.cpu().numpy() for t in decoded)  # waits for the device
             bar.update(sum(len(piece.frame_idx) for piece in batch))
 
-        with tqdm(total=len(layout.frame_idx), desc="pose", unit="frame", disable=not progress) as bar:
-            pipelined(iter_frame_batches(store, list(videos), cfg.batch_size), launch, finish)
+        world = distributed.current()
+        mine = list(videos)
+        if world.size > 1:
+            mine = my_units(mine, world.rank, world.size, videos_per_unit)
+        shown = progress and world.is_main
+        with tqdm(total=len(layout.frame_idx), desc="pose", unit="frame", disable=not shown) as bar:
+            pipelined(iter_frame_batches(store, mine, cfg.batch_size, videos_per_unit), launch, finish)
+        if world.size > 1:  # rank 0 takes every rank's rows (their videos' layout rows) in rank order
+            done = np.concatenate(
+                [np.arange(first_row[v], first_row[v] + len(videos[v].frame_idx)) for v in mine] or [[]]
+            ).astype(np.int64)
+            part = pd.DataFrame(
+                np.concatenate([all_xy[done].reshape(len(done), -1), all_scores[done]], axis=1)
+            )
+            part.columns = [str(c) for c in part.columns]
+            part.insert(0, "row", done)
+            parts = distributed.gather_tables(part, parts_dir, "pose", world)
+            if parts is None:
+                return None, None  # not rank 0: rank 0 finishes the stage
+            for table in parts:
+                rows = table["row"].to_numpy(np.int64)
+                values = table.drop(columns="row").to_numpy(np.float64)
+                all_xy[rows] = values[:, : NUM_JOINTS * 2].reshape(len(rows), NUM_JOINTS, 2)
+                all_scores[rows] = values[:, NUM_JOINTS * 2 :]
 
     if videos:
         keypoints = keypoint_table(layout.video_id, layout.frame_idx, all_xy, all_scores)
