@@ -495,10 +495,12 @@ def build_features(
         timings["setup"] = time.perf_counter() - started
     world = distributed.current()
     parts = Resumable(features_dir, _resume_key(clips_cfg, backbone_cfg, store, clips), clean=world.is_main)
-    if world.size > 1:
-        distributed.barrier()  # rank 0 has cleaned the partial folder before anyone writes in it
     num_shards = -(-total // per_shard)
+    # the shards an interrupted run left finished (rank 0's cleaning removes none of them); every process
+    # reads this list before any writes, so all share out the same shards
     todo = [shard for shard in range(num_shards) if not parts.has(shard_name(shard))]
+    if world.size > 1:
+        distributed.barrier()  # rank 0 has cleaned the partial folder, everyone has its list: now write
     if len(todo) < num_shards and progress and world.is_main:
         print(
             f"features: resuming, {num_shards - len(todo)} of {num_shards} shards already done in {parts.directory}"
