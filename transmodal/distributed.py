@@ -1,7 +1,8 @@
 """Several processes, on one machine or several, through torch.distributed (``compute.nproc``,
 ``compute.nnodes``; docs/decisions.md 41).
 
-A stage that supports it (train) calls :func:`launch` once its params are validated: with a world of one
+A stage that supports it (detect, pose, features, train) calls :func:`launch` once its params are
+validated: with a world of one
 nothing happens; otherwise, unless it already runs under torchrun, it re-runs itself under
 ``python -m torch.distributed.run`` (torchrun) with ``compute.nproc`` processes per machine and waits for
 them. torchrun starts the workers, and when one fails it stops the others and exits non-zero, printing that

@@ -258,7 +258,7 @@ def _gather_tracks(detected: dict[str, DetectedRows], boxes: int, parts_dir, wor
         table["score"] = rows.score
         tables.append(table)
     mine = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["video_id"])
-    counts = pd.DataFrame({"video_id": list(detected), "boxes": boxes})
+    counts = pd.DataFrame({"video_id": list(detected), "boxes": boxes})  # this rank's videos, its box count
     parts = distributed.gather_tables(mine, parts_dir, "detect", world)
     totals = distributed.gather_tables(counts, parts_dir, "detect-videos", world)
     if parts is None:

@@ -226,7 +226,8 @@ def run_pose(
         if world.size > 1:
             mine = my_units(mine, world.rank, world.size, videos_per_unit)
         shown = progress and world.is_main
-        with tqdm(total=len(layout.frame_idx), desc="pose", unit="frame", disable=not shown) as bar:
+        frames = sum(len(videos[v].frame_idx) for v in mine)  # this process's share
+        with tqdm(total=frames, desc="pose", unit="frame", disable=not shown) as bar:
             pipelined(iter_frame_batches(store, mine, cfg.batch_size, videos_per_unit), launch, finish)
         if world.size > 1:  # rank 0 takes every rank's rows (their videos' layout rows) in rank order
             done = np.concatenate(
