@@ -34,6 +34,7 @@ bench: setup
 bench-real: setup
 	$(BIN)/python benchmarks/real_size.py
 	$(BIN)/python benchmarks/keep.py
+	$(BIN)/python benchmarks/disk.py
 
 clean:
 	rm -rf data models metrics/timings

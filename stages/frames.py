@@ -24,6 +24,7 @@ def main(params: dict) -> None:
         clip_length=clips.length,
         videos_per_shard=frames.videos_per_shard,
         reference_fps=frames.reference_fps,
+        store=frames.store,
     )
     write_json(summary, "metrics/frames.json")
 

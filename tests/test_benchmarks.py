@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 STAGES = ("detect", "pose", "features")
@@ -37,3 +39,24 @@ def test_real_size_benchmark_measures_every_stage_against_its_bare_forward(tmp_p
         assert len(row["stage_seconds"]) == len(row["bare_seconds"]) == 1
         assert row["ratio"] > 0 and row["stage_peak_rss_mb"] > 0.9 * row["base_rss_mb"]
     assert "| pose | cpu | float32 |" in done.stdout  # the printed table
+
+
+def test_disk_benchmark_measures_every_output_and_extrapolates_by_clips_and_frames(tmp_path):
+    out = tmp_path / "disk.json"
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "disk.py"), "--videos", "4", "--frames", "40"]
+    command += ["--feature-videos", "1", "--work", str(tmp_path / "work"), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    small, large = report["measured"]["160x120"], report["measured"]["320x240"]
+    assert (small["frames"]["width"], large["frames"]["width"]) == (160, 320)
+    # four times the pixels take more room, though LZ4 keeps it under four times
+    per_frame = [m["frames"]["shard_bytes"] / m["frames"]["frames_kept"] for m in (small, large)]
+    assert per_frame[0] < per_frame[1] < 4 * per_frame[0]
+    for features in report["features_real_size"]:  # VideoMAE-B's grid, fp16, in safetensors shards
+        assert features["grid"] == [8, 196, 768] and features["payload_per_clip"] == 8 * 196 * 768 * 2
+        assert features["equals_grid_plus_header"] and features["clips"] >= 1
+    ucf = report["extrapolated"]["datasets"]["UCF101"]
+    per_clip = report["features_real_size"][-1]["per_clip"]
+    assert ucf["bytes"]["features"] == pytest.approx(ucf["counts"]["clips"] * per_clip, rel=1e-3)
+    assert "| UCF101" in done.stdout

@@ -246,3 +246,33 @@ def test_finished_shards_of_other_params_or_inputs_are_not_reused(video_tree, tm
         extract_frames(index, root, tmp_path / "frames", stride=2, clip_length=16, videos_per_shard=2)
     second = list((tmp_path / ".partial" / "frames").iterdir())
     assert len(second) == 1 and second != first  # the old parts were removed, not reused
+
+
+def test_source_store_reads_the_same_frames_from_the_videos_and_holds_no_pixels(video_tree, tmp_path):
+    root, index = video_tree
+    kept = extract_frames(index, root, tmp_path / "pixels", stride=2, clip_length=16, videos_per_shard=2)
+    summary = extract_frames(
+        index, root, tmp_path / "source", stride=2, clip_length=16, videos_per_shard=2, store="source"
+    )
+    assert not list((tmp_path / "source").glob("shard-*"))
+    assert {p.name for p in (tmp_path / "source").iterdir()} == {
+        "videos.parquet", "frames.parquet", "sources.parquet"
+    }  # fmt: skip
+    # the tables are those of the pixel store, byte for byte
+    for name in ("videos.parquet", "frames.parquet"):
+        assert (tmp_path / "source" / name).read_bytes() == (tmp_path / "pixels" / name).read_bytes()
+    assert summary.pop("store") == "source" and kept.pop("store") == "pixels"
+    assert summary == kept
+    pixels, source = FrameStore(tmp_path / "pixels"), FrameStore(tmp_path / "source")
+    assert source.video_ids == pixels.video_ids == ["a", "b", "short", "cut"]
+    for video_id in pixels.video_ids:
+        for a, b in zip(pixels.read(video_id), source.read(video_id), strict=True):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+    # a source that changed after the frames stage is an error naming the file and what to re-run
+    write_test_video(root / "a.avi", 30, seed=9)
+    with pytest.raises(RuntimeError, match=r"a\.avi.*changed.*dvc repro frames"):
+        source.read("a")
+    (root / "b.avi").unlink()
+    with pytest.raises(RuntimeError, match=r"b\.avi.*missing"):
+        source.read("b")

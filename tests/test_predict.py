@@ -380,6 +380,28 @@ def test_heat_in_box():
     assert heat_in_box(off, boxes) == pytest.approx((0.0, 0.0))
 
 
+def test_box_share_of_frame():
+    import pandas as pd
+
+    from transmodal.explain import box_share_of_frame
+
+    # a 200 x 100 (w x h) frame; group 0: a 50 x 50 box, then one twice as wide; group 1: a box half outside
+    tracks = pd.DataFrame(
+        {
+            "video_id": ["v"] * 5,
+            "frame_idx": [0, 1, 2, 3, 3],
+            "is_primary": [True, True, True, True, False],
+            "x1": [0.0, 0.0, 150.0, 150.0, 0.0],
+            "y1": [0.0, 0.0, 50.0, 50.0, 0.0],
+            "x2": [50.0, 100.0, 250.0, 250.0, 200.0],
+            "y2": [50.0, 50.0, 100.0, 100.0, 100.0],
+        }
+    )
+    share = box_share_of_frame(tracks, "v", np.arange(4), (100, 200), tubelet_size=2)
+    assert share == pytest.approx((100 * 50 + 50 * 50) / 2 / (200 * 100))
+    assert np.isnan(box_share_of_frame(tracks, "w", np.arange(4), (100, 200), tubelet_size=2))
+
+
 def test_explain_writes_figures_3_and_4(model_dir, camera_video, tmp_path, capsys):
     heat, pose = tmp_path / "heat.png", tmp_path / "pose.png"
     argv = [

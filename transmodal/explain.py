@@ -14,7 +14,8 @@ Per clip, on the (G, P) token grid (G = frame groups of ``tubelet_size`` frames,
 With ``selector.position: before_fusion`` the fusion sees only the kept tokens, so both attention maps are
 NaN elsewhere. Without a pose stream (``model.use_pose: false``) they are absent; without a selector so are
 the scores. :func:`heat_in_box` measures how much of a map lies on the person: its mass inside a box
-against the box's share of the grid.
+against the box's share of the grid; :func:`box_share_of_frame` gives the share the same box has of the
+whole frame, the mass a map spread evenly over the frame would put on the person.
 """
 
 from __future__ import annotations
@@ -216,11 +217,30 @@ def boxes_in_crop(
     return out
 
 
+def box_share_of_frame(
+    tracks, video_id: str, frame_idx: np.ndarray, frame_size: tuple[int, int], tubelet_size: int
+) -> float:
+    """Mean over the frame groups with a box of the primary track's box union (as :func:`boxes_in_crop`)
+    clipped to the frame, as a share of the frame's area (``frame_size`` = height, width); NaN without a box.
+    """
+    height, width = frame_size
+    shares = []
+    whole = np.asarray([0.0, 0.0, float(width), float(height)])
+    # boxes_in_crop scales x and y by the crop's width: with the whole frame as the crop, x width = pixels
+    for union in boxes_in_crop(tracks, video_id, frame_idx, whole, tubelet_size):
+        if not np.isfinite(union).all():
+            continue
+        x1, y1, x2, y2 = np.clip(union * width, 0, [width, height, width, height])
+        shares.append(max(x2 - x1, 0.0) * max(y2 - y1, 0.0) / (width * height))
+    return float(np.mean(shares)) if shares else float("nan")
+
+
 def explain_test_clips(
     model: TransModal, store, frames, tracks, classes: list[str], out_dir, count: int
 ) -> dict:
     """Figures 3 and 4 for the first test clip of each of the first ``count`` classes, into ``out_dir``;
-    returns, per clip, the label, prediction and each map's :func:`heat_in_box` on the primary track's box."""
+    returns, per clip, the label, prediction and each map's :func:`heat_in_box` on the primary track's box,
+    with the box's share of the crop (``box_share``) and of the whole frame (``box_share_of_frame``)."""
     from pathlib import Path
 
     from transmodal.features.crops import CROP_COLUMNS, crop_frames
@@ -256,10 +276,11 @@ def explain_test_clips(
             )
             plot_pose_track(crops, xy[0], mask[0], tmp / f"{name}-pose.png", title)
             boxes = boxes_in_crop(tracks, row.video_id, wanted, crop, model.tubelet_size)
+            of_frame = box_share_of_frame(tracks, row.video_id, wanted, pixels.shape[1:3], model.tubelet_size)
             heat = {}
             for map_name, values in explanation.maps().items():
                 usable = np.isfinite(boxes).all(axis=1)
                 mass, share = heat_in_box(values[usable], boxes[usable]) if usable.any() else (None, None)
-                heat[map_name] = {"mass_in_box": mass, "box_share": share}
+                heat[map_name] = {"mass_in_box": mass, "box_share": share, "box_share_of_frame": of_frame}
             report[row.clip_id] = {"label": row.label, "predicted": predicted, "heat_in_box": heat}
     return report

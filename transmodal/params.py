@@ -136,14 +136,19 @@ class DataConfig:
         return root
 
 
+FRAME_STORES = ("pixels", "source")  # frames.store: the kept frames in shards | decoded again from the source
+
+
 @dataclass(frozen=True)
 class FramesConfig:
     stride: int = 2
     reference_fps: float | None = 25.0
     videos_per_shard: int = 64
+    store: str = "pixels"
 
     def __post_init__(self):
         _check_int("frames", "stride", self.stride, 1, 64)
+        _check_choice("frames", "store", self.store, FRAME_STORES)
         if self.reference_fps is not None:
             _check_float("frames", "reference_fps", self.reference_fps, 0.0, 1000.0, low_open=True)
         _check_int("frames", "videos_per_shard", self.videos_per_shard, 1)

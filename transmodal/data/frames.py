@@ -18,6 +18,13 @@ Layout of ``data/frames/``:
   ``width``, ``height``, ``fps``, ``short`` (fewer samples than one clip), ``shard``, ``row_group``.
 - ``frames.parquet``: the frame table, one row per kept frame: ``video_id``, ``frame_idx``, ``width``,
   ``height``, ``fps``.
+
+``frames.store: source`` writes the two tables but no shard: ``sources.parquet`` (``video_id``, ``path`` of
+the source file under ``data.root`` as params.yaml names it, ``size_bytes``, ``stride``, ``reference_fps``)
+takes their place, and :class:`FrameStore` decodes a video again from its source file each time a stage reads
+it, with the same :func:`decode_video` call, so it returns the same pixels as the shards would (the derived
+data of a dataset then holds no pixels: README "Disk at dataset scale"). A source file whose size or
+decoded frames differ from what the frames stage recorded is an error, never silently other frames.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from transmodal.io import Resumable, atomic_dir, file_signature, source_digest, write_parquet
+from transmodal.params import FRAME_STORES
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -171,25 +179,39 @@ def decode_video(
 PIXEL_CODEC = "lz4"  # LZ4 frame: ~2.5x smaller than raw on KTH-like frames, several times faster than zstd
 
 
+STORES = FRAME_STORES  # frames.store: the kept frames in the shards | decoded again from the source
+
+
 def _decode_and_compress(
-    path: Path, video_id: str, stride: int, reference_fps: float | None
+    path: Path, video_id: str, stride: int, reference_fps: float | None, compress: bool = True
 ) -> tuple[DecodedVideo, pa.Buffer | None]:
-    """Decode one video and compress its kept frames (both release the GIL, so workers run in parallel)."""
+    """Decode one video and compress its kept frames (both release the GIL, so workers run in parallel);
+    without ``compress`` (``frames.store: source``) only the decoding, for the tables, and the pixels go."""
     video = decode_video(path, video_id, stride, reference_fps=reference_fps)
     if video.frames is None:
+        return video, None
+    if not compress:
+        # the tables need the frame numbers and the shape, not the pixels: a view of one zero byte keeps it
+        video.frames = np.broadcast_to(np.uint8(0), video.frames.shape)
         return video, None
     return video, pa.Codec(PIXEL_CODEC).compress(np.ascontiguousarray(video.frames))
 
 
 def _decoded_in_order(
-    jobs: list[tuple[Path, str]], stride: int, reference_fps: float | None, workers: int
+    jobs: list[tuple[Path, str]],
+    stride: int,
+    reference_fps: float | None,
+    workers: int,
+    compress: bool = True,
 ) -> Iterator:
     """``_decode_and_compress`` over ``jobs`` on a thread pool, results in job order, few videos in flight."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
         try:
             for path, video_id in jobs:
-                pending.append(pool.submit(_decode_and_compress, path, video_id, stride, reference_fps))
+                pending.append(
+                    pool.submit(_decode_and_compress, path, video_id, stride, reference_fps, compress)
+                )
                 if len(pending) > 2 * workers:
                     yield pending.popleft().result()
             while pending:
@@ -265,6 +287,7 @@ def extract_frames(
     progress: bool = True,
     workers: int | None = None,
     reference_fps: float | None = None,
+    store: str = "pixels",
 ) -> dict:
     """Decode every video of ``index`` (columns video_id, path) under ``root`` into ``out_dir``.
 
@@ -273,8 +296,12 @@ def extract_frames(
     ``.partial/`` beside ``out_dir`` (:class:`~transmodal.io.Resumable`) until the whole output is written, so
     a run interrupted after some shards resumes from the first unfinished one and writes the same bytes.
     ``workers`` decode-and-compress threads (default: one per CPU core). ``reference_fps``: see
-    :func:`sample_step`. Returns the summary written to ``metrics/frames.json``.
+    :func:`sample_step`. ``store``: ``pixels`` writes the shards, ``source`` writes ``sources.parquet``
+    instead (module docstring). Returns the summary written to ``metrics/frames.json``.
     """
+    if store not in STORES:
+        raise ValueError(f"frames.store must be one of {STORES}, not {store!r}")
+    keep_pixels = store == "pixels"
     jobs = [(Path(root) / rel, vid) for vid, rel in zip(index["video_id"], index["path"], strict=True)]
     workers = workers or max(1, os.cpu_count() or 1)
     chunks = [jobs[start : start + videos_per_shard] for start in range(0, len(jobs), videos_per_shard)]
@@ -286,6 +313,7 @@ def extract_frames(
             "reference_fps": reference_fps,
             "clip_length": clip_length,
             "videos_per_shard": videos_per_shard,
+            "store": store,
             "videos": [(vid, str(path), file_signature(path)) for path, vid in jobs],
         },
     )
@@ -293,7 +321,9 @@ def extract_frames(
     parts.resumed = len(chunks) - len(todo)
     if parts.resumed and progress:
         print(f"frames: resuming, {parts.resumed} of {len(chunks)} shards already done in {parts.directory}")
-    decoded = _decoded_in_order([job for n in todo for job in chunks[n]], stride, reference_fps, workers)
+    decoded = _decoded_in_order(
+        [job for n in todo for job in chunks[n]], stride, reference_fps, workers, compress=keep_pixels
+    )
     with (
         contextlib.closing(decoded),
         tqdm(total=len(jobs), desc="frames", unit="video", disable=not progress) as bar,
@@ -302,7 +332,7 @@ def extract_frames(
         for n in todo:
             videos = [next(decoded) for _ in chunks[n]]
             good = [(video, pixels) for video, pixels in videos if video.frames is not None]
-            if good:
+            if good and keep_pixels:
                 with parts.writing(_shard_name(n)) as tmp:
                     _write_shard(good, tmp)
             rows, group = [], 0
@@ -330,10 +360,12 @@ def extract_frames(
         columns=list(FRAME_COLUMNS),
     )
     with atomic_dir(out_dir) as tmp:
-        for n in sorted(set(ok["shard"].astype(int))):
+        for n in sorted(set(ok["shard"].astype(int))) if keep_pixels else []:
             parts.move(_shard_name(n), tmp / _shard_name(n))
         write_parquet(videos, tmp / "videos.parquet")
         write_parquet(frames, tmp / "frames.parquet")
+        if not keep_pixels:
+            write_parquet(_sources(jobs, ok["video_id"], stride, reference_fps), tmp / SOURCES_FILE)
     parts.discard()
     skipped = videos[videos["status"] == "skipped"]
     flagged = videos[(videos["status"] == "ok") & (videos["reason"] != "")]
@@ -347,6 +379,7 @@ def extract_frames(
         "frames_kept": int(videos["frames_kept"].sum()),
         "stride": stride,
         "reference_fps": reference_fps,
+        "store": store,
         "skipped": [
             {"video_id": v, "reason": r} for v, r in zip(skipped["video_id"], skipped["reason"], strict=True)
         ],
@@ -354,6 +387,25 @@ def extract_frames(
             {"video_id": v, "reason": r} for v, r in zip(flagged["video_id"], flagged["reason"], strict=True)
         ],
     }
+
+
+SOURCES_FILE = "sources.parquet"
+
+
+def _sources(jobs: list[tuple[Path, str]], decoded, stride: int, reference_fps: float | None) -> pd.DataFrame:
+    """``sources.parquet`` of ``frames.store: source``: where each decoded video is read from again."""
+    path_of = {video_id: path for path, video_id in jobs}
+    paths = [path_of[video_id] for video_id in decoded]
+    return pd.DataFrame(
+        {
+            "video_id": list(decoded),
+            "path": [path.as_posix() for path in paths],
+            "size_bytes": [path.stat().st_size for path in paths],
+            "stride": stride,
+            "reference_fps": np.nan if reference_fps is None else float(reference_fps),
+        },
+        columns=["video_id", "path", "size_bytes", "stride", "reference_fps"],
+    )
 
 
 def _shard_name(n: int) -> str:
@@ -374,7 +426,8 @@ class FrameStore:
     """Read access to ``data/frames/``: ``store.read(video_id) -> (frame_idx (T,), frames (T, H, W, 3) uint8 RGB)``.
 
     ``read`` may be called from several threads: the shared Parquet readers are used under a lock, the
-    decompression (most of the cost, GIL released) runs outside it, in parallel.
+    decompression (most of the cost, GIL released) runs outside it, in parallel. A store written with
+    ``frames.store: source`` decodes the video from its source file instead (module docstring).
     """
 
     def __init__(self, directory: str | Path):
@@ -387,6 +440,15 @@ class FrameStore:
         }
         self._files: dict[int, pq.ParquetFile] = {}
         self._lock = threading.Lock()  # guards _files and the ParquetFile readers
+        self.sources: pd.DataFrame | None = None
+        if (self.directory / SOURCES_FILE).exists():
+            self.sources = pd.read_parquet(self.directory / SOURCES_FILE).set_index("video_id")
+            self._shape = {
+                v: (int(t), int(h), int(w), 3)
+                for v, t, h, w in zip(
+                    ok["video_id"], ok["frames_kept"], ok["height"], ok["width"], strict=True
+                )
+            }
 
     @property
     def video_ids(self) -> list[str]:
@@ -402,6 +464,8 @@ class FrameStore:
             raise KeyError(
                 f"video {video_id!r} has no decoded frames (see {self.directory / 'videos.parquet'})"
             )
+        if self.sources is not None:
+            return self._decode_source(video_id)
         shard, group = self._where[video_id]
         with self._lock:
             if shard not in self._files:
@@ -415,6 +479,21 @@ class FrameStore:
             table.column("pixels")[0].as_buffer(), decompressed_size=int(np.prod(shape))
         )
         return frame_idx, np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
+
+    def _decode_source(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        source = self.sources.loc[video_id]
+        path = Path(source["path"])
+        size = path.stat().st_size if path.is_file() else -1
+        reference_fps = None if pd.isna(source["reference_fps"]) else float(source["reference_fps"])
+        video = None
+        if size == int(source["size_bytes"]):
+            video = decode_video(path, video_id, int(source["stride"]), reference_fps=reference_fps)
+        if video is None or video.frames is None or video.frames.shape != self._shape[video_id]:
+            raise RuntimeError(
+                f"{path}: the source video of {video_id!r} is missing or changed since the frames stage "
+                f"recorded it (frames.store: source reads it again); re-run `dvc repro frames`"
+            )
+        return video.frame_idx.astype(np.int64), video.frames
 
     def iter_videos(self, video_ids: list[str] | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """Yield ``(video_id, frame_idx, frames)`` one video at a time (memory stays at one video)."""
