@@ -276,3 +276,8 @@ def test_source_store_reads_the_same_frames_from_the_videos_and_holds_no_pixels(
     (root / "b.avi").unlink()
     with pytest.raises(RuntimeError, match=r"b\.avi.*missing"):
         source.read("b")
+    data = bytearray((root / "short.avi").read_bytes())  # same size, one byte of the pixels changed
+    data[len(data) // 2] ^= 0xFF
+    (root / "short.avi").write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match=r"short\.avi.*changed"):
+        source.read("short")

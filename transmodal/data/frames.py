@@ -20,16 +20,18 @@ Layout of ``data/frames/``:
   ``height``, ``fps``.
 
 ``frames.store: source`` writes the two tables but no shard: ``sources.parquet`` (``video_id``, ``path`` of
-the source file under ``data.root`` as params.yaml names it, ``size_bytes``, ``stride``, ``reference_fps``)
-takes their place, and :class:`FrameStore` decodes a video again from its source file each time a stage reads
-it, with the same :func:`decode_video` call, so it returns the same pixels as the shards would (the derived
-data of a dataset then holds no pixels: README "Disk at dataset scale"). A source file whose size or
-decoded frames differ from what the frames stage recorded is an error, never silently other frames.
+the source file under ``data.root`` as params.yaml names it, ``size_bytes``, ``sha256``, ``stride``,
+``reference_fps``) takes their place, and :class:`FrameStore` decodes a video again from its source file
+each time a stage reads it, with the same :func:`decode_video` call, so it returns the same pixels as the
+shards would (the derived data of a dataset then holds no pixels: README "Disk at dataset scale"). A source
+file whose size, content (SHA-256) or decoded frames differ from what the frames stage recorded is an
+error, never silently other frames.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 from collections import deque
@@ -401,11 +403,17 @@ def _sources(jobs: list[tuple[Path, str]], decoded, stride: int, reference_fps: 
             "video_id": list(decoded),
             "path": [path.as_posix() for path in paths],
             "size_bytes": [path.stat().st_size for path in paths],
+            "sha256": [_sha256(path) for path in paths],
             "stride": stride,
             "reference_fps": np.nan if reference_fps is None else float(reference_fps),
         },
-        columns=["video_id", "path", "size_bytes", "stride", "reference_fps"],
+        columns=["video_id", "path", "size_bytes", "sha256", "stride", "reference_fps"],
     )
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _shard_name(n: int) -> str:
@@ -483,10 +491,14 @@ class FrameStore:
     def _decode_source(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         source = self.sources.loc[video_id]
         path = Path(source["path"])
-        size = path.stat().st_size if path.is_file() else -1
+        same = (
+            path.is_file()
+            and path.stat().st_size == int(source["size_bytes"])
+            and _sha256(path) == source["sha256"]
+        )
         reference_fps = None if pd.isna(source["reference_fps"]) else float(source["reference_fps"])
         video = None
-        if size == int(source["size_bytes"]):
+        if same:
             video = decode_video(path, video_id, int(source["stride"]), reference_fps=reference_fps)
         if video is None or video.frames is None or video.frames.shape != self._shape[video_id]:
             raise RuntimeError(
