@@ -23,7 +23,7 @@ import transmodal.features.store as store_module
 from transmodal.data.coco import COCO_JOINTS, NUM_JOINTS
 from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.features.backbone import FrozenBackbone, processor_class
-from transmodal.features.cache import FeatureStore, shard_name
+from transmodal.features.cache import DENSE_COLUMNS, FeatureStore, shard_name
 from transmodal.features.clips import clip_positions, make_clips, skipped_videos, spread
 from transmodal.features.crops import (
     PixelNormalizer,
@@ -421,8 +421,10 @@ def test_build_features_summary_and_layout(built):
     assert meta["image_mean"] == pytest.approx(IMAGENET_MEAN) and meta["dtype"] == "float16"
     clips = store.clips
     assert clips["shard"].tolist() == [0, 0, 0, 0, 1, 1] and clips["offset"].tolist() == [0, 1, 2, 3, 0, 1]
-    assert len(clips["pose_xy"].iloc[0]) == LENGTH * NUM_JOINTS * 2
-    assert len(clips["pose_mask"].iloc[0]) == LENGTH * NUM_JOINTS
+    written = pd.read_parquet(store.clips_path)  # the store holds these list columns as dense arrays
+    assert len(written["pose_xy"].iloc[0]) == LENGTH * NUM_JOINTS * 2
+    assert len(written["pose_mask"].iloc[0]) == LENGTH * NUM_JOINTS
+    assert not set(DENSE_COLUMNS) & set(clips.columns)
     assert not list(built["dir"].parent.glob(".*tmp"))  # no temporary folder left behind
 
 

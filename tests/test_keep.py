@@ -235,10 +235,11 @@ def test_kept_tokens_follow_the_joints_with_keep_by_joints(world, kept_build):  
     from transmodal.features.store import plan_kept
 
     store = kept_build["store"]
+    planned = pd.read_parquet(store.clips_path)  # with the aligned pose plan_kept reads
     backbone = FrozenBackbone(backbone_cfg(world, keep=0.25, keep_by="joints", keep_margin=0.0), LENGTH)
-    kept = plan_kept(store.clips, world["tracks"], backbone)
+    kept = plan_kept(planned, world["tracks"], backbone)
     box_cfg = backbone_cfg(world, keep=0.25, keep_margin=0.0)
-    by_box = plan_kept(store.clips, world["tracks"], FrozenBackbone(box_cfg, LENGTH))
+    by_box = plan_kept(planned, world["tracks"], FrozenBackbone(box_cfg, LENGTH))
     assert kept.shape == by_box.shape == (len(store), 8, 4) and not np.array_equal(kept, by_box)
     xy, _, mask = store.pose(np.arange(len(store)))  # (n, T, J, 2) in the crop
     joints = xy.reshape(len(store), 8, 1, 2 * NUM_JOINTS, 2)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -181,9 +180,6 @@ def decode_video(
 PIXEL_CODEC = "lz4"  # LZ4 frame: ~2.5x smaller than raw on KTH-like frames, several times faster than zstd
 
 
-STORES = FRAME_STORES  # frames.store: the kept frames in the shards | decoded again from the source
-
-
 def _decode_and_compress(
     path: Path, video_id: str, stride: int, reference_fps: float | None, compress: bool = True
 ) -> tuple[DecodedVideo, pa.Buffer | None]:
@@ -301,8 +297,8 @@ def extract_frames(
     :func:`sample_step`. ``store``: ``pixels`` writes the shards, ``source`` writes ``sources.parquet``
     instead (module docstring). Returns the summary written to ``metrics/frames.json``.
     """
-    if store not in STORES:
-        raise ValueError(f"frames.store must be one of {STORES}, not {store!r}")
+    if store not in FRAME_STORES:
+        raise ValueError(f"frames.store must be one of {FRAME_STORES}, not {store!r}")
     keep_pixels = store == "pixels"
     jobs = [(Path(root) / rel, vid) for vid, rel in zip(index["video_id"], index["path"], strict=True)]
     workers = workers or max(1, os.cpu_count() or 1)
@@ -433,8 +429,10 @@ def _blob(data: pa.Buffer) -> pa.LargeBinaryArray:
 class FrameStore:
     """Read access to ``data/frames/``: ``store.read(video_id) -> (frame_idx (T,), frames (T, H, W, 3) uint8 RGB)``.
 
-    ``read`` may be called from several threads: the shared Parquet readers are used under a lock, the
-    decompression (most of the cost, GIL released) runs outside it, in parallel. A store written with
+    ``read`` may be called from several threads: each call opens the shard, reads its one row group and closes
+    it, so nothing of a video read stays in memory after the call (a reader kept open per shard holds on to
+    its last row group: memory then grows with the number of shards). The decompression (most of the cost,
+    GIL released) runs in parallel. A store written with
     ``frames.store: source`` decodes the video from its source file instead (module docstring).
     """
 
@@ -446,8 +444,6 @@ class FrameStore:
         self._where = {
             v: (int(s), int(g)) for v, s, g in zip(ok["video_id"], ok["shard"], ok["row_group"], strict=True)
         }
-        self._files: dict[int, pq.ParquetFile] = {}
-        self._lock = threading.Lock()  # guards _files and the ParquetFile readers
         self.sources: pd.DataFrame | None = None
         if (self.directory / SOURCES_FILE).exists():
             self.sources = pd.read_parquet(self.directory / SOURCES_FILE).set_index("video_id")
@@ -475,10 +471,8 @@ class FrameStore:
         if self.sources is not None:
             return self._decode_source(video_id)
         shard, group = self._where[video_id]
-        with self._lock:
-            if shard not in self._files:
-                self._files[shard] = pq.ParquetFile(self.directory / f"shard-{shard:05d}.parquet")
-            table = self._files[shard].read_row_group(group)
+        with pq.ParquetFile(self.directory / f"shard-{shard:05d}.parquet", pre_buffer=False) as file:
+            table = file.read_row_group(group)
         frame_idx = np.asarray(table.column("frame_idx")[0].as_py(), dtype=np.int64)
         h, w = table.column("height")[0].as_py(), table.column("width")[0].as_py()
         shape = (len(frame_idx), h, w, 3)

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 
@@ -16,6 +17,9 @@ from transmodal.data.coco import NUM_JOINTS
 
 TOKENS_KEY = "tokens"
 BACKBONE_FILE = "backbone.json"
+DENSE_COLUMNS = ("pose_xy", "pose_score", "pose_mask", "kept_patches")
+"""List columns of clips.parquet that :class:`FeatureStore` holds as one dense array each, not in ``.clips``:
+as pandas objects (one numpy array a clip) they took about three times the memory."""
 
 TOKEN_TOLERANCE = {"rtol": 1e-2, "atol": 1e-2}
 """How closely two feature caches of the same inputs must agree when they were not computed with the same
@@ -38,6 +42,9 @@ def shard_name(shard: int) -> str:
 class FeatureStore:
     """The cache: ``.clips`` (DataFrame), ``.backbone`` (dict), ``.tokens(rows)``, ``.pose(rows)``.
 
+    ``.clips`` is clips.parquet without its :data:`DENSE_COLUMNS`: those are held as one array each and read
+    with ``.pose(rows)`` and ``.kept_patches(rows)``.
+
     ``rows`` are positions into ``.clips``. Shards are memory-mapped by safetensors; a call reads only the
     requested rows (contiguous runs as one slice).
     """
@@ -45,13 +52,16 @@ class FeatureStore:
     def __init__(self, features_dir: str | Path, clips_parquet: str | Path):
         self.directory = Path(features_dir)
         self.clips_path = Path(clips_parquet)
-        self.clips = pd.read_parquet(clips_parquet)
+        table = pq.read_table(clips_parquet)
+        dense = [c for c in DENSE_COLUMNS if c in table.column_names]
+        self._dense = {c: _flat(table.column(c)) for c in dense}
+        self.clips = table.drop_columns(dense).to_pandas()
+        del table
         self.backbone = json.loads((self.directory / BACKBONE_FILE).read_text())
         self.grid = (*self.backbone["grid"], self.backbone["hidden_size"])  # (G, P, D)
         self._shard = self.clips["shard"].to_numpy(np.int64) if len(self.clips) else np.zeros(0, np.int64)
         self._offset = self.clips["offset"].to_numpy(np.int64) if len(self.clips) else np.zeros(0, np.int64)
         self._handles: dict[int, object] = {}
-        self._pose: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -87,28 +97,26 @@ class FeatureStore:
         if "full_patches_per_group" not in self.backbone:
             return None
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        column = self.clips["kept_patches"].to_numpy()[rows]
-        groups, count = self.backbone["grid"]
-        if not len(rows):
-            return np.zeros((0, groups, count), np.int64)
-        return np.stack(column).astype(np.int64).reshape(len(rows), groups, count)
+        return self._rows("kept_patches", rows, tuple(self.backbone["grid"])).astype(np.int64)
 
     def pose(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pose in each clip's crop: xy (n, T, J, 2) float32, score (n, T, J) float32, mask (n, T, J) bool."""
-        if self._pose is None:
-            t = self.backbone["num_frames"]
-            n = len(self.clips)
-
-            def stack(column: str, dtype, shape: tuple[int, ...]) -> np.ndarray:
-                if not n:
-                    return np.zeros((0, *shape), dtype)
-                return np.stack(self.clips[column].to_numpy()).astype(dtype).reshape(n, *shape)
-
-            self._pose = (
-                stack("pose_xy", np.float32, (t, NUM_JOINTS, 2)),
-                stack("pose_score", np.float32, (t, NUM_JOINTS)),
-                stack("pose_mask", bool, (t, NUM_JOINTS)),
-            )
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        xy, score, mask = self._pose
-        return xy[rows], score[rows], mask[rows]
+        t = self.backbone["num_frames"]
+        return (
+            self._rows("pose_xy", rows, (t, NUM_JOINTS, 2)).astype(np.float32, copy=False),
+            self._rows("pose_score", rows, (t, NUM_JOINTS)).astype(np.float32, copy=False),
+            self._rows("pose_mask", rows, (t, NUM_JOINTS)).astype(bool, copy=False),
+        )
+
+    def _rows(self, column: str, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Rows of one dense list column, each reshaped to ``shape`` (a copy)."""
+        return self._dense[column].reshape(len(self.clips), *shape)[rows]
+
+
+def _flat(column: pa.ChunkedArray) -> np.ndarray:
+    """A list column whose rows all have one length, as one flat numpy array of its values (empty when the
+    cache holds no clips: the column's type is then not always a list)."""
+    if not len(column):
+        return np.zeros(0)
+    return column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
