@@ -115,9 +115,12 @@ up to about 15 MB between two runs of one stage at one size, against bounds of 2
 
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
 """glibc's malloc serves blocks of 64 KB and more from their own mappings, returned to the kernel when freed,
-so ``RssAnon`` follows what a stage holds rather than what the allocator kept of earlier batches. Without it
-(glibc raises the threshold to 32 MB once big blocks are freed) three runs of the evaluate stage at one size
-peaked 40 MB apart; with it, 15 MB, and the growth from N to 4N measured the same (+15 to +20 MB)."""
+so ``RssAnon`` follows what a stage holds rather than what the allocator kept of earlier batches. Without
+it (glibc raises the threshold up to 32 MB once big blocks are freed) three runs of the evaluate stage at
+one size peaked 40 MB apart; with it, 15 MB, and the growth from N to 4N measured the same (+15 to +20 MB).
+Over the whole test, the peaks of the three sizes spread 36 MB for ``ablate@full`` (four processes) and
+12 MB for ``train``; with a 4 MB threshold, 80 and 31 MB. The price: the frame stages run up to twice as
+slowly here (a page fault on every fresh block), about 80 s more for the whole test."""
 
 POLL_S = 0.005  # RssAnon sampling period
 RESCAN_EVERY = 10  # look for new descendant processes every 10th sample (50 ms)
