@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The features stage on CUDA at dataset-like scale, with the crops normalised on the device (the stage
 # since 2026-12-04) and on the host (before), each against its bare forward; token dropping at a larger
-# batch; the uint8 path's tokens against the float32 path's; which training op is not deterministic on CUDA.
+# batch; the uint8 path's tokens against the float32 path's; the train stage twice on CUDA (the math attention
+# kernel in training steps since 2026-12-05): byte-identical weights, and any determinism warning left.
 # Results: docs/benchmarks.md, "CUDA".
 #
 #   OUT=/some/dir bash benchmarks/cuda_features.sh
@@ -40,9 +41,17 @@ timeout 120 python3 benchmarks/real_size.py --stage features --device cuda --vid
 step "keep.py batch 32"
 timeout 90 python3 benchmarks/keep.py --device cuda --batch 32 --repeats 10 --json "$OUT/keep_b32.json" 2>&1 | tail -7
 
-step "which training op is not deterministic on CUDA"
+step "the train stage twice on CUDA: identical weights, determinism warnings left"
 demo_stages 60 synth checkpoints prepare frames detect pose features
 sed -i 's/^\(  epochs: \)20/\12/' params.yaml
-timeout 90 python3 -W always stages/train.py 2>&1 | grep -iE "determinis|done in|error" | sort | uniq -c | head -20 | tee "$OUT/train_warnings.txt"
+for run in 1 2; do
+  timeout 90 python3 -W always stages/train.py 2>&1 | grep -iE "determinis|done in|error" | sort | uniq -c | head -20 | tee -a "$OUT/train_warnings.txt"
+  cp models/transmodal/model.safetensors "$OUT/train_run$run.safetensors"
+done
+if cmp -s "$OUT/train_run1.safetensors" "$OUT/train_run2.safetensors"; then
+  echo "train on CUDA twice: model.safetensors byte-identical" | tee -a "$OUT/train_warnings.txt"
+else
+  echo "train on CUDA twice: model.safetensors DIFFERS" | tee -a "$OUT/train_warnings.txt"
+fi
 cd "$ROOT" && rm -rf "$work"
 step done

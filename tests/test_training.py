@@ -13,8 +13,10 @@ import torch
 from tests.conftest import REPO_ROOT
 from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json
+from transmodal.model import attention
 from transmodal.params import ParamError, load_params, section
 from transmodal.training import ablation, figures
+from transmodal.training import train as train_module
 from transmodal.training.data import SplitData
 from transmodal.training.evaluate import (
     PAPER_UNIT,
@@ -24,7 +26,7 @@ from transmodal.training.evaluate import (
     video_level,
 )
 from transmodal.training.figures import ablation_markdown, plot_ablation
-from transmodal.training.train import load_checkpoint, train_model
+from transmodal.training.train import deterministic_attention, load_checkpoint, train_model
 
 G, P, D, T, J = 8, 4, 16, 16, 17
 CLASSES = ["boxing", "walking", "running"]
@@ -110,6 +112,43 @@ def test_training_is_deterministic_and_checkpoint_rebuilds_the_model(params, tmp
     model, config = load_checkpoint(tmp_path / "a")
     assert config["classes"] == CLASSES and config["best_epoch"] == metrics_a["best_epoch"]
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == metrics_a["parameters"]["total"]
+
+
+def _fused_attention_enabled() -> tuple[bool, bool, bool, bool]:
+    """(flash, memory-efficient, cuDNN, math) attention kernels allowed now."""
+    cuda = torch.backends.cuda
+    return (
+        cuda.flash_sdp_enabled(),
+        cuda.mem_efficient_sdp_enabled(),
+        cuda.cudnn_sdp_enabled(),
+        cuda.math_sdp_enabled(),
+    )
+
+
+def test_training_attention_on_cuda_is_the_deterministic_math_kernel(params, tmp_path, monkeypatch):
+    # On CUDA the fused kernels' backward is not deterministic under warn_only (docs/decisions.md 37)
+    with deterministic_attention(torch.device("cuda")):
+        assert _fused_attention_enabled() == (False, False, False, True)
+    with deterministic_attention(torch.device("cpu")):
+        assert _fused_attention_enabled() == (True, True, True, True)  # the CPU's bytes stay as they were
+    # every attention call of a training step runs inside it (the device forced to "cuda" for the flags)
+    seen = []
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        seen.append((torch.is_grad_enabled(), _fused_attention_enabled()))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording_sdpa)
+    monkeypatch.setattr(
+        train_module, "deterministic_attention", lambda device: deterministic_attention(torch.device("cuda"))
+    )
+    params["train"]["epochs"] = 1
+    _train(MemoryStore({"train": 8, "val": 2}), params, tmp_path / "m")
+    steps = [kernels for grad, kernels in seen if grad]
+    assert len(steps) >= 2 and all(kernels == (False, False, False, True) for kernels in steps)
+    assert any(not grad for grad, _ in seen)  # validation (no gradient) keeps the fused kernels
+    assert all(kernels == (True, True, True, True) for grad, kernels in seen if not grad)
 
 
 def test_training_learns_a_separable_signal(params, tmp_path):
