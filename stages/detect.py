@@ -15,10 +15,10 @@ from transmodal.vision.detect import run_detect
 
 def main(params: dict) -> None:
     compute = section(params, "compute")
-    if launch(compute, "detect"):
+    cfg = section(params, "detect")
+    if launch(compute, "detect", cfg.device, "detect.device"):
         return  # the workers detected and rank 0 wrote the outputs
     data = section(params, "data")
-    cfg = section(params, "detect")
     annotations = load_annotations(data.root_path(), cfg.source, "detect.source")
     with process_group(pick_device(cfg.device).type) as world:
         tracks, metrics = run_detect(

@@ -17,10 +17,10 @@ from transmodal.vision.checkpoints import pick_device
 
 
 def main(params: dict) -> None:
-    if launch(section(params, "compute"), "features"):
+    backbone = section(params, "backbone")
+    if launch(section(params, "compute"), "features", backbone.device, "backbone.device"):
         return  # the workers encoded the clips and rank 0 wrote the outputs
     clips = section(params, "clips")
-    backbone = section(params, "backbone")
     index = pd.read_parquet("data/index.parquet")
     tracks = pd.read_parquet("data/tracks.parquet")
     keypoints = pd.read_parquet("data/keypoints.parquet")

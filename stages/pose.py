@@ -17,10 +17,10 @@ from transmodal.vision.pose import run_pose
 
 def main(params: dict) -> None:
     compute = section(params, "compute")
-    if launch(compute, "pose"):
+    cfg = section(params, "pose")
+    if launch(compute, "pose", cfg.device, "pose.device"):
         return  # the workers estimated the pose and rank 0 wrote the outputs
     data = section(params, "data")
-    cfg = section(params, "pose")
     annotations = load_annotations(data.root_path(), cfg.source, "pose.source")
     tracks = pd.read_parquet("data/tracks.parquet")
     with process_group(pick_device(cfg.device).type) as world:

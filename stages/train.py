@@ -15,11 +15,11 @@ from transmodal.vision.checkpoints import pick_device
 
 
 def main(params: dict) -> None:
-    if launch(section(params, "compute"), "train"):
+    train_cfg = section(params, "train")
+    if launch(section(params, "compute"), "train", train_cfg.device, "train.device"):
         return  # the workers trained and wrote the outputs
     model_cfg = section(params, "model")
     selector_cfg = section(params, "selector")
-    train_cfg = section(params, "train")
     store = FeatureStore(Path("data/features"), Path("data/clips.parquet"))
     pipeline = pipeline_record(params)
     with process_group(pick_device(train_cfg.device).type) as world:

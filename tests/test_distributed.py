@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from test_features import build, world  # noqa: F401  (the module fixture)
 
-from transmodal.distributed import torchrun_command
+from transmodal import distributed
+from transmodal.distributed import World, torchrun_command
 from transmodal.params import ComputeConfig, ParamError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +100,48 @@ def test_compute_params_are_checked():
     with pytest.raises(ParamError, match=r"compute\.nproc is 0"):
         ComputeConfig(nproc=0)
     assert ComputeConfig(nproc=2, nnodes=3).world_size == 6
+
+
+def test_more_processes_than_gpus_is_refused_before_torchrun_starts(monkeypatch):
+    import torch
+
+    started = []
+    monkeypatch.setattr(distributed.subprocess, "run", lambda *args, **kwargs: started.append(args))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(
+        ParamError, match=r"compute\.nproc is 4, but this machine has 2 GPU\(s\) and train\.device"
+    ):
+        distributed.launch(ComputeConfig(nproc=4), "train", "auto", "train.device")
+    assert not started
+    # on the CPU any count goes (gloo); on CUDA up to one process a GPU
+    distributed.check_gpus(ComputeConfig(nproc=4), "cpu", "train.device")
+    distributed.check_gpus(ComputeConfig(nproc=2), "cuda", "train.device")
+
+
+def test_no_rank_writes_its_next_part_before_rank_0_has_cleared_the_parts_folder(tmp_path, monkeypatch):
+    # detect gathers twice in a row: a rank that went on to write its second part while rank 0 removed the
+    # emptied folder lost the file it was creating (FileNotFoundError). Every rank passes the same barriers,
+    # so rank 0 must have cleared the folder before one that every rank waits at after its part is read.
+    parts = tmp_path / "parts" / "detect"
+    events = []
+    monkeypatch.setattr(
+        distributed, "barrier", lambda: events.append("folder" if parts.exists() else "no folder")
+    )
+    table = pd.DataFrame({"video_id": ["a"], "boxes": [1]})
+    assert distributed.gather_tables(table, parts, "detect", World(rank=1, size=2)) is None
+    rank_1 = events[:]
+    events.clear()
+    got = distributed.gather_tables(table, parts, "detect", World(rank=0, size=2))
+    assert len(got) == 2 and all(part.equals(table) for part in got)
+    assert events == [
+        "folder",
+        "no folder",
+    ]  # rank 0: reads after the first barrier, clears before the second
+    assert len(rank_1) == len(events)  # and rank 1 waits at that second barrier too before it returns
+    assert not (tmp_path / "parts").exists()
 
 
 @pytest.fixture(scope="module")

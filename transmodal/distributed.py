@@ -66,12 +66,14 @@ def torchrun_command(cfg: ComputeConfig, argv: list[str]) -> list[str]:
     return [*command, *argv]
 
 
-def launch(cfg: ComputeConfig, stage: str) -> bool:
+def launch(cfg: ComputeConfig, stage: str, device: str, device_key: str) -> bool:
     """Re-run this script under torchrun when ``cfg`` asks for more than one process and it is not already
     one of them. Returns True when it did (the caller then stops: the workers did the stage's work); exits
-    with torchrun's code when a worker failed."""
+    with torchrun's code when a worker failed. ``device`` (the stage's ``device_key`` param): on CUDA each
+    process takes one GPU, so ``compute.nproc`` may not exceed this machine's GPUs."""
     if cfg.world_size == 1 or "WORLD_SIZE" in os.environ:
         return False
+    check_gpus(cfg, device, device_key)
     print(f"{stage}: {cfg.nproc} processes x {cfg.nnodes} machines under torchrun", file=sys.stderr)
     done = subprocess.run(torchrun_command(cfg, sys.argv), check=False)
     if done.returncode != 0:
@@ -79,6 +81,20 @@ def launch(cfg: ComputeConfig, stage: str) -> bool:
               file=sys.stderr)  # fmt: skip
         sys.exit(done.returncode if 0 < done.returncode < 128 else 1)
     return True
+
+
+def check_gpus(cfg: ComputeConfig, device: str, device_key: str) -> None:
+    """Refuse more processes than GPUs on CUDA (a worker would fail with "invalid device ordinal")."""
+    import torch
+
+    from transmodal.vision.checkpoints import pick_device
+
+    gpus = torch.cuda.device_count()
+    if pick_device(device).type == "cuda" and cfg.nproc > gpus:
+        raise ParamError(
+            f"params.yaml: compute.nproc is {cfg.nproc}, but this machine has {gpus} GPU(s) and {device_key} "
+            f"is {device!r} (CUDA: one GPU a process); set compute.nproc to at most {gpus}, or {device_key}: cpu"
+        )
 
 
 @contextlib.contextmanager
@@ -121,8 +137,9 @@ def gather_tables(table, parts_dir, name: str, world: World):
     """Every rank's ``table`` (a DataFrame), in rank order, on rank 0 (None on the others).
 
     Each rank writes ``parts_dir/<name>-<rank>.parquet`` atomically; after a barrier rank 0 reads them all
-    and removes them. A rank that failed before writing never reaches the barrier, and torchrun stops the
-    rest: nothing is merged."""
+    and removes them (and the folder, once empty), and a second barrier holds the other ranks until it has:
+    a rank's next gather would otherwise write its part into the folder rank 0 is removing. A rank that
+    failed before writing never reaches the barrier, and torchrun stops the rest: nothing is merged."""
     from pathlib import Path
 
     import pandas as pd
@@ -132,13 +149,14 @@ def gather_tables(table, parts_dir, name: str, world: World):
     parts = Path(parts_dir)
     write_parquet(table, parts / f"{name}-{world.rank:05d}.parquet")
     barrier()
-    if not world.is_main:
-        return None
-    paths = [parts / f"{name}-{rank:05d}.parquet" for rank in range(world.size)]
-    tables = [pd.read_parquet(path) for path in paths]
-    for path in paths:
-        path.unlink()
-    for folder in (parts, parts.parent):
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # only when empty
+    tables = None
+    if world.is_main:
+        paths = [parts / f"{name}-{rank:05d}.parquet" for rank in range(world.size)]
+        tables = [pd.read_parquet(path) for path in paths]
+        for path in paths:
+            path.unlink()
+        for folder in (parts, parts.parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+    barrier()
     return tables
