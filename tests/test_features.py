@@ -537,6 +537,26 @@ def test_parallel_crop_batches_equal_serial_ones(world):
         list(crop_batches(store, lost, 64, 5, normalizer, CpuShare(3, 0)))
 
 
+def test_a_long_video_is_cropped_in_runs_of_clips_with_the_same_crops(world, monkeypatch):
+    # predict's windows of one long video: cropped MAX_CLIPS_PER_JOB at a time, not all at once
+    from transmodal.features import store as store_module
+
+    store = world["store"]
+    clips = make_clips(world["index"], store.videos, store.frames, world["clips_cfg"])
+    clips, _ = plan_clips(clips, store.videos, world["tracks"], world["keypoints"], 0.1)
+    one = clips[clips["video_id"] == clips["video_id"].iloc[0]]
+    clips = pd.concat([one] * 5, ignore_index=True)  # one video with 5 x its clips, in order
+    whole = list(crop_batches(store, clips, 64, 4, None, CpuShare(2, 0)))
+    cropped = []
+    real = store_module.crop_video
+    monkeypatch.setattr(store_module, "crop_video", lambda *job: cropped.append(len(job[2])) or real(*job))
+    monkeypatch.setattr(store_module, "MAX_CLIPS_PER_JOB", 3)
+    runs = list(crop_batches(store, clips, 64, 4, None, CpuShare(2, 0)))
+    assert cropped == [3] * (len(clips) // 3) + ([len(clips) % 3] if len(clips) % 3 else [])
+    assert [len(b) for b in runs] == [len(b) for b in whole]
+    assert all(torch.equal(a, b) for a, b in zip(whole, runs, strict=True))
+
+
 def test_cpu_share_holds_steps_while_the_forward_runs():
     share, started, done = CpuShare(2, 0), threading.Event(), threading.Event()
 

@@ -139,6 +139,52 @@ def test_decode_video_reports_header_count(tmp_path):
     assert json.dumps(video.reason) == '""'
 
 
+class _HeaderSays:
+    """cv2.VideoCapture whose header announces ``count`` frames (0: none), whatever the file holds."""
+
+    def __init__(self, count: int):
+        self.count, self.open = count, cv2.VideoCapture
+
+    def __call__(self, path):
+        capture, count = self.open(path), self.count
+
+        class Capture:
+            def __getattr__(self, name):
+                return getattr(capture, name)
+
+            def get(self, prop):
+                return count if prop == cv2.CAP_PROP_FRAME_COUNT else capture.get(prop)
+
+        return Capture()
+
+
+@pytest.mark.parametrize("count", [0, 5, 30, 10**12])  # none, too few, too many, absurd
+def test_decoded_frames_do_not_depend_on_the_header_frame_count(tmp_path, monkeypatch, count):
+    # the kept frames go straight into an array sized from the header (held once, never stacked from a list):
+    # a missing, short, long or absurd count changes nothing but the note
+    from transmodal.data import frames as frames_module
+
+    path = tmp_path / "v.avi"
+    written = write_test_video(path, 20)
+    truth = decode_video(path, "v", stride=2)
+    monkeypatch.setattr(frames_module.cv2, "VideoCapture", _HeaderSays(count))
+    video = decode_video(path, "v", stride=2)
+    assert video.frames_reported == count and video.frames.flags["C_CONTIGUOUS"]
+    assert np.array_equal(video.frames, truth.frames) and video.frame_idx.tolist() == list(range(0, 20, 2))
+    assert video.frames.shape == (10, *written.shape[1:])
+    assert video.truncated == (count > 20)
+
+
+def test_decoding_stops_once_the_kept_frames_pass_the_budget(tmp_path):
+    from transmodal.data.frames import FramesTooLarge
+
+    path = tmp_path / "v.avi"
+    write_test_video(path, 20)  # 64 x 48: 9216 bytes a frame
+    with pytest.raises(FramesTooLarge, match=r"pass 0 MiB at source frame 6 \(4 kept\)"):
+        decode_video(path, "v", stride=2, max_bytes=3 * 9216)
+    assert len(decode_video(path, "v", stride=2, max_bytes=10 * 9216).frame_idx) == 10  # exactly fits
+
+
 def _write_at_fps(path, num_frames, fps, size=(32, 24)):
     """An MJPG .avi at ``fps`` whose frame n is filled with the value n (readable back after compression)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)

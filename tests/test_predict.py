@@ -275,6 +275,57 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(model_dir, camera_video, tmp_
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_memory_is_checked_from_the_header_and_again_while_decoding(
+    model_dir, camera_video, monkeypatch, capsys
+):
+    from types import SimpleNamespace
+
+    import psutil
+
+    from transmodal import predict
+
+    frame = 640 * 480 * 3
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
+    assert predict.check_memory(camera_video, (640, 480), 40, 2.0, 1280) == 2**29  # half, all of it pixels
+    # explain's tokens (here as many bytes a frame as the pixels) take their part of that half
+    assert predict.check_memory(camera_video, (640, 480), 40, 2.0, 1280, frame) == 2**28
+    with pytest.raises(
+        predict.PredictError, match=r"its 20000 kept frames need 17.2 GiB, more than half the 1.0"
+    ):
+        predict.check_memory(camera_video, (640, 480), 40000, 2.0, 1280)
+    # a header without a frame count (or a short one) passes that check: the decoding stops at the budget
+    monkeypatch.setattr(predict, "check_memory", lambda *args: 3 * frame)
+    code, out, err = run(["predict", str(camera_video), "--model", str(model_dir)], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "kept frames pass 3 MiB at source frame 6 (4 kept)" in err and "lower --max-side" in err
+
+
+def test_the_recorded_precisions_are_used_where_they_apply(model_dir, camera_video, tmp_path):
+    """Features made in float16 on CUDA: predict runs the backbone (and the detector and pose model, as
+    recorded) in half precision there, and says so where it cannot (the CPU)."""
+    from transmodal.predict import ModelFolder, predict_video
+
+    def half(config):
+        config["backbone"]["model_dtype"] = "float16"
+        config["pipeline"]["detect"]["precision"] = "bf16"
+        config["pipeline"]["pose"]["precision"] = "fp16"
+
+    folder = _broken_model(model_dir, tmp_path, _edit_config(half))
+    opened = ModelFolder.open(folder)
+    assert opened.backbone_config("cuda").precision == "fp16"
+    assert (
+        opened.detect_config("cpu", None).precision == "bf16"
+        and opened.pose_config("cpu", None).precision == "fp16"
+    )
+    assert ModelFolder.open(model_dir).backbone_config("cuda").precision == "fp32"  # made in float32
+    prediction, _ = predict_video(camera_video, folder, device="cpu", progress=False)
+    assert any(
+        "made with the backbone in float16; here it runs in float32" in note for note in prediction.notes
+    )
+    prediction, _ = predict_video(camera_video, model_dir, device="cpu", progress=False)
+    assert not any("made with the backbone" in note for note in prediction.notes)
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

@@ -151,6 +151,21 @@ def test_training_attention_on_cuda_is_the_deterministic_math_kernel(params, tmp
     assert all(kernels == (True, True, True, True) for grad, kernels in seen if not grad)
 
 
+def test_backbone_latency_runs_in_the_dtype_the_cache_was_made_with(monkeypatch):
+    loaded = []
+
+    def load_model(cls, checkpoint, key, device, dtype):
+        loaded.append(dtype)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(ablation, "load_model", load_model)
+    for made_in, expected in (("float16", torch.float16), ("float32", torch.float32), (None, torch.float32)):
+        backbone = {"model_dtype": made_in} if made_in else {}  # backbone.json before the key: float32
+        with pytest.raises(RuntimeError, match="stop"):
+            ablation.backbone_latency("ckpt", backbone, torch.device("cpu"), 1, 1)
+        assert loaded[-1] == expected
+
+
 def test_training_learns_a_separable_signal(params, tmp_path):
     params["train"]["epochs"] = 15
     params["train"]["lr"] = 1e-3

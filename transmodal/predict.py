@@ -33,18 +33,29 @@ import pandas as pd
 import torch
 
 from transmodal.data.coco import COCO_JOINTS, COCO_LIMBS
-from transmodal.data.frames import DecodedVideo, decode_video, sample_numbers, sample_step
+from transmodal.data.frames import (
+    DecodedVideo,
+    FramesTooLarge,
+    decode_video,
+    sample_numbers,
+    sample_step,
+)
 from transmodal.params import BackboneConfig, CheckpointError, DetectConfig, ParamError, PoseConfig
 
 VIDEO_ID = "input"
 TOP_K = 5
 DEFAULT_MAX_SIDE = 1280  # frames are shrunk to this longer side when decoded (the detector sees 640 px)
-MEMORY_SHARE = 0.5  # the decoded frames may take at most this share of the available memory
+MEMORY_SHARE = (
+    0.5  # the decoded frames (and explain's tokens) may take at most this share of the available memory
+)
 # Writers tried for --out, in order, per container: (fourcc, name).
 WRITERS = {
     ".mp4": (("avc1", "H.264"), ("mp4v", "MPEG-4 Part 2")),
     ".avi": (("MJPG", "Motion JPEG"), ("XVID", "MPEG-4 Part 2")),
 }
+
+
+HALF_PRECISIONS = {"float16": "fp16", "bfloat16": "bf16"}  # backbone.json's model_dtype -> backbone.precision
 
 
 class PredictError(RuntimeError):
@@ -125,10 +136,12 @@ class ModelFolder:
         return PoseConfig(**recorded)
 
     def backbone_config(self, device: str) -> BackboneConfig:
-        """The backbone the features were made with: checkpoint and, where it dropped tokens, the keep."""
+        """The backbone the features were made with: checkpoint, precision (half precision applies on CUDA
+        only) and, where it dropped tokens, the keep."""
         recorded = self.config["backbone"]
         keep = {key: recorded[key] for key in ("keep", "keep_margin", "keep_by") if key in recorded}
-        return BackboneConfig(checkpoint=recorded["checkpoint"], device=device, **keep)
+        precision = HALF_PRECISIONS.get(recorded.get("model_dtype", "float32"), "fp32")
+        return BackboneConfig(checkpoint=recorded["checkpoint"], device=device, precision=precision, **keep)
 
     @property
     def full_patches_per_group(self) -> int:
@@ -294,9 +307,11 @@ class Prediction:
 
 
 def load_video(
-    path: Path, stride: int, max_side: int, reference_fps: float | None = None
+    path: Path, stride: int, max_side: int, reference_fps: float | None = None, extra_per_frame: float = 0.0
 ) -> tuple[DecodedVideo, tuple[int, int]]:
-    """Decode ``path`` for predict, or raise :class:`PredictError` with one line saying why it cannot be."""
+    """Decode ``path`` for predict, or raise :class:`PredictError` with one line saying why it cannot be.
+
+    ``extra_per_frame``: bytes held per kept frame besides its pixels until the end (explain's tokens)."""
     path = Path(path)
     if not path.exists():
         raise PredictError(f"{path}: no such file")
@@ -315,27 +330,42 @@ def load_video(
     if not opened:
         raise PredictError(f"{path}: not a video OpenCV can read")
     step = max(1.0, sample_step(fps if math.isfinite(fps) else 0.0, stride, reference_fps))
-    check_memory(path, source, reported, step, max_side)
-    video = decode_video(path, VIDEO_ID, stride, max_side=max_side, reference_fps=reference_fps)
+    allowed = check_memory(path, source, reported, step, max_side, extra_per_frame)
+    try:
+        video = decode_video(
+            path, VIDEO_ID, stride, max_side=max_side, reference_fps=reference_fps, max_bytes=allowed
+        )
+    except FramesTooLarge as err:  # the header's frame count was missing or short
+        raise PredictError(
+            f"{path}: {err}, the share of the available memory its frames may take; lower --max-side or "
+            "cut the video"
+        ) from None
     if video.frames is None:
         raise PredictError(f"{path}: {video.reason}")
     return video, source
 
 
-def check_memory(path: Path, size: tuple[int, int], frames: int, stride: float, max_side: int) -> None:
-    """Refuse a video whose kept frames would not fit in memory (from the header, before decoding);
-    ``stride``: source frames per kept frame."""
+def check_memory(
+    path: Path, size: tuple[int, int], frames: int, stride: float, max_side: int, extra_per_frame: float = 0.0
+) -> int:
+    """Refuse a video whose kept frames would not fit in memory, from the header before decoding (``frames``
+    its frame count, 0 when it has none; ``stride`` source frames per kept frame; ``extra_per_frame`` bytes
+    held per kept frame besides its pixels). Returns the bytes of pixels the decoding may keep: half the
+    available memory, less the extra bytes that go with them."""
     import psutil
 
     width, height = size
     scale = min(1.0, max_side / max(width, height, 1))
-    need = math.ceil(frames / stride) * round(width * scale) * round(height * scale) * 3
+    frame_bytes = max(1, round(width * scale) * round(height * scale) * 3)
+    kept = math.ceil(frames / stride)
+    need = kept * (frame_bytes + extra_per_frame)
     available = psutil.virtual_memory().available
     if need > MEMORY_SHARE * available:
         raise PredictError(
-            f"{path}: its {math.ceil(frames / stride)} kept frames need {need / 2**30:.1f} GiB, more than half "
+            f"{path}: its {kept} kept frames need {need / 2**30:.1f} GiB, more than half "
             f"the {available / 2**30:.1f} GiB available; lower --max-side or cut the video"
         )
+    return int(MEMORY_SHARE * available * frame_bytes / (frame_bytes + extra_per_frame))
 
 
 def predict_video(
@@ -367,7 +397,14 @@ def predict_video(
     if step is not None and step < 1:
         raise PredictError(f"--step is {step}; it must be at least 1")
     step = step or max(1, length // 2)
-    video, source_size = load_video(video_path, folder.stride, max_side, folder.reference_fps)
+    # explain keeps every window's tokens (float16) until it has chosen one: a window every ``step`` frames
+    groups, patches = folder.config["backbone"]["grid"]
+    tokens_per_frame = (
+        groups * patches * folder.config["backbone"]["hidden_size"] * 2 / step if keep_tokens else 0
+    )
+    video, source_size = load_video(
+        video_path, folder.stride, max_side, folder.reference_fps, tokens_per_frame
+    )
     store = MemoryFrameStore(video)
     detect_cfg = folder.detect_config(device, detector)
     pose_cfg = folder.pose_config(device, pose_model)
@@ -388,6 +425,12 @@ def predict_video(
                 f"{expected[key]}, but that checkpoint now gives {got[key]}"
             )
     window_kept = plan_kept(planned, tracks, backbone) if backbone.drops else None  # (W, G, K) or None
+    made_in, runs_in = expected.get("model_dtype", "float32"), str(backbone.dtype).removeprefix("torch.")
+    if made_in != runs_in:
+        folder.notes.append(
+            f"the training features were made with the backbone in {made_in}; here it runs in {runs_in} "
+            "(half precision on CUDA only), so the tokens differ in the last digits"
+        )
     torch_device = pick_device(device)
     model, _ = load_checkpoint(folder.path, torch_device)
     t = length

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -105,19 +106,27 @@ class DecodedVideo:
     truncated: bool = False  # fewer frames decoded than the container header announces
 
 
+class FramesTooLarge(MemoryError):
+    """The kept frames of a video passed the ``max_bytes`` given to :func:`decode_video`."""
+
+
 def decode_video(
     path: Path,
     video_id: str,
     stride: int,
     max_side: int | None = None,
     reference_fps: float | None = None,
+    max_bytes: int | None = None,
 ) -> DecodedVideo:
     """Decode all frames of ``path`` and keep the time samples of :func:`sample_numbers`.
 
     ``reference_fps`` None keeps every ``stride``-th frame (0, stride, 2*stride, ...); a number resamples by
     time (:func:`sample_step`). ``max_side`` (``transmodal predict`` only; the frames stage keeps the source
     size): kept frames whose longer side exceeds it are shrunk to it (area resampling, aspect kept) as they
-    are decoded, so a 4K video holds a quarter of the memory.
+    are decoded, so a 4K video holds a quarter of the memory. ``max_bytes`` (predict only): raise
+    :class:`FramesTooLarge` as soon as the kept frames pass it (a header without a frame count, or a wrong
+    one, cannot be checked before decoding). The kept frames are held once: each is converted straight into
+    an array sized from the header's frame count (grown by doubling past it), never stacked from a list.
 
     Zero-byte, unreadable and non-video files, and files of which no frame decodes, come back with
     ``frames=None`` and a reason. A file that decodes fewer frames than its container header announces
@@ -139,7 +148,9 @@ def decode_video(
         if not np.isfinite(fps):
             fps = 0.0
         step = sample_step(fps, stride, reference_fps)
-        kept, kept_idx, decoded, sample = [], [], 0, 0
+        # kept frames if the header is right: the samples of :func:`sample_numbers`, distinct frames
+        expected = min(reported, math.ceil((reported - 0.5) / step)) if reported > 0 else 0
+        kept, kept_idx, decoded, sample = None, [], 0, 0
         while True:
             ok = capture.grab()
             if not ok:
@@ -153,14 +164,24 @@ def decode_video(
                     scale = max_side / max(frame.shape[:2])
                     size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
                     frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-                kept.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                n = len(kept_idx)
+                if max_bytes is not None and (n + 1) * frame.nbytes > max_bytes:
+                    raise FramesTooLarge(
+                        f"its kept frames pass {max_bytes / 2**20:.0f} MiB at source frame {decoded} "
+                        f"({n + 1} kept)"
+                    )
+                if kept is None:  # trust the header up to the budget (or 1 GiB): a bogus count costs nothing
+                    cap = max_bytes if max_bytes is not None else FIRST_ALLOCATION
+                    expected = min(expected, max(1, cap // frame.nbytes))
+                kept = _room_for(kept, n, frame.shape, expected)
+                cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=kept[n])
                 kept_idx.append(decoded)
                 while int(np.floor(sample * step + 0.5)) <= decoded:  # samples this frame is nearest to
                     sample += 1
             decoded += 1
     finally:
         capture.release()
-    if decoded == 0 or not kept:
+    if decoded == 0 or not kept_idx:
         return DecodedVideo(video_id, None, empty, decoded, reported, fps, "no frame could be decoded")
     notes = []
     truncated = bool(reported and decoded < reported)
@@ -172,9 +193,29 @@ def decode_video(
     if reference_fps is not None and not (0.0 < fps <= MAX_FPS):
         notes.append(f"no usable frame rate in the header ({fps:g}); kept every {stride}th frame")
     frame_idx = np.asarray(kept_idx, np.int32)
+    frames = kept[: len(frame_idx)]  # a header that announced more frames: its tail is never touched
     return DecodedVideo(
-        video_id, np.stack(kept), frame_idx, decoded, reported, fps, "; ".join(notes), step, truncated
+        video_id, frames, frame_idx, decoded, reported, fps, "; ".join(notes), step, truncated
     )
+
+
+FIRST_ALLOCATION = 2**30  # bytes: the most a header's frame count may reserve before any frame is decoded
+
+
+def _room_for(kept: np.ndarray | None, n: int, shape: tuple[int, ...], expected: int) -> np.ndarray:
+    """``kept`` (frames, H, W, 3) with room for frame ``n`` of ``shape``: created for ``expected`` frames, or
+    doubled when the header announced fewer (none, or a wrong count)."""
+    if kept is not None and tuple(kept.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"kept frame {n} is {shape[1]}x{shape[0]}, the first {kept.shape[2]}x{kept.shape[1]}"
+        )
+    if kept is None:
+        return np.empty((max(expected, 1), *shape), np.uint8)
+    if n < len(kept):
+        return kept
+    grown = np.empty((2 * len(kept), *shape), np.uint8)
+    grown[:n] = kept
+    return grown
 
 
 PIXEL_CODEC = "lz4"  # LZ4 frame: ~2.5x smaller than raw on KTH-like frames, several times faster than zstd

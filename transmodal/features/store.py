@@ -251,7 +251,9 @@ def plan_kept(
 
 KEPT_COLUMN = "kept_patches"  # clips.parquet, only with backbone.keep < 1: G*K int16, row-major (G, K)
 
-MAX_CROP_WORKERS = 8  # crop threads at most: each holds up to two videos' crops (~2.4 MB a 224 px clip)
+MAX_CROP_WORKERS = 8  # crop threads at most: each holds up to two jobs' crops (~2.4 MB a 224 px clip)
+MAX_CLIPS_PER_JOB = 32  # a crop job's clips (one video's, or a run of them): bounds a long video's crops
+# (`transmodal predict`'s windows) at ~77 MB a job; a dataset's videos have a few clips, one job each
 PLAN_CHUNK = 4096  # clips planned at once: the float64 look-ups cost ~17 KB a clip while they live
 
 
@@ -334,12 +336,18 @@ def crop_video(
 
 
 def _videos_of(clips: pd.DataFrame) -> list[tuple[str, slice]]:
-    """(video_id, rows) per run of one video's clips, in order (a video's clips are contiguous)."""
+    """(video_id, rows) per run of one video's clips, in order (a video's clips are contiguous), a video
+    with more than ``MAX_CLIPS_PER_JOB`` clips split into runs of at most that many."""
+    max_clips = MAX_CLIPS_PER_JOB
     video_ids = clips["video_id"].to_numpy()
     if not len(video_ids):
         return []
     bounds = np.r_[0, np.flatnonzero(video_ids[1:] != video_ids[:-1]) + 1, len(video_ids)].tolist()
-    return [(video_ids[s], slice(s, e)) for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [
+        (video_ids[s], slice(start, min(start + max_clips, e)))
+        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
+        for start in range(s, e, max_clips)
+    ]
 
 
 def _ordered(function: Callable, jobs: Sequence[tuple], workers: int) -> Iterator:
@@ -377,7 +385,8 @@ def crop_batches(
 
     Videos are read and cropped by :func:`crop_video` on ``share.cores`` threads (at most
     ``MAX_CROP_WORKERS``; torch's resize, numpy and the frame decompression release the GIL), at most two
-    videos a thread ahead; the crops are normalised (or copied) here, in clip order, straight into the batch.
+    jobs a thread ahead, a job being a video's clips (a long video's in runs of ``MAX_CLIPS_PER_JOB``); the
+    crops are normalised (or copied) here, in clip order, straight into the batch.
     ``breaks``: sizes of consecutive runs of clips (the feature shards) that no batch straddles: a run's last
     batch may be short, so the batches of a shard are the same whichever shards a process encodes.
     """

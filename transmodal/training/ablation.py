@@ -164,17 +164,20 @@ def _latency_batch(store: FeatureStore, pose_scores: bool) -> tuple[torch.Tensor
 def backbone_latency(
     checkpoint: str, backbone: dict, device: torch.device, warmup: int, repeats: int
 ) -> dict:
-    """VideoMAE forward on a batch of 4 clips at its input size (content does not change its cost); with a
-    cache that dropped tokens (``backbone.keep`` < 1), on K patches of each group (which K does not change
-    the cost either: the first K)."""
+    """VideoMAE forward on a batch of 4 clips at its input size (content does not change its cost), in the
+    dtype the cache was made with (``model_dtype`` of backbone.json: fp16 on CUDA with the paper presets);
+    with a cache that dropped tokens (``backbone.keep`` < 1), on K patches of each group (which K does not
+    change the cost either: the first K)."""
     from transformers import VideoMAEModel
 
     from transmodal.features.keep import masked_positions
 
-    model = load_model(VideoMAEModel, checkpoint, "backbone.checkpoint", device, torch.float32)
+    dtype = getattr(torch, backbone.get("model_dtype", "float32"))
+    model = load_model(VideoMAEModel, checkpoint, "backbone.checkpoint", device, dtype)
     size = backbone["image_size"]
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.randn(LATENCY_BATCH, backbone["num_frames"], 3, size, size, generator=generator).to(device)
+    pixels = torch.randn(LATENCY_BATCH, backbone["num_frames"], 3, size, size, generator=generator)
+    pixels = pixels.to(device, dtype)
     masked = None
     if "full_patches_per_group" in backbone:
         groups, count = backbone["grid"]

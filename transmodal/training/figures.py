@@ -222,7 +222,8 @@ def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfi
         "# Ablations (paper Table 5), as measured by this pipeline",
         "",
         f"Backbone: `{backbone.get('checkpoint')}` (grid {backbone['grid'][0]} x {backbone['grid'][1]} tokens, "
-        f"D={backbone['hidden_size']}), {first['backbone_flops'] / 1e9:.3g} GFLOPs per clip here; VideoMAE-B "
+        f"D={backbone['hidden_size']}, {backbone.get('model_dtype', 'float32')}), "
+        f"{first['backbone_flops'] / 1e9:.3g} GFLOPs per clip here; VideoMAE-B "
         f"at the paper's size: {first['backbone_flops_paper_size'] / 1e9:.0f} GFLOPs per clip.",
         "",
         f"Accuracy: {PAPER_UNIT}-level top-1 on the test split ({first['test_units']} {PAPER_UNIT}s; "

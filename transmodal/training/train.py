@@ -44,8 +44,9 @@ PIPELINE_KEYS: dict[str, tuple[str, ...]] = {
         "minimum_matching_threshold",
         "minimum_consecutive_frames",
         "stitch_tracks",
+        "precision",
     ),
-    "pose": ("source", "checkpoint", "dataset_index"),
+    "pose": ("source", "checkpoint", "dataset_index", "precision"),
 }
 
 
