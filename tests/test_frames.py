@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -65,6 +66,53 @@ def test_bad_videos_are_skipped_with_reasons_and_counted(video_tree, tmp_path):
     assert summary["videos_skipped"] == 3
     videos = FrameStore(tmp_path / "frames").videos.set_index("video_id")
     assert (videos.loc[list(reasons), "status"] == "skipped").all()
+
+
+class _BrokenStreams:
+    """cv2.VideoCapture where ``b.avi`` doubles its frame size from frame 4 on and ``short.avi`` makes OpenCV
+    raise at frame 6 (streams seen in the wild); every other file decodes as it is."""
+
+    def __init__(self):
+        self.open = cv2.VideoCapture
+
+    def __call__(self, path):
+        capture, name, frames = self.open(path), Path(path).name, [0]
+
+        class Capture:
+            def __getattr__(self, attr):
+                return getattr(capture, attr)
+
+            def grab(self):
+                if name == "short.avi" and frames[0] == 6:
+                    raise cv2.error("OpenCV(4.x) error: (-2:Unspecified error) broken stream")
+                frames[0] += 1
+                return capture.grab()
+
+            def retrieve(self):
+                ok, frame = capture.retrieve()
+                if ok and name == "b.avi" and frames[0] > 4:
+                    frame = cv2.resize(frame, (2 * frame.shape[1], 2 * frame.shape[0]))
+                return ok, frame
+
+        return Capture()
+
+
+def test_a_stream_that_changes_size_or_breaks_opencv_is_skipped_with_its_reason(
+    video_tree, tmp_path, monkeypatch
+):
+    # before, the exception ended the frames stage, and its resume met it again
+    from transmodal.data import frames as frames_module
+
+    root, index = video_tree
+    monkeypatch.setattr(frames_module.cv2, "VideoCapture", _BrokenStreams())
+    summary = extract_frames(index, root, tmp_path / "frames", stride=2, clip_length=16, videos_per_shard=2)
+    reasons = {item["video_id"]: item["reason"] for item in summary["skipped"]}
+    assert reasons["b"] == "the frame size changes at frame 4 (64x48, then 128x96)"
+    assert (
+        reasons["short"]
+        == "OpenCV failed at frame 6: OpenCV(4.x) error: (-2:Unspecified error) broken stream"
+    )
+    assert summary["videos_skipped"] == 5 and "a" not in reasons  # with zero, text and absent
 
 
 def test_truncated_video_keeps_the_frames_it_decoded_flagged_and_counted(video_tree, tmp_path):

@@ -137,6 +137,7 @@ def decode_video(
         return DecodedVideo(video_id, None, empty, 0, 0, 0.0, "file not found")
     if path.stat().st_size == 0:
         return DecodedVideo(video_id, None, empty, 0, 0, 0.0, "zero-byte file")
+    reported, fps, decoded = 0, 0.0, 0
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
@@ -165,6 +166,10 @@ def decode_video(
                     size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
                     frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
                 n = len(kept_idx)
+                if kept is not None and tuple(kept.shape[1:]) != frame.shape:
+                    (h0, w0), (h, w) = kept.shape[1:3], frame.shape[:2]
+                    reason = f"the frame size changes at frame {decoded} ({w0}x{h0}, then {w}x{h})"
+                    return DecodedVideo(video_id, None, empty, decoded, reported, fps, reason)
                 if max_bytes is not None and (n + 1) * frame.nbytes > max_bytes:
                     raise FramesTooLarge(
                         f"its kept frames pass {max_bytes / 2**20:.0f} MiB at source frame {decoded} "
@@ -179,6 +184,9 @@ def decode_video(
                 while int(np.floor(sample * step + 0.5)) <= decoded:  # samples this frame is nearest to
                     sample += 1
             decoded += 1
+    except cv2.error as err:  # a stream OpenCV gives up on: this video is skipped, the stage goes on
+        reason = f"OpenCV failed at frame {decoded}: {str(err).strip().splitlines()[-1]}"
+        return DecodedVideo(video_id, None, empty, decoded, reported, fps, reason)
     finally:
         capture.release()
     if decoded == 0 or not kept_idx:
@@ -203,12 +211,8 @@ FIRST_ALLOCATION = 2**30  # bytes: the most a header's frame count may reserve b
 
 
 def _room_for(kept: np.ndarray | None, n: int, shape: tuple[int, ...], expected: int) -> np.ndarray:
-    """``kept`` (frames, H, W, 3) with room for frame ``n`` of ``shape``: created for ``expected`` frames, or
-    doubled when the header announced fewer (none, or a wrong count)."""
-    if kept is not None and tuple(kept.shape[1:]) != tuple(shape):
-        raise ValueError(
-            f"kept frame {n} is {shape[1]}x{shape[0]}, the first {kept.shape[2]}x{kept.shape[1]}"
-        )
+    """``kept`` (frames, H, W, 3) with room for frame ``n`` of ``shape`` (the first frame's): created for
+    ``expected`` frames, or doubled when the header announced fewer (none, or a wrong count)."""
     if kept is None:
         return np.empty((max(expected, 1), *shape), np.uint8)
     if n < len(kept):
