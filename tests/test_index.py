@@ -442,6 +442,48 @@ def test_hmdb51_missing_unlisted_and_split_file(hmdb_root: Path):
         index_hmdb51(hmdb_root, 3, 0.34, seed=0)
 
 
+def test_hmdb51_class_folder_missing_keeps_every_label_index(hmdb_root: Path):
+    # an inner archive that did not extract: its class keeps its index, its listed videos count as missing
+    full, _ = index_hmdb51(hmdb_root, 1, 0.34, seed=0)
+    shutil.rmtree(hmdb_root / "kick")
+    index, summary = index_hmdb51(hmdb_root, 1, 0.34, seed=0)
+    assert summary["classes_missing_on_disk"] == ["kick"] and "kick" not in set(index["label"])
+    kept = full[full["label"] != "kick"]
+    assert dict(zip(index["label"], index["label_idx"], strict=True)) == dict(
+        zip(kept["label"], kept["label_idx"], strict=True)
+    )
+    assert summary["listed_missing_on_disk"] == (full["label"] == "kick").sum()
+    assert all(name.startswith("kick/") for name in summary["listed_missing_on_disk_ids"])
+
+
+def test_the_prepare_stage_says_what_the_folder_and_the_lists_disagree_on(
+    hmdb_root, tmp_path, monkeypatch, capsys
+):
+    import importlib.util
+    import json
+
+    from transmodal.params import load_params
+
+    shutil.rmtree(hmdb_root / "kick")
+    (hmdb_root / "kick_ball" / "extra_kick_ball_f_cm_np1_ba_med_0.avi").touch()
+    spec = importlib.util.spec_from_file_location("prepare_stage", REPO / "stages" / "prepare.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    params = load_params(REPO / "params.yaml")
+    params["data"].update(dataset="hmdb51", root=str(hmdb_root), split=1)
+    monkeypatch.chdir(tmp_path)
+    stage.main(params)
+    err = capsys.readouterr().err.splitlines()
+    summary = json.loads((tmp_path / "metrics" / "prepare.json").read_text())
+    assert err == [
+        f"prepare: note: {summary['listed_missing_on_disk']} videos named in the split or sequence lists are not "
+        "on disk (metrics/prepare.json: listed_missing_on_disk)",
+        "prepare: note: 1 classes have a split file but no videos on disk (metrics/prepare.json: "
+        "classes_missing_on_disk)",
+        "prepare: note: 1 videos on disk are in no split file (left out) (metrics/prepare.json: unlisted_on_disk)",
+    ]
+
+
 def test_hmdb51_malformed_split_line(hmdb_root: Path):
     path = hmdb_root / "testTrainMulti_7030_splits" / "kick_test_split1.txt"
     lines = path.read_text().splitlines()

@@ -428,7 +428,15 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
         raise _root_error(root, "has no HMDB51 videos (<class>/<name>.avi)")
     if split not in (1, 2, 3):
         raise ParamError(f"params.yaml: data.split is {split!r}; expected one of 1, 2, 3")
-    classes = sorted(on_disk)
+    # the classes are those of the split files as well as the folders: a class whose folder is missing or
+    # empty (an inner archive that did not extract) keeps its label index, its videos counted as missing
+    split_dir = root / HMDB51_SPLITS
+    suffix = f"_test_split{split}.txt"
+    listed_classes = (
+        {p.name.removesuffix(suffix) for p in split_dir.glob(f"*{suffix}")} if split_dir.is_dir() else set()
+    )
+    classes = sorted(set(on_disk) | listed_classes)
+    classes_missing = sorted(listed_classes - set(on_disk))
 
     source_of: dict[tuple[str, str], str] = {}
     unparsed: list[str] = []
@@ -452,7 +460,7 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
         if not split_path.is_file():
             raise _split_file_error(split, split_path)
         marks = _parse_hmdb_split(split_path)
-        names = set(on_disk[class_name])
+        names = set(on_disk.get(class_name, ()))
         unlisted += [f"{class_name}/{name}" for name in sorted(names - set(marks))]
         for name, part in marks.items():
             if part == "unused":
@@ -485,6 +493,7 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
             "unused_excluded": unused,
             "listed_missing_on_disk": len(listed_missing),
             "listed_missing_on_disk_ids": sorted(listed_missing),
+            "classes_missing_on_disk": classes_missing,
             "unlisted_on_disk": len(unlisted),
             "unlisted_on_disk_ids": unlisted,
             "source_videos": len(group_id),
