@@ -2,6 +2,7 @@
 at the paper's unit (sequence) as a DVC plot and a PNG; the training curves as a PNG; paper Figures 3 and 4
 for ``eval.explain_clips`` test clips (metrics/explain/)."""
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json, write_text
 from transmodal.params import section
 from transmodal.stage import run_stage
-from transmodal.training.evaluate import PAPER_UNIT, evaluate_model
+from transmodal.training.evaluate import PAPER_UNIT, evaluate_model, split_coverage
 from transmodal.training.figures import plot_confusion, plot_curves
 from transmodal.training.train import load_checkpoint
 
@@ -23,6 +24,18 @@ def main(params: dict) -> None:
     metrics, predictions = evaluate_model(
         Path("models/transmodal"), store, "test", cfg.batch_size, cfg.device
     )
+    frames = FrameStore("data/frames")
+    coverage = split_coverage(
+        pd.read_parquet("data/index.parquet"), frames.videos, predictions["video"]["video_id"]
+    )
+    metrics.update(coverage)
+    if coverage["test_videos_not_scored"]:
+        print(
+            f"evaluate: note: {len(coverage['test_videos_not_scored'])} of the "
+            f"{coverage['test_videos_indexed']} test videos are not in the accuracies "
+            "(metrics/eval.json: test_videos_not_scored, with each one's reason)",
+            file=sys.stderr,
+        )
     table = predictions[PAPER_UNIT].rename(columns={"unit_id": f"{PAPER_UNIT}_id"})
     write_text(table.to_csv(index=False), "metrics/confusion.csv")
     unit = metrics["units"][PAPER_UNIT]
@@ -36,7 +49,7 @@ def main(params: dict) -> None:
     metrics["explained_clips"] = explain_test_clips(
         model,
         store,
-        FrameStore("data/frames"),
+        frames,
         tracks,
         metrics["classes"],
         Path("metrics/explain"),

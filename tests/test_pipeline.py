@@ -58,6 +58,9 @@ def test_repro_produces_every_output_and_a_second_repro_does_nothing(project):
     assert json.loads((project / "metrics/detect.json").read_text())["recall"] == 1.0
     evaluation = json.loads((project / "metrics/eval.json").read_text())
     assert {"clip_accuracy", "sequence_accuracy", "video_accuracy"} <= set(evaluation)
+    # every indexed test video is scored here (none skipped), and the stage says how many were
+    assert evaluation["test_videos_scored"] == evaluation["test_videos_indexed"] == evaluation["videos"]
+    assert evaluation["test_videos_not_scored"] == []
     # Figure 4's heat on the synthetic test clips: each map's mass in the person's box, against the box's
     # share of the crop and of the frame (measured; on random backbones the maps are flat, decision 28)
     assert len(evaluation["explained_clips"]) == 2

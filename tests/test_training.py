@@ -166,6 +166,25 @@ def test_backbone_latency_runs_in_the_dtype_the_cache_was_made_with(monkeypatch)
         assert loaded[-1] == expected
 
 
+def test_the_test_videos_left_out_of_the_accuracies_are_counted_with_their_reasons():
+    from transmodal.training.evaluate import split_coverage
+
+    index = pd.DataFrame({"video_id": ["a", "b", "c", "d", "t"], "split": ["test"] * 4 + ["train"]})
+    videos = pd.DataFrame(
+        {"video_id": ["a", "b", "c", "d", "t"], "status": ["ok", "skipped", "ok", "ok", "ok"],
+         "reason": ["", "zero-byte file", "", "", ""]}
+    )  # fmt: skip
+    coverage = split_coverage(index, videos, pd.Series(["a", "d"]))
+    assert coverage == {
+        "test_videos_indexed": 4,
+        "test_videos_scored": 2,
+        "test_videos_not_scored": [
+            {"video_id": "b", "reason": "skipped by the frames stage: zero-byte file"},
+            {"video_id": "c", "reason": "no clip in the feature cache"},
+        ],
+    }
+
+
 def test_training_learns_a_separable_signal(params, tmp_path):
     params["train"]["epochs"] = 15
     params["train"]["lr"] = 1e-3

@@ -115,3 +115,25 @@ def evaluate_model(
     logits = predict(model, data, batch_size, torch_device)
     metrics, predictions = evaluate_logits(logits, data, classes)
     return {"split": split, **metrics, "classes": classes}, predictions
+
+
+def split_coverage(index: pd.DataFrame, videos: pd.DataFrame, scored: pd.Series, split: str = "test") -> dict:
+    """How many of the split's indexed videos were scored, and why each other one was not: skipped by the
+    frames stage (its reason), or no clip in the feature cache. ``videos``: the frame store's video table;
+    ``scored``: the video ids the accuracies count."""
+    listed = index.loc[index["split"] == split, "video_id"]
+    skipped = videos.loc[videos["status"] != "ok"].set_index("video_id")["reason"].to_dict()
+    missing = sorted(set(listed) - set(scored))
+    return {
+        f"{split}_videos_indexed": int(len(listed)),
+        f"{split}_videos_scored": int(listed.isin(set(scored)).sum()),
+        f"{split}_videos_not_scored": [
+            {
+                "video_id": video_id,
+                "reason": f"skipped by the frames stage: {skipped[video_id]}"
+                if video_id in skipped
+                else "no clip in the feature cache",
+            }
+            for video_id in missing
+        ],
+    }
