@@ -24,7 +24,7 @@ from transmodal.data.coco import COCO_JOINTS, NUM_JOINTS
 from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.features.backbone import FrozenBackbone, processor_class
 from transmodal.features.cache import DENSE_COLUMNS, FeatureStore, shard_name
-from transmodal.features.clips import clip_positions, make_clips, skipped_videos, spread
+from transmodal.features.clips import clip_positions, make_clips, sequence_coverage, skipped_videos, spread
 from transmodal.features.crops import (
     PixelNormalizer,
     align_pose,
@@ -535,6 +535,29 @@ def test_parallel_crop_batches_equal_serial_ones(world):
     lost = clips.assign(video_id=clips["video_id"].where(clips.index < 8, "broken"))  # no decoded frames
     with pytest.raises(KeyError, match="broken"):  # a crop worker's error reaches the consumer
         list(crop_batches(store, lost, 64, 5, normalizer, CpuShare(3, 0)))
+
+
+def test_listed_sequences_without_a_kept_frame_are_counted():
+    # KTH lists some sequences past the end of the decoded video: they get no clip, and a video none of whose
+    # sequences holds a kept frame is scored whole; features.json counts both, whatever clips are sampled
+    ids = ["past", "beyond", "fine", "train", "plain", "gone"]
+    index = pd.DataFrame(
+        {
+            "video_id": ids,
+            "split": ["test", "test", "val", "train", "test", "test"],
+            "sequences": [[[1, 20], [200, 260]], [[500, 600]], [[1, 20]], [[900, 990]], None, [[300, 400]]],
+        }
+    )
+    videos = pd.DataFrame({"video_id": ids, "status": ["ok"] * 5 + ["skipped"]})
+    frames = pd.DataFrame(  # 100 kept frames (0, 2, ..., 198) a video; "gone" was skipped
+        {"video_id": np.repeat(ids[:5], 100), "frame_idx": np.tile(np.arange(0, 200, 2), 5)}
+    )
+    assert sequence_coverage(index, videos, frames) == {
+        "sequences_without_frames": 2,  # past's second (frames 200-260) and beyond's only one
+        "sequences_without_frames_ids": ["past:1", "beyond:0"],
+        "videos_scored_whole": 1,
+        "videos_scored_whole_ids": ["beyond"],
+    }
 
 
 def test_a_long_video_is_cropped_in_runs_of_clips_with_the_same_crops(world, monkeypatch):

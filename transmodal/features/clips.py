@@ -201,3 +201,27 @@ def make_clips(
             )
     clips = pd.DataFrame(rows, columns=list(CLIP_COLUMNS))
     return clips.astype({"label_idx": np.int64, "padded": bool, "sequence": np.int64})
+
+
+def sequence_coverage(index: pd.DataFrame, videos: pd.DataFrame, frame_table: pd.DataFrame) -> dict:
+    """Listed sequences of the evaluation videos (val, test) that hold no kept frame (a listing past the end
+    of the decoded video), and the videos scored as one whole-video unit because none of theirs holds one
+    (:func:`sequence_segments`). Counted in ``metrics/features.json``: the accuracies leave them out.
+    ``videos``, ``frame_table``: as for :func:`make_clips`; skipped videos are counted as skipped."""
+    skipped = set(skipped_videos(index, videos))
+    samples = time_samples(videos, frame_table)
+    dropped, whole = [], []
+    for video in index[index["split"] != "train"].itertuples(index=False):
+        listed = _as_ranges(video.sequences)
+        if not listed or video.video_id in skipped or video.video_id not in samples:
+            continue
+        held = {number for number, _ in sequence_segments(samples[video.video_id], listed)}
+        if held == {WHOLE_VIDEO}:
+            whole.append(video.video_id)
+        dropped += [f"{video.video_id}:{n}" for n in range(len(listed)) if n not in held]
+    return {
+        "sequences_without_frames": len(dropped),
+        "sequences_without_frames_ids": dropped,
+        "videos_scored_whole": len(whole),
+        "videos_scored_whole_ids": whole,
+    }

@@ -45,7 +45,7 @@ from transmodal.data.coco import NUM_JOINTS, joint_columns
 from transmodal.data.frames import FrameStore
 from transmodal.features.backbone import FrozenBackbone
 from transmodal.features.cache import BACKBONE_FILE, TOKENS_KEY, shard_name
-from transmodal.features.clips import make_clips, skipped_videos
+from transmodal.features.clips import make_clips, sequence_coverage, skipped_videos
 from transmodal.features.crops import (
     CROP_COLUMNS,
     PixelNormalizer,
@@ -580,6 +580,7 @@ def build_features(
             split: int((clips["split"] == split).sum()) for split in ("train", "val", "test")
         },
         "padded_clips": int(clips["padded"].sum()),
+        **sequence_coverage(index, store.videos, store.frames),
         "clips_without_track": without_track,
         "videos": int(clips["video_id"].nunique()),
         "skipped_videos": len(skipped),
