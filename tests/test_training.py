@@ -106,6 +106,8 @@ def test_training_is_deterministic_and_checkpoint_rebuilds_the_model(params, tmp
     assert metrics_a == metrics_b
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
     assert list(history_a["epoch"]) == [1, 2, 3]
+    # each row's lr is the rate that epoch trained at (cosine from train.lr), not the next epoch's
+    assert history_a["lr"].tolist() == pytest.approx([1e-4, 1e-4 * (1 + np.cos(np.pi / 3)) / 2, 1e-4 * 0.25])
     assert metrics_a["best_epoch"] in (1, 2, 3)
     assert metrics_a["val_acc"] == history_a.loc[metrics_a["best_epoch"] - 1, "val_acc"]
     assert metrics_a["val_acc"] == history_a["val_acc"].max()
@@ -164,6 +166,28 @@ def test_backbone_latency_runs_in_the_dtype_the_cache_was_made_with(monkeypatch)
         with pytest.raises(RuntimeError, match="stop"):
             ablation.backbone_latency("ckpt", backbone, torch.device("cpu"), 1, 1)
         assert loaded[-1] == expected
+
+
+def test_missing_joints_are_zeroed_and_scored_zero():
+    from transmodal.training.data import pose_input
+
+    xy = np.full((1, 2, 3, 2), 0.5, np.float32)
+    score = np.full((1, 2, 3), 0.9, np.float32)
+    mask = np.array([[[True, False, True], [False, False, False]]])  # frame 1 without any joint
+    plain = pose_input(xy, score, mask, pose_scores=False)
+    assert plain.shape == (1, 2, 3, 2) and plain.dtype == torch.float32
+    assert torch.equal(plain[0, 0, 1], torch.zeros(2)) and torch.equal(plain[0, 1], torch.zeros(3, 2))
+    assert torch.equal(plain[0, 0, 0], torch.full((2,), 0.5))
+    scored = pose_input(xy, score * mask, mask, pose_scores=True)  # the clip plan's scores: 0 where masked
+    assert scored.shape == (1, 2, 3, 3) and scored[0, 1, :, 2].eq(0).all() and scored[0, 0, 0, 2] == 0.9
+
+
+def test_macro_f1_averages_the_classes_present():
+    # a class with no test unit (its folder missing) is not a class the model got wrong
+    result = classification_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["a", "b", "c"])
+    f1 = [result["per_class"][name]["f1"] for name in ("a", "b")]
+    assert result["macro_f1"] == pytest.approx(np.mean(f1)) and result["macro_f1_classes"] == 2
+    assert result["per_class"]["c"]["support"] == 0
 
 
 def test_the_test_videos_left_out_of_the_accuracies_are_counted_with_their_reasons():

@@ -51,14 +51,18 @@ def video_level(logits: torch.Tensor, labels: torch.Tensor, video_ids: list[str]
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
-    """Top-1, per-class precision/recall/F1/support and the confusion matrix (rows = actual)."""
+    """Top-1, per-class precision/recall/F1/support and the confusion matrix (rows = actual). The macro F1
+    averages the classes with at least one unit here (a class absent from the split, e.g. its folder
+    missing, would count as F1 0 otherwise)."""
     ids = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predictions, labels=ids, zero_division=0
     )
+    present = support > 0
     return {
         "accuracy": float(accuracy_score(labels, predictions)) if len(labels) else None,
-        "macro_f1": float(np.mean(f1)) if len(labels) else None,
+        "macro_f1": float(np.mean(f1[present])) if present.any() else None,
+        "macro_f1_classes": int(present.sum()),
         "per_class": {
             name: {
                 "precision": float(precision[i]),

@@ -210,13 +210,13 @@ def train_model(
         seen = len(order)
         if sampler is not None:  # every rank's sums: the epoch's loss and accuracy over all of them
             loss_sum, correct, seen = distributed.sum_over_ranks([loss_sum, correct, seen], device)
-        scheduler.step()
         row = {
             "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": optimizer.param_groups[0]["lr"],  # the rate this epoch trained at, before the step below
             "train_loss": loss_sum / seen,
             "train_acc": correct / seen,
         }
+        scheduler.step()
         if len(val):
             val_logits = predict(model, val, max(train_cfg.batch_size, 16), device)
             row["val_loss"] = float(F.cross_entropy(val_logits, val.labels))
