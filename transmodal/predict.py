@@ -45,16 +45,13 @@ from transmodal.params import BackboneConfig, CheckpointError, DetectConfig, Par
 VIDEO_ID = "input"
 TOP_K = 5
 DEFAULT_MAX_SIDE = 1280  # frames are shrunk to this longer side when decoded (the detector sees 640 px)
-MEMORY_SHARE = (
-    0.5  # the decoded frames (and explain's tokens) may take at most this share of the available memory
-)
+# the decoded frames (and explain's tokens) may take at most this share of the available memory
+MEMORY_SHARE = 0.5
 # Writers tried for --out, in order, per container: (fourcc, name).
 WRITERS = {
     ".mp4": (("avc1", "H.264"), ("mp4v", "MPEG-4 Part 2")),
     ".avi": (("MJPG", "Motion JPEG"), ("XVID", "MPEG-4 Part 2")),
 }
-
-
 HALF_PRECISIONS = {"float16": "fp16", "bfloat16": "bf16"}  # backbone.json's model_dtype -> backbone.precision
 
 
