@@ -208,17 +208,21 @@ def sequence_coverage(index: pd.DataFrame, videos: pd.DataFrame, frame_table: pd
     of the decoded video), and the videos scored as one whole-video unit because none of theirs holds one
     (:func:`sequence_segments`). Counted in ``metrics/features.json``: the accuracies leave them out.
     ``videos``, ``frame_table``: as for :func:`make_clips`; skipped videos are counted as skipped."""
+    listing = [
+        (video.video_id, _as_ranges(video.sequences))
+        for video in index[index["split"] != "train"].itertuples(index=False)
+    ]
+    listing = [(video_id, listed) for video_id, listed in listing if listed]  # none for UCF101, HMDB51
     skipped = set(skipped_videos(index, videos))
-    samples = time_samples(videos, frame_table)
+    samples = time_samples(videos, frame_table) if listing else {}
     dropped, whole = [], []
-    for video in index[index["split"] != "train"].itertuples(index=False):
-        listed = _as_ranges(video.sequences)
-        if not listed or video.video_id in skipped or video.video_id not in samples:
+    for video_id, listed in listing:
+        if video_id in skipped or video_id not in samples:
             continue
-        held = {number for number, _ in sequence_segments(samples[video.video_id], listed)}
+        held = {number for number, _ in sequence_segments(samples[video_id], listed)}
         if held == {WHOLE_VIDEO}:
-            whole.append(video.video_id)
-        dropped += [f"{video.video_id}:{n}" for n in range(len(listed)) if n not in held]
+            whole.append(video_id)
+        dropped += [f"{video_id}:{n}" for n in range(len(listed)) if n not in held]
     return {
         "sequences_without_frames": len(dropped),
         "sequences_without_frames_ids": dropped,
