@@ -195,3 +195,101 @@ def test_stages_find_the_project_python_without_an_activated_venv(tmp_path):
         "stages/train.py: error: no Python with the transmodal package on PATH and no .venv here: run "
         "'make setup', then '. .venv/bin/activate'"
     ]
+
+
+def _sections(names) -> set[str]:
+    return {name.partition(".")[0] for name in names}
+
+
+def test_the_readme_table_names_every_params_section_each_stage_lists():
+    """README's pipeline table: the params column of a stage names each section its dvc.yaml entry lists."""
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    sections = set(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
+    rows = {}
+    for line in (REPO_ROOT / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        name = cells[0].removesuffix("@v") if cells else ""
+        if len(cells) == 3 and name in stages:
+            rows[name] = _sections(re.findall(r"`([^`]+)`", cells[2])) & sections
+    assert set(rows) == set(stages), "README's pipeline table must have one row per dvc.yaml stage"
+    for name, stage in stages.items():
+        listed = _sections(stage.get("do", stage).get("params", []))
+        assert rows[name] == listed, (
+            f"README row {name!r} names {sorted(rows[name])}, dvc.yaml {sorted(listed)}"
+        )
+
+
+def test_an_experiment_copy_runs_its_own_code_with_the_workspace_venv(tmp_path):
+    """`dvc exp run --temp` and queued runs work in <workspace>/.dvc/tmp/exps/tmpXXXX: the stages import the
+    copy's transmodal/ (the installed package points at the workspace's) and use the workspace's .venv."""
+    import os
+    import subprocess
+    import sys
+
+    workspace = tmp_path / "workspace"
+    copy = workspace / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    (copy / "stages").mkdir(parents=True)
+    (copy / "stages" / "python.sh").write_text((REPO_ROOT / "stages" / "python.sh").read_text())
+    (copy / "transmodal").mkdir()
+    (copy / "transmodal" / "__init__.py").write_text("")
+    probe = "import sys, transmodal; print(transmodal.__file__); print(sys.prefix)"
+    # the workspace's .venv: a stand-in that runs this test's interpreter
+    (workspace / ".venv" / "bin").mkdir(parents=True)
+    shim = workspace / ".venv" / "bin" / "python"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    home = {"HOME": os.environ.get("HOME", "/tmp")}
+    runs = {
+        "activated": {**home, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
+        "not activated": {**home, "PATH": "/usr/bin:/bin"},
+    }
+    for how, env in runs.items():
+        result = subprocess.run(
+            ["sh", "stages/python.sh", "-c", probe], cwd=copy, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, (how, result.stderr)
+        module, prefix = result.stdout.split()
+        assert Path(module) == copy / "transmodal" / "__init__.py", how
+        assert Path(prefix) == Path(sys.prefix), how
+
+
+def test_a_python_without_the_project_is_not_taken_for_one_that_has_it(tmp_path):
+    """In the workspace, transmodal.egg-info sits in the current folder: a system Python on PATH must not pass
+    for one with the project installed (it has none of its dependencies)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system is None or Path(system).resolve() == Path(sys.executable).resolve():
+        pytest.skip("no system python3 beside the project's")
+    (tmp_path / "python").symlink_to(system)
+    (tmp_path / "transmodal.egg-info").mkdir()
+    (tmp_path / "transmodal.egg-info" / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: transmodal\n")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "python.sh").write_text((REPO_ROOT / "stages" / "python.sh").read_text())
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    shim = tmp_path / ".venv" / "bin" / "python"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    result = subprocess.run(
+        ["sh", "stages/python.sh", "-c", "import sys; print(sys.prefix)"],
+        cwd=tmp_path,
+        env={"HOME": os.environ.get("HOME", "/tmp"), "PATH": f"{tmp_path}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == Path(sys.prefix)
+
+
+def test_ablate_lists_every_train_key_but_the_seed():
+    """ablation.seeds replaces train.seed; every other train.* key changes what an ablate stage trains."""
+    import dataclasses
+
+    from transmodal.params import TrainConfig
+
+    ablate = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["ablate"]["do"]
+    listed = {key.partition(".")[2] for key in ablate["params"] if key.startswith("train.")}
+    assert listed == {field.name for field in dataclasses.fields(TrainConfig)} - {"seed"}

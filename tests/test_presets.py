@@ -70,3 +70,28 @@ def test_a_preset_key_params_yaml_lacks_is_refused(tmp_path):
     with pytest.raises(ParamError, match=r"preset: train.epoch is not a key of params.yaml"):
         apply_preset("typo", target, tmp_path)
     assert target.read_text() == (REPO_ROOT / "params.yaml").read_text()
+
+
+def test_preset_says_what_dvc_repro_would_miss(tmp_path, capsys, monkeypatch):
+    """DVC checks data.root before prepare runs (and removes prepare's outputs first), and a missing checkpoint
+    shows only when its stage starts: the preset says both up front, without touching the network."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO_ROOT / "params.yaml").read_text())
+    main(["preset", "paper-ucf101", "--params", str(target)])
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("preset: note: ")]
+    assert notes[0] == (
+        "preset: note: data.root 'data/ucf101' does not exist here: run "
+        "`transmodal download ucf101 data/ucf101` before `dvc repro`"
+    )
+    checkpoints = ("backbone", "detect", "pose")
+    assert [note.split()[2] for note in notes[1:]] == [f"{key}.checkpoint" for key in checkpoints]
+    assert all("not in the Hugging Face cache" in note for note in notes[1:])
+    after = yaml.safe_load(target.read_text())
+    (tmp_path / "data" / "ucf101").mkdir(parents=True)
+    for key in checkpoints:
+        (tmp_path / after[key]["checkpoint"]).mkdir(parents=True)
+    main(["preset", "paper-ucf101", "--params", str(target)])
+    assert "note" not in capsys.readouterr().err

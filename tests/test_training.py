@@ -35,7 +35,7 @@ CLASSES = ["boxing", "walking", "running"]
 class MemoryStore:
     """The FeatureStore interface (clips, backbone, tokens, pose) over arrays in memory."""
 
-    def __init__(self, clips_per_split: dict[str, int], seed: int = 0):
+    def __init__(self, clips_per_split: dict[str, int], seed: int = 0, patches: int = P, dim: int = D):
         rng = np.random.default_rng(seed)
         rows = []
         for split, count in clips_per_split.items():
@@ -54,14 +54,14 @@ class MemoryStore:
         self.clips = pd.DataFrame(rows)
         labels = self.clips["label_idx"].to_numpy()
         # class-dependent signal so training has something to learn
-        self._tokens = rng.normal(size=(len(rows), G, P, D)).astype(np.float16)
+        self._tokens = rng.normal(size=(len(rows), G, patches, dim)).astype(np.float16)
         self._tokens[..., 0] += (labels[:, None, None] * 2.0).astype(np.float16)
         self._xy = rng.uniform(size=(len(rows), T, J, 2)).astype(np.float32)
         self._score = np.ones((len(rows), T, J), np.float32)
         self._mask = np.ones((len(rows), T, J), bool)
         self.backbone = {
-            "grid": [G, P],
-            "hidden_size": D,
+            "grid": [G, patches],
+            "hidden_size": dim,
             "num_frames": T,
             "tubelet_size": 2,
             "image_size": 32,
@@ -114,6 +114,31 @@ def test_training_is_deterministic_and_checkpoint_rebuilds_the_model(params, tmp
     model, config = load_checkpoint(tmp_path / "a")
     assert config["classes"] == CLASSES and config["best_epoch"] == metrics_a["best_epoch"]
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == metrics_a["parameters"]["total"]
+
+
+def test_the_weights_do_not_depend_on_the_process_thread_count(params, tmp_path):
+    """torch splits the head's sums (LayerNorm's gradients, matrix products) by thread: training runs on
+    ``train.threads`` whatever the process had, and evaluation on the count the model was trained with."""
+    store = MemoryStore({"train": 16, "val": 4, "test": 4}, patches=16, dim=64)
+    params["train"]["epochs"] = 1
+    before = torch.get_num_threads()
+    weights, scores = {}, {}
+    try:
+        # (model, the process's threads before training, train.threads, the process's before evaluating)
+        for name, before_train, threads, before_eval in (("a", 1, 1, 2), ("b", 2, 1, 3), ("c", 1, 2, 1)):
+            params["train"]["threads"] = threads
+            torch.set_num_threads(before_train)
+            _train(store, params, tmp_path / name)
+            weights[name] = (tmp_path / name / "model.safetensors").read_bytes()
+            torch.set_num_threads(before_eval)
+            metrics, _ = evaluate_model(tmp_path / name, store, "test", 4)
+            scores[name] = metrics
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert weights["a"] == weights["b"]
+    assert scores["a"] == scores["b"]
+    assert weights["a"] != weights["c"]  # the count matters at this size, so the first check can fail
 
 
 def _fused_attention_enabled() -> tuple[bool, bool, bool, bool]:
@@ -377,9 +402,16 @@ def _write_store(memory: MemoryStore, folder) -> FeatureStore:
 
 
 def test_seeds_in_worker_processes_equal_seeds_in_one_process(params, tmp_path):
-    store = _write_store(MemoryStore({"train": 12, "val": 3, "test": 6}), tmp_path / "features")
+    # large enough that the thread count changes the weights (the workers and this process differ in it)
+    memory = MemoryStore({"train": 12, "val": 3, "test": 6}, patches=16, dim=64)
+    store = _write_store(memory, tmp_path / "features")
     params = _ablation_params(params, {"full": {}}, [0, 1])
-    serial = ablation.run_variant(params, "full", store, tmp_path / "serial", progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # a count no spawned worker starts with
+    try:
+        serial = ablation.run_variant(params, "full", store, tmp_path / "serial", progress=False)
+    finally:
+        torch.set_num_threads(before)
     params["ablation"]["workers"] = 2
     parallel = ablation.run_variant(params, "full", store, tmp_path / "parallel", progress=False)
     assert parallel == serial

@@ -68,11 +68,16 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _preset(args: argparse.Namespace) -> None:
-    from transmodal.presets import apply_preset
+    import yaml
+
+    from transmodal.presets import apply_preset, not_ready
 
     changed = apply_preset(args.name, Path(args.params))
     print(f"{args.params}: preset {args.name} set {len(changed)} value(s): {', '.join(changed) or 'none'}")
     print("undo with: git checkout " + args.params)
+    params = yaml.safe_load(Path(args.params).read_text())
+    for note in not_ready(params, Path(args.params).parent):
+        print(f"preset: note: {note}", file=sys.stderr)
 
 
 def _explain(args: argparse.Namespace) -> None:

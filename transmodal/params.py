@@ -352,6 +352,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     label_smoothing: float = 0.0
+    threads: int = 1  # CPU threads of the head's training and evaluation: the weights depend on the count
 
     def __post_init__(self):
         s = "train"
@@ -362,6 +363,7 @@ class TrainConfig:
         _check_int(s, "seed", self.seed, 0)
         _check_choice(s, "device", self.device, DEVICES)
         _check_float(s, "label_smoothing", self.label_smoothing, 0.0, 0.9)
+        _check_int(s, "threads", self.threads, 1, 1024)
 
 
 @dataclass(frozen=True)

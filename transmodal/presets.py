@@ -61,6 +61,38 @@ def apply_preset(
     return changed
 
 
+def not_ready(params: dict, project: Path = Path(".")) -> list[str]:
+    """What ``dvc repro`` would miss on this machine with ``params``: the dataset folder (DVC checks a stage's
+    deps before it runs, so prepare's own message would never show, and DVC removes prepare's outputs first)
+    and model checkpoints that are neither a folder nor in the Hugging Face cache (found otherwise only
+    when the stage that loads one starts, after every stage before it). Looks, never downloads."""
+    from transmodal.data.download import DATASETS
+    from transmodal.vision.checkpoints import cached_snapshot
+
+    notes = []
+    data = params["data"]
+    if not (Path(project) / str(data["root"])).is_dir():
+        fetch = (
+            f"`transmodal download {data['dataset']} {data['root']}`"
+            if data["dataset"] in DATASETS
+            else "put the dataset there"
+        )
+        notes.append(f"data.root {data['root']!r} does not exist here: run {fetch} before `dvc repro`")
+    used = [("backbone.checkpoint", params["backbone"]["checkpoint"])] + [
+        (f"{stage}.checkpoint", params[stage]["checkpoint"])
+        for stage in ("detect", "pose")
+        if params[stage]["source"] == "model"
+    ]
+    for key, checkpoint in used:
+        if not (Path(project) / str(checkpoint)).is_dir() and cached_snapshot(str(checkpoint)) is None:
+            notes.append(
+                f"{key} {checkpoint!r} is not a folder here and not in the Hugging Face cache: the stage "
+                "that loads it downloads it (needs the network), or fetch it first "
+                f"(`huggingface-cli download {checkpoint}`)"
+            )
+    return notes
+
+
 def _dump(yaml, data) -> str:
     stream = io.StringIO()
     yaml.dump(data, stream)

@@ -87,20 +87,20 @@ def _run_seed(varied: dict, seed: int, store: FeatureStore, out_dir: Path, progr
     }
 
 
-def _seed_worker(varied: dict, seed: int, features_dir: Path, clips_path: Path, out_dir: Path, threads: int):
-    """:func:`_run_seed` in a worker process, on its own store handle and ``threads`` torch threads."""
-    torch.set_num_threads(threads)
+def _seed_worker(varied: dict, seed: int, features_dir: Path, clips_path: Path, out_dir: Path):
+    """:func:`_run_seed` in a worker process, on its own store handle (training sets ``train.threads``)."""
     return _run_seed(varied, seed, FeatureStore(features_dir, clips_path), out_dir, progress=False)
 
 
-def worker_count(cfg: AblationConfig, device: torch.device) -> int:
-    """Seeds trained at once: ``ablation.workers``, or with ``auto`` one per seed up to the CPU cores on the
-    CPU and 1 on an accelerator (its kernels, not Python, are then the limit)."""
+def worker_count(cfg: AblationConfig, device: torch.device, threads: int = 1) -> int:
+    """Seeds trained at once: ``ablation.workers``, or with ``auto`` one per seed up to the CPU cores over
+    ``train.threads`` (each worker's threads) on the CPU and 1 on an accelerator (its kernels, not Python,
+    are then the limit). The count changes only the time: each seed trains on ``train.threads`` threads."""
     if cfg.workers != "auto":
         return min(cfg.workers, len(cfg.seeds))
     if device.type != "cpu":
         return 1
-    return max(1, min(len(cfg.seeds), available_cores()))
+    return max(1, min(len(cfg.seeds), available_cores() // threads))
 
 
 def available_cores() -> int:
@@ -114,17 +114,15 @@ def run_variant(
     """Train and evaluate one variant for every seed into ``out_dir`` (seed-<s>/model/, metrics.json)."""
     varied = variant_params(params, variant)
     cfg = section(params, "ablation")
-    workers = worker_count(cfg, pick_device(section(varied, "train").device))
+    train_cfg = section(varied, "train")
+    workers = worker_count(cfg, pick_device(train_cfg.device), train_cfg.threads)
     if workers == 1:
         runs = [_run_seed(varied, seed, store, out_dir, progress) for seed in cfg.seeds]
     else:
-        threads = max(1, available_cores() // workers)
         by_seed = {}
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = {
-                pool.submit(
-                    _seed_worker, varied, seed, store.directory, store.clips_path, out_dir, threads
-                ): seed
+                pool.submit(_seed_worker, varied, seed, store.directory, store.clips_path, out_dir): seed
                 for seed in cfg.seeds
             }
             done = tqdm(

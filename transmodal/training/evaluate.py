@@ -112,6 +112,8 @@ def evaluate_model(
     """Metrics on ``split`` at every unit (see :func:`evaluate_logits`) and each unit's predictions."""
     torch_device = pick_device(device)
     model, config = load_checkpoint(model_dir, torch_device)
+    if "threads" in config["train"]:  # the count it trained with: on the CPU the logits depend on it too
+        torch.set_num_threads(config["train"]["threads"])
     classes = config["classes"]
     data = load_split(store, split, model.model_cfg.pose_scores)
     if len(data) == 0:

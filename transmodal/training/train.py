@@ -158,6 +158,7 @@ def train_model(
     adds the upstream params a new video is processed with).
     """
     seed_everything(train_cfg.seed)
+    torch.set_num_threads(train_cfg.threads)
     world = distributed.current()
     device = pick_device(train_cfg.device)
     if world.size > 1 and device.type == "cuda":

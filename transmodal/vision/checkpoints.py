@@ -37,12 +37,11 @@ def resolve_checkpoint(checkpoint: str, param: str) -> str:
             f"params.yaml: {param} is {checkpoint!r}, which is not a folder and not a hub id"
         )
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError
 
-    try:
-        return snapshot_download(checkpoint, local_files_only=True)
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
-        pass
+    cached = cached_snapshot(checkpoint)
+    if cached is not None:
+        return cached
     hint = (
         f"provide it as a local folder (save_pretrained format) and set {param} to it, put it in the "
         "Hugging Face cache (huggingface-cli download on a networked machine, then copy HF_HOME), or allow "
@@ -59,6 +58,18 @@ def resolve_checkpoint(checkpoint: str, param: str) -> str:
         raise CheckpointError(
             f"params.yaml: {param} is {checkpoint!r}: download failed ({first_line}); {hint}"
         ) from None
+
+
+def cached_snapshot(checkpoint: str) -> str | None:
+    """The folder of hub id ``checkpoint`` in the local Hugging Face cache, None when it is not there (or is
+    not a hub id). Never touches the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(checkpoint, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        return None
 
 
 def load_model(model_cls, checkpoint: str, param: str, device: torch.device, dtype: torch.dtype):
