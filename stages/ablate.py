@@ -1,39 +1,22 @@
 """Stage ablate@<variant>: train and evaluate one ablation variant -> data/ablation/<variant>/.
 
-A variant that varies ``backbone.keep*`` first builds its own feature cache there (the features stage's code,
-on the same frames, tracks and keypoints)."""
+It trains on the cache of ``ablate_features@<variant>``: the variant's own (a variant that varies
+``backbone.keep*``) or the features stage's."""
 
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from transmodal.data.frames import FrameStore
 from transmodal.features.cache import FeatureStore
-from transmodal.features.store import build_features
-from transmodal.params import section
+from transmodal.features.keep import ABLATION_FEATURES
 from transmodal.stage import run_stage
-from transmodal.training.ablation import own_features, run_variant, variant_params
+from transmodal.training.ablation import run_variant, variant_store
 
 
 def main(params: dict) -> None:
     variant = sys.argv[1]
-    out_dir = Path("data/ablation") / variant
-    own = own_features(params, variant, out_dir)
-    if own is None:
-        store = FeatureStore(Path("data/features"), Path("data/clips.parquet"))
-    else:
-        build_features(
-            pd.read_parquet("data/index.parquet"),
-            FrameStore("data/frames"),
-            pd.read_parquet("data/tracks.parquet"),
-            pd.read_parquet("data/keypoints.parquet"),
-            section(params, "clips"),
-            section(variant_params(params, variant), "backbone"),
-            *own,
-        )
-        store = FeatureStore(*own)
-    run_variant(params, variant, store, out_dir)
+    shared = FeatureStore(Path("data/features"), Path("data/clips.parquet"))
+    store = variant_store(params, variant, ABLATION_FEATURES / variant, shared)
+    run_variant(params, variant, store, Path("data/ablation") / variant)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Checkpoint resolution: local folder, then the Hugging Face cache, then the hub (never offline)."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from transformers import VideoMAEModel
 
 from transmodal.params import CheckpointError
 from transmodal.vision.checkpoints import (
+    hub_revision,
     load_model,
     pick_device,
     pick_dtype,
@@ -65,3 +67,56 @@ def test_device_and_precision_rules():
         with pytest.raises(CheckpointError, match="no CUDA device"):
             pick_device("cuda")
         assert pick_device("auto").type == "cpu"
+
+
+def _hub_cache(tmp_path, folder: str, revisions: list[str], monkeypatch) -> None:
+    """``folder`` as snapshots of hub id some-org/tiny-videomae; refs/main names the last revision."""
+    repo = tmp_path / "hub" / "models--some-org--tiny-videomae"
+    for revision in revisions:
+        shutil.copytree(folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revisions[-1])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+
+
+def test_a_hub_snapshot_is_recorded_by_its_revision(tiny_checkpoints, tmp_path, monkeypatch):
+    """Two machines with the same hub id may hold different snapshots: backbone.json (and detect.json,
+    pose.json) record the commit; a folder of the user's own has none."""
+    import json
+
+    from transmodal.features.backbone import FrozenBackbone
+    from transmodal.params import BackboneConfig
+
+    revision = "1" * 40
+    _hub_cache(tmp_path, tiny_checkpoints["backbone"], [revision], monkeypatch)
+    assert hub_revision(resolve_checkpoint("some-org/tiny-videomae", "backbone.checkpoint")) == revision
+    assert hub_revision(tiny_checkpoints["backbone"]) is None
+    length = json.loads((Path(tiny_checkpoints["backbone"]) / "config.json").read_text())["num_frames"]
+    hub = FrozenBackbone(BackboneConfig(checkpoint="some-org/tiny-videomae", device="cpu"), length)
+    assert hub.describe()["checkpoint"] == "some-org/tiny-videomae"
+    assert hub.describe()["checkpoint_revision"] == revision
+    local = FrozenBackbone(BackboneConfig(checkpoint=tiny_checkpoints["backbone"], device="cpu"), length)
+    assert "checkpoint_revision" not in local.describe()
+
+
+def test_resuming_features_tells_two_snapshots_of_one_hub_id_apart(tiny_checkpoints, tmp_path, monkeypatch):
+    """The features stage's resume key signs the snapshot's files, not the hub id: shards made with another
+    snapshot are never reused."""
+    import pandas as pd
+
+    from transmodal.features.store import _resume_key
+    from transmodal.params import BackboneConfig, ClipsConfig
+
+    old, new = "2" * 40, "3" * 40
+    _hub_cache(tmp_path, tiny_checkpoints["backbone"], [old, new], monkeypatch)
+    (tmp_path / "hub/models--some-org--tiny-videomae/snapshots" / new / "model.safetensors").write_bytes(b"x")
+    cfg = BackboneConfig(checkpoint="some-org/tiny-videomae")
+    keys = {}
+    for revision in (old, new):
+        (tmp_path / "hub/models--some-org--tiny-videomae/refs/main").write_text(revision)
+        folder = resolve_checkpoint(cfg.checkpoint, "backbone.checkpoint")
+        keys[revision] = _resume_key(ClipsConfig(), cfg, folder, None, pd.DataFrame())
+    assert keys[old]["backbone"] == keys[new]["backbone"]  # the same params
+    assert keys[old]["checkpoint"] != keys[new]["checkpoint"]

@@ -75,7 +75,12 @@ def test_repro_produces_every_output_and_a_second_repro_does_nothing(project):
     table = json.loads((project / "metrics/ablation.json").read_text())
     assert sorted(table) == ["full", "keep_50", "no_selector"]
     # keep_50 trained on its own cache of 8 of the 16 patches a group, measured beside full in one run
-    own = json.loads((project / "data/ablation/keep_50/features/backbone.json").read_text())
+    own = json.loads((project / "data/ablation_features/keep_50/features/backbone.json").read_text())
+    shared = json.loads((project / "data/ablation_features/full/shared.json").read_text())
+    assert (
+        shared["features"] == "data/features"
+        and not (project / "data/ablation_features/full/features").exists()
+    )
     assert own["grid"] == [8, 8] and own["keep"] == 0.5 and own["full_patches_per_group"] == 16
     assert table["keep_50"]["backbone_keep"] == 0.5 and table["full"]["backbone_keep"] == 1.0
     assert table["keep_50"]["backbone_flops"] < table["full"]["backbone_flops"]
@@ -96,10 +101,15 @@ def test_experiment_reruns_only_the_head_and_metrics_diff_shows_it(project):
     _run(["git", "add", "-A"], project)
     _run(["git", "commit", "-qm", "baseline results"], project)
     log = dvc(project, "exp", "run", "-S", "selector.top_k_frames=4")
-    for stage in ("synth", "checkpoints", "prepare", "frames", "detect", "pose", "features"):
+    # the keep variants' own caches are not encoded again: only the head's stages re-run
+    variants = ("full", "keep_50", "no_selector")
+    for stage in ("synth", "checkpoints", "prepare", "frames", "detect", "pose", "features") + tuple(
+        f"ablate_features@{variant}" for variant in variants
+    ):
         assert f"Running stage '{stage}'" not in log, stage
         assert f"'{stage}' didn't change, skipping" in log, stage
     assert "Running stage 'train'" in log and "Running stage 'evaluate'" in log
+    assert all(f"Running stage 'ablate@{variant}'" in log for variant in variants)
     diff = dvc(project, "params", "diff")
     assert "selector.top_k_frames" in diff
     metrics = dvc(project, "metrics", "diff", "--all")

@@ -516,3 +516,17 @@ def test_a_model_trained_on_dropped_tokens_predicts_and_explains_with_the_same_k
     assert loaded.patches_per_group == 8
     code, out, err = run(["predict", str(camera_video), "--model", str(folder)], capsys)
     assert code == 0 and "\n5. " in out, err  # the top-5 list
+
+
+def test_a_backbone_snapshot_other_than_the_trained_one_is_said(model_dir, camera_video, tmp_path):
+    """The model folder records the hub commit its features were made with; another one here is a note."""
+    from transmodal.predict import predict_video
+
+    def other_revision(config):
+        config["backbone"]["checkpoint_revision"] = "4" * 40
+
+    folder = _broken_model(model_dir, tmp_path, _edit_config(other_revision))
+    prediction, _ = predict_video(camera_video, folder, device="cpu", progress=False)
+    assert any(f"at revision {'4' * 40}; here it is revision ?" in note for note in prediction.notes)
+    prediction, _ = predict_video(camera_video, model_dir, device="cpu", progress=False)
+    assert not any("at revision" in note for note in prediction.notes)

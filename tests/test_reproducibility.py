@@ -87,3 +87,19 @@ def test_the_tolerance_is_not_vacuous(builds):
     assert not tokens_close(tokens, tokens + 0.05)  # a shift of 0.05 is out
     assert not tokens_close(tokens, tokens[::-1])  # other clips are out
     assert tokens_close(tokens, tokens + 0.004)  # two fp16 steps at |x| ~ 4 are in
+
+
+def test_a_version_other_than_the_pinned_one_is_said(tmp_path):
+    """Parquet files carry the pyarrow and pandas versions, and a model library's release can change outputs:
+    every stage says when an installed version is not constraints.txt's."""
+    from importlib.metadata import version
+
+    from transmodal.stage import version_notes
+
+    assert version_notes(REPO_ROOT / "constraints.txt") == []  # `make setup` installs the pins
+    pins = tmp_path / "constraints.txt"
+    pins.write_text(f"pyarrow==0.0.1\nnumpy=={version('numpy')}\ntqdm==0.0.1\n")
+    notes = version_notes(pins)
+    assert len(notes) == 1 and notes[0].startswith(f"pyarrow {version('pyarrow')} is installed, ")
+    assert f"{pins} pins 0.0.1" in notes[0]
+    assert version_notes(tmp_path / "none.txt") == []

@@ -119,6 +119,16 @@ MISTAKES = {
         {},
         "ablation.variants has no variant 'nonexistent' (stage ablate@nonexistent); expected one of full, ",
     ),
+    "unknown_variant_features": (
+        "ablate_features@nonexistent",
+        {},
+        "ablation.variants has no variant 'nonexistent' (stage ablate_features@nonexistent); expected one of",
+    ),
+    "variant_over_clip_length_before_its_features": (
+        "ablate_features@big",
+        {"ablation.variants": {"full": {}, "big": {"backbone.keep": 0.5, "selector.top_k_frames": 99}}},
+        "ablation.variants.big: selector.top_k_frames is 99; the clip has only 16 frames",
+    ),
     "variant_over_clip_length": (
         "ablate@big",
         {"ablation.variants": {"full": {}, "big": {"selector.top_k_frames": 99}}},
@@ -178,8 +188,9 @@ def test_the_grid_of_the_feature_cache_comes_before_the_checkpoints(tmp_path, ti
 
 def test_default_params_pass_every_stage(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    names = {name for name in DVC if name != "ablate"} | {
-        f"ablate@{v}" for v in PARAMS["ablation"]["variants"]
+    per_variant = ("ablate", "ablate_features")
+    names = {name for name in DVC if name not in per_variant} | {
+        f"{base}@{v}" for base in per_variant for v in PARAMS["ablation"]["variants"]
     }
     for name in sorted(names):
         validate_stage(name, PARAMS)

@@ -265,6 +265,14 @@ def varies_backbone_keep(params: dict, varied: dict) -> bool:
     )
 
 
+def variant_params(params: dict, variant: str) -> dict:
+    """params.yaml with the named ablation variant's overrides applied (validated, naming the key)."""
+    cfg = section(params, "ablation")
+    if variant not in cfg.variants:
+        raise KeyError(f"ablation variant {variant!r} is not in params.yaml ablation.variants")
+    return apply_overrides(params, cfg.variants[variant] or {})
+
+
 def kept_count(keep: float, patches_per_group: int) -> int:
     """``round(keep * P)`` patches per frame group (at least 1); ``P`` at keep 1."""
     if keep >= 1.0:
@@ -520,6 +528,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "features": ("clips", "backbone", "compute"),
     "train": ("model", "selector", "train", "frames", "clips", "detect", "pose", "compute"),
     "evaluate": ("eval",),
+    "ablate_features": ("ablation", "clips", "backbone"),  # ablate_features@<variant>
     "ablate": ("model", "selector", "train", "eval", "ablation", "clips", "backbone"),  # ablate@<variant>
     "ablation": ("ablation", "backbone"),
 }
@@ -667,6 +676,15 @@ def _check_variant(params: dict, name: str, overrides: Any) -> None:
         raise ParamError(f"params.yaml: ablation.variants.{name}: {detail}") from None
 
 
+def _check_backbone(params: dict) -> None:
+    """The backbone checkpoint is a VideoMAE whose clip length is ``clips.length`` (when it is local)."""
+    checkpoint = section(params, "backbone").checkpoint
+    config = check_checkpoint_type("backbone.checkpoint", checkpoint)
+    num_frames = _videomae_value(config, "num_frames") if config is not None else None
+    if num_frames is not None:
+        check_clip_length(section(params, "clips").length, num_frames, checkpoint)
+
+
 def validate_stage(stage: str, params: dict) -> None:
     """Check everything ``stage`` (a dvc.yaml stage name; ``ablate@<variant>``) reads from ``params`` before
     it does any work: each section of :data:`STAGE_SECTIONS`, then the relations between them, the local
@@ -683,21 +701,21 @@ def validate_stage(stage: str, params: dict) -> None:
     elif base == "pose" and section(params, "pose").source == "model":
         check_checkpoint_type("pose.checkpoint", section(params, "pose").checkpoint)
     elif base == "features":
-        checkpoint = section(params, "backbone").checkpoint
-        config = check_checkpoint_type("backbone.checkpoint", checkpoint)
-        num_frames = _videomae_value(config, "num_frames") if config is not None else None
-        if num_frames is not None:
-            check_clip_length(section(params, "clips").length, num_frames, checkpoint)
+        _check_backbone(params)
     elif base == "train":
         _check_head(params, _patches_per_group(params))
-    elif base == "ablate":
+    elif base in ("ablate", "ablate_features"):
         variants = section(params, "ablation").variants
         if variant not in variants:
             raise ParamError(
                 f"params.yaml: ablation.variants has no variant {variant!r} (stage {stage}); "
                 f"expected one of {', '.join(variants)}"
             )
-        _check_variant(params, variant, variants[variant])
+        _check_variant(params, variant, variants[variant])  # the whole variant, before its features
+        if base == "ablate_features" and varies_backbone_keep(
+            params, apply_overrides(params, variants[variant])
+        ):
+            _check_backbone(params)  # it builds its own cache
     elif base == "ablation":
         check_checkpoint_type("backbone.checkpoint", section(params, "backbone").checkpoint)
         for name, overrides in section(params, "ablation").variants.items():

@@ -421,6 +421,12 @@ def predict_video(
                 f"--model {folder.path}: trained on {expected['checkpoint']} features with {key} "
                 f"{expected[key]}, but that checkpoint now gives {got[key]}"
             )
+    trained_at, here = expected.get("checkpoint_revision"), got.get("checkpoint_revision")
+    if trained_at != here:
+        folder.notes.append(
+            f"the training features were made with {expected['checkpoint']} at revision {trained_at or '?'}; "
+            f"here it is revision {here or '?'}, so the tokens may differ from those it was trained on"
+        )
     window_kept = plan_kept(planned, tracks, backbone) if backbone.drops else None  # (W, G, K) or None
     made_in, runs_in = expected.get("model_dtype", "float32"), str(backbone.dtype).removeprefix("torch.")
     if made_in != runs_in:

@@ -11,6 +11,38 @@ from pathlib import Path
 from transmodal.params import CheckpointError, ParamError, load_params, validate_stage
 
 TIMINGS_DIR = Path("metrics/timings")
+CONSTRAINTS = Path("constraints.txt")
+# The packages whose version can change an output's bytes: the decoder, the models, the array and file formats.
+OUTPUT_PACKAGES = ("numpy", "opencv-python", "pandas", "pyarrow", "safetensors", "torch", "transformers")
+
+
+def version_notes(constraints: Path = CONSTRAINTS) -> list[str]:
+    """One line per package of :data:`OUTPUT_PACKAGES` whose installed version is not the one
+    ``constraints.txt`` pins (a local label such as ``+cpu`` aside): the outputs may then differ in their bytes
+    from those the committed dvc.lock records. Nothing when there is no constraints.txt."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if not constraints.is_file():
+        return []
+    pinned = {}
+    for line in constraints.read_text().splitlines():
+        name, sep, value = line.partition("==")
+        if sep:
+            pinned[name.strip().lower()] = value.strip()
+    notes = []
+    for package in OUTPUT_PACKAGES:
+        if package not in pinned:
+            continue
+        try:
+            here = version(package).partition("+")[0]
+        except PackageNotFoundError:
+            continue
+        if here != pinned[package]:
+            notes.append(
+                f"{package} {here} is installed, {constraints} pins {pinned[package]}: outputs may differ in "
+                "their bytes from those dvc.lock records (docs/decisions.md 37; `make setup` installs the pins)"
+            )
+    return notes
 
 
 class StageInputError(RuntimeError):
@@ -30,6 +62,9 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     try:
         params = load_params(params_path)
         validate_stage(name, params)
+        if "LOCAL_RANK" not in os.environ or os.environ["LOCAL_RANK"] == "0":  # once a machine under torchrun
+            for note in version_notes():
+                print(f"{name}: note: {note}", file=sys.stderr)
         body(params)
     except (ParamError, CheckpointError, StageInputError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)

@@ -14,7 +14,14 @@ import torch
 
 from transmodal.features.crops import PixelNormalizer
 from transmodal.params import BackboneConfig, check_clip_length  # torch-free: also checked at stage start
-from transmodal.vision.checkpoints import load_model, load_processor, pick_device, pick_dtype
+from transmodal.vision.checkpoints import (
+    hub_revision,
+    load_model,
+    load_processor,
+    pick_device,
+    pick_dtype,
+    resolve_checkpoint,
+)
 
 CHECKPOINT_PARAM = "backbone.checkpoint"
 
@@ -38,6 +45,8 @@ class FrozenBackbone:
         from transformers import VideoMAEModel
 
         self.checkpoint = cfg.checkpoint
+        self.folder = resolve_checkpoint(cfg.checkpoint, CHECKPOINT_PARAM)  # the files it loads
+        self.revision = hub_revision(self.folder)  # the hub commit of a hub id, None for a local folder
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.precision, self.device)
         self.model = load_model(VideoMAEModel, cfg.checkpoint, CHECKPOINT_PARAM, self.device, self.dtype)
@@ -122,6 +131,7 @@ class FrozenBackbone:
         }
         return {
             "checkpoint": self.checkpoint,
+            **({"checkpoint_revision": self.revision} if self.revision else {}),
             "model_type": self.model_type,
             "num_frames": self.num_frames,
             "tubelet_size": self.tubelet_size,

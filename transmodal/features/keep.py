@@ -26,7 +26,26 @@ joints) go. At keep 1 nothing is dropped and no mask is passed: the tokens are t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from transmodal.params import variant_params, varies_backbone_keep
+
+ABLATION_FEATURES = Path("data/ablation_features")
+"""ablate_features@<variant> writes ``<variant>/`` here: the variant's own cache, or :data:`SHARED_FILE`."""
+SHARED_FILE = "shared.json"  # a variant without a cache of its own: it trains on data/features
+
+
+def own_features(params: dict, variant: str, out_dir: Path) -> tuple[Path, Path] | None:
+    """Where a variant that varies ``backbone.keep*`` keeps its own feature cache (``<out_dir>/features``,
+    ``<out_dir>/clips.parquet``; ``out_dir`` is ``ABLATION_FEATURES / variant`` in the pipeline); None for a
+    variant that trains on the features stage's cache."""
+    varied = variant_params(params, variant)
+    if not varies_backbone_keep(params, varied):
+        return None
+    return Path(out_dir) / "features", Path(out_dir) / "clips.parquet"
+
 
 OUTSIDE = 1000.0  # added to an outside patch's rank key, so that every inside patch ranks first
 

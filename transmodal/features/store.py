@@ -437,9 +437,12 @@ def _folder_signature(folder: Path) -> list:
     ]
 
 
-def _resume_key(clips_cfg: ClipsConfig, backbone_cfg: BackboneConfig, store, clips: pd.DataFrame) -> dict:
-    """Everything a token shard depends on: code, params, checkpoint and frame files, the clips' frames and
-    crop boxes (see :class:`~transmodal.io.Resumable`)."""
+def _resume_key(
+    clips_cfg: ClipsConfig, backbone_cfg: BackboneConfig, checkpoint_folder: str, store, clips: pd.DataFrame
+) -> dict:
+    """Everything a token shard depends on: code, params, the checkpoint's files (``checkpoint_folder``, where
+    the hub id or folder resolved: a hub id's snapshot, not its name) and the frame files, the clips' frames
+    and crop boxes (see :class:`~transmodal.io.Resumable`)."""
     import dataclasses
     import hashlib
 
@@ -460,7 +463,7 @@ def _resume_key(clips_cfg: ClipsConfig, backbone_cfg: BackboneConfig, store, cli
         ),
         "clips": dataclasses.asdict(clips_cfg),
         "backbone": dataclasses.asdict(backbone_cfg),
-        "checkpoint": _folder_signature(Path(backbone_cfg.checkpoint)),
+        "checkpoint": _folder_signature(Path(checkpoint_folder)),
         "frames": _folder_signature(Path(getattr(store, "directory", ""))),
         "planned": planned.hexdigest(),
     }
@@ -503,7 +506,9 @@ def build_features(
     if timings is not None:
         timings["setup"] = time.perf_counter() - started
     world = distributed.current()
-    parts = Resumable(features_dir, _resume_key(clips_cfg, backbone_cfg, store, clips), clean=world.is_main)
+    parts = Resumable(
+        features_dir, _resume_key(clips_cfg, backbone_cfg, backbone.folder, store, clips), clean=world.is_main
+    )
     num_shards = -(-total // per_shard)
     # the shards an interrupted run left finished (rank 0's cleaning removes none of them); every process
     # reads this list before any writes, so all share out the same shards

@@ -25,8 +25,9 @@ import torch
 from tqdm import tqdm
 
 from transmodal.features.cache import FeatureStore
+from transmodal.features.keep import ABLATION_FEATURES, own_features
 from transmodal.io import write_json
-from transmodal.params import AblationConfig, apply_overrides, kept_count, section, varies_backbone_keep
+from transmodal.params import AblationConfig, kept_count, section, variant_params
 from transmodal.training.evaluate import PAPER_UNIT, UNITS, evaluate_model
 from transmodal.training.latency import measure_ms
 from transmodal.training.train import load_checkpoint, model_size, train_model
@@ -34,23 +35,6 @@ from transmodal.vision.checkpoints import load_model, pick_device
 
 LATENCY_BATCH = 4  # the paper reports ms per batch of 4
 METRICS_FILE = "metrics.json"
-
-
-def variant_params(params: dict, variant: str) -> dict:
-    """params.yaml with the named variant's overrides applied (validated, naming the key)."""
-    cfg = section(params, "ablation")
-    if variant not in cfg.variants:
-        raise KeyError(f"ablation variant {variant!r} is not in params.yaml ablation.variants")
-    return apply_overrides(params, cfg.variants[variant] or {})
-
-
-def own_features(params: dict, variant: str, out_dir: Path) -> tuple[Path, Path] | None:
-    """Where a variant that varies ``backbone.keep*`` keeps its own feature cache (``<out_dir>/features``,
-    ``<out_dir>/clips.parquet``); None for a variant that trains on the features stage's cache."""
-    varied = variant_params(params, variant)
-    if not varies_backbone_keep(params, varied):
-        return None
-    return Path(out_dir) / "features", Path(out_dir) / "clips.parquet"
 
 
 def variant_store(params: dict, variant: str, out_dir: Path, features: FeatureStore) -> FeatureStore:
@@ -250,7 +234,9 @@ def _complexity(model, store: FeatureStore) -> dict:
     return {"head_flops": run["flops"]["total"], "head_flops_paper_size": paper["flops"]["total"]}
 
 
-def aggregate(params: dict, store: FeatureStore, ablation_dir: Path) -> dict[str, dict]:
+def aggregate(
+    params: dict, store: FeatureStore, ablation_dir: Path, features_dir: Path = ABLATION_FEATURES
+) -> dict[str, dict]:
     """Read the variants that params names (never a stale folder); intervals, FLOPs and latency per variant."""
     from transformers import VideoMAEConfig
 
@@ -277,7 +263,7 @@ def aggregate(params: dict, store: FeatureStore, ablation_dir: Path) -> dict[str
     backbones: dict[tuple, dict] = {}  # per grid: latency and FLOPs, each measured once
     table: dict[str, dict] = {}
     for variant, metrics in results.items():
-        variant_cache = variant_store(params, variant, ablation_dir / variant, store)
+        variant_cache = variant_store(params, variant, features_dir / variant, store)
         record = variant_cache.backbone
         grid = (tuple(record["grid"]), record.get("full_patches_per_group"))
         if grid not in backbones:

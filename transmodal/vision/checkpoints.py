@@ -60,6 +60,14 @@ def resolve_checkpoint(checkpoint: str, param: str) -> str:
         ) from None
 
 
+def hub_revision(folder: str | Path) -> str | None:
+    """The commit of a Hugging Face cache snapshot folder (``.../snapshots/<commit>``), as
+    :func:`resolve_checkpoint` returns it for a hub id; None for a folder of the user's own. Two machines
+    with the same hub id in params.yaml may hold different snapshots: this tells them apart."""
+    folder = Path(folder)
+    return folder.name if folder.parent.name == "snapshots" else None
+
+
 def cached_snapshot(checkpoint: str) -> str | None:
     """The folder of hub id ``checkpoint`` in the local Hugging Face cache, None when it is not there (or is
     not a hub id). Never touches the network."""

@@ -68,6 +68,7 @@ class PersonDetector:
         self.person_id = person_id
         self.score_threshold = score_threshold
         self.device = device
+        self.revision: str | None = None  # from_config: the hub commit of a hub id
         self.dtype = next(model.parameters()).dtype
         self._fast = self._fast_preprocess_spec(processor)
 
@@ -90,9 +91,11 @@ class PersonDetector:
         dtype = checkpoints.pick_dtype(cfg.precision, device)
         model = checkpoints.load_model(model_cls, folder, "detect.checkpoint", device, dtype)
         processor = checkpoints.load_processor(AutoImageProcessor, folder, "detect.checkpoint")
-        return cls(
+        detector = cls(
             model, processor, person_label_id(model.config, cfg.person_label), cfg.score_threshold, device
         )
+        detector.revision = checkpoints.hub_revision(folder)  # the hub commit; None for a local folder
+        return detector
 
     @staticmethod
     def _fast_preprocess_spec(processor) -> dict | None:
@@ -303,8 +306,10 @@ def run_detect(
     if cfg.source == "model":
         if detector is None:
             detector = PersonDetector.from_config(cfg)
+        revision = detector.revision
         metrics.update(
             checkpoint=cfg.checkpoint,
+            **({"checkpoint_revision": revision} if revision else {}),
             device=str(detector.device),
             dtype=str(detector.dtype).removeprefix("torch."),
             batch_size=cfg.batch_size,

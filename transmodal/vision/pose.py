@@ -178,8 +178,10 @@ def run_pose(
     else:
         if estimator is None:
             estimator = PoseEstimator.from_config(cfg)
+        revision = estimator.revision
         metrics.update(
             checkpoint=cfg.checkpoint,
+            **({"checkpoint_revision": revision} if revision else {}),
             device=str(estimator.device),
             dtype=str(estimator.dtype).removeprefix("torch."),
             batch_size=cfg.batch_size,

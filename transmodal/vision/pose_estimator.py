@@ -38,6 +38,7 @@ class PoseEstimator:
         self.processor = processor
         self.dataset_index = dataset_index
         self.device = device
+        self.revision: str | None = None  # from_config: the hub commit of a hub id
         self.dtype = next(model.parameters()).dtype
         self._fast = self._fast_preprocess_spec(processor)
 
@@ -62,7 +63,9 @@ class PoseEstimator:
                 f"{num_experts} expert head(s) (valid: 0..{num_experts - 1}; 0 = COCO)"
             )
         processor = checkpoints.load_processor(AutoImageProcessor, folder, "pose.checkpoint")
-        return cls(model, processor, cfg.dataset_index, device)
+        estimator = cls(model, processor, cfg.dataset_index, device)
+        estimator.revision = checkpoints.hub_revision(folder)  # the hub commit; None for a local folder
+        return estimator
 
     @staticmethod
     def _fast_preprocess_spec(processor) -> dict | None:
