@@ -239,6 +239,7 @@ def test_an_experiment_copy_runs_its_own_code_with_the_workspace_venv(tmp_path):
     shim.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     shim.chmod(0o755)
     home = {"HOME": os.environ.get("HOME", "/tmp")}
+    assert (Path(sys.executable).parent / "python").is_file()  # so "activated" takes the PATH branch
     runs = {
         "activated": {**home, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
         "not activated": {**home, "PATH": "/usr/bin:/bin"},

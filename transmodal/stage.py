@@ -13,7 +13,11 @@ from transmodal.params import CheckpointError, ParamError, load_params, validate
 TIMINGS_DIR = Path("metrics/timings")
 CONSTRAINTS = Path("constraints.txt")
 # The packages whose version can change an output's bytes: the decoder, the models, the array and file formats.
-OUTPUT_PACKAGES = ("numpy", "opencv-python", "pandas", "pyarrow", "safetensors", "torch", "transformers")
+# (trackers and supervision: ByteTrack's tracks; scipy: the synthetic set and the bootstrap intervals)
+OUTPUT_PACKAGES = (
+    "numpy", "opencv-python", "pandas", "pyarrow", "safetensors", "scipy", "supervision", "torch",
+    "trackers", "transformers",
+)  # fmt: skip
 
 
 def version_notes(constraints: Path = CONSTRAINTS) -> list[str]:
@@ -62,7 +66,7 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     try:
         params = load_params(params_path)
         validate_stage(name, params)
-        if "LOCAL_RANK" not in os.environ or os.environ["LOCAL_RANK"] == "0":  # once a machine under torchrun
+        if "WORLD_SIZE" not in os.environ:  # the process that launches torchrun's workers says it once
             for note in version_notes():
                 print(f"{name}: note: {note}", file=sys.stderr)
         body(params)

@@ -45,15 +45,15 @@ class FrozenBackbone:
         from transformers import VideoMAEModel
 
         self.checkpoint = cfg.checkpoint
-        self.folder = resolve_checkpoint(cfg.checkpoint, CHECKPOINT_PARAM)  # the files it loads
-        self.revision = hub_revision(self.folder)  # the hub commit of a hub id, None for a local folder
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.precision, self.device)
-        self.model = load_model(VideoMAEModel, cfg.checkpoint, CHECKPOINT_PARAM, self.device, self.dtype)
+        self.folder = resolve_checkpoint(cfg.checkpoint, CHECKPOINT_PARAM)  # the files it loads, once
+        self.revision = hub_revision(self.folder)  # the hub commit of a hub id, None for a local folder
+        self.model = load_model(VideoMAEModel, self.folder, CHECKPOINT_PARAM, self.device, self.dtype)
         self.model.requires_grad_(False)
         config = self.model.config
         check_clip_length(clip_length, config.num_frames, cfg.checkpoint)
-        self.processor = load_processor(processor_class(), cfg.checkpoint, CHECKPOINT_PARAM)
+        self.processor = load_processor(processor_class(), self.folder, CHECKPOINT_PARAM)
         self.normalizer = PixelNormalizer.from_processor(self.processor)
         self.model_type = config.model_type
         self.num_frames = int(config.num_frames)
