@@ -120,7 +120,24 @@ def _stop_when(process: subprocess.Popen, done: Callable[[], bool], sig: int) ->
     os.killpg(process.pid, sig)
     out, _ = process.communicate(timeout=120)
     assert process.returncode != 0, out
+    # DVC may return before its stage has finished cleaning up: judge what is left once the whole group is gone
+    deadline = time.monotonic() + 120
+    while _group_running(process.pid):
+        assert time.monotonic() < deadline, "the stage was still running 120 s after DVC returned"
+        time.sleep(0.05)
     return out
+
+
+def _group_running(group: int) -> bool:
+    """Whether a process of process group ``group`` is still running (zombies aside), from /proc."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(pgrp) == group and state != "Z":
+            return True
+    return False
 
 
 def _parts(project: Path, output: str, pattern: str) -> list[Path]:
