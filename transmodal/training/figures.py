@@ -234,6 +234,8 @@ def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfi
         "",
         f"FLOPs: FlopCounterMode, one clip, the head and the backbone (at this run's size and at the paper's, "
         "D=768 and 8 x 196 tokens; a variant with backbone.keep < 1 runs the encoder on its kept tokens only). "
+        "Each row's head is counted with that row's own params, at the paper's size too: a row that also "
+        "lowers selector.top_k_tokens is counted with the lower value. "
         f"Latency on {first['device']}: median of {first['latency_repeats']} runs after warm-up, "
         f"batch of {first['latency_batch']}, the same input batch for every variant of one feature cache; "
         "end-to-end = (backbone + head) per clip, every row measured in this one run.",
