@@ -120,3 +120,47 @@ def test_resuming_features_tells_two_snapshots_of_one_hub_id_apart(tiny_checkpoi
         keys[revision] = _resume_key(ClipsConfig(), cfg, folder, None, pd.DataFrame())
     assert keys[old]["backbone"] == keys[new]["backbone"]  # the same params
     assert keys[old]["checkpoint"] != keys[new]["checkpoint"]
+
+
+def test_a_pinned_revision_loads_that_snapshot_whatever_main_names(tiny_checkpoints, tmp_path, monkeypatch):
+    """``backbone.revision`` (and ``detect.revision``, ``pose.revision``): a commit, branch or tag of the hub
+    id, so that two machines, or one machine before and after a download, load the same weights."""
+    import json
+
+    from transmodal.features.backbone import FrozenBackbone
+    from transmodal.params import BackboneConfig
+
+    old, new = "4" * 40, "5" * 40
+    _hub_cache(tmp_path, tiny_checkpoints["backbone"], [old, new], monkeypatch)  # main names the newer
+    (tmp_path / "hub/models--some-org--tiny-videomae/refs/v1").write_text(old)  # a tag on the older
+    hub = "some-org/tiny-videomae"
+    assert hub_revision(resolve_checkpoint(hub, "backbone.checkpoint")) == new
+    for revision in (old, "v1"):
+        assert hub_revision(resolve_checkpoint(hub, "backbone.checkpoint", revision)) == old
+    length = json.loads((Path(tiny_checkpoints["backbone"]) / "config.json").read_text())["num_frames"]
+    described = FrozenBackbone(BackboneConfig(checkpoint=hub, revision="v1", device="cpu"), length).describe()
+    assert (described["revision"], described["checkpoint_revision"]) == ("v1", old)
+    assert "revision" not in FrozenBackbone(BackboneConfig(checkpoint=hub, device="cpu"), length).describe()
+
+    missing = "6" * 40
+    with pytest.raises(CheckpointError) as err:
+        resolve_checkpoint(hub, "backbone.checkpoint", missing)
+    assert str(err.value).startswith(
+        f"params.yaml: backbone.checkpoint is {hub!r} at backbone.revision {missing!r}: not in the local cache"
+    )
+    assert f"`hf download {hub} --revision {missing}`" in str(err.value)
+
+
+def test_a_revision_of_a_folder_is_refused(tiny_checkpoints):
+    from transmodal.params import BackboneConfig, DetectConfig, ParamError, PoseConfig
+
+    with pytest.raises(CheckpointError, match=r"^params.yaml: pose.revision is 'main', but pose.checkpoint "):
+        resolve_checkpoint(tiny_checkpoints["pose"], "pose.checkpoint", "main")
+    # when the stage starts, before any work: a folder here, or a path that is not a hub id
+    for checkpoint in (tiny_checkpoints["pose"], "models/tiny/pose", "./pose"):
+        with pytest.raises(ParamError, match=r"^params.yaml: pose.revision is 'main', but .* is a folder"):
+            PoseConfig(checkpoint=checkpoint, revision="main")
+    for bad in (1234, "", "v 1"):
+        with pytest.raises(ParamError, match=r"^params.yaml: detect.revision is .*; expected null or a hub"):
+            DetectConfig(checkpoint="PekingU/rtdetr_r50vd_coco_o365", revision=bad)
+    assert BackboneConfig(checkpoint="MCG-NJU/videomae-base", revision="a" * 40).revision == "a" * 40

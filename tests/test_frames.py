@@ -287,16 +287,16 @@ def test_an_interrupted_run_resumes_from_its_finished_shards(video_tree, tmp_pat
     extract_frames(
         index, root, tmp_path / "clean", stride=2, clip_length=16, videos_per_shard=2, progress=False
     )
-    real_write = frames_module._write_shard
+    real_write = frames_module._write_video
     calls = []
 
-    def interrupt_at_the_second_shard(videos, path):
-        calls.append(path)
-        if len(calls) == 2:
+    def interrupt_at_the_second_shard(writer, video, pixels):
+        calls.append(video.video_id)
+        if video.video_id == "short":  # the first video of shard 1 (a and b are shard 0)
             raise KeyboardInterrupt
-        real_write(videos, path)
+        real_write(writer, video, pixels)
 
-    monkeypatch.setattr(frames_module, "_write_shard", interrupt_at_the_second_shard)
+    monkeypatch.setattr(frames_module, "_write_video", interrupt_at_the_second_shard)
     out = tmp_path / "frames"
     with pytest.raises(KeyboardInterrupt):
         extract_frames(index, root, out, stride=2, clip_length=16, videos_per_shard=2, progress=False)
@@ -308,7 +308,8 @@ def test_an_interrupted_run_resumes_from_its_finished_shards(video_tree, tmp_pat
         "shard-00000.videos.parquet",
     ]
 
-    monkeypatch.setattr(frames_module, "_write_shard", real_write)
+    assert calls == ["a", "b", "short"]
+    monkeypatch.setattr(frames_module, "_write_video", real_write)
     decoded = []
     real_decode = frames_module.decode_video
     monkeypatch.setattr(
@@ -327,7 +328,7 @@ def test_finished_shards_of_other_params_or_inputs_are_not_reused(video_tree, tm
     import transmodal.data.frames as frames_module
 
     root, index = video_tree
-    monkeypatch.setattr(frames_module, "_write_shard", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(frames_module, "_write_video", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         extract_frames(index, root, tmp_path / "frames", stride=2, clip_length=16, videos_per_shard=2)
     monkeypatch.undo()
@@ -335,7 +336,7 @@ def test_finished_shards_of_other_params_or_inputs_are_not_reused(video_tree, tm
     write_test_video(root / "a.avi", 30, seed=9)  # an input changed
     with pytest.raises(KeyboardInterrupt):
         monkeypatch.setattr(
-            frames_module, "_write_shard", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt)
+            frames_module, "_write_video", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt)
         )
         extract_frames(index, root, tmp_path / "frames", stride=2, clip_length=16, videos_per_shard=2)
     second = list((tmp_path / ".partial" / "frames").iterdir())
@@ -375,3 +376,31 @@ def test_source_store_reads_the_same_frames_from_the_videos_and_holds_no_pixels(
     (root / "short.avi").write_bytes(bytes(data))
     with pytest.raises(RuntimeError, match=r"short\.avi.*changed"):
         source.read("short")
+
+
+def test_a_shard_does_not_hold_its_videos_frames(tmp_path):
+    """Each video goes into its shard as it is decoded and compressed: with 8 videos to a shard the stage
+    holds about one video's raw frames, not eight (a shard of 64 phone videos would not fit in memory)."""
+    import tracemalloc
+
+    root = tmp_path / "videos"
+    ids = [f"v{i}" for i in range(8)]
+    for number, video_id in enumerate(ids):
+        write_test_video(root / f"{video_id}.avi", 30, size=(320, 240), seed=number)
+    index = pd.DataFrame({"video_id": ids, "path": [f"{i}.avi" for i in ids]})
+    raw = 30 * 240 * 320 * 3  # one video's kept frames at stride 1
+    peaks = {}
+    for per_shard in (1, 8):
+        tracemalloc.start()  # numpy's arrays are traced (Arrow's compressed buffers are not)
+        try:
+            extract_frames(
+                index, root, tmp_path / f"out{per_shard}", stride=1, clip_length=16,
+                videos_per_shard=per_shard, progress=False, workers=1,
+            )  # fmt: skip
+            peaks[per_shard] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peaks[8] < 2.5 * raw, (peaks, raw)
+    assert peaks[8] < 1.25 * peaks[1], peaks
+    for name in ("shard-00000.parquet", "videos.parquet", "frames.parquet"):
+        assert (tmp_path / "out8" / name).is_file()

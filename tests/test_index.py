@@ -531,3 +531,32 @@ def test_build_index_dispatches(tmp_path: Path, ucf_root: Path):
     missing = tmp_path / "nowhere"
     with pytest.raises(ParamError, match=rf"data\.root is '{missing}'"):
         build_index(DataConfig(dataset="kth", root=str(missing)))
+
+
+@pytest.mark.parametrize("dataset", ["kth", "ucf101", "hmdb51"])
+def test_lists_saved_by_a_windows_editor_and_upper_case_extensions_index_the_same(tmp_path: Path, dataset):
+    """A list saved again by Notepad starts with a byte-order mark, and videos copied through some file
+    systems end in ``.AVI``: the same videos, groups and splits are indexed, each at its path on disk."""
+    if dataset == "kth":
+        ids = [f"person{s:02d}_{a}_d1" for s in range(1, 26) for a in ("boxing", "running")]
+        make_tree = lambda root: make_kth_tree(  # noqa: E731
+            root, ids, "".join(f"{v}\tframes\t1-10, 11-20\n" for v in ids)
+        )
+        index_of = lambda root: index_kth(root, "paper")  # noqa: E731
+    elif dataset == "ucf101":
+        make_tree, index_of = make_ucf_tree, lambda root: index_ucf101(root, 1, 0.2, 0)
+    else:
+        make_tree, index_of = make_hmdb_tree, lambda root: index_hmdb51(root, 1, 0.2, 0)
+    plain, messy = make_tree(tmp_path / "plain"), make_tree(tmp_path / "messy")
+    for path in sorted(messy.rglob("*")):
+        if path.suffix == ".avi":
+            path.rename(path.with_suffix(".AVI"))
+        elif path.suffix == ".txt":
+            path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    expected, expected_summary = index_of(plain)
+    index, summary = index_of(messy)
+    assert len(index) > 0 and index["path"].str.endswith(".AVI").all()
+    pd.testing.assert_frame_equal(index.assign(path=index["path"].str.replace(".AVI", ".avi")), expected)
+    for key in ("listed_missing_on_disk", "unlisted_on_disk", "unrecognised_files", "videos_per_split"):
+        assert summary.get(key) == expected_summary.get(key), key
+    assert (messy / index["path"].iloc[0]).is_file()

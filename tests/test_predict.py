@@ -326,6 +326,99 @@ def test_the_recorded_precisions_are_used_where_they_apply(model_dir, camera_vid
     assert not any("made with the backbone" in note for note in prediction.notes)
 
 
+def test_the_recorded_revisions_are_loaded(model_dir, tmp_path):
+    """The detector, pose model and backbone load at the revisions the model was trained with
+    (``detect.revision``, ``pose.revision``, ``backbone.revision``); a checkpoint given on the command line
+    replaces the recorded one and its revision."""
+    from transmodal.predict import ModelFolder
+
+    def pinned(config):
+        config["pipeline"]["detect"].update(checkpoint="PekingU/rtdetr_r50vd_coco_o365", revision="d" * 40)
+        config["pipeline"]["pose"].update(checkpoint="usyd-community/vitpose-plus-base", revision="v2")
+        config["backbone"].update(checkpoint="MCG-NJU/videomae-base", revision="b" * 40)
+
+    opened = ModelFolder.open(_broken_model(model_dir, tmp_path, _edit_config(pinned)))
+    assert opened.detect_config("cpu", None).revision == "d" * 40
+    assert opened.pose_config("cpu", None).revision == "v2"
+    assert opened.backbone_config("cpu").revision == "b" * 40
+    override = opened.detect_config("cpu", "other-org/rtdetr")
+    assert (override.checkpoint, override.revision) == ("other-org/rtdetr", None)
+    # the demo's local folders: nothing pinned
+    plain = ModelFolder.open(model_dir)
+    assert plain.detect_config("cpu", None).revision is None and plain.backbone_config("cpu").revision is None
+
+
+def test_the_head_runs_on_the_thread_count_it_trained_with(model_dir, camera_video, monkeypatch):
+    """On the CPU the head's logits depend on the thread count (decision 37): predict and explain run it on
+    ``train.threads`` from the model folder, and give the process its own count back for the backbone."""
+    from transmodal.model import TransModal
+    from transmodal.predict import ModelFolder, explain_window, predict_video
+
+    recorded = ModelFolder.open(model_dir).threads
+    assert recorded == 1
+    seen, forward = [], TransModal.forward
+
+    def counting(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransModal, "forward", counting)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        prediction, model = predict_video(
+            camera_video, model_dir, device="cpu", progress=False, keep_tokens=True
+        )
+        explain_window(prediction, model, 0, 64)
+        assert seen and set(seen) == {recorded}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_what_the_decoding_found_odd_is_said_and_the_annotated_video_plays_at_a_sane_rate(
+    model_dir, tmp_path, monkeypatch
+):
+    """A cut file and a header without a usable frame rate: predict says so (as the frames stage records it),
+    and --out writes the kept frames at 25 fps / stride, not at the header's 90000 fps."""
+    from transmodal.data import frames
+    from transmodal.predict import predict_video, write_annotated
+
+    cut = tmp_path / "cut.avi"
+    camera_like_video(cut, frames=40, size=(320, 240))
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    prediction, _ = predict_video(cut, model_dir, device="cpu", progress=False)
+    assert any(note.startswith("truncated: decoded ") for note in prediction.notes)
+
+    fast = tmp_path / "fast.avi"
+    camera_like_video(fast, frames=20, size=(320, 240))
+    opened = cv2.VideoCapture
+
+    class HeaderRate:  # the file's header says 90000 fps (OpenCV's writer caps what it writes)
+        def __init__(self, path):
+            self.capture = opened(path)
+
+        def __getattr__(self, name):
+            return getattr(self.capture, name)
+
+        def get(self, prop):
+            return 90000.0 if prop == cv2.CAP_PROP_FPS else self.capture.get(prop)
+
+    monkeypatch.setattr(frames.cv2, "VideoCapture", HeaderRate)
+    prediction, _ = predict_video(fast, model_dir, device="cpu", progress=False)
+    assert prediction.fps == pytest.approx(90000.0)
+    assert any(note.startswith("no usable frame rate in the header") for note in prediction.notes)
+    out = tmp_path / "fast-annotated.avi"
+    write_annotated(prediction, out)
+    monkeypatch.undo()
+    capture = cv2.VideoCapture(str(out))
+    try:
+        assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12.5)  # stride 2 of 25 fps
+    finally:
+        capture.release()
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

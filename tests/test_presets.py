@@ -95,3 +95,37 @@ def test_preset_says_what_dvc_repro_would_miss(tmp_path, capsys, monkeypatch):
         (tmp_path / after[key]["checkpoint"]).mkdir(parents=True)
     main(["preset", "paper-ucf101", "--params", str(target)])
     assert "note" not in capsys.readouterr().err
+
+
+def test_preset_says_which_cached_checkpoints_are_not_pinned(tmp_path, tiny_checkpoints, monkeypatch):
+    """A hub id in the cache but with no ``<stage>.revision``: the preset names the cached commit to pin; a
+    pinned revision that is not cached is named in the fetch command."""
+    import shutil
+
+    import huggingface_hub
+
+    from transmodal.presets import not_ready
+
+    commit = "7" * 40
+    repo = tmp_path / "hub" / "models--MCG-NJU--videomae-base-finetuned-kinetics"
+    shutil.copytree(tiny_checkpoints["backbone"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "data" / "kth").mkdir(parents=True)
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO_ROOT / "params.yaml").read_text())
+    main(["preset", "paper-kth", "--params", str(target)])
+    params = yaml.safe_load(target.read_text())
+    params["detect"]["source"] = params["pose"]["source"] = "annotations"  # only the backbone is loaded
+    assert not_ready(params, tmp_path) == [
+        "backbone.checkpoint 'MCG-NJU/videomae-base-finetuned-kinetics' is cached at commit "
+        f"{commit}; set backbone.revision to it so that another machine, or a later download, loads the "
+        "same weights"
+    ]
+    params["backbone"]["revision"] = commit
+    assert not_ready(params, tmp_path) == []
+    params["backbone"]["revision"] = "8" * 40
+    (note,) = not_ready(params, tmp_path)
+    assert f"at backbone.revision {'8' * 40} is not a folder here" in note
+    assert f"`hf download MCG-NJU/videomae-base-finetuned-kinetics --revision {'8' * 40}`" in note

@@ -178,19 +178,25 @@ def test_training_attention_on_cuda_is_the_deterministic_math_kernel(params, tmp
     assert all(kernels == (True, True, True, True) for grad, kernels in seen if not grad)
 
 
-def test_backbone_latency_runs_in_the_dtype_the_cache_was_made_with(monkeypatch):
-    loaded = []
+def test_backbone_latency_runs_the_cached_backbone_in_the_dtype_the_cache_was_made_with(monkeypatch):
+    from transmodal.params import BackboneConfig
 
-    def load_model(cls, checkpoint, key, device, dtype):
-        loaded.append(dtype)
+    loaded, resolved = [], []
+
+    def load_model(cls, folder, key, device, dtype):
+        loaded.append((folder, dtype))
         raise RuntimeError("stop")
 
     monkeypatch.setattr(ablation, "load_model", load_model)
+    monkeypatch.setattr(ablation, "resolve_checkpoint", lambda *args: resolved.append(args) or "snapshot")
+    params = BackboneConfig(checkpoint="some-org/videomae", revision="v1.0")
     for made_in, expected in (("float16", torch.float16), ("float32", torch.float32), (None, torch.float32)):
         backbone = {"model_dtype": made_in} if made_in else {}  # backbone.json before the key: float32
         with pytest.raises(RuntimeError, match="stop"):
-            ablation.backbone_latency("ckpt", backbone, torch.device("cpu"), 1, 1)
-        assert loaded[-1] == expected
+            ablation.backbone_latency(params, backbone, torch.device("cpu"), 1, 1)
+        assert loaded[-1] == ("snapshot", expected)
+    # the revision the features stage loaded (backbone.revision), not whatever the hub id resolves to today
+    assert resolved[-1] == ("some-org/videomae", "backbone.checkpoint", "v1.0")
 
 
 def test_missing_joints_are_zeroed_and_scored_zero():

@@ -70,6 +70,36 @@ def _check_str(section: str, key: str, value: Any) -> None:
         _fail(section, key, f"is {value!r}; expected a non-empty string")
 
 
+def is_hub_id(checkpoint: str) -> bool:
+    """Whether a checkpoint param names a Hugging Face hub repo (``name`` or ``owner/name``) rather than a
+    folder here: not an existing folder, no leading ``.``, ``/`` or ``~``, at most one ``/``."""
+    return (
+        not Path(checkpoint).is_dir()
+        and not checkpoint.startswith((".", "/", "~"))
+        and checkpoint.strip("/").count("/") <= 1
+    )
+
+
+def _check_revision(section: str, checkpoint: str, revision: Any) -> None:
+    """``<section>.revision``: null (whatever snapshot the cache holds, else the hub's main) or the hub
+    commit, branch or tag to load ``<section>.checkpoint`` at; only a hub id has one."""
+    if revision is None:
+        return
+    if not isinstance(revision, str) or not revision or any(c.isspace() for c in revision):
+        _fail(
+            section,
+            "revision",
+            f"is {revision!r}; expected null or a hub commit (40 hex digits), branch or tag, as a string",
+        )
+    if not is_hub_id(checkpoint):
+        _fail(
+            section,
+            "revision",
+            f"is {revision!r}, but {section}.checkpoint {checkpoint!r} is a folder, which has no hub "
+            f"revision; set {section}.revision to null",
+        )
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Synthetic KTH-like dataset (``transmodal synth``)."""
@@ -168,6 +198,7 @@ class RuntimeMixin:
 class DetectConfig(RuntimeMixin):
     source: str = "annotations"
     checkpoint: str = "PekingU/rtdetr_r50vd_coco_o365"
+    revision: str | None = None  # the hub commit, branch or tag of a hub id; null: the cached or newest one
     score_threshold: float = 0.5
     person_label: str = "person"
     batch_size: int = 16
@@ -183,6 +214,7 @@ class DetectConfig(RuntimeMixin):
         s = "detect"
         _check_choice(s, "source", self.source, SOURCES)
         _check_str(s, "checkpoint", self.checkpoint)
+        _check_revision(s, self.checkpoint, self.revision)
         _check_float(s, "score_threshold", self.score_threshold, 0.0, 1.0)
         _check_str(s, "person_label", self.person_label)
         self._check_runtime(s)
@@ -197,6 +229,7 @@ class DetectConfig(RuntimeMixin):
 class PoseConfig(RuntimeMixin):
     source: str = "annotations"
     checkpoint: str = "usyd-community/vitpose-plus-base"
+    revision: str | None = None
     dataset_index: int = 0
     batch_size: int = 32
     device: str = "auto"
@@ -206,6 +239,7 @@ class PoseConfig(RuntimeMixin):
         s = "pose"
         _check_choice(s, "source", self.source, SOURCES)
         _check_str(s, "checkpoint", self.checkpoint)
+        _check_revision(s, self.checkpoint, self.revision)
         _check_int(s, "dataset_index", self.dataset_index, 0, 5)
         self._check_runtime(s)
 
@@ -230,6 +264,7 @@ class ClipsConfig:
 @dataclass(frozen=True)
 class BackboneConfig(RuntimeMixin):
     checkpoint: str = "MCG-NJU/videomae-base-finetuned-kinetics"
+    revision: str | None = None
     batch_size: int = 8
     device: str = "auto"
     precision: str = "fp32"
@@ -241,6 +276,7 @@ class BackboneConfig(RuntimeMixin):
     def __post_init__(self):
         s = "backbone"
         _check_str(s, "checkpoint", self.checkpoint)
+        _check_revision(s, self.checkpoint, self.revision)
         self._check_runtime(s)
         _check_int(s, "clips_per_shard", self.clips_per_shard, 1)
         _check_float(s, "keep", self.keep, 0.0, 1.0, low_open=True)

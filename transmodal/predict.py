@@ -34,6 +34,7 @@ import torch
 
 from transmodal.data.coco import COCO_JOINTS, COCO_LIMBS
 from transmodal.data.frames import (
+    MAX_FPS,
     DecodedVideo,
     FramesTooLarge,
     decode_video,
@@ -104,6 +105,11 @@ class ModelFolder:
         return list(self.config["classes"])
 
     @property
+    def threads(self) -> int | None:
+        """``train.threads``: the CPU thread count the head trained with (None before the param)."""
+        return self.config.get("train", {}).get("threads")
+
+    @property
     def stride(self) -> int:
         return int(self.config["pipeline"]["frames"]["stride"])
 
@@ -123,13 +129,23 @@ class ModelFolder:
     def detect_config(self, device: str, checkpoint: str | None) -> DetectConfig:
         recorded = dict(self.config["pipeline"]["detect"])
         self._note_source("detect", recorded, checkpoint)
-        recorded.update(source="model", checkpoint=checkpoint or recorded["checkpoint"], device=device)
+        recorded.update(
+            source="model",
+            checkpoint=checkpoint or recorded["checkpoint"],
+            revision=None if checkpoint else recorded.get("revision"),  # pins the recorded checkpoint only
+            device=device,
+        )
         return DetectConfig(**recorded)
 
     def pose_config(self, device: str, checkpoint: str | None) -> PoseConfig:
         recorded = dict(self.config["pipeline"]["pose"])
         self._note_source("pose", recorded, checkpoint)
-        recorded.update(source="model", checkpoint=checkpoint or recorded["checkpoint"], device=device)
+        recorded.update(
+            source="model",
+            checkpoint=checkpoint or recorded["checkpoint"],
+            revision=None if checkpoint else recorded.get("revision"),  # pins the recorded checkpoint only
+            device=device,
+        )
         return PoseConfig(**recorded)
 
     def backbone_config(self, device: str) -> BackboneConfig:
@@ -138,7 +154,13 @@ class ModelFolder:
         recorded = self.config["backbone"]
         keep = {key: recorded[key] for key in ("keep", "keep_margin", "keep_by") if key in recorded}
         precision = HALF_PRECISIONS.get(recorded.get("model_dtype", "float32"), "fp32")
-        return BackboneConfig(checkpoint=recorded["checkpoint"], device=device, precision=precision, **keep)
+        return BackboneConfig(
+            checkpoint=recorded["checkpoint"],
+            revision=recorded.get("revision"),  # backbone.revision, where the features stage pinned one
+            device=device,
+            precision=precision,
+            **keep,
+        )
 
     @property
     def full_patches_per_group(self) -> int:
@@ -267,6 +289,7 @@ class Prediction:
     kept_patches: np.ndarray | None = None  # (W, G, K) the patches the backbone kept (backbone.keep < 1)
     full_patches: int | None = None  # P, the whole patch grid of a frame group
     pose: torch.Tensor | None = None  # (W, T, J, C) the head's pose input per window
+    threads: int | None = None  # train.threads: the CPU thread count the head runs on
 
     def video_probabilities(self) -> np.ndarray:
         from transmodal.training.evaluate import mean_logits_by_unit
@@ -384,7 +407,7 @@ def predict_video(
     from transmodal.features.backbone import FrozenBackbone
     from transmodal.features.store import crop_batches, plan_clips, plan_kept
     from transmodal.training.data import pose_input
-    from transmodal.training.train import load_checkpoint
+    from transmodal.training.train import load_checkpoint, trained_threads
     from transmodal.vision.checkpoints import pick_device
     from transmodal.vision.detect import run_detect
     from transmodal.vision.pose import run_pose
@@ -457,10 +480,13 @@ def predict_video(
                 kept.append(half)
             tokens = half.float().to(torch_device)
             batch_pose = pose[done : done + len(tokens)].to(torch_device)
-            logits.append(model(tokens, batch_pose).logits.float().cpu().numpy())
+            with trained_threads(folder.threads):  # the logits evaluate gives for these tokens
+                logits.append(model(tokens, batch_pose).logits.float().cpu().numpy())
             done += len(tokens)
             bar.update(len(tokens))
     notes = list(folder.notes)
+    if video.reason:  # what the decoding found odd: a cut file, a header without a usable frame rate
+        notes.append(video.reason)
     if fallback:
         notes.append("no person was detected: the whole frame is the crop (the pipeline's fallback box)")
     if source_size != (store.videos["width"][0], store.videos["height"][0]):
@@ -490,6 +516,7 @@ def predict_video(
         pose=pose,
         kept_patches=window_kept,
         full_patches=folder.full_patches_per_group,
+        threads=folder.threads,
     )
     return prediction, model
 
@@ -551,7 +578,8 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
     if suffix not in WRITERS:
         raise PredictError(f"--out {out}: use a .mp4 or .avi file name")
     stride = max(1, int(np.median(np.diff(prediction.frame_idx)))) if len(prediction.frame_idx) > 1 else 1
-    fps = (prediction.fps or 25.0) / stride
+    # a header rate the decoding found unusable (none, or absurd) was sampled as if 25 fps, and is shown so
+    fps = (prediction.fps if 0.0 < prediction.fps <= MAX_FPS else 25.0) / stride
     width, height = prediction.size
     primary = prediction.tracks[prediction.tracks["is_primary"].astype(bool)].set_index("frame_idx")
     keypoints = prediction.keypoints.set_index("frame_idx")
@@ -594,13 +622,15 @@ def explain_window(prediction: Prediction, model, window: int, size: int):
     """(explanation, crops (T, S, S, 3) uint8, pose xy (T, J, 2), mask (T, J)) of one window."""
     from transmodal.explain import explain_clips
     from transmodal.features.crops import CROP_COLUMNS, crop_frames
+    from transmodal.training.train import trained_threads
 
     row = prediction.windows.iloc[window]
     device = next(model.parameters()).device
     tokens = prediction.tokens[window : window + 1].float().to(device)
     pose = prediction.pose[window : window + 1].to(device)
     kept = None if prediction.kept_patches is None else prediction.kept_patches[window : window + 1]
-    (explanation,) = explain_clips(model, tokens, pose, kept, prediction.full_patches)
+    with trained_threads(prediction.threads):
+        (explanation,) = explain_clips(model, tokens, pose, kept, prediction.full_patches)
     positions = np.searchsorted(prediction.frame_idx, np.asarray(row["frame_idx"], np.int64)).tolist()
     box = tuple(int(v) for v in row[list(CROP_COLUMNS)])
     crops = crop_frames(prediction.frames, box, size, positions)

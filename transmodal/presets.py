@@ -67,7 +67,7 @@ def not_ready(params: dict, project: Path = Path(".")) -> list[str]:
     and model checkpoints that are neither a folder nor in the Hugging Face cache (found otherwise only
     when the stage that loads one starts, after every stage before it). Looks, never downloads."""
     from transmodal.data.download import DATASETS
-    from transmodal.vision.checkpoints import cached_snapshot
+    from transmodal.vision.checkpoints import cached_snapshot, hub_revision
 
     notes = []
     data = params["data"]
@@ -78,17 +78,25 @@ def not_ready(params: dict, project: Path = Path(".")) -> list[str]:
             else "put the dataset there"
         )
         notes.append(f"data.root {data['root']!r} does not exist here: run {fetch} before `dvc repro`")
-    used = [("backbone.checkpoint", params["backbone"]["checkpoint"])] + [
-        (f"{stage}.checkpoint", params[stage]["checkpoint"])
-        for stage in ("detect", "pose")
-        if params[stage]["source"] == "model"
+    used = [("backbone", params["backbone"])] + [
+        (stage, params[stage]) for stage in ("detect", "pose") if params[stage]["source"] == "model"
     ]
-    for key, checkpoint in used:
-        if not (Path(project) / str(checkpoint)).is_dir() and cached_snapshot(str(checkpoint)) is None:
+    for stage, values in used:
+        checkpoint, revision = str(values["checkpoint"]), values.get("revision")
+        if (Path(project) / checkpoint).is_dir():
+            continue
+        snapshot = cached_snapshot(checkpoint, revision)
+        at = f" at {stage}.revision {revision}" if revision else ""
+        if snapshot is None:
+            fetch = f"hf download {checkpoint}" + (f" --revision {revision}" if revision else "")
             notes.append(
-                f"{key} {checkpoint!r} is not a folder here and not in the Hugging Face cache: the stage "
-                "that loads it downloads it (needs the network), or fetch it first "
-                f"(`huggingface-cli download {checkpoint}`)"
+                f"{stage}.checkpoint {checkpoint!r}{at} is not a folder here and not in the Hugging Face "
+                f"cache: the stage that loads it downloads it (needs the network), or fetch it first (`{fetch}`)"
+            )
+        elif revision is None:
+            notes.append(
+                f"{stage}.checkpoint {checkpoint!r} is cached at commit {hub_revision(snapshot)}; set "
+                f"{stage}.revision to it so that another machine, or a later download, loads the same weights"
             )
     return notes
 

@@ -199,7 +199,7 @@ def decode_video(
             "wrong header); kept the decoded frames"
         )
     if reference_fps is not None and not (0.0 < fps <= MAX_FPS):
-        notes.append(f"no usable frame rate in the header ({fps:g}); kept every {stride}th frame")
+        notes.append(f"no usable frame rate in the header ({fps:g}); kept one frame in {stride}")
     frame_idx = np.asarray(kept_idx, np.int32)
     frames = kept[: len(frame_idx)]  # a header that announced more frames: its tail is never touched
     return DecodedVideo(
@@ -233,11 +233,11 @@ def _decode_and_compress(
     video = decode_video(path, video_id, stride, reference_fps=reference_fps)
     if video.frames is None:
         return video, None
-    if not compress:
-        # the tables need the frame numbers and the shape, not the pixels: a view of one zero byte keeps it
-        video.frames = np.broadcast_to(np.uint8(0), video.frames.shape)
-        return video, None
-    return video, pa.Codec(PIXEL_CODEC).compress(np.ascontiguousarray(video.frames))
+    pixels = pa.Codec(PIXEL_CODEC).compress(np.ascontiguousarray(video.frames)) if compress else None
+    # from here on the tables need the frame numbers and the shape, not the raw pixels: a view of one zero
+    # byte keeps the shape, so a video waiting for its shard holds only its compressed pixels
+    video.frames = np.broadcast_to(np.uint8(0), video.frames.shape)
+    return video, pixels
 
 
 def _decoded_in_order(
@@ -271,8 +271,9 @@ VIDEO_COLUMNS = (
 FRAME_COLUMNS = ("video_id", "frame_idx", "width", "height", "fps")
 
 
-def _write_shard(videos: list[tuple[DecodedVideo, pa.Buffer | None]], path: Path) -> None:
-    """One Parquet shard, one row group per decoded video (the pixels arrive compressed)."""
+@contextlib.contextmanager
+def _shard_writer(path: Path) -> Iterator[pq.ParquetWriter]:
+    """The Parquet writer of one shard: one row group per decoded video (the pixels arrive compressed)."""
     with pq.ParquetWriter(
         path,
         SHARD_SCHEMA,
@@ -280,20 +281,24 @@ def _write_shard(videos: list[tuple[DecodedVideo, pa.Buffer | None]], path: Path
         use_dictionary=False,
         write_statistics=False,
     ) as writer:
-        for video, pixels in videos:
-            _, h, w, _ = video.frames.shape
-            table = pa.table(
-                {
-                    "video_id": [video.video_id],
-                    "frame_idx": [video.frame_idx.tolist()],
-                    "height": [h],
-                    "width": [w],
-                    "codec": [PIXEL_CODEC],
-                    "pixels": _blob(pixels),
-                },
-                schema=SHARD_SCHEMA,
-            )
-            writer.write_table(table)  # one call -> one row group per video
+        yield writer
+
+
+def _write_video(writer: pq.ParquetWriter, video: DecodedVideo, pixels: pa.Buffer | None) -> None:
+    """One decoded video as one row group of its shard."""
+    _, h, w, _ = video.frames.shape
+    table = pa.table(
+        {
+            "video_id": [video.video_id],
+            "frame_idx": [video.frame_idx.tolist()],
+            "height": [h],
+            "width": [w],
+            "codec": [PIXEL_CODEC],
+            "pixels": _blob(pixels),
+        },
+        schema=SHARD_SCHEMA,
+    )
+    writer.write_table(table)  # one call -> one row group per video
 
 
 def _video_row(video: DecodedVideo, shard: int, row_group: int, clip_length: int) -> dict:
@@ -373,17 +378,23 @@ def extract_frames(
     ):
         bar.update(sum(len(chunks[n]) for n in range(len(chunks)) if n not in set(todo)))
         for n in todo:
-            videos = [next(decoded) for _ in chunks[n]]
-            good = [(video, pixels) for video, pixels in videos if video.frames is not None]
-            if good and keep_pixels:
-                with parts.writing(_shard_name(n)) as tmp:
-                    _write_shard(good, tmp)
+            # each video goes into its shard as it arrives (one row group), so the stage holds the few
+            # videos in flight, not a whole shard; the shard's file appears with its first decodable video
             rows, group = [], 0
-            for video, _ in videos:
-                rows.append(_video_row(video, n, group, clip_length))
-                group += video.frames is not None
+            with contextlib.ExitStack() as shard:
+                writer = None
+                for _ in chunks[n]:
+                    video, pixels = next(decoded)
+                    if video.frames is not None and keep_pixels:
+                        if writer is None:
+                            writer = shard.enter_context(
+                                _shard_writer(shard.enter_context(parts.writing(_shard_name(n))))
+                            )
+                        _write_video(writer, video, pixels)
+                    rows.append(_video_row(video, n, group, clip_length))
+                    group += video.frames is not None
+                    bar.update(1)
             write_parquet(pd.DataFrame(rows), parts.path(_rows_name(n)))  # last: marks the shard done
-            bar.update(len(videos))
     rows = [pd.read_parquet(parts.path(_rows_name(n))) for n in range(len(chunks))]
     table = (
         pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=[*VIDEO_COLUMNS, "frame_idx"])

@@ -77,7 +77,7 @@ for _name, _table in _KTH_SUBJECT_SPLIT.items():
 
 KTH_SEQUENCES_FILE = "00sequences.txt"
 _KTH_ID = re.compile(r"person(?P<subject>\d{2})_(?P<action>[a-z]+)_(?P<scenario>d[1-4])")
-_KTH_FILE = re.compile(_KTH_ID.pattern + r"_uncomp\.avi")
+_KTH_FILE = re.compile(_KTH_ID.pattern + r"_uncomp\.(?i:avi)")  # .AVI too (copied from a FAT disk)
 _KTH_LINE = re.compile(r"(?P<video_id>\S+)\s+(?:(?P<missing>\*missing\*)|frames\s+(?P<ranges>\S.*))")
 _RANGE = re.compile(r"(?P<start>\d+)\s*-\s*(?P<end>\d+)")
 
@@ -100,13 +100,29 @@ def _check_root(root: Path) -> None:
         raise _root_error(root, "does not exist or is not a folder")
 
 
+def _avi_files(folder: Path, pattern: str = "*") -> dict[str, str]:
+    """The ``.avi`` files matching ``pattern`` under ``folder``, whatever the case of their extension, by the
+    name the official lists give them (``.avi``) -> their path relative to ``folder`` as it is on disk; where
+    both cases exist, the ``.avi`` one."""
+    found: dict[str, str] = {}
+    for path in sorted(folder.glob(pattern)):
+        if path.suffix.lower() != ".avi" or not path.is_file():
+            continue
+        rel = path.relative_to(folder).as_posix()
+        listed = rel[: -len(".avi")] + ".avi"
+        if listed not in found or rel == listed:
+            found[listed] = rel
+    return found
+
+
 def _split_file_error(split: object, path: Path) -> ParamError:
     return ParamError(f"params.yaml: data.split is {split!r}, but split file {str(path)!r} does not exist")
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines of a text file with their 1-based numbers, stripped (the official lists use CRLF)."""
-    lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    """Non-blank lines of a text file with their 1-based numbers, stripped (the official lists use CRLF; a
+    list saved again by a Windows editor starts with a byte-order mark, which is not part of its first line)."""
+    lines = path.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()
     return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
 
 
@@ -209,7 +225,7 @@ def index_kth(root: Path, split: str) -> tuple[pd.DataFrame, dict]:
             elif match["action"] != action:
                 reasons[rel] = f"names the action {match['action']!r} but lies in the folder {action!r}"
             else:
-                on_disk[file.name.removesuffix("_uncomp.avi")] = (rel, match)
+                on_disk[file.name[: -len("_uncomp.avi")]] = (rel, match)
                 continue
             unrecognised.append(rel)
     if not on_disk:
@@ -324,10 +340,13 @@ def index_ucf101(root: Path, split: int, val_fraction: float, seed: int) -> tupl
     root = Path(root)
     _check_root(root)
     videos_dir = root / UCF101_VIDEOS
-    on_disk = (
-        {p.relative_to(root).as_posix() for p in videos_dir.glob("*/*.avi") if p.is_file()}
+    on_disk = (  # the listed path (UCF-101/<Class>/<video>.avi) -> the path on disk
+        {
+            f"{UCF101_VIDEOS}/{listed}": f"{UCF101_VIDEOS}/{rel}"
+            for listed, rel in _avi_files(videos_dir, "*/*").items()
+        }
         if videos_dir.is_dir()
-        else set()
+        else {}
     )
     if not on_disk:
         raise _root_error(root, f"has no UCF101 videos ({UCF101_VIDEOS}/<Class>/v_<Class>_gXX_cYY.avi)")
@@ -359,7 +378,7 @@ def index_ucf101(root: Path, split: int, val_fraction: float, seed: int) -> tupl
             rows.append(
                 {
                     "video_id": Path(rel_path).stem,
-                    "path": disk_path,
+                    "path": on_disk[disk_path],
                     "label": class_name,
                     "label_idx": classes[class_name],
                     "group": group,
@@ -368,7 +387,7 @@ def index_ucf101(root: Path, split: int, val_fraction: float, seed: int) -> tupl
                     "sequences": [],
                 }
             )
-    unlisted = sorted(on_disk - {f"{UCF101_VIDEOS}/{p}" for p in listed})
+    unlisted = sorted(on_disk[p] for p in set(on_disk) - {f"{UCF101_VIDEOS}/{p}" for p in listed})
     index = _finish_split(root, split, rows, val_fraction, seed)
     summary = _summarise(index)
     summary.update(
@@ -419,9 +438,9 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
     """
     root = Path(root)
     _check_root(root)
-    on_disk: dict[str, list[str]] = {}  # class -> sorted file names
+    on_disk: dict[str, dict[str, str]] = {}  # class -> the listed file name (.avi) -> the name on disk
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != HMDB51_SPLITS):
-        names = sorted(f.name for f in folder.glob("*.avi") if f.is_file())
+        names = _avi_files(folder)
         if names:
             on_disk[folder.name] = names
     if not on_disk:
@@ -461,7 +480,7 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
             raise _split_file_error(split, split_path)
         marks = _parse_hmdb_split(split_path)
         names = set(on_disk.get(class_name, ()))
-        unlisted += [f"{class_name}/{name}" for name in sorted(names - set(marks))]
+        unlisted += [f"{class_name}/{on_disk[class_name][name]}" for name in sorted(names - set(marks))]
         for name, part in marks.items():
             if part == "unused":
                 unused += 1
@@ -473,7 +492,7 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
             rows.append(
                 {
                     "video_id": stem if stem_count[stem] == 1 else f"{class_name}__{stem}",
-                    "path": f"{class_name}/{name}",
+                    "path": f"{class_name}/{on_disk[class_name][name]}",
                     "label": class_name,
                     "label_idx": label_idx,
                     "group": group_id[source_of[class_name, name]],

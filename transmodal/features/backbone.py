@@ -47,7 +47,9 @@ class FrozenBackbone:
         self.checkpoint = cfg.checkpoint
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.precision, self.device)
-        self.folder = resolve_checkpoint(cfg.checkpoint, CHECKPOINT_PARAM)  # the files it loads, once
+        # the files it loads, once: the snapshot at backbone.revision for a hub id
+        self.folder = resolve_checkpoint(cfg.checkpoint, CHECKPOINT_PARAM, cfg.revision)
+        self.pinned = cfg.revision  # backbone.revision: the commit, branch or tag asked for (None: any)
         self.revision = hub_revision(self.folder)  # the hub commit of a hub id, None for a local folder
         self.model = load_model(VideoMAEModel, self.folder, CHECKPOINT_PARAM, self.device, self.dtype)
         self.model.requires_grad_(False)
@@ -131,6 +133,7 @@ class FrozenBackbone:
         }
         return {
             "checkpoint": self.checkpoint,
+            **({"revision": self.pinned} if self.pinned else {}),  # predict loads it at the same one
             **({"checkpoint_revision": self.revision} if self.revision else {}),
             "model_type": self.model_type,
             "num_frames": self.num_frames,

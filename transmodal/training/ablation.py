@@ -27,11 +27,11 @@ from tqdm import tqdm
 from transmodal.features.cache import FeatureStore
 from transmodal.features.keep import ABLATION_FEATURES, own_features
 from transmodal.io import write_json
-from transmodal.params import AblationConfig, kept_count, section, variant_params
+from transmodal.params import AblationConfig, BackboneConfig, kept_count, section, variant_params
 from transmodal.training.evaluate import PAPER_UNIT, UNITS, evaluate_model
 from transmodal.training.latency import measure_ms
 from transmodal.training.train import load_checkpoint, model_size, train_model
-from transmodal.vision.checkpoints import load_model, pick_device
+from transmodal.vision.checkpoints import load_model, pick_device, resolve_checkpoint
 
 LATENCY_BATCH = 4  # the paper reports ms per batch of 4
 METRICS_FILE = "metrics.json"
@@ -144,7 +144,7 @@ def _latency_batch(store: FeatureStore, pose_scores: bool) -> tuple[torch.Tensor
 
 
 def backbone_latency(
-    checkpoint: str, backbone: dict, device: torch.device, warmup: int, repeats: int
+    params: BackboneConfig, backbone: dict, device: torch.device, warmup: int, repeats: int
 ) -> dict:
     """VideoMAE forward on a batch of 4 clips at its input size (content does not change its cost), in the
     dtype the cache was made with (``model_dtype`` of backbone.json: fp16 on CUDA with the paper presets);
@@ -155,7 +155,8 @@ def backbone_latency(
     from transmodal.features.keep import masked_positions
 
     dtype = getattr(torch, backbone.get("model_dtype", "float32"))
-    model = load_model(VideoMAEModel, checkpoint, "backbone.checkpoint", device, dtype)
+    folder = resolve_checkpoint(params.checkpoint, "backbone.checkpoint", params.revision)
+    model = load_model(VideoMAEModel, folder, "backbone.checkpoint", device, dtype)
     size = backbone["image_size"]
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(LATENCY_BATCH, backbone["num_frames"], 3, size, size, generator=generator)
@@ -259,7 +260,7 @@ def aggregate(
     full_scores = _scores(results["full"], unit_ids, "full")
 
     device = pick_device(cfg.device)
-    checkpoint = section(params, "backbone").checkpoint
+    backbone_params = section(params, "backbone")  # its checkpoint and revision
     backbones: dict[tuple, dict] = {}  # per grid: latency and FLOPs, each measured once
     table: dict[str, dict] = {}
     for variant, metrics in results.items():
@@ -270,7 +271,7 @@ def aggregate(
             paper_kept = _paper_kept(record)
             backbones[grid] = {
                 "latency": backbone_latency(
-                    checkpoint, record, device, cfg.latency_warmup, cfg.latency_repeats
+                    backbone_params, record, device, cfg.latency_warmup, cfg.latency_repeats
                 ),
                 "flops": record["flops_per_clip"],
                 "paper_size": videomae_complexity(VideoMAEConfig(), paper_kept)["flops"],

@@ -37,6 +37,7 @@ PIPELINE_KEYS: dict[str, tuple[str, ...]] = {
     "detect": (
         "source",
         "checkpoint",
+        "revision",
         "score_threshold",
         "person_label",
         "track_activation_threshold",
@@ -46,7 +47,7 @@ PIPELINE_KEYS: dict[str, tuple[str, ...]] = {
         "stitch_tracks",
         "precision",
     ),
-    "pose": ("source", "checkpoint", "dataset_index", "precision"),
+    "pose": ("source", "checkpoint", "revision", "dataset_index", "precision"),
 }
 
 
@@ -276,3 +277,18 @@ def load_checkpoint(model_dir: Path, device: torch.device | str = "cpu") -> tupl
     model = TransModal.from_config_dict(config["model"])
     model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)), strict=True)
     return model.to(device).eval(), config
+
+
+@contextlib.contextmanager
+def trained_threads(threads: int | None):
+    """Run the head on the CPU thread count it trained with (``train.threads``, in its ``config.json``; torch's
+    CPU kernels split some sums by thread, so the logits' last digits depend on it), then restore the
+    process's count (``predict`` runs the backbone on all of them). None (a model folder from before the
+    param): unchanged."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -12,51 +12,61 @@ from pathlib import Path
 
 import torch
 
-from transmodal.params import CheckpointError
+from transmodal.params import CheckpointError, is_hub_id
 
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-def resolve_checkpoint(checkpoint: str, param: str) -> str:
+def resolve_checkpoint(checkpoint: str, param: str, revision: str | None = None) -> str:
     """Return a local folder holding ``checkpoint`` (``config.json`` inside), fetching it if allowed.
 
-    ``param`` is the params.yaml key that named it (for the error message).
+    ``param`` is the params.yaml key that named it (for the error message); ``revision`` (the param beside
+    it, ``<section>.revision``) a hub commit, branch or tag to load a hub id at: None takes the snapshot the
+    cache holds, else the hub's newest.
     """
+    section = param.partition(".")[0]
     local = Path(checkpoint)
     if local.is_dir():
+        if revision is not None:
+            raise CheckpointError(
+                f"params.yaml: {section}.revision is {revision!r}, but {param} {checkpoint!r} is a folder, "
+                f"which has no hub revision; set {section}.revision to null"
+            )
         if not (local / "config.json").is_file():
             raise CheckpointError(
                 f"params.yaml: {param} is {checkpoint!r}, a folder without config.json "
                 "(expected a Hugging Face save_pretrained folder)"
             )
         return str(local)
-    if checkpoint.startswith((".", "/")) or os.sep in checkpoint.strip("/").split("/", 1)[-1]:
+    if not is_hub_id(checkpoint):
         raise CheckpointError(
             f"params.yaml: {param} is {checkpoint!r}, which is not a folder and not a hub id"
         )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
-    cached = cached_snapshot(checkpoint)
+    cached = cached_snapshot(checkpoint, revision)
     if cached is not None:
         return cached
+    at = f" at {section}.revision {revision!r}" if revision else ""
+    fetch = f"hf download {checkpoint}" + (f" --revision {revision}" if revision else "")
     hint = (
         f"provide it as a local folder (save_pretrained format) and set {param} to it, put it in the "
-        "Hugging Face cache (huggingface-cli download on a networked machine, then copy HF_HOME), or allow "
+        f"Hugging Face cache (`{fetch}` on a networked machine, then copy HF_HOME), or allow "
         "network access (unset HF_HUB_OFFLINE)"
     )
     if _offline():
         raise CheckpointError(
-            f"params.yaml: {param} is {checkpoint!r}: not in the local cache (offline); {hint}"
+            f"params.yaml: {param} is {checkpoint!r}{at}: not in the local cache (offline); {hint}"
         )
     try:
-        return snapshot_download(checkpoint)
+        return snapshot_download(checkpoint, revision=revision)
     except (HfHubHTTPError, OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"params.yaml: {param} is {checkpoint!r}: download failed ({first_line}); {hint}"
+            f"params.yaml: {param} is {checkpoint!r}{at}: download failed ({first_line}); {hint}"
         ) from None
 
 
@@ -68,14 +78,15 @@ def hub_revision(folder: str | Path) -> str | None:
     return folder.name if folder.parent.name == "snapshots" else None
 
 
-def cached_snapshot(checkpoint: str) -> str | None:
-    """The folder of hub id ``checkpoint`` in the local Hugging Face cache, None when it is not there (or is
-    not a hub id). Never touches the network."""
+def cached_snapshot(checkpoint: str, revision: str | None = None) -> str | None:
+    """The folder of hub id ``checkpoint`` (at ``revision``: a commit, branch or tag; None: the cache's
+    ``main``) in the local Hugging Face cache, None when it is not there (or is not a hub id). Never
+    touches the network."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return snapshot_download(checkpoint, local_files_only=True)
+        return snapshot_download(checkpoint, revision=revision, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         return None
 

@@ -77,7 +77,7 @@ class PersonDetector:
         """Load ``detect.checkpoint`` (hub id or folder) on ``detect.device`` in ``detect.precision``."""
         from transformers import AutoImageProcessor, RTDetrForObjectDetection, RTDetrV2ForObjectDetection
 
-        folder = checkpoints.resolve_checkpoint(cfg.checkpoint, "detect.checkpoint")
+        folder = checkpoints.resolve_checkpoint(cfg.checkpoint, "detect.checkpoint", cfg.revision)
         model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
         model_cls = {"rt_detr": RTDetrForObjectDetection, "rt_detr_v2": RTDetrV2ForObjectDetection}.get(
             model_type

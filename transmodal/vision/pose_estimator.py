@@ -47,7 +47,7 @@ class PoseEstimator:
         """Load ``pose.checkpoint`` (hub id or folder) on ``pose.device`` in ``pose.precision``."""
         from transformers import AutoImageProcessor, VitPoseForPoseEstimation
 
-        folder = checkpoints.resolve_checkpoint(cfg.checkpoint, "pose.checkpoint")
+        folder = checkpoints.resolve_checkpoint(cfg.checkpoint, "pose.checkpoint", cfg.revision)
         device = checkpoints.pick_device(cfg.device)
         dtype = checkpoints.pick_dtype(cfg.precision, device)
         model = checkpoints.load_model(VitPoseForPoseEstimation, folder, "pose.checkpoint", device, dtype)
