@@ -158,9 +158,57 @@ def test_a_revision_of_a_folder_is_refused(tiny_checkpoints):
         resolve_checkpoint(tiny_checkpoints["pose"], "pose.checkpoint", "main")
     # when the stage starts, before any work: a folder here, or a path that is not a hub id
     for checkpoint in (tiny_checkpoints["pose"], "models/tiny/pose", "./pose"):
-        with pytest.raises(ParamError, match=r"^params.yaml: pose.revision is 'main', but .* is a folder"):
+        with pytest.raises(
+            ParamError, match=r"^params.yaml: pose.revision is 'main', but .* is (a folder|not a hub)"
+        ):
             PoseConfig(checkpoint=checkpoint, revision="main")
-    for bad in (1234, "", "v 1"):
-        with pytest.raises(ParamError, match=r"^params.yaml: detect.revision is .*; expected null or a hub"):
+    for bad in (1234567, 1e10, ""):  # what YAML (or dvc exp run -S) makes of an all-digit revision
+        with pytest.raises(
+            ParamError, match=r"^params.yaml: detect.revision is .*; expected null or a hub"
+        ) as err:
+            DetectConfig(checkpoint="PekingU/rtdetr_r50vd_coco_o365", revision=bad)
+        assert "quoted" in str(err.value)
+    assert """-S 'detect.revision="1234567"'""" in str(
+        pytest.raises(ParamError, DetectConfig, checkpoint="org/x", revision=1234567).value
+    )
+    for bad in ("v 1", "../../x", "/abs"):  # never a path into the cache's folders
+        with pytest.raises(ParamError, match=r"^params.yaml: detect.revision is .*; expected a hub commit"):
             DetectConfig(checkpoint="PekingU/rtdetr_r50vd_coco_o365", revision=bad)
     assert BackboneConfig(checkpoint="MCG-NJU/videomae-base", revision="a" * 40).revision == "a" * 40
+
+
+def test_every_loader_asks_for_its_revision_and_the_model_folder_records_them(monkeypatch):
+    import yaml
+
+    from transmodal.features import backbone
+    from transmodal.params import BackboneConfig, DetectConfig, PoseConfig
+    from transmodal.training.train import pipeline_record
+    from transmodal.vision import checkpoints, detect, pose_estimator
+
+    seen = []
+
+    def stop(checkpoint, param, revision=None):
+        seen.append((param, checkpoint, revision))
+        raise CheckpointError("stop")
+
+    monkeypatch.setattr(checkpoints, "resolve_checkpoint", stop)
+    monkeypatch.setattr(backbone, "resolve_checkpoint", stop)
+    loaders = [
+        (detect.PersonDetector.from_config, DetectConfig(checkpoint="org/rtdetr", revision="r1")),
+        (pose_estimator.PoseEstimator.from_config, PoseConfig(checkpoint="org/vitpose", revision="r2")),
+        (lambda cfg: backbone.FrozenBackbone(cfg, 16), BackboneConfig(checkpoint="org/mae", revision="r3")),
+    ]
+    for load, cfg in loaders:
+        with pytest.raises(CheckpointError, match="stop"):
+            load(cfg)
+    assert seen == [
+        ("detect.checkpoint", "org/rtdetr", "r1"),
+        ("pose.checkpoint", "org/vitpose", "r2"),
+        ("backbone.checkpoint", "org/mae", "r3"),
+    ]
+    # the train stage writes the detector's and pose model's into config.json, for predict
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["detect"].update(checkpoint="org/rtdetr", revision="r1")
+    params["pose"].update(checkpoint="org/vitpose", revision="r2")
+    record = pipeline_record(params)
+    assert (record["detect"]["revision"], record["pose"]["revision"]) == ("r1", "r2")

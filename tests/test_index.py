@@ -536,17 +536,24 @@ def test_build_index_dispatches(tmp_path: Path, ucf_root: Path):
 @pytest.mark.parametrize("dataset", ["kth", "ucf101", "hmdb51"])
 def test_lists_saved_by_a_windows_editor_and_upper_case_extensions_index_the_same(tmp_path: Path, dataset):
     """A list saved again by Notepad starts with a byte-order mark, and videos copied through some file
-    systems end in ``.AVI``: the same videos, groups and splits are indexed, each at its path on disk."""
+    systems end in ``.AVI``: the same videos, groups and splits are indexed, each at its path on disk. A
+    name there twice (``x.avi`` and ``x.AVI``) is indexed once, from ``x.avi``, and the other file is
+    reported."""
     if dataset == "kth":
         ids = [f"person{s:02d}_{a}_d1" for s in range(1, 26) for a in ("boxing", "running")]
         make_tree = lambda root: make_kth_tree(  # noqa: E731
             root, ids, "".join(f"{v}\tframes\t1-10, 11-20\n" for v in ids)
         )
         index_of = lambda root: index_kth(root, "paper")  # noqa: E731
-    elif dataset == "ucf101":
-        make_tree, index_of = make_ucf_tree, lambda root: index_ucf101(root, 1, 0.2, 0)
+        counted = ("videos_without_sequences", "listed_missing_on_disk", "sequences_total")
+        reported = "unrecognised_files"
     else:
-        make_tree, index_of = make_hmdb_tree, lambda root: index_hmdb51(root, 1, 0.2, 0)
+        if dataset == "ucf101":
+            make_tree, index_of = make_ucf_tree, lambda root: index_ucf101(root, 1, 0.2, 0)
+        else:
+            make_tree, index_of = make_hmdb_tree, lambda root: index_hmdb51(root, 1, 0.2, 0)
+        counted = ("listed_missing_on_disk", "listed_missing_on_disk_ids", "videos_per_split")
+        reported = "unlisted_on_disk_ids"
     plain, messy = make_tree(tmp_path / "plain"), make_tree(tmp_path / "messy")
     for path in sorted(messy.rglob("*")):
         if path.suffix == ".avi":
@@ -557,6 +564,14 @@ def test_lists_saved_by_a_windows_editor_and_upper_case_extensions_index_the_sam
     index, summary = index_of(messy)
     assert len(index) > 0 and index["path"].str.endswith(".AVI").all()
     pd.testing.assert_frame_equal(index.assign(path=index["path"].str.replace(".AVI", ".avi")), expected)
-    for key in ("listed_missing_on_disk", "unlisted_on_disk", "unrecognised_files", "videos_per_split"):
-        assert summary.get(key) == expected_summary.get(key), key
-    assert (messy / index["path"].iloc[0]).is_file()
+    for key in counted:
+        assert key in summary and summary[key] == expected_summary[key], key
+    assert summary[reported] == expected_summary[reported]
+
+    twice = messy / index["path"].iloc[0]
+    shutil.copy(twice, twice.with_suffix(".avi"))
+    index, summary = index_of(messy)
+    assert index["path"].iloc[0] == expected["path"].iloc[0]  # x.avi is the one indexed
+    pd.testing.assert_frame_equal(index.assign(path=index["path"].str.replace(".AVI", ".avi")), expected)
+    extra = [name for name in summary[reported] if name not in expected_summary[reported]]
+    assert [str(messy / name) for name in extra] == [str(twice)]

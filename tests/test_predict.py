@@ -348,6 +348,37 @@ def test_the_recorded_revisions_are_loaded(model_dir, tmp_path):
     assert plain.detect_config("cpu", None).revision is None and plain.backbone_config("cpu").revision is None
 
 
+def test_predict_loads_the_backbone_commit_the_features_were_made_with(model_dir, tmp_path, monkeypatch):
+    """backbone.json records the commit the features stage loaded: where the cache holds it, predict loads
+    that one, whatever main names now; where it does not, the pinned revision (a note says they differ)."""
+    import shutil
+
+    from transmodal.predict import ModelFolder
+
+    old, new = "a" * 40, "b" * 40
+    repo = tmp_path / "hub" / "models--some-org--videomae"
+    for commit in (old, new):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        shutil.copy(model_dir / "config.json", repo / "snapshots" / commit / "config.json")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(new)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def trained_at(commit, pinned=None):
+        def change(config):
+            config["backbone"].update(checkpoint="some-org/videomae", checkpoint_revision=commit)
+            if pinned:
+                config["backbone"]["revision"] = pinned
+
+        return change
+
+    folder = _broken_model(model_dir, tmp_path, _edit_config(trained_at(old)))
+    assert ModelFolder.open(folder).backbone_config("cpu").revision == old
+    shutil.rmtree(folder)
+    folder = _broken_model(model_dir, tmp_path, _edit_config(trained_at("c" * 40, pinned="v1")))
+    assert ModelFolder.open(folder).backbone_config("cpu").revision == "v1"
+
+
 def test_the_head_runs_on_the_thread_count_it_trained_with(model_dir, camera_video, monkeypatch):
     """On the CPU the head's logits depend on the thread count (decision 37): predict and explain run it on
     ``train.threads`` from the model folder, and give the process its own count back for the backbone."""
@@ -415,6 +446,16 @@ def test_what_the_decoding_found_odd_is_said_and_the_annotated_video_plays_at_a_
     capture = cv2.VideoCapture(str(out))
     try:
         assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12.5)  # stride 2 of 25 fps
+    finally:
+        capture.release()
+    # a 30 fps video keeps one frame in 2.4 (frames.reference_fps 25, stride 2): it plays at 12.5 fps too
+    thirty = tmp_path / "thirty.avi"
+    camera_like_video(thirty, frames=30, size=(320, 240), fps=30.0)
+    prediction, _ = predict_video(thirty, model_dir, device="cpu", progress=False)
+    write_annotated(prediction, tmp_path / "thirty-annotated.avi")
+    capture = cv2.VideoCapture(str(tmp_path / "thirty-annotated.avi"))
+    try:
+        assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12.5)
     finally:
         capture.release()
 

@@ -129,3 +129,18 @@ def test_preset_says_which_cached_checkpoints_are_not_pinned(tmp_path, tiny_chec
     (note,) = not_ready(params, tmp_path)
     assert f"at backbone.revision {'8' * 40} is not a folder here" in note
     assert f"`hf download MCG-NJU/videomae-base-finetuned-kinetics --revision {'8' * 40}`" in note
+
+
+def test_a_preset_that_changes_a_checkpoint_drops_the_old_ones_revision(tmp_path):
+    from transmodal.presets import apply_preset
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["backbone"].update(checkpoint="some-org/other-videomae", revision="e" * 40)
+    params["pose"].update(checkpoint="usyd-community/vitpose-plus-base", revision="f" * 40)
+    target = tmp_path / "params.yaml"
+    target.write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = apply_preset("paper-kth", target)
+    after = yaml.safe_load(target.read_text())
+    assert "backbone.revision" in changed and after["backbone"]["revision"] is None
+    # the preset names the same pose checkpoint: its pinned revision stays
+    assert "pose.revision" not in changed and after["pose"]["revision"] == "f" * 40

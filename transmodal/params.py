@@ -85,17 +85,23 @@ def _check_revision(section: str, checkpoint: str, revision: Any) -> None:
     commit, branch or tag to load ``<section>.checkpoint`` at; only a hub id has one."""
     if revision is None:
         return
-    if not isinstance(revision, str) or not revision or any(c.isspace() for c in revision):
+    if not isinstance(revision, str) or not revision:
+        quoted = f"'{section}.revision=\"{revision}\"'"
         _fail(
             section,
             "revision",
-            f"is {revision!r}; expected null or a hub commit (40 hex digits), branch or tag, as a string",
+            f"is {revision!r}; expected null or a hub commit (all 40 hex digits), branch or tag, as a "
+            f'string (an all-digit one quoted: {section}.revision: "{revision}" in params.yaml, '
+            f"-S {quoted} on the command line)",
         )
+    if any(c.isspace() for c in revision) or revision.startswith("/") or ".." in revision.split("/"):
+        _fail(section, "revision", f"is {revision!r}; expected a hub commit, branch or tag")
     if not is_hub_id(checkpoint):
+        what = "a folder" if Path(checkpoint).is_dir() else "not a hub id (a folder path)"
         _fail(
             section,
             "revision",
-            f"is {revision!r}, but {section}.checkpoint {checkpoint!r} is a folder, which has no hub "
+            f"is {revision!r}, but {section}.checkpoint {checkpoint!r} is {what}, which has no hub "
             f"revision; set {section}.revision to null",
         )
 

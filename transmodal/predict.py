@@ -156,11 +156,23 @@ class ModelFolder:
         precision = HALF_PRECISIONS.get(recorded.get("model_dtype", "float32"), "fp32")
         return BackboneConfig(
             checkpoint=recorded["checkpoint"],
-            revision=recorded.get("revision"),  # backbone.revision, where the features stage pinned one
+            revision=self.backbone_revision(),
             device=device,
             precision=precision,
             **keep,
         )
+
+    def backbone_revision(self) -> str | None:
+        """The hub commit the training features were made with when this machine's cache holds it (the same
+        weights, whatever the id's branches point at now), else ``backbone.revision`` as the features stage
+        was given it (None: the cached snapshot, or the newest; a differing commit is then noted)."""
+        from transmodal.vision.checkpoints import cached_snapshot
+
+        recorded = self.config["backbone"]
+        commit = recorded.get("checkpoint_revision")
+        if commit and cached_snapshot(recorded["checkpoint"], commit) is not None:
+            return commit
+        return recorded.get("revision")
 
     @property
     def full_patches_per_group(self) -> int:
@@ -290,6 +302,7 @@ class Prediction:
     full_patches: int | None = None  # P, the whole patch grid of a frame group
     pose: torch.Tensor | None = None  # (W, T, J, C) the head's pose input per window
     threads: int | None = None  # train.threads: the CPU thread count the head runs on
+    step: float = 0.0  # source frames per time sample (frames.reference_fps and stride, at this fps)
 
     def video_probabilities(self) -> np.ndarray:
         from transmodal.training.evaluate import mean_logits_by_unit
@@ -480,7 +493,7 @@ def predict_video(
                 kept.append(half)
             tokens = half.float().to(torch_device)
             batch_pose = pose[done : done + len(tokens)].to(torch_device)
-            with trained_threads(folder.threads):  # the logits evaluate gives for these tokens
+            with trained_threads(folder.threads):  # as evaluate runs it (batches of 8 here)
                 logits.append(model(tokens, batch_pose).logits.float().cpu().numpy())
             done += len(tokens)
             bar.update(len(tokens))
@@ -517,6 +530,7 @@ def predict_video(
         kept_patches=window_kept,
         full_patches=folder.full_patches_per_group,
         threads=folder.threads,
+        step=video.step,
     )
     return prediction, model
 
@@ -577,9 +591,10 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
     suffix = out.suffix.lower()
     if suffix not in WRITERS:
         raise PredictError(f"--out {out}: use a .mp4 or .avi file name")
-    stride = max(1, int(np.median(np.diff(prediction.frame_idx)))) if len(prediction.frame_idx) > 1 else 1
-    # a header rate the decoding found unusable (none, or absurd) was sampled as if 25 fps, and is shown so
-    fps = (prediction.fps if 0.0 < prediction.fps <= MAX_FPS else 25.0) / stride
+    # the kept (distinct) frames are one every max(step, 1) source frames: at a 30 fps source with stride 2
+    # of 25 fps, one every 2.4; a header rate the decoding found unusable was sampled as if 25 fps
+    source_fps = prediction.fps if 0.0 < prediction.fps <= MAX_FPS else 25.0
+    fps = source_fps / max(prediction.step, 1.0)
     width, height = prediction.size
     primary = prediction.tracks[prediction.tracks["is_primary"].astype(bool)].set_index("frame_idx")
     keypoints = prediction.keypoints.set_index("frame_idx")

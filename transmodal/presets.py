@@ -33,6 +33,10 @@ def _merge(target, overrides, where: str) -> list[str]:
             if target[key] != value:
                 changed.append(dotted)
             target[key] = value
+    pinned = target.get("revision") if hasattr(target, "get") else None
+    if f"{where}.checkpoint" in changed and "revision" not in overrides and pinned is not None:
+        target["revision"] = None  # a commit of the checkpoint it replaces: not one of the new one
+        changed.append(f"{where}.revision")
     return changed
 
 

@@ -100,19 +100,24 @@ def _check_root(root: Path) -> None:
         raise _root_error(root, "does not exist or is not a folder")
 
 
-def _avi_files(folder: Path, pattern: str = "*") -> dict[str, str]:
+def _avi_files(folder: Path, pattern: str = "*") -> tuple[dict[str, str], list[str]]:
     """The ``.avi`` files matching ``pattern`` under ``folder``, whatever the case of their extension, by the
-    name the official lists give them (``.avi``) -> their path relative to ``folder`` as it is on disk; where
-    both cases exist, the ``.avi`` one."""
+    name the official lists give them (``.avi``) -> their path relative to ``folder`` as it is on disk, and
+    the paths left out because another case of the same name is there (the ``.avi`` one is indexed)."""
     found: dict[str, str] = {}
+    extra: list[str] = []
     for path in sorted(folder.glob(pattern)):
         if path.suffix.lower() != ".avi" or not path.is_file():
             continue
         rel = path.relative_to(folder).as_posix()
         listed = rel[: -len(".avi")] + ".avi"
-        if listed not in found or rel == listed:
+        if listed in found:
+            keep, drop = (rel, found[listed]) if rel == listed else (found[listed], rel)
+            found[listed] = keep
+            extra.append(drop)
+        else:
             found[listed] = rel
-    return found
+    return found, extra
 
 
 def _split_file_error(split: object, path: Path) -> ParamError:
@@ -224,8 +229,13 @@ def index_kth(root: Path, split: str) -> tuple[pd.DataFrame, dict]:
                 reasons[rel] = "not named personNN_<action>_dN_uncomp.avi"
             elif match["action"] != action:
                 reasons[rel] = f"names the action {match['action']!r} but lies in the folder {action!r}"
+            elif (video_id := file.name[: -len("_uncomp.avi")]) in on_disk:  # x_uncomp.avi and x_uncomp.AVI
+                indexed = on_disk[video_id][0]
+                if file.name.endswith(".avi"):  # the name 00sequences.txt's videos have is indexed
+                    on_disk[video_id], rel, indexed = (rel, match), indexed, rel
+                reasons[rel] = f"another file of the video {indexed}, which is indexed"
             else:
-                on_disk[file.name[: -len("_uncomp.avi")]] = (rel, match)
+                on_disk[video_id] = (rel, match)
                 continue
             unrecognised.append(rel)
     if not on_disk:
@@ -340,14 +350,9 @@ def index_ucf101(root: Path, split: int, val_fraction: float, seed: int) -> tupl
     root = Path(root)
     _check_root(root)
     videos_dir = root / UCF101_VIDEOS
-    on_disk = (  # the listed path (UCF-101/<Class>/<video>.avi) -> the path on disk
-        {
-            f"{UCF101_VIDEOS}/{listed}": f"{UCF101_VIDEOS}/{rel}"
-            for listed, rel in _avi_files(videos_dir, "*/*").items()
-        }
-        if videos_dir.is_dir()
-        else {}
-    )
+    found, duplicates = _avi_files(videos_dir, "*/*") if videos_dir.is_dir() else ({}, [])
+    # the listed path (UCF-101/<Class>/<video>.avi) -> the path on disk
+    on_disk = {f"{UCF101_VIDEOS}/{listed}": f"{UCF101_VIDEOS}/{rel}" for listed, rel in found.items()}
     if not on_disk:
         raise _root_error(root, f"has no UCF101 videos ({UCF101_VIDEOS}/<Class>/v_<Class>_gXX_cYY.avi)")
     lists_dir = root / UCF101_LISTS
@@ -387,7 +392,10 @@ def index_ucf101(root: Path, split: int, val_fraction: float, seed: int) -> tupl
                     "sequences": [],
                 }
             )
-    unlisted = sorted(on_disk[p] for p in set(on_disk) - {f"{UCF101_VIDEOS}/{p}" for p in listed})
+    unlisted = sorted(
+        [on_disk[p] for p in set(on_disk) - {f"{UCF101_VIDEOS}/{p}" for p in listed}]
+        + [f"{UCF101_VIDEOS}/{rel}" for rel in duplicates]  # a second file of a listed name, not indexed
+    )
     index = _finish_split(root, split, rows, val_fraction, seed)
     summary = _summarise(index)
     summary.update(
@@ -439,8 +447,10 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
     root = Path(root)
     _check_root(root)
     on_disk: dict[str, dict[str, str]] = {}  # class -> the listed file name (.avi) -> the name on disk
+    same_name: list[str] = []  # a second file of one name (x.avi and x.AVI): not indexed, listed as unlisted
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != HMDB51_SPLITS):
-        names = _avi_files(folder)
+        names, duplicates = _avi_files(folder)
+        same_name += [f"{folder.name}/{name}" for name in duplicates]
         if names:
             on_disk[folder.name] = names
     if not on_disk:
@@ -464,7 +474,7 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
             stem = name.removesuffix(".avi")
             source = hmdb51_source(stem, class_name)
             if source is None:
-                unparsed.append(f"{class_name}/{name}")
+                unparsed.append(f"{class_name}/{names[name]}")
                 source = stem
             source_of[class_name, name] = source
     group_id = {source: i for i, source in enumerate(sorted(set(source_of.values())))}
@@ -481,6 +491,7 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
         marks = _parse_hmdb_split(split_path)
         names = set(on_disk.get(class_name, ()))
         unlisted += [f"{class_name}/{on_disk[class_name][name]}" for name in sorted(names - set(marks))]
+        unlisted += [path for path in same_name if path.startswith(f"{class_name}/")]
         for name, part in marks.items():
             if part == "unused":
                 unused += 1
