@@ -17,6 +17,7 @@ import hashlib
 import http.server
 import io
 import re
+import shutil
 import struct
 import sys
 import threading
@@ -117,6 +118,7 @@ class Served:
     cut_after: dict[str, list[int]] = field(default_factory=dict)  # per path: next responses' byte limits
     ignore_range: set[str] = field(default_factory=set)
     announce: dict[str, int] = field(default_factory=dict)  # per path: Content-Length to claim
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # per path: more response headers
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
     base: str = ""
 
@@ -154,6 +156,8 @@ def server() -> Iterator[Served]:
             else:
                 self.send_response(200)
             body = data[start:]
+            for name, value in served.headers.get(self.path, {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(served.announce.get(self.path, len(body))))
             self.end_headers()
             cuts = served.cut_after.get(self.path)
@@ -300,9 +304,9 @@ def test_kth_end_to_end(server, tmp_path):
     assert summary["placed"] == sorted([*KTH_ACTIONS, "00sequences.txt"])
     record = summary["files"][0]
     assert record["sha256"] == hashlib.sha256(server.files["/boxing.zip"]).hexdigest()
-    # Only the markers stay in the work folder: archives are deleted once unpacked.
+    # Only the markers (and the run lock) stay in the work folder: archives are deleted once unpacked.
     assert sorted(p.name for p in (tmp_path / WORK_DIR).iterdir()) == sorted(
-        f"{a.name}.done" for a in sources
+        [".lock", *(f"{a.name}.done" for a in sources)]
     )
     assert (tmp_path / "boxing" / "person01_boxing_d1_uncomp.avi").read_bytes() == video("person01_boxing_d1")
 
@@ -386,7 +390,7 @@ def test_bad_sha256_is_refused(server, tmp_path):
     message = str(caught.value)
     got = hashlib.sha256(server.files["/UCF101.rar"]).hexdigest()
     assert "UCF101.rar" in message and wrong in message and got in message and "\n" not in message
-    assert list((tmp_path / WORK_DIR).iterdir()) == []  # no .part, no file, no marker
+    assert [p.name for p in (tmp_path / WORK_DIR).iterdir()] == [".lock"]  # no .part, no file, no marker
     assert tree(tmp_path) == set()
     # The right checksum passes.
     download("ucf101", tmp_path, progress=False, sources=[Archive(good.name, good.url, sha256=got), splits])
@@ -448,7 +452,7 @@ def test_size_mismatch_with_table_is_refused(server, tmp_path):
         download(
             "ucf101", tmp_path, progress=False, sources=[Archive(good.name, good.url, size=size + 1), splits]
         )
-    assert list((tmp_path / WORK_DIR).iterdir()) == []
+    assert [p.name for p in (tmp_path / WORK_DIR).iterdir()] == [".lock"]
     assert tree(tmp_path) == set()
 
 
@@ -501,3 +505,150 @@ def test_missing_libarchive_fails_before_downloading(server, tmp_path, monkeypat
         download("ucf101", tmp_path / "root", progress=False, sources=sources)
     assert "\n" not in str(caught.value)
     assert server.requests == []
+
+
+def test_url_option_fetches_a_file_from_a_mirror(server, tmp_path, capsys):
+    """The official HMDB51 and UCF101 servers move: --url NAME=URL takes a file from elsewhere."""
+    from transmodal.cli import main
+
+    mirrored = ucf_sources(server)
+    args = ["download", "ucf101", str(tmp_path), "--quiet"]
+    for archive in mirrored:
+        args += ["--url", f"{archive.name}={archive.url}"]
+    main(args)
+    assert set(ucf_videos()) <= tree(tmp_path)
+    for bad, message in (
+        (["--url", "UCF101.zip=http://127.0.0.1/x"], "--url names UCF101.zip, not a file of this dataset"),
+        (["--url", "UCF101.rar"], "--url 'UCF101.rar': expected NAME=URL"),
+    ):
+        with pytest.raises(SystemExit) as caught:
+            main(["download", "ucf101", str(tmp_path / "other"), *bad])
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_web_page_instead_of_the_file_is_refused(server, tmp_path):
+    """A moved file's server answers 200 with an HTML page: refused (and deleted), whether it says text/html
+    or not; a plain file (KTH's 00sequences.txt) that is a web page too."""
+    page = b"<!DOCTYPE html><html><body>This page has moved</body></html>"
+    rar, splits = ucf_sources(server)
+    server.files["/UCF101.rar"] = page
+    server.headers["/UCF101.rar"] = {"Content-Type": "text/html; charset=utf-8"}
+    with pytest.raises(DownloadError, match=r"UCF101\.rar answered with a web page .*--url NAME=URL"):
+        download("ucf101", tmp_path, progress=False, sources=[rar, splits])
+    server.headers["/UCF101.rar"] = {"Content-Type": "application/octet-stream"}
+    with pytest.raises(DownloadError, match=r"is not a zip or RAR archive .*deleted it"):
+        download("ucf101", tmp_path, progress=False, sources=[rar, splits])
+    assert [p.name for p in (tmp_path / WORK_DIR).iterdir()] == [".lock"] and tree(tmp_path) == set()
+    sequences = serve(server, "00sequences.txt", b"\n  " + page, kind="file")
+    with pytest.raises(DownloadError, match=r"00sequences\.txt: what the server sent is a web page"):
+        download("kth", tmp_path, progress=False, sources=[sequences])
+    assert not (tmp_path / "00sequences.txt").exists()
+
+
+def test_a_certificate_error_is_said_not_retried(tmp_path, monkeypatch):
+    import requests
+
+    calls = []
+
+    def refuse(self, url, **kwargs):
+        calls.append(url)
+        raise requests.exceptions.SSLError(
+            "certificate verify failed: unable to get local issuer certificate"
+        )
+
+    monkeypatch.setattr(requests.Session, "get", refuse)
+    with pytest.raises(DownloadError, match=r"certificate could not be verified .*REQUESTS_CA_BUNDLE"):
+        download(
+            "ucf101", tmp_path, progress=False, sources=[Archive("UCF101.rar", "https://x.invalid/a.rar")]
+        )
+    assert len(calls) == 1
+
+
+def test_nothing_received_does_not_talk_of_resuming(tmp_path):
+    dead = Archive("UCF101.rar", "http://127.0.0.1:9/UCF101.rar")  # the discard port: connection refused
+    with pytest.raises(DownloadError) as caught:
+        download("ucf101", tmp_path, progress=False, sources=[dead], retries=1)
+    message = str(caught.value)
+    assert "nothing received: check the network, or pass another source with --url" in message
+    assert ".part" not in message
+
+
+def test_a_link_that_keeps_dropping_goes_on_while_the_file_grows(server, tmp_path):
+    """The retries count failures in a row without progress: six drops with retries=2 still finish."""
+    sources = ucf_sources(server)
+    size = len(server.files["/UCF101.rar"])
+    server.cut_after["/UCF101.rar"] = [size // 8] * 6
+    download("ucf101", tmp_path, progress=False, sources=sources, retries=2)
+    assert set(ucf_videos()) <= tree(tmp_path)
+    assert len(server.ranges("UCF101.rar")) == 7
+
+
+def test_a_marker_whose_files_are_gone_is_redone(server, tmp_path):
+    sources = ucf_sources(server)
+    download("ucf101", tmp_path, progress=False, sources=sources)
+    shutil.rmtree(tmp_path / "UCF-101")
+    summary = download("ucf101", tmp_path, progress=False, sources=sources)
+    assert set(ucf_videos()) <= tree(tmp_path)
+    assert [record["skipped"] for record in summary["files"]] == [False, True]
+
+
+def test_a_damaged_zip_member_is_not_unpacked_silently(server, tmp_path):
+    """libarchive only warns on a zip member whose CRC does not match; that ends the unpacking."""
+    sources, _ = kth_sources(server)
+    boxing = bytearray(server.files["/boxing.zip"])
+    data = video("person01_boxing_d1")
+    members = {"person01_boxing_d1_uncomp.avi": data}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, member in members.items():
+            archive.writestr(name, member)
+    stored = bytearray(buffer.getvalue())
+    stored[stored.index(data) + 10] ^= 0xFF  # one byte of the member's data
+    server.files["/boxing.zip"] = bytes(stored)
+    with pytest.raises(
+        DownloadError, match=r"boxing\.zip: member 'person01_boxing_d1_uncomp\.avi' is damaged"
+    ):
+        download("kth", tmp_path, progress=False, sources=sources[:1])
+    assert not (tmp_path / "boxing").exists()
+    server.files["/boxing.zip"] = bytes(boxing)
+    download("kth", tmp_path, progress=False, sources=sources[:1])
+    assert (tmp_path / "boxing" / "person01_boxing_d1_uncomp.avi").read_bytes() == data
+
+
+def test_a_second_run_on_the_same_root_is_refused(server, tmp_path):
+    import fcntl
+
+    sources = ucf_sources(server)
+    (tmp_path / WORK_DIR).mkdir(parents=True)
+    with open(tmp_path / WORK_DIR / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DownloadError, match="another `transmodal download` is writing into"):
+            download("ucf101", tmp_path, progress=False, sources=sources)
+    assert server.requests == []
+    download("ucf101", tmp_path, progress=False, sources=sources)  # released: it runs
+    assert set(ucf_videos()) <= tree(tmp_path)
+
+
+def test_ctrl_c_is_one_line_saying_to_run_again(tmp_path, monkeypatch, capsys):
+    from transmodal.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dl, "download", interrupted)
+    with pytest.raises(SystemExit) as caught:
+        main(["download", "kth", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and "interrupted; run the same command again" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_file_put_in_the_work_folder_by_hand_is_unpacked_without_downloading(server, tmp_path):
+    rar, splits = ucf_sources(server)
+    (tmp_path / WORK_DIR).mkdir(parents=True)
+    (tmp_path / WORK_DIR / "UCF101.rar").write_bytes(server.files["/UCF101.rar"])
+    by_hand = Archive("UCF101.rar", "http://127.0.0.1:9/nowhere.rar")  # never asked
+    summary = download("ucf101", tmp_path, progress=False, sources=[by_hand, splits])
+    assert set(ucf_videos()) <= tree(tmp_path)
+    assert server.ranges("UCF101.rar") == [] and summary["files"][0]["fetched_bytes"] == 0

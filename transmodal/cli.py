@@ -53,11 +53,34 @@ def _timings(args: argparse.Namespace) -> None:
 
 
 def _download(args: argparse.Namespace) -> None:
-    from transmodal.data.download import download
+    from transmodal.data.download import ARCHIVES, DATASETS, DownloadError, download, with_urls
 
-    summary = download(
-        args.dataset, Path(args.root), progress=not args.quiet, keep_archives=args.keep_archives
-    )
+    sources = None
+    if args.url:
+        if args.dataset not in DATASETS:
+            raise DownloadError(f"unknown dataset {args.dataset!r}; expected one of {', '.join(DATASETS)}")
+        urls = {}
+        for item in args.url:
+            name, sep, url = item.partition("=")
+            if not sep or not name or not url:
+                raise DownloadError(
+                    f"--url {item!r}: expected NAME=URL, e.g. UCF101.rar=https://mirror/UCF101.rar"
+                )
+            urls[name] = url
+        sources = with_urls(ARCHIVES[args.dataset], urls)
+    try:
+        summary = download(
+            args.dataset,
+            Path(args.root),
+            progress=not args.quiet,
+            keep_archives=args.keep_archives,
+            sources=sources,
+        )
+    except KeyboardInterrupt:
+        raise DownloadError(
+            "interrupted; run the same command again: it resumes the download and redoes an unfinished "
+            "unpacking"
+        ) from None
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
@@ -113,6 +136,14 @@ def main(argv: list[str] | None = None) -> None:
     fetch.add_argument("dataset", help="kth | ucf101 | hmdb51")
     fetch.add_argument("root")
     fetch.add_argument("--keep-archives", action="store_true", help="keep the archives after unpacking")
+    fetch.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="fetch the file NAME (e.g. hmdb51_org.rar) from URL instead of the official server (a mirror); "
+        "repeatable",
+    )
     fetch.add_argument("--quiet", action="store_true")
     fetch.set_defaults(func=_download)
 

@@ -33,14 +33,17 @@ paths, ``..`` components, links and special files are refused with :class:`Downl
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -61,6 +64,11 @@ RETRY_DELAY_S = 2.0  # before retry k: RETRY_DELAY_S * k seconds
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(?P<start>\d+)-(?P<end>\d+)|\*)/(?P<total>\d+|\*)")
+
+
+ANOTHER_SOURCE = "pass another source with --url NAME=URL (a mirror's URL of that file)"
+
+ARCHIVE_MAGIC = (b"Rar!\x1a\x07", b"PK\x03\x04")  # RAR 4/5, zip: what every archive of ARCHIVES starts with
 
 
 class DownloadError(Exception):
@@ -168,9 +176,20 @@ def _open(
             headers["Range"] = f"bytes={offset}-"
         try:
             response = session.get(archive.url, headers=headers, stream=True, timeout=TIMEOUT_S)
+        except requests.exceptions.SSLError as exc:  # not a glitch: retrying changes nothing
+            raise DownloadError(
+                f"{archive.url}: the server's certificate could not be verified ({_one_line(exc)[:200]}); "
+                f"set REQUESTS_CA_BUNDLE to a CA bundle that has its issuer, or {ANOTHER_SOURCE}"
+            ) from None
         except requests.RequestException as exc:
             raise _Retryable(_one_line(exc)) from exc
         status = response.status_code
+        if status in (200, 206) and "text/html" in response.headers.get("Content-Type", "").lower():
+            response.close()  # a login, error or "moved" page served with 200, not the file
+            raise DownloadError(
+                f"{archive.url} answered with a web page (Content-Type text/html), not {archive.name}; the "
+                f"file may have moved: {ANOTHER_SOURCE}"
+            )
         if status == 206:
             start, total = _parse_content_range(response.headers.get("Content-Range"))
             if start == offset:
@@ -193,8 +212,8 @@ def _open(
             if status >= 500 or status in (408, 429):
                 raise _Retryable(f"HTTP {status} {response.reason}")
             raise DownloadError(
-                f"{archive.url} answered HTTP {status} {response.reason}; check the URL (the file may have "
-                "moved) or pass another source"
+                f"{archive.url} answered HTTP {status} {response.reason}; the file may have moved: "
+                f"{ANOTHER_SOURCE}"
             )
     raise _Retryable("the server kept refusing the byte range")
 
@@ -263,20 +282,34 @@ def _transfer(session: requests.Session, archive: Archive, part: Path, progress:
 def _fetch(
     session: requests.Session, archive: Archive, path: Path, progress: bool, retries: int
 ) -> tuple[int, str]:
-    """Download ``archive`` to ``path`` through ``path.part``: (bytes received, sha256)."""
+    """Download ``archive`` to ``path`` through ``path.part``: (bytes received, sha256).
+
+    A broken transfer is resumed up to ``retries`` times in a row without progress: an attempt that adds
+    to the ``.part`` starts the count again, so a long download over a link that drops now and then goes on.
+    """
     part = path.with_name(path.name + ".part")
-    received = 0
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(RETRY_DELAY_S * attempt)
+    received, failures, attempt = 0, 0, 0
+    kept = part.stat().st_size if part.is_file() else 0
+    while True:
+        if failures:
+            time.sleep(RETRY_DELAY_S * failures)
+        attempt += 1
         try:
             got, sha256 = _transfer(session, archive, part, progress)
         except _Retryable as exc:
-            kept = part.stat().st_size if part.is_file() else 0
-            if attempt == retries:
-                tries = f"{attempt + 1} {'try' if attempt == 0 else 'tries'}"
+            now = part.stat().st_size if part.is_file() else 0
+            failures = 1 if now > kept else failures + 1
+            kept = now
+            if failures > retries:
+                tries = f"{attempt} {'try' if attempt == 1 else 'tries'}"
+                if not now:
+                    raise DownloadError(
+                        f"{archive.url}: {exc}; gave up after {tries}, nothing received: check the network, "
+                        f"or {ANOTHER_SOURCE}"
+                    ) from None
                 raise DownloadError(
-                    f"{archive.url}: {exc}; gave up after {tries}, {kept} bytes kept in {part}, run again to resume"
+                    f"{archive.url}: {exc}; gave up after {tries}, {now} bytes kept in {part}, run again to "
+                    "resume"
                 ) from None
             continue
         received += got
@@ -294,8 +327,28 @@ def _fetch(
             f"{archive.name}: sha256 is {sha256}, expected {archive.sha256} ({archive.url}); deleted the "
             "download, run again to fetch it afresh or check the source"
         )
+    _check_content(archive, part)
     os.replace(part, path)
     return received, sha256
+
+
+def _check_content(archive: Archive, part: Path) -> None:
+    """An archive must start as a zip or RAR does, a plain file must not be a web page: a server that sends
+    an error page with status 200 (and no text/html type) is caught here, not by a failed unpacking."""
+    with open(part, "rb") as file:
+        head = file.read(512)
+    if archive.kind == "file":
+        bad = head.lstrip().lower().startswith((b"<!doctype", b"<html"))
+        what = "a web page"
+    else:
+        bad = not head.startswith(ARCHIVE_MAGIC)
+        what = "not a zip or RAR archive"
+    if bad:
+        part.unlink()
+        raise DownloadError(
+            f"{archive.url}: what the server sent is {what} (it starts with {head[:16]!r}); deleted it; the file "
+            f"may have moved: {ANOTHER_SOURCE}"
+        )
 
 
 # ------------------------------------------------------------------------------------------- extraction
@@ -332,12 +385,38 @@ def _member_parts(name: str | bytes | None, label: str) -> list[str]:
     return parts
 
 
+class _Warnings(logging.Handler):
+    """libarchive-c logs what libarchive returns as a warning (a zip member whose CRC does not match, among
+    others) and goes on: the ones that say the data is damaged are collected here and end the unpacking."""
+
+    DAMAGE = re.compile(r"crc|checksum|damaged|truncated|corrupt", re.IGNORECASE)
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.damage: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.DAMAGE.search(record.getMessage()):
+            self.damage.append(_one_line(record.getMessage()))
+
+
+@contextlib.contextmanager
+def _damage_warnings() -> Iterator[_Warnings]:
+    logger = logging.getLogger("libarchive")
+    handler = _Warnings()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
 def _extract(archive_path: Path, out: Path, label: str) -> int:
     """Unpack every member of ``archive_path`` under ``out``; the number of files written."""
     libarchive = _libarchive()
     written = 0
     try:
-        with libarchive.file_reader(str(archive_path)) as reader:
+        with _damage_warnings() as warnings, libarchive.file_reader(str(archive_path)) as reader:
             for entry in reader:
                 parts = _member_parts(entry.pathname, label)
                 if not parts:
@@ -354,9 +433,19 @@ def _extract(archive_path: Path, out: Path, label: str) -> int:
                 with open(target, "wb") as file:
                     for block in entry.get_blocks(CHUNK):
                         file.write(block)
+                if warnings.damage:
+                    raise _Corrupt(f"{label}: member {'/'.join(parts)!r} is damaged ({warnings.damage[0]})")
                 written += 1
     except libarchive.ArchiveError as exc:
-        raise _Corrupt(f"{label}: cannot unpack ({_one_line(exc)})") from exc
+        message = _one_line(exc)
+        if "unsupported" in message.lower():  # this libarchive cannot read it; the file may be fine
+            version = libarchive.ffi.version_number()
+            raise DownloadError(
+                f"{label}: cannot unpack ({message}) with libarchive {version // 1000000}."
+                f"{version // 1000 % 1000}.{version % 1000}; {archive_path} is kept: upgrade libarchive (3.6 "
+                "or later reads RAR filters) and run again"
+            ) from None
+        raise _Corrupt(f"{label}: cannot unpack ({message})") from exc
     return written
 
 
@@ -420,6 +509,40 @@ def _unpack(archive: Archive, path: Path, root: Path, work: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------------ entry
 
 
+@contextlib.contextmanager
+def _lock(work: Path) -> Iterator[None]:
+    """An exclusive lock on ``work/.lock`` for the whole run: two runs on one ROOT would write the same
+    ``.part``. Released when the run ends, or its process does."""
+    with open(work / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DownloadError(
+                f"another `transmodal download` is writing into {work.parent}; wait for it to finish"
+            ) from None
+        yield
+
+
+def _read_marker(marker: Path) -> dict | None:
+    """A ``.done`` marker's record, None when there is none (or it cannot be read: the file is redone)."""
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def with_urls(archives: Sequence[Archive], urls: dict[str, str]) -> tuple[Archive, ...]:
+    """``archives`` with the URL of each file named in ``urls`` (``{name: url}``) replaced: a mirror, or a
+    server that moved (``transmodal download --url NAME=URL``)."""
+    names = [archive.name for archive in archives]
+    unknown = sorted(set(urls) - set(names))
+    if unknown:
+        raise DownloadError(
+            f"--url names {', '.join(unknown)}, not a file of this dataset (its files: {', '.join(names)})"
+        )
+    return tuple(replace(archive, url=urls.get(archive.name, archive.url)) for archive in archives)
+
+
 def download(
     dataset: str,
     root: Path,
@@ -458,12 +581,14 @@ def download(
         _libarchive()  # fail before downloading gigabytes that could not be unpacked
 
     files: list[dict] = []
-    with requests.Session() as session:
+    with _lock(work), requests.Session() as session:
         for archive in archives:
             marker = marker_of(archive)
-            if marker.is_file():
-                files.append({**json.loads(marker.read_text()), "fetched_bytes": 0, "skipped": True})
+            done = _read_marker(marker)
+            if done is not None and all((root / name).exists() for name in done.get("placed", ())):
+                files.append({**done, "fetched_bytes": 0, "skipped": True})
                 continue
+            marker.unlink(missing_ok=True)  # what it placed is gone: fetch (or unpack) it again
             path = work / archive.name
             if path.is_file():  # downloaded and checked by an earlier run whose extraction did not finish
                 received, sha256 = 0, _hash_file(path).hexdigest()
