@@ -652,3 +652,11 @@ def test_a_file_put_in_the_work_folder_by_hand_is_unpacked_without_downloading(s
     summary = download("ucf101", tmp_path, progress=False, sources=[by_hand, splits])
     assert set(ucf_videos()) <= tree(tmp_path)
     assert server.ranges("UCF101.rar") == [] and summary["files"][0]["fetched_bytes"] == 0
+
+
+def test_a_member_name_too_long_for_the_file_system_says_so(server, tmp_path):
+    long_name = "UCF-101/ApplyEyeMakeup/" + "v" * 300 + ".avi"  # over NAME_MAX (255) of ext4 and most others
+    rar = serve(server, "UCF101.rar", rar4({long_name: b"x" * 64}))
+    with pytest.raises(DownloadError, match=r"UCF101\.rar: a member's name is too long for the file system"):
+        download("ucf101", tmp_path, progress=False, sources=[rar])
+    assert (tmp_path / WORK_DIR / "UCF101.rar").is_file()  # kept: nothing is wrong with it

@@ -34,6 +34,7 @@ paths, ``..`` components, links and special files are refused with :class:`Downl
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -498,6 +499,11 @@ def _unpack(archive: Archive, path: Path, root: Path, work: Path) -> list[str]:
         path.unlink(missing_ok=True)
         raise DownloadError(f"{exc}; deleted {path}, run again to download it afresh") from None
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise DownloadError(
+                f"{archive.name}: a member's name is too long for the file system of {root} ({_one_line(exc)}); "
+                f"unpack into a folder on another file system ({path} is kept)"
+            ) from None
         raise DownloadError(
             f"{archive.name}: unpacking into {tmp} failed ({_one_line(exc)}); free space or fix permissions and "
             f"run again ({path} is kept)"
