@@ -660,3 +660,17 @@ def test_a_member_name_too_long_for_the_file_system_says_so(server, tmp_path):
     with pytest.raises(DownloadError, match=r"UCF101\.rar: a member's name is too long for the file system"):
         download("ucf101", tmp_path, progress=False, sources=[rar])
     assert (tmp_path / WORK_DIR / "UCF101.rar").is_file()  # kept: nothing is wrong with it
+
+
+def test_a_damaged_inner_archive_keeps_the_outer_one(server, tmp_path):
+    """The outer RAR unpacked with its checks passed, so a damaged inner one is the server's file: the 2 GB
+    outer archive is kept (a re-download would fetch the same) and the message points to a mirror."""
+    sources, _ = hmdb_sources(server)
+    inner = {"brush_hair.rar": rar4({"brush_hair/a_brush_hair_u_nm_np1_ba_goo_0.avi": video("a") * 4})[:-300]}
+    server.files["/hmdb51_org.rar"] = rar5(inner)
+    with pytest.raises(DownloadError) as caught:
+        download("hmdb51", tmp_path, progress=False, sources=sources[:1])
+    message = str(caught.value)
+    assert message.startswith("hmdb51_org.rar/brush_hair.rar: cannot unpack")
+    assert "--url hmdb51_org.rar=URL" in message
+    assert (tmp_path / WORK_DIR / "hmdb51_org.rar").is_file() and not (tmp_path / "brush_hair").exists()

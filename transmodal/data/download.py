@@ -477,7 +477,13 @@ def _unpack(archive: Archive, path: Path, root: Path, work: Path) -> list[str]:
             for member in list(_files_under(outer)):
                 rel = member.relative_to(outer).as_posix()
                 if member.suffix.lower() in INNER_ARCHIVE_SUFFIXES:
-                    _extract(member, out, f"{archive.name}/{rel}")
+                    try:
+                        _extract(member, out, f"{archive.name}/{rel}")
+                    except _Corrupt as exc:  # the outer archive's own checks passed: the server's file
+                        raise DownloadError(  # is damaged, and downloading it again would not help
+                            f"{exc}; the inner archive is damaged in the file the server has ({path} is "
+                            f"kept): {ANOTHER_SOURCE.replace('NAME', archive.name)}"
+                        ) from None
                     member.unlink()  # frees the space as it goes
                 else:
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
