@@ -185,12 +185,6 @@ def _open(
         except requests.RequestException as exc:
             raise _Retryable(_one_line(exc)) from exc
         status = response.status_code
-        if status in (200, 206) and "text/html" in response.headers.get("Content-Type", "").lower():
-            response.close()  # a login, error or "moved" page served with 200, not the file
-            raise DownloadError(
-                f"{archive.url} answered with a web page (Content-Type text/html), not {archive.name}; the "
-                f"file may have moved: {ANOTHER_SOURCE}"
-            )
         if status == 206:
             start, total = _parse_content_range(response.headers.get("Content-Range"))
             if start == offset:
@@ -335,7 +329,8 @@ def _fetch(
 
 def _check_content(archive: Archive, part: Path) -> None:
     """An archive must start as a zip or RAR does, a plain file must not be a web page: a server that sends
-    an error page with status 200 (and no text/html type) is caught here, not by a failed unpacking."""
+    a login, error or "moved" page with status 200 is caught here, not by a failed unpacking. The bytes
+    decide, not the Content-Type (old servers label archives text/html too)."""
     with open(part, "rb") as file:
         head = file.read(512)
     if archive.kind == "file":
