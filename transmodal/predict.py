@@ -127,26 +127,23 @@ class ModelFolder:
         return float(self.config["pipeline"]["clips"]["crop_margin"])
 
     def detect_config(self, device: str, checkpoint: str | None) -> DetectConfig:
-        recorded = dict(self.config["pipeline"]["detect"])
-        self._note_source("detect", recorded, checkpoint)
-        recorded.update(
-            source="model",
-            checkpoint=checkpoint or recorded["checkpoint"],
-            revision=None if checkpoint else recorded.get("revision"),  # pins the recorded checkpoint only
-            device=device,
-        )
-        return DetectConfig(**recorded)
+        return DetectConfig(**self._model_stage("detect", device, checkpoint))
 
     def pose_config(self, device: str, checkpoint: str | None) -> PoseConfig:
-        recorded = dict(self.config["pipeline"]["pose"])
-        self._note_source("pose", recorded, checkpoint)
+        return PoseConfig(**self._model_stage("pose", device, checkpoint))
+
+    def _model_stage(self, stage: str, device: str, checkpoint: str | None) -> dict:
+        """The recorded ``detect``/``pose`` params, run as ``source: model`` on ``device``; a checkpoint given
+        on the command line replaces the recorded one and its revision (which pins the recorded one only)."""
+        recorded = dict(self.config["pipeline"][stage])
+        self._note_source(stage, recorded, checkpoint)
         recorded.update(
             source="model",
             checkpoint=checkpoint or recorded["checkpoint"],
-            revision=None if checkpoint else recorded.get("revision"),  # pins the recorded checkpoint only
+            revision=None if checkpoint else recorded.get("revision"),
             device=device,
         )
-        return PoseConfig(**recorded)
+        return recorded
 
     def backbone_config(self, device: str) -> BackboneConfig:
         """The backbone the features were made with: checkpoint, precision (half precision applies on CUDA
