@@ -1,6 +1,9 @@
-"""The atomic Parquet writer: round trip, encodings, nothing left behind on failure."""
+"""The atomic writers: round trip, encodings, nothing left behind on failure, the umask's permissions."""
 
 from __future__ import annotations
+
+import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -8,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transmodal.io import write_parquet
+from transmodal import io
+from transmodal.io import atomic_dir, write_json, write_parquet
 
 
 def encodings(path) -> dict[str, set[str]]:
@@ -48,3 +52,27 @@ def test_a_pinned_schema_is_kept_and_a_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(pa.ArrowException):
         write_parquet(bad, tmp_path / "bad.parquet", schema=schema)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["index.parquet"]
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=["umask022", "umask002", "umask077"])
+def test_outputs_get_the_permissions_the_umask_gives_not_the_temporary_files(tmp_path, umask):
+    """A shared project (a group's folder, a lab machine) must be able to read what a stage wrote: the
+    temporary file behind each atomic write is created 0600, which would otherwise be the output's mode."""
+    old = os.umask(umask)
+    io._umask.cache_clear()
+    try:
+        write_json({"a": 1}, tmp_path / "metrics.json")
+        write_parquet(pd.DataFrame({"x": [1.0]}), tmp_path / "table.parquet")
+        with atomic_dir(tmp_path / "model") as folder:
+            (folder / "weights.bin").write_bytes(b"0")
+    finally:
+        os.umask(old)
+        io._umask.cache_clear()
+    assert _mode(tmp_path / "metrics.json") == 0o666 & ~umask
+    assert _mode(tmp_path / "table.parquet") == 0o666 & ~umask
+    assert _mode(tmp_path / "model") == 0o777 & ~umask
+    assert _mode(tmp_path / "model" / "weights.bin") == 0o666 & ~umask
