@@ -61,9 +61,27 @@ def test_bad_videos_are_skipped_with_reasons_and_counted(video_tree, tmp_path):
     reasons = {item["video_id"]: item["reason"] for item in summary["skipped"]}
     assert set(reasons) == {"zero", "text", "absent"}
     assert reasons["zero"] == "zero-byte file"
-    assert reasons["absent"] == "file not found"
+    assert reasons["absent"] == "no such file"
     assert reasons["text"].startswith("not a readable video")
     assert summary["videos_skipped"] == 3
+
+
+def test_a_folder_named_like_a_video_and_a_broken_link_are_named_as_such(video_tree, tmp_path):
+    """Each needs its own fix (a stray folder, a moved dataset), so neither reads "no such file"."""
+    root, _ = video_tree
+    (root / "folder.avi").mkdir()
+    (root / "link.avi").symlink_to(root / "moved.avi")
+    (root / "good_link.avi").symlink_to(root / "a.avi")
+    index = pd.DataFrame(
+        {"video_id": ["folder", "link", "good_link"], "path": ["folder.avi", "link.avi", "good_link.avi"]}
+    )
+    summary = extract_frames(index, root, tmp_path / "frames", stride=2, clip_length=16, videos_per_shard=2)
+    reasons = {item["video_id"]: item["reason"] for item in summary["skipped"]}
+    assert reasons == {
+        "folder": "is a folder, not a video file",
+        "link": f"broken symbolic link (to {root / 'moved.avi'})",
+    }
+    assert FrameStore(tmp_path / "frames").read("good_link")[0].tolist() == list(range(0, 40, 2))
     videos = FrameStore(tmp_path / "frames").videos.set_index("video_id")
     assert (videos.loc[list(reasons), "status"] == "skipped").all()
 

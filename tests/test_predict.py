@@ -242,6 +242,14 @@ def _edit_config(change):
         (lambda d, t, v: (t / "missing.mp4", d), "missing.mp4: no such file"),
         (lambda d, t, v: (_write(t / "text.mp4", b"not a video\n"), d), "not a video OpenCV can read"),
         (lambda d, t, v: (_write(t / "empty.mp4", b""), d), "zero-byte file"),
+        (
+            lambda d, t, v: ((t / "clip.mp4").mkdir() or t / "clip.mp4", d),
+            "clip.mp4: is a folder, not a video file",
+        ),
+        (
+            lambda d, t, v: ((t / "moved.mp4").symlink_to(t / "gone.mp4") or t / "moved.mp4", d),
+            "moved.mp4: broken symbolic link",
+        ),
         (lambda d, t, v: (v, t / "nowhere"), "no such folder"),
         (
             lambda d, t, v: (v, _broken_model(d, t, lambda f: (f / "config.json").unlink())),

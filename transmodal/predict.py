@@ -40,6 +40,7 @@ from transmodal.data.frames import (
     decode_video,
     sample_numbers,
     sample_step,
+    unreadable,
 )
 from transmodal.params import BackboneConfig, CheckpointError, DetectConfig, ParamError, PoseConfig
 
@@ -343,10 +344,8 @@ def load_video(
 
     ``extra_per_frame``: bytes held per kept frame besides its pixels until the end (explain's tokens)."""
     path = Path(path)
-    if not path.exists():
-        raise PredictError(f"{path}: no such file")
-    if path.is_dir():
-        raise PredictError(f"{path}: is a folder, not a video file")
+    if reason := unreadable(path):
+        raise PredictError(f"{path}: {reason}")
     capture = cv2.VideoCapture(str(path))
     try:
         opened = capture.isOpened()
@@ -355,8 +354,6 @@ def load_video(
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
     finally:
         capture.release()
-    if path.stat().st_size == 0:
-        raise PredictError(f"{path}: zero-byte file")
     if not opened:
         raise PredictError(f"{path}: not a video OpenCV can read")
     step = max(1.0, sample_step(fps if math.isfinite(fps) else 0.0, stride, reference_fps))

@@ -110,6 +110,28 @@ class FramesTooLarge(MemoryError):
     """The kept frames of a video passed the ``max_bytes`` given to :func:`decode_video`."""
 
 
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be a video file, said before anything tries to decode it; None when it can be read.
+
+    OpenCV says only that it cannot open a file; a missing file, a folder named like a video, a broken link
+    and a file without read permission each need a different fix, so each is named."""
+    try:
+        if path.is_symlink() and not path.exists():
+            return f"broken symbolic link (to {os.readlink(path)})"
+        if not path.exists():
+            return "no such file"
+        if path.is_dir():
+            return "is a folder, not a video file"
+        if not path.is_file():
+            return "not a regular file"
+        with open(path, "rb") as file:
+            if not file.read(1):
+                return "zero-byte file"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None
+
+
 def decode_video(
     path: Path,
     video_id: str,
@@ -133,10 +155,8 @@ def decode_video(
     (cut short, corrupt from some point on) keeps the frames it decoded and is flagged ``truncated``.
     """
     empty = np.zeros(0, dtype=np.int32)
-    if not path.is_file():
-        return DecodedVideo(video_id, None, empty, 0, 0, 0.0, "file not found")
-    if path.stat().st_size == 0:
-        return DecodedVideo(video_id, None, empty, 0, 0, 0.0, "zero-byte file")
+    if reason := unreadable(path):
+        return DecodedVideo(video_id, None, empty, 0, 0, 0.0, reason)
     reported, fps, decoded = 0, 0.0, 0
     capture = cv2.VideoCapture(str(path))
     try:
