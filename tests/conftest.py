@@ -36,6 +36,38 @@ def write_test_video(
     return frames
 
 
+def write_vfr(path: Path, durations: list[float], size=(64, 48)) -> np.ndarray:
+    """An MPEG-4 .mp4 whose frame n lasts ``durations[n]`` seconds (a phone's variable frame rate), frame n
+    coloured by n (:func:`vfr_frame_numbers` reads it back); the frames' times in seconds. Written with PyAV
+    (supervision's dependency): OpenCV's writer only writes a constant rate."""
+    import fractions
+
+    import av
+
+    ticks = fractions.Fraction(1, 30000)  # MPEG-4 part 2 allows a time base of at most 16 bits
+    times = np.concatenate([[0.0], np.cumsum(durations)[:-1]])
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=round(1 / float(np.median(durations))))
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.time_base = stream.codec_context.time_base = ticks
+        for n, time in enumerate(times):
+            bits = (n >> np.arange(8)) & 1  # n in binary, one 8-pixel column a bit: survives MPEG-4
+            row = np.repeat(bits * 255, size[0] // 8).astype(np.uint8)
+            pixels = np.broadcast_to(row[None, :, None], (size[1], size[0], 3)).copy()
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = round(time * 30000), ticks
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return times
+
+
+def vfr_frame_numbers(frames: np.ndarray) -> np.ndarray:
+    """The frame number each frame of :func:`write_vfr` was coloured with (RGB frames)."""
+    width = frames.shape[2] // 8
+    bits = frames[:, frames.shape[1] // 2, width // 2 :: width, 0] > 128  # the middle of each column
+    return (bits * (1 << np.arange(bits.shape[1]))).sum(axis=1)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """Tiny random RT-DETR / ViTPose++ / VideoMAE folders, written once per session."""

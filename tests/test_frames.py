@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import write_test_video
+from tests.conftest import vfr_frame_numbers, write_test_video, write_vfr
 from transmodal.data.frames import FrameStore, decode_video, extract_frames, sample_numbers, sample_step
 from transmodal.features.clips import time_samples
 
@@ -295,6 +295,48 @@ def test_other_frame_rates_are_resampled_by_time(tmp_path, fps):
     row = store.videos.iloc[0]
     assert row["samples"] == len(samples) and row["step"] == pytest.approx(2 * fps / 25)
     assert time_samples(store.videos, store.frames)["v"].tolist() == samples.tolist()
+
+
+@pytest.mark.parametrize("fps", [10.0, 25.0, 30000 / 1001, 30.0, 50.0])
+@pytest.mark.parametrize("fourcc", ["MJPG", "mp4v"])
+def test_sampling_by_timestamp_keeps_the_same_frames_of_a_constant_rate_file(tmp_path, fps, fourcc):
+    """predict samples by timestamp; on a constant-rate file that must be exactly the frames stage's choice."""
+    path = tmp_path / ("v.avi" if fourcc == "MJPG" else "v.mp4")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (32, 24))
+    for n in range(int(fps * 4)):
+        writer.write(np.full((24, 32, 3), (n * 2) % 256, np.uint8))
+    writer.release()
+    by_number = decode_video(path, "v", stride=2, reference_fps=25.0)
+    by_time = decode_video(path, "v", stride=2, reference_fps=25.0, by_time=True)
+    assert by_time.reason == by_number.reason == ""
+    assert by_time.frame_idx.tolist() == by_number.frame_idx.tolist()
+    assert (
+        by_time.sample_frames().tolist() == sample_numbers(by_number.frames_decoded, by_number.step).tolist()
+    )
+    np.testing.assert_array_equal(by_time.frames, by_number.frames)
+
+
+def test_a_variable_frame_rate_file_is_sampled_evenly_in_time(tmp_path):
+    """2 s at 30 fps, then 6 s at 10 fps (a phone in the dark): the header's average rate is 15 fps, so
+    sampling by frame number takes steps of 0.053 s, then 0.16 s; by timestamp every 0.08 s."""
+    path = tmp_path / "phone.mp4"
+    times = write_vfr(path, [1 / 30] * 60 + [1 / 10] * 60)
+    by_number = decode_video(path, "v", stride=2, reference_fps=25.0)
+    video = decode_video(path, "v", stride=2, reference_fps=25.0, by_time=True)
+    assert video.fps == pytest.approx(15.0, rel=0.05)
+    samples = video.sample_frames()
+    wanted = np.arange(len(samples)) * 0.08
+    assert len(samples) == pytest.approx(8 / 0.08, abs=2)
+    nearest = np.abs(times[None, :] - wanted[:, None]).argmin(axis=1)
+    assert np.abs(times[samples] - times[nearest]).max() < 1e-6  # each sample the frame nearest its time
+    assert video.frame_idx.tolist() == np.unique(samples).tolist()
+    assert vfr_frame_numbers(video.frames).tolist() == video.frame_idx.tolist()  # the frames kept are those
+    assert (
+        video.reason.startswith("variable frame rate: ")
+        and "sampled by each frame's timestamp" in video.reason
+    )
+    by_number_times = times[by_number.sample_frames()]
+    assert np.abs(by_number_times - np.arange(len(by_number_times)) * 0.08).max() > 1.0  # what it fixes
 
 
 def test_an_interrupted_run_resumes_from_its_finished_shards(video_tree, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, write_vfr
 from transmodal.cli import main
 from transmodal.params import BackboneConfig, ModelConfig, SelectorConfig, TrainConfig
 from transmodal.predict import window_starts
@@ -635,6 +635,19 @@ def test_windows_span_the_same_time_at_any_frame_rate(model_dir, tmp_path, fps):
     prediction, _ = predict_video(path, older, progress=False)
     first = np.asarray(prediction.windows["frame_idx"].iloc[0])
     assert np.diff(first).tolist() == [2] * 15
+
+
+def test_a_variable_frame_rate_video_is_sampled_by_timestamp(model_dir, tmp_path):
+    """A phone's video: 3 s at 30 fps, then 3 s at 10 fps (header: the 15 fps average). Every window spans
+    1.2 s of the video, as at a constant rate, and predict says the rate varies."""
+    from transmodal.predict import predict_video
+
+    path = tmp_path / "phone.mp4"
+    times = write_vfr(path, [1 / 30] * 90 + [1 / 10] * 30, size=(160, 120))
+    prediction, _ = predict_video(path, model_dir, progress=False)
+    assert any(note.startswith("variable frame rate: ") for note in prediction.notes)
+    spans = [times[frames[-1]] - times[frames[0]] for frames in prediction.windows["frame_idx"]]
+    assert len(spans) >= 4 and np.allclose(spans, 15 * 2 / 25, atol=0.1)  # 0.1 s: half the slow gap, twice
 
 
 def test_a_model_trained_on_dropped_tokens_predicts_and_explains_with_the_same_keep(

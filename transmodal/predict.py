@@ -1,7 +1,8 @@
 """``transmodal predict``: the trained model on one video file, through the same chain as the pipeline.
 
 The chain is the stages' own code on a one-video, in-memory frame store: decode (one frame per time sample,
-``frames.stride`` frames of 25 fps, :func:`~transmodal.data.frames.decode_video`), RT-DETR + ByteTrack and the primary track
+``frames.stride`` frames of 25 fps, matched by timestamp so that a phone's variable frame rate is sampled
+evenly, :func:`~transmodal.data.frames.decode_video`), RT-DETR + ByteTrack and the primary track
 (:func:`~transmodal.vision.detect.run_detect`), ViTPose++ on it (:func:`~transmodal.vision.pose.run_pose`),
 the person-centric crop and aligned pose (:func:`~transmodal.features.store.plan_clips`,
 :func:`~transmodal.features.store.crop_batches`), the frozen VideoMAE and the fusion head. Every param of
@@ -38,7 +39,6 @@ from transmodal.data.frames import (
     DecodedVideo,
     FramesTooLarge,
     decode_video,
-    sample_numbers,
     sample_step,
     unreadable,
 )
@@ -360,7 +360,13 @@ def load_video(
     allowed = check_memory(path, source, reported, step, max_side, extra_per_frame)
     try:
         video = decode_video(
-            path, VIDEO_ID, stride, max_side=max_side, reference_fps=reference_fps, max_bytes=allowed
+            path,
+            VIDEO_ID,
+            stride,
+            max_side=max_side,
+            reference_fps=reference_fps,
+            max_bytes=allowed,
+            by_time=True,  # a phone's variable frame rate is sampled evenly in time
         )
     except FramesTooLarge as err:  # the header's frame count was missing or short
         raise PredictError(
@@ -439,7 +445,7 @@ def predict_video(
     tracks, detect_metrics = run_detect(store, detect_cfg, None, progress=progress)
     fallback = detect_metrics["videos_fallback"] > 0
     keypoints, _ = run_pose(store, tracks, pose_cfg, None, progress=progress)
-    clips = window_clips(sample_numbers(video.frames_decoded, video.step), length, step)
+    clips = window_clips(video.sample_frames(), length, step)
     planned, _ = plan_clips(clips, store.videos, tracks, keypoints, folder.crop_margin)
 
     backbone = FrozenBackbone(folder.backbone_config(device), length)

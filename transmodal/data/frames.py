@@ -104,10 +104,128 @@ class DecodedVideo:
     reason: str = ""  # why the video was skipped, or what is odd about a kept one (truncated, no fps)
     step: float = 0.0  # source frames per time sample (sample_step)
     truncated: bool = False  # fewer frames decoded than the container header announces
+    samples: np.ndarray | None = None  # frame number per time sample when sampled by timestamp (by_time)
+
+    def sample_frames(self) -> np.ndarray:
+        """The original frame number of each time sample (int64, nondecreasing)."""
+        if self.samples is not None:
+            return self.samples
+        return sample_numbers(self.frames_decoded, self.step)
 
 
 class FramesTooLarge(MemoryError):
     """The kept frames of a video passed the ``max_bytes`` given to :func:`decode_video`."""
+
+
+class _SizeChanged(Exception):
+    """A frame of another size than the first kept one: the video is skipped with this reason."""
+
+
+class _KeptFrames:
+    """The kept frames, held once: each is converted straight into an array sized from the header's frame
+    count (trusted up to ``max_bytes``, or 1 GiB), grown by doubling past it, never stacked from a list."""
+
+    def __init__(self, expected: int, max_bytes: int | None):
+        self.expected, self.max_bytes = expected, max_bytes
+        self.array: np.ndarray | None = None
+        self.numbers: list[int] = []
+
+    def add(self, frame: np.ndarray, number: int) -> None:
+        """Keep ``frame`` (BGR, as OpenCV gives it) as source frame ``number``."""
+        n = len(self.numbers)
+        if self.array is not None and tuple(self.array.shape[1:]) != frame.shape:
+            (h0, w0), (h, w) = self.array.shape[1:3], frame.shape[:2]
+            raise _SizeChanged(f"the frame size changes at frame {number} ({w0}x{h0}, then {w}x{h})")
+        if self.max_bytes is not None and (n + 1) * frame.nbytes > self.max_bytes:
+            raise FramesTooLarge(
+                f"its kept frames pass {self.max_bytes / 2**20:.0f} MiB at source frame {number} ({n + 1} kept)"
+            )
+        if self.array is None:  # a bogus header count costs nothing past the budget
+            cap = self.max_bytes if self.max_bytes is not None else FIRST_ALLOCATION
+            self.expected = min(self.expected, max(1, cap // frame.nbytes))
+        self.array = _room_for(self.array, n, frame.shape, self.expected)
+        cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=self.array[n])
+        self.numbers.append(number)
+
+
+TIME_SNAP = 0.25  # frames: a timestamp this close to its frame's place on the header's grid is taken as on it
+
+
+class _ByTime:
+    """Time samples matched to frames by each frame's timestamp, for variable-frame-rate files (phones).
+
+    Times are in frames of the header's (average) rate, from the first frame's timestamp. Sample k, at
+    ``k * step``, takes the frame nearest to it, so each frame can be assigned only once the next frame's
+    timestamp is known. A frame whose timestamp lies within :data:`TIME_SNAP` of its number is placed at its
+    number, so a constant-rate file gets exactly the samples of :func:`sample_numbers` (the same
+    floating-point comparisons). A timestamp that does not increase is taken as one frame after the last.
+    """
+
+    def __init__(self, step: float, fps: float):
+        self.step, self.fps = step, fps
+        self.first_ms: float | None = None
+        self.places: list[float] = []  # place of each frame seen, in header frames
+        self.samples: list[int] = []  # frame number of each sample assigned so far
+        self.off_grid = 0
+        self.unusable = 0
+
+    def place(self, number: int, msec: float) -> float:
+        if self.first_ms is None:
+            self.first_ms = msec
+        place = (msec - self.first_ms) * self.fps / 1000.0
+        last = self.places[-1] if self.places else None
+        if abs(place - number) <= TIME_SNAP:
+            place = float(number)
+        elif not math.isfinite(place) or (last is not None and place <= last):
+            place = (last if last is not None else -1.0) + 1.0
+            self.unusable += 1
+        else:
+            self.off_grid += 1
+        self.places.append(place)
+        return place
+
+    def assign(self, number: int, limit: float) -> int:
+        """Give frame ``number`` every sample not yet assigned whose time is before ``limit`` - 1/2 (in
+        header frames; the midpoint to the next frame); how many it got."""
+        count = 0
+        while len(self.samples) * self.step + 0.5 < limit:
+            self.samples.append(number)
+            count += 1
+        return count
+
+    def limit_after(self, number: int) -> float:
+        """``limit`` for frame ``number`` when the next frame has been placed (the midpoint, + 1/2)."""
+        return (self.places[number] + self.places[number + 1]) / 2 + 0.5
+
+    def limit_of_last(self) -> float:
+        """``limit`` for the last frame: half its gap to the frame before past it (half a frame if alone)."""
+        gap = self.places[-1] - self.places[-2] if len(self.places) > 1 else 1.0
+        return self.places[-1] + gap / 2 + 0.5
+
+    def note(self, decoded: int) -> str:
+        parts = []
+        if self.off_grid:
+            parts.append(
+                f"variable frame rate: {self.off_grid} of {decoded} frames are off the header's {self.fps:.4g} "
+                "fps grid; sampled by each frame's timestamp"
+            )
+        if self.unusable:
+            parts.append(
+                f"{self.unusable} frame(s) without an increasing timestamp, placed one frame after the last"
+            )
+        return "; ".join(parts)
+
+
+def _retrieve(capture, max_side: int | None) -> np.ndarray | None:
+    """The grabbed frame (BGR), shrunk to ``max_side`` (area resampling, aspect kept); None if it fails."""
+    ok, frame = capture.retrieve()
+    if not ok:
+        return None
+    if max_side is not None and max(frame.shape[:2]) > max_side:
+        scale = max_side / max(frame.shape[:2])
+        size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
+        frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    return frame
 
 
 def unreadable(path: Path) -> str | None:
@@ -139,16 +257,20 @@ def decode_video(
     max_side: int | None = None,
     reference_fps: float | None = None,
     max_bytes: int | None = None,
+    by_time: bool = False,
 ) -> DecodedVideo:
     """Decode all frames of ``path`` and keep the time samples of :func:`sample_numbers`.
 
     ``reference_fps`` None keeps every ``stride``-th frame (0, stride, 2*stride, ...); a number resamples by
-    time (:func:`sample_step`). ``max_side`` (``transmodal predict`` only; the frames stage keeps the source
-    size): kept frames whose longer side exceeds it are shrunk to it (area resampling, aspect kept) as they
-    are decoded, so a 4K video holds a quarter of the memory. ``max_bytes`` (predict only): raise
-    :class:`FramesTooLarge` as soon as the kept frames pass it (a header without a frame count, or a wrong
-    one, cannot be checked before decoding). The kept frames are held once: each is converted straight into
-    an array sized from the header's frame count (grown by doubling past it), never stacked from a list.
+    time (:func:`sample_step`). ``by_time`` (``transmodal predict``): match the time samples to frames by
+    each frame's timestamp (:class:`_ByTime`), not by its number at the header's rate, so a
+    variable-frame-rate file is sampled evenly in time; the same frames for a constant-rate one. Every frame
+    is then converted (the choice waits for the next frame's timestamp). ``max_side`` (predict only; the
+    frames stage keeps the source size): kept frames whose longer side exceeds it are shrunk to it (area
+    resampling, aspect kept) as they are decoded, so a 4K video holds a quarter of the memory. ``max_bytes``
+    (predict only): raise :class:`FramesTooLarge` as soon as the kept frames pass it (a header without a
+    frame count, or a wrong one, cannot be checked before decoding). The kept frames are held once
+    (:class:`_KeptFrames`).
 
     Zero-byte, unreadable and non-video files, and files of which no frame decodes, come back with
     ``frames=None`` and a reason. A file that decodes fewer frames than its container header announces
@@ -171,45 +293,36 @@ def decode_video(
         step = sample_step(fps, stride, reference_fps)
         # kept frames if the header is right: the samples of :func:`sample_numbers`, distinct frames
         expected = min(reported, math.ceil((reported - 0.5) / step)) if reported > 0 else 0
-        kept, kept_idx, decoded, sample = None, [], 0, 0
-        while True:
-            ok = capture.grab()
-            if not ok:
-                break
-            wanted = int(np.floor(sample * step + 0.5))
-            if decoded == wanted:
-                ok, frame = capture.retrieve()
-                if not ok:
+        kept = _KeptFrames(expected, max_bytes)
+        timed = _ByTime(step, fps) if by_time and reference_fps is not None and 0.0 < fps <= MAX_FPS else None
+        sample, pending = 0, None  # pending: the last frame while ``timed`` waits for the next timestamp
+        while capture.grab():
+            if timed is not None:
+                timed.place(decoded, capture.get(cv2.CAP_PROP_POS_MSEC))
+                if pending is not None and timed.assign(decoded - 1, timed.limit_after(decoded - 1)):
+                    kept.add(pending, decoded - 1)
+                pending = _retrieve(capture, max_side)
+                if pending is None:
+                    timed.places.pop()
                     break
-                if max_side is not None and max(frame.shape[:2]) > max_side:
-                    scale = max_side / max(frame.shape[:2])
-                    size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
-                    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-                n = len(kept_idx)
-                if kept is not None and tuple(kept.shape[1:]) != frame.shape:
-                    (h0, w0), (h, w) = kept.shape[1:3], frame.shape[:2]
-                    reason = f"the frame size changes at frame {decoded} ({w0}x{h0}, then {w}x{h})"
-                    return DecodedVideo(video_id, None, empty, decoded, reported, fps, reason)
-                if max_bytes is not None and (n + 1) * frame.nbytes > max_bytes:
-                    raise FramesTooLarge(
-                        f"its kept frames pass {max_bytes / 2**20:.0f} MiB at source frame {decoded} "
-                        f"({n + 1} kept)"
-                    )
-                if kept is None:  # trust the header up to the budget (or 1 GiB): a bogus count costs nothing
-                    cap = max_bytes if max_bytes is not None else FIRST_ALLOCATION
-                    expected = min(expected, max(1, cap // frame.nbytes))
-                kept = _room_for(kept, n, frame.shape, expected)
-                cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=kept[n])
-                kept_idx.append(decoded)
+            elif decoded == int(np.floor(sample * step + 0.5)):
+                frame = _retrieve(capture, max_side)
+                if frame is None:
+                    break
+                kept.add(frame, decoded)
                 while int(np.floor(sample * step + 0.5)) <= decoded:  # samples this frame is nearest to
                     sample += 1
             decoded += 1
+        if pending is not None and timed.assign(decoded - 1, timed.limit_of_last()):
+            kept.add(pending, decoded - 1)
+    except _SizeChanged as err:
+        return DecodedVideo(video_id, None, empty, decoded, reported, fps, str(err))
     except cv2.error as err:  # a stream OpenCV gives up on: this video is skipped, the stage goes on
         reason = f"OpenCV failed at frame {decoded}: {str(err).strip().splitlines()[-1]}"
         return DecodedVideo(video_id, None, empty, decoded, reported, fps, reason)
     finally:
         capture.release()
-    if decoded == 0 or not kept_idx:
+    if decoded == 0 or not kept.numbers:
         return DecodedVideo(video_id, None, empty, decoded, reported, fps, "no frame could be decoded")
     notes = []
     truncated = bool(reported and decoded < reported)
@@ -220,10 +333,13 @@ def decode_video(
         )
     if reference_fps is not None and not (0.0 < fps <= MAX_FPS):
         notes.append(f"no usable frame rate in the header ({fps:g}); kept one frame in {stride}")
-    frame_idx = np.asarray(kept_idx, np.int32)
-    frames = kept[: len(frame_idx)]  # a header that announced more frames: its tail is never touched
+    if timed is not None and (note := timed.note(decoded)):
+        notes.append(note)
+    frame_idx = np.asarray(kept.numbers, np.int32)
+    frames = kept.array[: len(frame_idx)]  # a header that announced more frames: its tail is never touched
+    samples = np.asarray(timed.samples, np.int64) if timed is not None else None
     return DecodedVideo(
-        video_id, frames, frame_idx, decoded, reported, fps, "; ".join(notes), step, truncated
+        video_id, frames, frame_idx, decoded, reported, fps, "; ".join(notes), step, truncated, samples
     )
 
 
