@@ -59,20 +59,32 @@ def _mode(path) -> int:
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=["umask022", "umask002", "umask077"])
-def test_outputs_get_the_permissions_the_umask_gives_not_the_temporary_files(tmp_path, umask):
+def test_outputs_get_the_permissions_the_umask_gives_not_the_temporary_files(tmp_path, monkeypatch, umask):
     """A shared project (a group's folder, a lab machine) must be able to read what a stage wrote: the
     temporary file behind each atomic write is created 0600, which would otherwise be the output's mode."""
     old = os.umask(umask)
-    io._umask.cache_clear()
     try:
+        monkeypatch.setattr(io, "UMASK", io._read_umask())
         write_json({"a": 1}, tmp_path / "metrics.json")
         write_parquet(pd.DataFrame({"x": [1.0]}), tmp_path / "table.parquet")
         with atomic_dir(tmp_path / "model") as folder:
             (folder / "weights.bin").write_bytes(b"0")
     finally:
         os.umask(old)
-        io._umask.cache_clear()
+    assert io.UMASK == umask
     assert _mode(tmp_path / "metrics.json") == 0o666 & ~umask
     assert _mode(tmp_path / "table.parquet") == 0o666 & ~umask
     assert _mode(tmp_path / "model") == 0o777 & ~umask
     assert _mode(tmp_path / "model" / "weights.bin") == 0o666 & ~umask
+
+
+def test_an_output_folder_in_a_group_folder_keeps_its_setgid_bit(tmp_path):
+    """In a setgid project folder (files take the project's group), an output folder keeps the bit, so the
+    files written into it later still belong to the project's group."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o2775)
+    with atomic_dir(shared / "features") as folder:
+        (folder / "part").mkdir()
+    assert os.stat(shared / "features").st_mode & stat.S_ISGID
+    assert os.stat(shared / "features" / "part").st_mode & stat.S_ISGID

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import glob
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +18,19 @@ import pandas as pd
 PARTIAL_DIR = ".partial"  # beside each resumable output: finished parts of an interrupted run
 
 
-@functools.cache
-def _umask() -> int:
-    """The process's umask (read once: setting it to read it is not thread-safe, and it does not change)."""
+def _read_umask() -> int:
+    """The process's umask: from /proc where there is one (reading it through ``os.umask`` sets it, which
+    another thread could see), else set and put back, once, at import."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()
 
 
 def _remove_leftovers(path: Path) -> None:
@@ -47,9 +54,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    tmp_path.chmod(
-        0o666 & ~_umask()
-    )  # mkstemp's 0600 would hide the output from the group (a shared project)
+    tmp_path.chmod(0o666 & ~UMASK)  # mkstemp's 0600 would hide the output from the group (a shared project)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -65,7 +70,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())
+    tmp.chmod(0o777 & ~UMASK | tmp.stat().st_mode & stat.S_ISGID)  # a group folder's setgid bit stays
     try:
         yield tmp
         if path.exists():

@@ -149,37 +149,62 @@ class _KeptFrames:
 
 
 TIME_SNAP = 0.25  # frames: a timestamp this close to its frame's place on the header's grid is taken as on it
+TIME_CUT = 2.0  # seconds: a longer jump between two frames' timestamps (forwards, or any backwards) is a cut
+UNUSABLE_STEP = 1.0  # header frames: where a frame without a usable timestamp goes after the one before
+MIN_STEP = 1e-3  # header frames: the least two frames' places differ by (places only increase)
 
 
 class _ByTime:
     """Time samples matched to frames by each frame's timestamp, for variable-frame-rate files (phones).
 
-    Times are in frames of the header's (average) rate, from the first frame's timestamp. Sample k, at
-    ``k * step``, takes the frame nearest to it, so each frame can be assigned only once the next frame's
-    timestamp is known. A frame whose timestamp lies within :data:`TIME_SNAP` of its number is placed at its
-    number, so a constant-rate file gets exactly the samples of :func:`sample_numbers` (the same
-    floating-point comparisons). A timestamp that does not increase is taken as one frame after the last.
+    A frame's place is its time in frames of the header's (average) rate, from the first frame's timestamp.
+    Sample k, at ``k * step``, takes the frame nearest to it, so each frame can be assigned only once the
+    next frame's timestamp is known. A frame whose place lies within :data:`TIME_SNAP` of its number is
+    placed at its number, so a constant-rate file gets exactly the samples of :func:`sample_numbers` (the
+    same floating-point comparisons).
+
+    Timestamps that cannot be a frame rate do not take the sampling with them: a repeated one (or none: a
+    raw stream reads 0 throughout) puts the frame one header frame after the one before, and the next
+    frames are timed again from the last good timestamp; a jump backwards, or forwards by more than
+    :data:`TIME_CUT` s (a pause in a motion-triggered recording, joined files, a garbage value), is a cut:
+    the frame goes one header frame after the one before and the clock restarts from it. So one bad value
+    costs at most one frame's worth of time, and a video's samples stay within what its frames can span.
     """
 
     def __init__(self, step: float, fps: float):
         self.step, self.fps = step, fps
-        self.first_ms: float | None = None
-        self.places: list[float] = []  # place of each frame seen, in header frames
+        self.anchor: tuple[float, float] | None = None  # (place, timestamp in ms) the clock runs from
+        self.last_ms: float | None = None  # the last usable timestamp
+        self.places: list[float] = []  # place of each frame seen, in header frames, increasing
         self.samples: list[int] = []  # frame number of each sample assigned so far
-        self.off_grid = 0
-        self.unusable = 0
+        self.off_grid = self.repeated = self.cuts = 0
 
     def place(self, number: int, msec: float) -> float:
-        if self.first_ms is None:
-            self.first_ms = msec
-        place = (msec - self.first_ms) * self.fps / 1000.0
-        last = self.places[-1] if self.places else None
-        if abs(place - number) <= TIME_SNAP:
-            place = float(number)
-        elif not math.isfinite(place) or (last is not None and place <= last):
-            place = (last if last is not None else -1.0) + 1.0
-            self.unusable += 1
+        if not self.places:  # the first frame: time 0
+            place = 0.0
+            if math.isfinite(msec):
+                self.anchor, self.last_ms = (0.0, msec), msec
         else:
+            last = self.places[-1]
+            since = msec - self.last_ms if self.last_ms is not None else math.nan
+            if not math.isfinite(since) or since == 0.0:  # repeated, or none: one frame on, same clock
+                self.repeated += 1
+                place = last + UNUSABLE_STEP
+                if self.anchor is None and math.isfinite(msec):
+                    self.anchor, self.last_ms = (place, msec), msec
+            elif since < 0.0 or since > TIME_CUT * 1000.0:  # a cut: one frame on, the clock restarts here
+                self.cuts += 1
+                place = last + UNUSABLE_STEP
+                self.anchor, self.last_ms = (place, msec), msec
+            else:
+                anchor_place, anchor_ms = self.anchor
+                place = anchor_place + (msec - anchor_ms) * self.fps / 1000.0
+                self.last_ms = msec
+            if abs(place - number) <= TIME_SNAP and number > last:
+                place = float(number)
+            elif place <= last:  # a repeated frame's guess overshot the next one's time
+                place = last + MIN_STEP
+        if place != number:
             self.off_grid += 1
         self.places.append(place)
         return place
@@ -207,11 +232,16 @@ class _ByTime:
         if self.off_grid:
             parts.append(
                 f"variable frame rate: {self.off_grid} of {decoded} frames are off the header's {self.fps:.4g} "
-                "fps grid; sampled by each frame's timestamp"
+                "fps grid (a varying or mislabelled rate); sampled by each frame's timestamp"
             )
-        if self.unusable:
+        if self.repeated:
             parts.append(
-                f"{self.unusable} frame(s) without an increasing timestamp, placed one frame after the last"
+                f"{self.repeated} frame(s) repeat the timestamp before (or have none): placed one frame on"
+            )
+        if self.cuts:
+            parts.append(
+                f"{self.cuts} timestamp jump(s) backwards or of more than {TIME_CUT:g} s taken as cuts (the "
+                "video goes on one frame later)"
             )
         return "; ".join(parts)
 
