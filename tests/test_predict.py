@@ -639,8 +639,9 @@ def test_windows_span_the_same_time_at_any_frame_rate(model_dir, tmp_path, fps):
 
 def test_a_variable_frame_rate_video_is_sampled_by_timestamp(model_dir, tmp_path):
     """A phone's video: 3 s at 30 fps, then 3 s at 10 fps (header: the 15 fps average). Every window spans
-    1.2 s of the video, as at a constant rate, and predict says the rate varies."""
-    from transmodal.predict import predict_video
+    1.2 s of the video, as at a constant rate, and predict says the rate varies. --out plays 6 s: one frame
+    per time sample at 12.5 fps (a 10 fps frame is written once or twice)."""
+    from transmodal.predict import predict_video, write_annotated
 
     path = tmp_path / "phone.mp4"
     times = write_vfr(path, [1 / 30] * 90 + [1 / 10] * 30, size=(160, 120))
@@ -648,6 +649,14 @@ def test_a_variable_frame_rate_video_is_sampled_by_timestamp(model_dir, tmp_path
     assert any(note.startswith("variable frame rate: ") for note in prediction.notes)
     spans = [times[frames[-1]] - times[frames[0]] for frames in prediction.windows["frame_idx"]]
     assert len(spans) >= 4 and np.allclose(spans, 15 * 2 / 25, atol=0.1)  # 0.1 s: half the slow gap, twice
+    write_annotated(prediction, tmp_path / "phone-annotated.avi")
+    capture = cv2.VideoCapture(str(tmp_path / "phone-annotated.avi"))
+    try:
+        fps, count = capture.get(cv2.CAP_PROP_FPS), capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    finally:
+        capture.release()
+    assert fps == pytest.approx(12.5) and count == len(prediction.samples) > len(prediction.frame_idx)
+    assert count / fps == pytest.approx(times[-1] + 1 / 10, abs=0.08)  # the source's 6 s
 
 
 def test_a_model_trained_on_dropped_tokens_predicts_and_explains_with_the_same_keep(

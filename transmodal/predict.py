@@ -301,6 +301,9 @@ class Prediction:
     pose: torch.Tensor | None = None  # (W, T, J, C) the head's pose input per window
     threads: int | None = None  # train.threads: the CPU thread count the head runs on
     step: float = 0.0  # source frames per time sample (frames.reference_fps and stride, at this fps)
+    samples: np.ndarray | None = (
+        None  # (S,) the frame number of each time sample (frames repeat in slow video)
+    )
 
     def video_probabilities(self) -> np.ndarray:
         from transmodal.training.evaluate import mean_logits_by_unit
@@ -531,6 +534,7 @@ def predict_video(
         full_patches=folder.full_patches_per_group,
         threads=folder.threads,
         step=video.step,
+        samples=video.sample_frames(),
     )
     return prediction, model
 
@@ -579,26 +583,25 @@ def draw_frame(
 
 
 def write_annotated(prediction: Prediction, out: Path) -> str:
-    """Write the kept frames, annotated, to ``out`` (.mp4 or .avi) at the kept frame rate; returns the codec.
+    """Write the video's time samples, annotated, to ``out`` (.mp4 or .avi) at the sampling rate (25 fps /
+    stride), so it plays at the source's speed: a kept frame that fills several samples (a slow or
+    variable-rate source) is written for each. Returns the codec.
 
     Written to a temporary name in the same folder and renamed when complete.
     """
     import os
 
-    from transmodal.data.coco import joint_columns
-
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in WRITERS:
         raise PredictError(f"--out {out}: use a .mp4 or .avi file name")
-    # the kept (distinct) frames are one every max(step, 1) source frames: at a 30 fps source with stride 2
-    # of 25 fps, one every 2.4; a header rate the decoding found unusable was sampled as if 25 fps
+    # one sample every ``step`` source frames: at a 30 fps source with stride 2 of 25 fps, one every 2.4
+    # (12.5 fps); a header rate the decoding found unusable was sampled as if 25 fps
     source_fps = prediction.fps if 0.0 < prediction.fps <= MAX_FPS else 25.0
-    fps = source_fps / max(prediction.step, 1.0)
+    fps = source_fps / prediction.step
+    samples = prediction.samples if prediction.samples is not None else prediction.frame_idx
+    positions = np.searchsorted(prediction.frame_idx, samples).tolist()  # each sample's kept frame
     width, height = prediction.size
-    primary = prediction.tracks[prediction.tracks["is_primary"].astype(bool)].set_index("frame_idx")
-    keypoints = prediction.keypoints.set_index("frame_idx")
-    xs, ys = joint_columns("x"), joint_columns("y")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
     for fourcc, name in WRITERS[suffix]:  # noqa: B007 (the pair that opened is used below)
@@ -613,24 +616,42 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
             f"--out {out}: OpenCV here writes none of {tried} into {suffix}; try the other suffix"
         )
     try:
-        for frame, frame_no, label in zip(
-            prediction.frames, prediction.frame_idx, frame_labels(prediction), strict=True
-        ):
-            box = (
-                primary.loc[frame_no, ["x1", "y1", "x2", "y2"]].to_numpy(float)
-                if frame_no in primary.index
-                else None
-            )
-            joints = None
-            if frame_no in keypoints.index:
-                row = keypoints.loc[frame_no]
-                joints = np.stack([row[xs].to_numpy(float), row[ys].to_numpy(float)], axis=1)
-            writer.write(draw_frame(frame, box, joints, label))
+        draw = _Annotator(prediction)
+        image, drawn = None, None
+        for position in positions:
+            if position != drawn:  # a kept frame that fills several samples is drawn once
+                image, drawn = draw(position), position
+            writer.write(image)
         writer.release()
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return f"{fourcc} ({name})"
+
+
+class _Annotator:
+    """Kept frame ``position`` of a prediction drawn with its primary box, skeleton and label (BGR)."""
+
+    def __init__(self, prediction: Prediction):
+        from transmodal.data.coco import joint_columns
+
+        tracks = prediction.tracks
+        self.prediction = prediction
+        self.primary = tracks[tracks["is_primary"].astype(bool)].set_index("frame_idx")
+        self.keypoints = prediction.keypoints.set_index("frame_idx")
+        self.labels = frame_labels(prediction)
+        self.xs, self.ys = joint_columns("x"), joint_columns("y")
+
+    def __call__(self, position: int) -> np.ndarray:
+        frame_no = self.prediction.frame_idx[position]
+        box = None
+        if frame_no in self.primary.index:
+            box = self.primary.loc[frame_no, ["x1", "y1", "x2", "y2"]].to_numpy(float)
+        joints = None
+        if frame_no in self.keypoints.index:
+            row = self.keypoints.loc[frame_no]
+            joints = np.stack([row[self.xs].to_numpy(float), row[self.ys].to_numpy(float)], axis=1)
+        return draw_frame(self.prediction.frames[position], box, joints, self.labels[position])
 
 
 def explain_window(prediction: Prediction, model, window: int, size: int):
