@@ -49,6 +49,7 @@ TOP_K = 5
 DEFAULT_MAX_SIDE = 1280  # frames are shrunk to this longer side when decoded (the detector sees 640 px)
 # the decoded frames (and explain's tokens) may take at most this share of the available memory
 MEMORY_SHARE = 0.5
+MIN_SUGGESTED_SIDE = 320  # px: a --max-side below this would leave the pose model too few pixels of a person
 # Writers tried for --out, in order, per container: (fourcc, name).
 WRITERS = {
     ".mp4": (("avc1", "H.264"), ("mp4v", "MPEG-4 Part 2")),
@@ -360,7 +361,8 @@ def load_video(
     if not opened:
         raise PredictError(f"{path}: not a video OpenCV can read")
     step = max(1.0, sample_step(fps if math.isfinite(fps) else 0.0, stride, reference_fps))
-    allowed = check_memory(path, source, reported, step, max_side, extra_per_frame)
+    usable_fps = fps if 0.0 < fps <= MAX_FPS else 0.0
+    allowed = check_memory(path, source, reported, step, max_side, extra_per_frame, usable_fps)
     try:
         video = decode_video(
             path,
@@ -382,12 +384,20 @@ def load_video(
 
 
 def check_memory(
-    path: Path, size: tuple[int, int], frames: int, stride: float, max_side: int, extra_per_frame: float = 0.0
+    path: Path,
+    size: tuple[int, int],
+    frames: int,
+    stride: float,
+    max_side: int,
+    extra_per_frame: float = 0.0,
+    fps: float = 0.0,
 ) -> int:
     """Refuse a video whose kept frames would not fit in memory, from the header before decoding (``frames``
     its frame count, 0 when it has none; ``stride`` source frames per kept frame; ``extra_per_frame`` bytes
-    held per kept frame besides its pixels). Returns the bytes of pixels the decoding may keep: half the
-    available memory, less the extra bytes that go with them."""
+    held per kept frame besides its pixels; ``fps`` the header's rate, 0 if unusable). The refusal says
+    the ``--max-side`` that would fit, or, below :data:`MIN_SUGGESTED_SIDE`, how much of the video fits.
+    Returns the bytes of pixels the decoding may keep: half the available memory, less the extra bytes
+    that go with them."""
     import psutil
 
     width, height = size
@@ -396,12 +406,23 @@ def check_memory(
     kept = math.ceil(frames / stride)
     need = kept * (frame_bytes + extra_per_frame)
     available = psutil.virtual_memory().available
-    if need > MEMORY_SHARE * available:
+    budget = MEMORY_SHARE * available
+    if need > budget:
+        per_frame = budget / kept - extra_per_frame  # pixel bytes a kept frame may take
+        side = 0
+        if per_frame > 0:  # a frame's bytes go with the square of its longer side
+            side = int(max(width, height) * math.sqrt(per_frame / (3 * max(1, width * height)))) // 16 * 16
+        if side >= MIN_SUGGESTED_SIDE:
+            hint = f"--max-side {side} fits, or cut the video"
+        else:
+            fit = int(budget // (frame_bytes + extra_per_frame))
+            span = f"its first {fit * stride / fps:.0f} s" if fps > 0 else f"{fit} kept frames"
+            hint = f"cut the video ({span} fit at --max-side {max_side})"
         raise PredictError(
             f"{path}: its {kept} kept frames need {need / 2**30:.1f} GiB, more than half "
-            f"the {available / 2**30:.1f} GiB available; lower --max-side or cut the video"
+            f"the {available / 2**30:.1f} GiB available; {hint}"
         )
-    return int(MEMORY_SHARE * available * frame_bytes / (frame_bytes + extra_per_frame))
+    return int(budget * frame_bytes / (frame_bytes + extra_per_frame))
 
 
 def predict_video(
