@@ -60,3 +60,12 @@ def test_disk_benchmark_measures_every_output_and_extrapolates_by_clips_and_fram
     per_clip = report["features_real_size"][-1]["per_clip"]
     assert ucf["bytes"]["features"] == pytest.approx(ucf["counts"]["clips"] * per_clip, rel=1e-3)
     assert "| UCF101" in done.stdout
+
+
+def test_decode_by_time_benchmark_runs_and_keeps_the_same_frames():
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "decode_by_time.py"), "--seconds", "1"]
+    command += ["--size", "160x120", "--repeats", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]  # it asserts that both modes keep the same frames
+    assert "30 frames of 160x120 at 30 fps, 13 kept" in done.stdout
+    assert "ratio by_time / by_number: " in done.stdout
