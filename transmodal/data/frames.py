@@ -247,10 +247,13 @@ class _ByTime:
 
 
 def _retrieve(capture, max_side: int | None) -> np.ndarray | None:
-    """The grabbed frame (BGR), shrunk to ``max_side`` (area resampling, aspect kept); None if it fails."""
+    """The grabbed frame (BGR), shrunk to ``max_side`` (:func:`_shrink`); None if it fails."""
     ok, frame = capture.retrieve()
-    if not ok:
-        return None
+    return _shrink(frame, max_side) if ok else None
+
+
+def _shrink(frame: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``frame`` with its longer side shrunk to ``max_side`` (area resampling, aspect kept) if larger."""
     if max_side is not None and max(frame.shape[:2]) > max_side:
         scale = max_side / max(frame.shape[:2])
         size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
@@ -330,8 +333,8 @@ def decode_video(
             if timed is not None:
                 timed.place(decoded, capture.get(cv2.CAP_PROP_POS_MSEC))
                 if pending is not None and timed.assign(decoded - 1, timed.limit_after(decoded - 1)):
-                    kept.add(pending, decoded - 1)
-                pending = _retrieve(capture, max_side)
+                    kept.add(_shrink(pending, max_side), decoded - 1)
+                pending = _retrieve(capture, None)  # shrunk only if kept: most frames are not
                 if pending is None:
                     timed.places.pop()
                     break
@@ -344,7 +347,7 @@ def decode_video(
                     sample += 1
             decoded += 1
         if pending is not None and timed.assign(decoded - 1, timed.limit_of_last()):
-            kept.add(pending, decoded - 1)
+            kept.add(_shrink(pending, max_side), decoded - 1)
     except _SizeChanged as err:
         return DecodedVideo(video_id, None, empty, decoded, reported, fps, str(err))
     except cv2.error as err:  # a stream OpenCV gives up on: this video is skipped, the stage goes on
