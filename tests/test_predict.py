@@ -301,8 +301,8 @@ def test_memory_is_checked_from_the_header_and_again_while_decoding(
         predict.PredictError, match=r"its 20000 kept frames need 17.2 GiB, more than half the 1.0"
     ) as refused:
         predict.check_memory(camera_video, (640, 480), 40000, 2.0, 1280, fps=25.0)
-    # 2^29 bytes hold 582 frames of 640 x 480: 1164 source frames, 47 s at 25 fps (--max-side < 320)
-    assert str(refused.value).endswith("; cut the video (its first 47 s fit at --max-side 1280)")
+    # 2^29 bytes hold 582 frames of 640 x 480: 1164 source frames, 46.56 s at 25 fps (--max-side < 320)
+    assert str(refused.value).endswith("; cut the video (its first 46 s fit at --max-side 1280)")
     # five minutes of 1080p at 30 fps, 4 GiB for frames: shrunk to 816 px they fit, and 832 would not
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**33))
     with pytest.raises(predict.PredictError, match=r"; --max-side 816 fits, or cut the video$"):
@@ -310,6 +310,10 @@ def test_memory_is_checked_from_the_header_and_again_while_decoding(
     assert predict.check_memory(camera_video, (1920, 1080), 9000, 2.4, 816, fps=30.0) > 0
     with pytest.raises(predict.PredictError):
         predict.check_memory(camera_video, (1920, 1080), 9000, 2.4, 832, fps=30.0)
+    # a phone's 2340 x 1080: the side the arithmetic gives (1280) rounds the short side up past the budget
+    with pytest.raises(predict.PredictError, match=r"; --max-side 1264 fits, or cut the video$"):
+        predict.check_memory(camera_video, (2340, 1080), 4542, 2.4, 1280, fps=30.0)
+    assert predict.check_memory(camera_video, (2340, 1080), 4542, 2.4, 1264, fps=30.0) > 0
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
     # a header without a frame count (or a short one) passes that check: the decoding stops at the budget
     monkeypatch.setattr(predict, "check_memory", lambda *args: 3 * frame)

@@ -401,8 +401,7 @@ def check_memory(
     import psutil
 
     width, height = size
-    scale = min(1.0, max_side / max(width, height, 1))
-    frame_bytes = max(1, round(width * scale) * round(height * scale) * 3)
+    frame_bytes = _frame_bytes(size, max_side)
     kept = math.ceil(frames / stride)
     need = kept * (frame_bytes + extra_per_frame)
     available = psutil.virtual_memory().available
@@ -412,17 +411,26 @@ def check_memory(
         side = 0
         if per_frame > 0:  # a frame's bytes go with the square of its longer side
             side = int(max(width, height) * math.sqrt(per_frame / (3 * max(1, width * height)))) // 16 * 16
+            while side > 0 and _frame_bytes(size, side) > per_frame:  # the shrunk size's rounding
+                side -= 16
         if side >= MIN_SUGGESTED_SIDE:
             hint = f"--max-side {side} fits, or cut the video"
         else:
             fit = int(budget // (frame_bytes + extra_per_frame))
-            span = f"its first {fit * stride / fps:.0f} s" if fps > 0 else f"{fit} kept frames"
+            span = f"its first {math.floor(fit * stride / fps)} s" if fps > 0 else f"{fit} kept frames"
             hint = f"cut the video ({span} fit at --max-side {max_side})"
         raise PredictError(
             f"{path}: its {kept} kept frames need {need / 2**30:.1f} GiB, more than half "
             f"the {available / 2**30:.1f} GiB available; {hint}"
         )
     return int(budget * frame_bytes / (frame_bytes + extra_per_frame))
+
+
+def _frame_bytes(size: tuple[int, int], max_side: int) -> int:
+    """Bytes of one decoded frame of ``size`` shrunk to ``max_side`` (as :func:`decode_video` rounds it)."""
+    width, height = size
+    scale = min(1.0, max_side / max(width, height, 1))
+    return max(1, max(1, round(width * scale)) * max(1, round(height * scale)) * 3)
 
 
 def predict_video(
