@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -103,53 +102,34 @@ RESUME = {
 
 
 def _start(project: Path, *args: str) -> subprocess.Popen:
-    """`dvc ARGS` in its own process group, as a terminal runs it (Ctrl-C reaches DVC and its stage)."""
+    """`dvc ARGS` in its own process group, as a terminal runs it (Ctrl-C reaches DVC and its stage).
+
+    SIGINT is set back to its default in the child: a suite started in the background (`make test &` from a
+    script, `nohup`) inherits it ignored, which Python then keeps, so the stage would never see the Ctrl-C."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.Popen(
         [sys.executable, "-m", "dvc", *args], cwd=project, env=env | {"HF_HUB_OFFLINE": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
 
-def _stop_when(process: subprocess.Popen, done: Callable[[], bool], sig: int) -> tuple[str, bool]:
-    """Send ``sig`` to the process group as soon as ``done()``; (its output, whether the signal stopped it).
-    False when the run had finished before the signal could land (it exited 0)."""
+def _stop_when(process: subprocess.Popen, done: Callable[[], bool], sig: int) -> str:
+    """Send ``sig`` to the process group as soon as ``done()``; the stage must still be running then."""
     deadline = time.monotonic() + 300
     while not done():
-        if process.poll() is not None:
-            out, _ = process.communicate()
-            assert process.returncode == 0, out
-            return out, False
+        assert process.poll() is None, f"finished before it could be interrupted:\n{process.stdout.read()}"
         assert time.monotonic() < deadline, "no finished part appeared within 300 s"
         time.sleep(0.01)
     os.killpg(process.pid, sig)
     out, _ = process.communicate(timeout=120)
+    assert process.returncode != 0, out
     # DVC may return before its stage has finished cleaning up: judge what is left once the whole group is gone
     deadline = time.monotonic() + 120
     while _group_running(process.pid):
         assert time.monotonic() < deadline, "the stage was still running 120 s after DVC returned"
         time.sleep(0.05)
-    return out, process.returncode != 0
-
-
-def _interrupt(project: Path, stage: str, done: Callable[[], bool], sig: int, attempts: int = 3) -> str:
-    """`dvc repro STAGE`, stopped by ``sig`` once ``done()``; the output of every attempt. The frames stage of
-    the test project runs for a quarter of a second after its first shard: on a loaded machine it can finish
-    before the signal lands. DVC then knows its outputs (dvc.lock, and the run cache it would restore them
-    from instead of running the stage), so both are put back as they were before it, and it runs again, up to
-    ``attempts`` times."""
-    lock = (project / "dvc.lock").read_text()
-    logs = []
-    for attempt in range(attempts):
-        if attempt:
-            (project / "dvc.lock").write_text(lock)
-            shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
-        process = _start(project, "repro", stage)
-        out, stopped = _stop_when(process, done, sig)
-        logs.append(out)
-        if stopped and f"{stage}: done in" not in out:  # not a signal that reached DVC after the stage
-            return "\n".join(logs)
-    raise AssertionError(f"{stage} finished before the signal landed, {attempts} times:\n" + logs[-1])
+    return out
 
 
 def _group_running(group: int) -> bool:
@@ -200,8 +180,9 @@ def interrupted(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("resume"), RESUME, variants={"full": {}})
     dvc(project, "repro", "prepare", "checkpoints")
     # Ctrl-C in the frames stage (its first run: nothing in DVC's cache), once some shards are finished
-    sigint_log = _interrupt(
-        project, "frames", lambda: bool(_parts(project, "frames", "*.videos.parquet")), signal.SIGINT
+    process = _start(project, "repro", "frames")
+    sigint_log = _stop_when(
+        process, lambda: bool(_parts(project, "frames", "*.videos.parquet")), signal.SIGINT
     )
     after_sigint = {
         "log": sigint_log,
@@ -210,8 +191,9 @@ def interrupted(tmp_path_factory):
         "leftovers": sorted(p.name for p in (project / "data").glob(".frames*")),
     }
     # SIGKILL in the features stage (nothing can clean up), once a token shard is finished
-    log_frames_resume = _interrupt(
-        project, "features", lambda: bool(_parts(project, "features", "shard-*.safetensors")), signal.SIGKILL
+    process = _start(project, "repro", "features")
+    log_frames_resume = _stop_when(
+        process, lambda: bool(_parts(project, "features", "shard-*.safetensors")), signal.SIGKILL
     )
     after_sigkill = {
         "features_exists": (project / "data/features").exists(),
