@@ -7,6 +7,7 @@ The model folder is a head with random weights saved the way the train stage sav
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -178,6 +179,35 @@ def test_predict_on_a_camera_like_video(model_dir, camera_video, tmp_path, capsy
         count += 1
     capture.release()
     assert count == 20
+
+
+def test_writing_an_mp4_prints_nothing_of_the_encoders_it_tries(model_dir, camera_video, tmp_path, capfd):
+    """OpenCV tries H.264 first; where only a hardware H.264 encoder is built in and none is present (as
+    here), FFmpeg and OpenCV printed four error lines to the terminal before the MPEG-4 fallback wrote it."""
+    from transmodal.predict import predict_video, write_annotated
+
+    prediction, _ = predict_video(camera_video, model_dir, progress=False)
+    capfd.readouterr()
+    codec = write_annotated(prediction, tmp_path / "quiet.mp4")
+    assert capfd.readouterr().err == ""
+    assert codec in {"avc1 (H.264)", "mp4v (MPEG-4 Part 2)"} and (tmp_path / "quiet.mp4").stat().st_size > 0
+    print("still printed after it", file=sys.stderr)  # stderr is back
+    assert capfd.readouterr().err == "still printed after it\n"
+
+
+def test_silencing_stderr_runs_the_block_where_there_is_none(monkeypatch):
+    """A process started with stderr closed (``2>&-``): no sys.stderr, no descriptor 2 to save."""
+    from transmodal import predict
+
+    def closed(fd):
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(predict.sys, "stderr", None)
+    monkeypatch.setattr(predict.os, "dup", closed)
+    ran = []
+    with predict._stderr_silenced():
+        ran.append(True)
+    assert ran == [True]
 
 
 def test_the_video_level_result_is_the_mean_of_the_window_logits(model_dir, camera_video):
@@ -449,8 +479,8 @@ def test_what_the_decoding_found_odd_is_said_and_the_annotated_video_plays_at_a_
     opened = cv2.VideoCapture
 
     class HeaderRate:  # the file's header says 90000 fps (OpenCV's writer caps what it writes)
-        def __init__(self, path):
-            self.capture = opened(path)
+        def __init__(self, path, *args):
+            self.capture = opened(path, *args)
 
         def __getattr__(self, name):
             return getattr(self.capture, name)
@@ -649,6 +679,24 @@ def test_windows_span_the_same_time_at_any_frame_rate(model_dir, tmp_path, fps):
     prediction, _ = predict_video(path, older, progress=False)
     first = np.asarray(prediction.windows["frame_idx"].iloc[0])
     assert np.diff(first).tolist() == [2] * 15
+
+
+def test_a_slow_video_is_one_clip_short_only_when_its_time_samples_are(model_dir, tmp_path):
+    """A 4 fps time-lapse: each frame stands for about three time samples (12.5 a second), so 6 frames make
+    whole windows and 4 frames one padded window, said in samples, not in frames."""
+    from transmodal.predict import predict_video
+
+    for frames, padded in ((6, False), (4, True)):
+        path = tmp_path / f"slow{frames}.avi"
+        camera_like_video(path, frames=frames, size=(160, 120), fps=4.0)
+        prediction, _ = predict_video(path, model_dir, progress=False)
+        assert set(prediction.windows["padded"]) == {padded}
+        short = [note for note in prediction.notes if "fewer than one clip" in note]
+        assert short == (
+            [f"only {len(prediction.samples)} time samples, fewer than one clip (16): one window, padded"]
+            if padded
+            else []
+        )
 
 
 def test_a_variable_frame_rate_video_is_sampled_by_timestamp(model_dir, tmp_path):

@@ -23,8 +23,11 @@ is cropped on the whole frame (the pipeline's fallback box), also said.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +42,10 @@ from transmodal.data.frames import (
     DecodedVideo,
     FramesTooLarge,
     decode_video,
+    display_size,
+    sample_aspect,
     sample_step,
+    shrunk_size,
     unreadable,
 )
 from transmodal.params import BackboneConfig, CheckpointError, DetectConfig, ParamError, PoseConfig
@@ -288,7 +294,7 @@ class Prediction:
     frame_idx: np.ndarray  # (T,) kept original frame numbers
     fps: float
     size: tuple[int, int]  # (width, height) as decoded (after any shrinking)
-    source_size: tuple[int, int]
+    source_size: tuple[int, int]  # (width, height) as a player shows it (non-square pixels stretched)
     windows: pd.DataFrame  # planned clips: frame_idx, padded, crop box, aligned pose
     logits: np.ndarray  # (W, C) float32
     tracks: pd.DataFrame
@@ -353,7 +359,8 @@ def load_video(
     capture = cv2.VideoCapture(str(path))
     try:
         opened = capture.isOpened()
-        source = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        stored = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        source = display_size(*stored, sample_aspect(capture))  # an anamorphic stream is shown wider
         reported = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
     finally:
@@ -372,6 +379,7 @@ def load_video(
             reference_fps=reference_fps,
             max_bytes=allowed,
             by_time=True,  # a phone's variable frame rate is sampled evenly in time
+            display_aspect=True,  # non-square pixels stretched, as a player shows them
         )
     except FramesTooLarge as err:  # the header's frame count was missing or short
         raise PredictError(
@@ -427,10 +435,9 @@ def check_memory(
 
 
 def _frame_bytes(size: tuple[int, int], max_side: int) -> int:
-    """Bytes of one decoded frame of ``size`` shrunk to ``max_side`` (as :func:`decode_video` rounds it)."""
-    width, height = size
-    scale = min(1.0, max_side / max(width, height, 1))
-    return max(1, max(1, round(width * scale)) * max(1, round(height * scale)) * 3)
+    """Bytes of one decoded frame of ``size`` shrunk to ``max_side`` (as :func:`decode_video` shrinks it)."""
+    width, height = shrunk_size(max(1, size[0]), max(1, size[1]), max_side)
+    return width * height * 3
 
 
 def predict_video(
@@ -539,9 +546,10 @@ def predict_video(
             f"frames shrunk from {source_size[0]}x{source_size[1]} to "
             f"{store.videos['width'][0]}x{store.videos['height'][0]} (--max-side {max_side})"
         )
-    if len(video.frame_idx) < length:
+    if len(video.sample_frames()) < length:  # a slow source's frame stands for several time samples
         notes.append(
-            f"only {len(video.frame_idx)} kept frames, fewer than one clip ({length}): one window, padded"
+            f"only {len(video.sample_frames())} time samples, fewer than one clip ({length}): one window, "
+            "padded"
         )
     prediction = Prediction(
         video=Path(video_path),
@@ -618,8 +626,6 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
 
     Written to a temporary name in the same folder and renamed when complete.
     """
-    import os
-
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in WRITERS:
@@ -634,7 +640,8 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
     for fourcc, name in WRITERS[suffix]:  # noqa: B007 (the pair that opened is used below)
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+        with _stderr_silenced():  # FFmpeg and OpenCV print each encoder they fail to open (hardware H.264)
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
         if writer.isOpened():
             break
         writer.release()
@@ -656,6 +663,26 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     return f"{fourcc} ({name})"
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 sent to /dev/null for the block: FFmpeg writes there directly, not through Python.
+    Without a descriptor 2 (closed), the block just runs."""
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class _Annotator:

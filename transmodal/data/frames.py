@@ -178,8 +178,10 @@ class _ByTime:
         self.places: list[float] = []  # place of each frame seen, in header frames, increasing
         self.samples: list[int] = []  # frame number of each sample assigned so far
         self.off_grid = self.repeated = self.cuts = 0
+        self.regular = True  # False past skipped packets: a frame off its number is then no sign of a rate
 
-    def place(self, number: int, msec: float) -> float:
+    def place(self, number: int, msec: float) -> None:
+        """Place frame ``number``, read at ``msec`` (its timestamp), in header frames after the first."""
         if not self.places:  # the first frame: time 0
             place = 0.0
             if math.isfinite(msec):
@@ -204,10 +206,14 @@ class _ByTime:
                 place = float(number)
             elif place <= last:  # a repeated frame's guess overshot the next one's time
                 place = last + MIN_STEP
-        if place != number:
+        if place != number and self.regular:
             self.off_grid += 1
         self.places.append(place)
-        return place
+
+    def span(self) -> float:
+        """Header frames from the first frame to the end of the last (its gap to the one before, or 1)."""
+        gap = self.places[-1] - self.places[-2] if len(self.places) > 1 else 1.0
+        return self.places[-1] + max(1.0, gap)
 
     def assign(self, number: int, limit: float) -> int:
         """Give frame ``number`` every sample not yet assigned whose time is before ``limit`` - 1/2 (in
@@ -246,18 +252,69 @@ class _ByTime:
         return "; ".join(parts)
 
 
-def _retrieve(capture, max_side: int | None) -> np.ndarray | None:
+MAX_BAD_PACKETS = 30  # grab() failures in a row taken as the end of a stream; fewer are corrupt packets
+
+
+def _grab(capture) -> int | None:
+    """Grab the next frame that decodes: how many grabs failed before it, or None at the end of the stream.
+
+    OpenCV's ``grab()`` is False at the end and also on a packet that does not decode (a damaged file), and
+    the stream goes on after such a packet; at the end it stays False, so up to :data:`MAX_BAD_PACKETS`
+    failures in a row are skipped before the stream is taken as ended."""
+    for failed in range(MAX_BAD_PACKETS + 1):
+        if capture.grab():
+            return failed
+    return None
+
+
+def _retrieve(capture, max_side: int | None, aspect: float = 1.0) -> np.ndarray | None:
     """The grabbed frame (BGR), shrunk to ``max_side`` (:func:`_shrink`); None if it fails."""
     ok, frame = capture.retrieve()
-    return _shrink(frame, max_side) if ok else None
+    return _shrink(frame, max_side, aspect) if ok else None
 
 
-def _shrink(frame: np.ndarray, max_side: int | None) -> np.ndarray:
-    """``frame`` with its longer side shrunk to ``max_side`` (area resampling, aspect kept) if larger."""
-    if max_side is not None and max(frame.shape[:2]) > max_side:
-        scale = max_side / max(frame.shape[:2])
-        size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
-        frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+def shrunk_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) of a frame of that size once its longer side is shrunk to ``max_side`` (aspect kept,
+    each side rounded, at least 1); the size itself when it is not larger."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def sample_aspect(capture) -> float:
+    """The pixel aspect ratio of the frames ``capture`` gives, width over height of one pixel; 1 when unset.
+
+    The stream's ratio is that of its stored axes; a frame OpenCV turns by 90 or 270 degrees (a phone's
+    display rotation) has them swapped, so it gets the inverse."""
+    num, den = capture.get(cv2.CAP_PROP_SAR_NUM), capture.get(cv2.CAP_PROP_SAR_DEN)
+    ratio = num / den if num > 0 and den > 0 else 1.0
+    if not math.isfinite(ratio):
+        return 1.0
+    turned = capture.get(cv2.CAP_PROP_ORIENTATION_AUTO) > 0 and (
+        round(capture.get(cv2.CAP_PROP_ORIENTATION_META)) % 180 == 90
+    )
+    return 1.0 / ratio if turned else ratio
+
+
+def display_size(width: int, height: int, aspect: float) -> tuple[int, int]:
+    """(width, height) a player shows a stored ``width`` x ``height`` picture of pixel aspect ``aspect`` at:
+    the narrower side stretched, so no stored pixel is lost."""
+    if aspect > 1.0:
+        return max(1, round(width * aspect)), height
+    if aspect < 1.0:
+        return width, max(1, round(height / aspect))
+    return width, height
+
+
+def _shrink(frame: np.ndarray, max_side: int | None, aspect: float = 1.0) -> np.ndarray:
+    """``frame`` at its display size (pixel ``aspect``), its longer side shrunk to ``max_side`` if larger
+    (area resampling; a stretch, linear)."""
+    height, width = frame.shape[:2]
+    size = shrunk_size(*display_size(width, height, aspect), max_side)
+    if size != (width, height):
+        grows = size[0] > width or size[1] > height
+        frame = cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR if grows else cv2.INTER_AREA)
     return frame
 
 
@@ -291,6 +348,7 @@ def decode_video(
     reference_fps: float | None = None,
     max_bytes: int | None = None,
     by_time: bool = False,
+    display_aspect: bool = False,
 ) -> DecodedVideo:
     """Decode all frames of ``path`` and keep the time samples of :func:`sample_numbers`.
 
@@ -303,17 +361,28 @@ def decode_video(
     resampling, aspect kept) as they are decoded, so a 4K video holds a quarter of the memory. ``max_bytes``
     (predict only): raise :class:`FramesTooLarge` as soon as the kept frames pass it (a header without a
     frame count, or a wrong one, cannot be checked before decoding). The kept frames are held once
-    (:class:`_KeptFrames`).
+    (:class:`_KeptFrames`). ``display_aspect`` (predict only; the frames stage keeps the stored pixels): a
+    stream whose pixels are not square (anamorphic: a sample aspect ratio other than 1) is stretched to the
+    size a player shows (:func:`display_size`) before ``max_side`` applies, so a person is not squeezed.
 
     Zero-byte, unreadable and non-video files, and files of which no frame decodes, come back with
     ``frames=None`` and a reason. A file that decodes fewer frames than its container header announces
-    (cut short, corrupt from some point on) keeps the frames it decoded and is flagged ``truncated``.
+    (cut short, corrupt from some point on) keeps the frames it decoded and is flagged ``truncated``; by
+    timestamp, only when its frames end before the header's count (Matroska's count is its duration times
+    an average rate). Packets that do not decode are skipped (:func:`_grab`) and said in the reason; the
+    frames after them are numbered as decoded (by timestamp, sampled by their timestamps).
     """
     empty = np.zeros(0, dtype=np.int32)
     if reason := unreadable(path):
         return DecodedVideo(video_id, None, empty, 0, 0, 0.0, reason)
     reported, fps, decoded = 0, 0.0, 0
-    capture = cv2.VideoCapture(str(path))
+    # one decoding thread: FFmpeg's threaded decoders conceal a damaged packet differently from run to run
+    # (two pixel sums in six runs of one file), on one thread the same every time; clean files decode to the
+    # same pixels either way, and the frames stage decodes several videos at once
+    # one decoding thread: FFmpeg's threaded decoders conceal a damaged packet differently from run to run
+    # (two pixel sums in eight runs of one file), on one thread the same every time; clean files decode to
+    # the same pixels either way, and the frames stage decodes several videos at once
+    capture = cv2.VideoCapture(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
     try:
         if not capture.isOpened():
             return DecodedVideo(
@@ -324,22 +393,29 @@ def decode_video(
         if not np.isfinite(fps):
             fps = 0.0
         step = sample_step(fps, stride, reference_fps)
+        aspect = sample_aspect(capture) if display_aspect else 1.0
         # kept frames if the header is right: the samples of :func:`sample_numbers`, distinct frames
         expected = min(reported, math.ceil((reported - 0.5) / step)) if reported > 0 else 0
         kept = _KeptFrames(expected, max_bytes)
         timed = _ByTime(step, fps) if by_time and reference_fps is not None and 0.0 < fps <= MAX_FPS else None
         sample, pending = 0, None  # pending: the last frame while ``timed`` waits for the next timestamp
-        while capture.grab():
+        skipped, first_skip = 0, None  # grab() failures the stream went on after, and where the first was
+        while (failed := _grab(capture)) is not None:
+            if failed:
+                skipped += failed
+                first_skip = decoded if first_skip is None else first_skip
+                if timed is not None and decoded:
+                    timed.regular = False  # past a gap the frames are off their numbers: no sign of a rate
             if timed is not None:
                 timed.place(decoded, capture.get(cv2.CAP_PROP_POS_MSEC))
                 if pending is not None and timed.assign(decoded - 1, timed.limit_after(decoded - 1)):
-                    kept.add(_shrink(pending, max_side), decoded - 1)
+                    kept.add(_shrink(pending, max_side, aspect), decoded - 1)
                 pending = _retrieve(capture, None)  # shrunk only if kept: most frames are not
                 if pending is None:
                     timed.places.pop()
                     break
             elif decoded == int(np.floor(sample * step + 0.5)):
-                frame = _retrieve(capture, max_side)
+                frame = _retrieve(capture, max_side, aspect)
                 if frame is None:
                     break
                 kept.add(frame, decoded)
@@ -347,7 +423,7 @@ def decode_video(
                     sample += 1
             decoded += 1
         if pending is not None and timed.assign(decoded - 1, timed.limit_of_last()):
-            kept.add(_shrink(pending, max_side), decoded - 1)
+            kept.add(_shrink(pending, max_side, aspect), decoded - 1)
     except _SizeChanged as err:
         return DecodedVideo(video_id, None, empty, decoded, reported, fps, str(err))
     except cv2.error as err:  # a stream OpenCV gives up on: this video is skipped, the stage goes on
@@ -356,13 +432,32 @@ def decode_video(
     finally:
         capture.release()
     if decoded == 0 or not kept.numbers:
-        return DecodedVideo(video_id, None, empty, decoded, reported, fps, "no frame could be decoded")
+        why = f" (grab failed {skipped} times)" if skipped else ""
+        return DecodedVideo(video_id, None, empty, decoded, reported, fps, f"no frame could be decoded{why}")
     notes = []
-    truncated = bool(reported and decoded < reported)
+    if skipped:
+        where = "at the start" if first_skip == 0 else f"from frame {first_skip} on"  # decoded count
+        notes.append(
+            f"grab failed {skipped} time(s) {where} and the stream went on (packets that do not decode, or a "
+            "long run of other streams' packets); the frames after are numbered as decoded"
+            + (", sampled by their timestamps" if timed is not None else "")
+        )
+    # by timestamp, frames that reach the header's count are not a cut file though fewer decoded (skipped
+    # packets; a Matroska/WebM count is the duration times an average rate): the span only clears the flag
+    truncated = bool(
+        reported and decoded < reported and (timed is None or timed.span() < reported - TIME_SNAP)
+    )
     if truncated:
         notes.append(
-            f"truncated: decoded {decoded} of the {reported} frames the header announces (a cut file or a "
-            "wrong header); kept the decoded frames"
+            f"truncated: decoded {decoded} of the {reported} frames the header announces "
+            f"({'the skipped packets, or ' if skipped else ''}a cut file or a wrong header); kept the decoded "
+            "frames"
+        )
+    if aspect != 1.0:
+        height, width = kept.array.shape[1:3]
+        notes.append(
+            f"pixels not square (sample aspect ratio {aspect:.4g}): frames stretched to {width}x{height}, as "
+            "a player shows them"
         )
     if reference_fps is not None and not (0.0 < fps <= MAX_FPS):
         notes.append(f"no usable frame rate in the header ({fps:g}); kept one frame in {stride}")
