@@ -314,6 +314,8 @@ def test_crop_grid_samples_the_padded_box(tiny_checkpoints):
 
 
 GOLDEN = Path(__file__).parent / "data" / "pose_keypoints_golden.json"
+KEYPOINT_TOLERANCE = 0.05  # px: other CPUs' rounding (see the test); a heatmap cell is a pixel or more
+SCORE_TOLERANCE = 1e-4
 
 
 def golden_array(entry: dict) -> np.ndarray:
@@ -337,10 +339,14 @@ def real_size_pose_estimator() -> PoseEstimator:
 
 
 def test_keypoints_equal_those_of_the_forked_worker_version(dataset, gt_tracks, tiny_checkpoints):
-    """The pose stage gives, bit for bit, the keypoints of the version with a forked CPU worker, a numpy
-    decoder and a chunked crop (recorded in tests/data by the commit named there, one torch thread): with
-    the tiny checkpoint through ``run_pose``, and with a real-size ViTPose++-B (random weights) through the
-    estimator on frames of two videos, one box reaching out of the frame."""
+    """The pose stage gives the keypoints of the version with a forked CPU worker, a numpy decoder and a
+    chunked crop (recorded in tests/data by the commit named there, one torch thread): with the tiny
+    checkpoint through ``run_pose``, and with a real-size ViTPose++-B (random weights) through the estimator
+    on frames of two videos, one box reaching out of the frame. Bit for bit on the CPU that recorded them;
+    on another CPU the float kernels round differently (an AVX-512 one: 0.025 px at most with the tiny
+    checkpoint, whose flat heatmaps magnify a rounding, 0.0012 px and 2e-6 in score at real size), so the
+    check is to KEYPOINT_TOLERANCE px and SCORE_TOLERANCE: a decoder or crop off by a heatmap cell moves a
+    joint by pixels."""
     golden = json.loads(GOLDEN.read_text())
     assert torch.get_num_threads() == 1  # as recorded (conftest); more threads may round sums differently
     store, annotations = dataset
@@ -349,9 +355,12 @@ def test_keypoints_equal_those_of_the_forked_worker_version(dataset, gt_tracks, 
     tiny = golden["tiny"]
     assert keypoints["video_id"].tolist() == tiny["video_id"]
     assert keypoints["frame_idx"].tolist() == tiny["frame_idx"]
-    np.testing.assert_array_equal(
-        keypoints[tiny["columns"]].to_numpy(np.float32), golden_array(tiny["values"])
-    )
+    xy_columns = [c for c in tiny["columns"] if c.endswith(("_x", "_y"))]
+    ours = keypoints[tiny["columns"]].astype(np.float32)
+    recorded = pd.DataFrame(golden_array(tiny["values"]), columns=tiny["columns"])
+    np.testing.assert_allclose(ours[xy_columns], recorded[xy_columns], rtol=0, atol=KEYPOINT_TOLERANCE)
+    score_columns = [c for c in tiny["columns"] if c not in xy_columns]
+    np.testing.assert_allclose(ours[score_columns], recorded[score_columns], rtol=0, atol=SCORE_TOLERANCE)
 
     real = golden["real"]
     frames = []
@@ -359,8 +368,8 @@ def test_keypoints_equal_those_of_the_forked_worker_version(dataset, gt_tracks, 
         kept, video = store.read(video_id)
         frames.extend(video[list(kept).index(i)] for i in frame_idx)
     xy, scores = real_size_pose_estimator()(np.stack(frames), np.array(real["boxes"]))
-    np.testing.assert_array_equal(xy, golden_array(real["keypoints"]))
-    np.testing.assert_array_equal(scores, golden_array(real["scores"]))
+    np.testing.assert_allclose(xy, golden_array(real["keypoints"]), rtol=0, atol=KEYPOINT_TOLERANCE)
+    np.testing.assert_allclose(scores, golden_array(real["scores"]), rtol=0, atol=SCORE_TOLERANCE)
 
 
 def test_batches_mixing_frame_sizes_give_the_same_keypoints(tmp_path, tiny_checkpoints):
