@@ -49,6 +49,12 @@ def test_preset_sets_the_paper_setup_and_keeps_everything_else(name, tmp_path, c
         section(after, sect)  # every section valid
     main(["preset", name, "--params", str(target)])  # idempotent
     assert target.read_text() == text
+    # only the lines of the keys it sets change: no long line folded, no `null` rewritten as an empty value
+    old_lines, new_lines = original.splitlines(), text.splitlines()
+    assert len(new_lines) == len(old_lines)
+    edited = {a.split(":")[0].strip() for a, b in zip(old_lines, new_lines, strict=True) if a != b}
+    sets = {"dataset", "root", "split", "source", "checkpoint", "precision", "batch_size", "epochs"}
+    assert edited <= sets | {"keep_50", "keep_25"} and "epochs" in edited
 
 
 def test_unknown_preset_is_one_line(tmp_path, capsys):

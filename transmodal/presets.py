@@ -54,6 +54,8 @@ def apply_preset(
             f"preset {name!r}: no {path} (presets: {', '.join(available(presets_dir)) or 'none'})"
         )
     yaml = YAML()  # round-trip: comments and key order survive
+    yaml.width = 4096  # a long line stays one line
+    yaml.Representer = _representer()  # `key: null` stays so, not `key:`
     params = yaml.load(Path(params_path).read_text())
     preset = yaml.load(path.read_text()) or {}
     changed = _merge(params, preset, "")
@@ -103,6 +105,19 @@ def not_ready(params: dict, project: Path = Path(".")) -> list[str]:
                 f"{stage}.revision to it so that another machine, or a later download, loads the same weights"
             )
     return notes
+
+
+def _representer():
+    """ruamel's round-trip representer writing None as ``null`` (its own writes nothing), as a subclass so
+    no other YAML dumper of the process changes."""
+    from ruamel.yaml.representer import RoundTripRepresenter
+
+    class NullRepresenter(RoundTripRepresenter):
+        def represent_none(self, data):
+            return self.represent_scalar("tag:yaml.org,2002:null", "null")
+
+    NullRepresenter.add_representer(type(None), NullRepresenter.represent_none)
+    return NullRepresenter
 
 
 def _dump(yaml, data) -> str:
