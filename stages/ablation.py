@@ -15,10 +15,11 @@ from transmodal.training.figures import ablation_markdown, plot_ablation
 def main(params: dict) -> None:
     store = FeatureStore(Path("data/features"), Path("data/clips.parquet"))
     table = aggregate(params, store, Path("data/ablation"))
-    markdown = ablation_markdown(table, store.backbone, section(params, "ablation"))
+    cfg = section(params, "ablation")
+    markdown = ablation_markdown(table, store.backbone, cfg)
     write_json(table, "metrics/ablation.json")
     write_text(markdown, "metrics/ablation.md")
-    plot_ablation(table, PAPER_UNIT, Path("metrics/ablation.png"))
+    plot_ablation(table, PAPER_UNIT, Path("metrics/ablation.png"), cfg.confidence)
     print(markdown)
 
 

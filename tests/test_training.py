@@ -357,7 +357,7 @@ def test_ablation_table_reads_only_the_variants_params_name(params, tmp_path, mo
     assert 0 < no_pose["head_flops"] < full["head_flops"]  # no fusion, no pose encoder
     assert full["head_flops_paper_size"] > 1e9 and full["backbone_flops_paper_size"] > 3e11
     assert "| no_pose | model.use_pose=False |" in markdown and "sequence-level top-1" in markdown
-    plot_ablation(table, "sequence", tmp_path / "ablation.png")
+    plot_ablation(table, "sequence", tmp_path / "ablation.png", 0.95)
     assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Seeds changed in params but not re-run: refused, naming the param.
     params["ablation"]["seeds"] = [0, 1, 2]

@@ -13,38 +13,48 @@ from transmodal.params import AblationConfig
 from transmodal.training.evaluate import PAPER_UNIT, UNITS
 
 
-def pyplot():
-    """matplotlib.pyplot on the headless Agg backend."""
-    import matplotlib
+def new_figure(**kwargs):
+    """A matplotlib Figure of its own, drawn by Agg when saved: no pyplot, so no backend is switched and no
+    figure of the user's session (a notebook calling ``transmodal`` functions) is touched or closed."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def save_png(fig, path: Path) -> None:
-    """Write ``fig`` as a PNG (no software tag, so identical figures give identical bytes) and close it."""
+    """Write ``fig`` as a PNG (no software tag, so identical figures give identical bytes)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
-    pyplot().close(fig)
+
+
+def row_shares(matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(shares, counts): each row of a confusion matrix divided by its count; NaN for a row without any
+    item (no sample of that class, which a share of 0 would show as no recall)."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(totals > 0, counts / totals, np.nan)
+    return shares, totals[:, 0].astype(int)
 
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
-    """Confusion matrix PNG normalised per row (rows actual, columns predicted; each cell the share of the
-    actual class, as the paper's Figure 2), written atomically."""
-    plt = pyplot()
-    counts = np.asarray(matrix, dtype=np.float64)
-    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2, 1.1 * len(classes) + 1.5), dpi=100)
-    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
+    """Confusion matrix PNG normalised per row (rows actual, with their count; columns predicted; each cell
+    the share of the actual class on a fixed 0-1 scale with its colour bar, as the paper's Figure 2), written
+    atomically. A class without any item is a row of "n/a"."""
+    shares, totals = row_shares(matrix)
+    n = len(classes)
+    fig = new_figure(figsize=(1.1 * n + 3.2, 1.1 * n + 1.5), dpi=100)
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), [f"{name} ({total})" for name, total in zip(classes, totals, strict=True)])
     ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
+    ax.set_ylabel("actual (count)")
     ax.set_title(title)
     for (i, j), value in np.ndenumerate(shares):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.5 else "black")
+        text = "n/a" if np.isnan(value) else f"{value:.2f}"
+        ax.text(j, i, text, ha="center", va="center", color="white" if value > 0.5 else "black")
     fig.tight_layout()
     save_png(fig, path)
 
@@ -52,24 +62,37 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
 def plot_curves(history, path: Path, title: str) -> None:
     """Loss and top-1 per epoch (train, and val where there is a val split) from ``metrics/train_curve.csv``,
     with the epoch the model was kept at (best val accuracy) marked, as a PNG."""
-    plt = pyplot()
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    from matplotlib.ticker import MaxNLocator
+
+    fig = new_figure(figsize=(10, 3.6), dpi=100)
+    loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = history["epoch"].to_numpy()
-    for ax, metric, label in ((loss_ax, "loss", "cross-entropy"), (acc_ax, "acc", "clip top-1")):
+    for ax, metric, label in ((loss_ax, "loss", "cross-entropy"), (acc_ax, "acc", "clip top-1 (fraction)")):
         for split, style in (("train", "-"), ("val", "--")):
             column = f"{split}_{metric}"
             if column in history:
                 ax.plot(epochs, history[column].to_numpy(), style, marker="o", markersize=3, label=split)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper left" if metric == "acc" else "upper right")
     if "val_acc" in history and history["val_acc"].notna().any():
         # the first epoch with the best val accuracy, lower val loss breaking ties (as train_model keeps)
         best = history.sort_values(["val_acc", "val_loss"], ascending=[False, True], kind="stable").iloc[0]
         for ax in (loss_ax, acc_ax):
             ax.axvline(best["epoch"], color="grey", linewidth=0.8)
-        acc_ax.annotate(f"kept: epoch {int(best['epoch'])}", (best["epoch"], best["val_acc"]), fontsize=8)
+        late = best["epoch"] > (epochs.min() + epochs.max()) / 2  # the label on the side with room
+        acc_ax.annotate(
+            f"kept: epoch {int(best['epoch'])}",
+            (best["epoch"], 0.03),
+            xycoords=("data", "axes fraction"),
+            xytext=(-4 if late else 4, 0),
+            textcoords="offset points",
+            ha="right" if late else "left",
+            fontsize=8,
+            color="grey",
+        )
     fig.suptitle(title)
     fig.tight_layout()
     save_png(fig, path)
@@ -93,10 +116,10 @@ def plot_pose_track(
 
     crops (T, S, S, 3) uint8; xy (T, J, 2) in the crop's unit square; mask (T, J) bool.
     """
-    plt = pyplot()
     frames = np.unique(np.linspace(0, len(crops) - 1, min(count, len(crops))).round().astype(int))
     size = crops.shape[1]
-    fig, axes = plt.subplots(1, len(frames), figsize=(2.0 * len(frames), 2.5), dpi=100, squeeze=False)
+    fig = new_figure(figsize=(max(2.0 * len(frames), 6.0), 2.5), dpi=100)
+    axes = fig.subplots(1, len(frames), squeeze=False)
     for ax, t in zip(axes[0], frames, strict=True):
         ax.imshow(crops[t])
         _skeleton(ax, xy[t], mask[t], size)
@@ -104,9 +127,23 @@ def plot_pose_track(
         ax.set_xlim(0, size)
         ax.set_ylim(size, 0)
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=9, wrap=True)
     fig.tight_layout()
     save_png(fig, path)
+
+
+def heat_range(heat: np.ndarray, groups) -> tuple[float, float]:
+    """(low, high) of a map over the frame groups drawn (finite values only; (0, 1) if none): the colour
+    scale of its row, so a group not drawn cannot set it."""
+    shown = np.asarray(heat)[list(groups)]
+    finite = shown[np.isfinite(shown)]
+    if not finite.size:
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    return low, high if high > low else low + 1e-9
+
+
+MAX_GROUPS_SHOWN = 8
 
 
 def plot_explanation(
@@ -118,89 +155,114 @@ def plot_explanation(
     path: Path,
     title: str,
 ) -> None:
-    """Paper Figure 4: per kept frame group (columns), the crop with its pose, then each map of
-    :class:`~transmodal.explain.ClipExplanation` over the patch grid on the crop, kept tokens outlined."""
+    """Paper Figure 4: per kept frame group (columns, at most :data:`MAX_GROUPS_SHOWN`), the crop with its
+    pose, then each map of :class:`~transmodal.explain.ClipExplanation` over the patch grid on the crop.
+
+    Each map's row has one colour scale over the groups drawn, with its colour bar: the maps of a random
+    backbone are nearly flat, and a scale without numbers would show noise as structure. For RGB queries over
+    pose the bar marks the share uniform attention gives (``tubelet_size / T``). Tokens the selector dropped
+    are hatched; the title says when it dropped none in the groups drawn."""
     from matplotlib.patches import Rectangle
 
-    plt = pyplot()
     maps = explanation.maps()
     groups = (
         explanation.group_index if explanation.group_index is not None else np.arange(len(explanation.kept))
     )
-    groups = list(groups)[:8]
+    groups = [int(g) for g in list(groups)[:MAX_GROUPS_SHOWN]]
     size = crops.shape[1]
     side = int(round(explanation.kept.shape[1] ** 0.5))
     patch = size / side
     rows = 1 + len(maps)
-    fig, axes = plt.subplots(
-        rows, len(groups), figsize=(2.0 * len(groups), 2.0 * rows + 0.6), dpi=100, squeeze=False
+    fig = new_figure(
+        figsize=(max(2.0 * len(groups), 6.0) + 1.2, 2.0 * rows + 0.8), dpi=100, layout="constrained"
     )
+    axes = fig.subplots(rows, len(groups), squeeze=False)
+    scales = {name: heat_range(heat, groups) for name, heat in maps.items()}
+    dropped_any = False
     for column, g in enumerate(groups):
-        t = int(g) * tubelet_size
+        t = g * tubelet_size
         ax = axes[0, column]
         ax.imshow(crops[t])
         _skeleton(ax, xy[t], mask[t], size)
-        ax.set_title(f"group {int(g)} (frames {t}-{t + tubelet_size - 1})", fontsize=7)
+        ax.set_title(f"group {g} (frames {t}-{t + tubelet_size - 1})", fontsize=7)
+        dropped = np.flatnonzero(~np.asarray(explanation.kept[g], bool))
+        dropped_any = dropped_any or dropped.size > 0
         for row, (name, heat) in enumerate(maps.items(), start=1):
             ax = axes[row, column]
             ax.imshow(crops[t], alpha=0.55)
-            finite = heat[np.isfinite(heat)]
-            low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
-            ax.imshow(
-                heat[int(g)].reshape(side, side),
+            low, high = scales[name]
+            image = ax.imshow(
+                heat[g].reshape(side, side),
                 cmap="inferno",
                 alpha=0.6,
                 extent=(0, size, size, 0),
                 vmin=low,
-                vmax=high if high > low else low + 1e-9,
+                vmax=high,
                 interpolation="nearest",
             )
-            for p in np.flatnonzero(explanation.kept[int(g)]):
+            for p in dropped:
                 y, x = divmod(int(p), side)
                 ax.add_patch(
                     Rectangle(
-                        (x * patch, y * patch), patch, patch, fill=False, edgecolor="cyan", linewidth=0.8
+                        (x * patch, y * patch), patch, patch, fill=False, hatch="xx", edgecolor="cyan",
+                        linewidth=0.0,
                     )
-                )
+                )  # fmt: skip
             if column == 0:
-                ax.set_ylabel(name, fontsize=7)
-        for ax in axes[:, column]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_xlim(0, size)
-            ax.set_ylim(size, 0)
-    fig.suptitle(title + "  (cyan: tokens kept by the selector)", fontsize=9)
-    fig.tight_layout()
+                ax.set_ylabel(name.replace(" (", "\n("), fontsize=7)
+            if column == len(groups) - 1:
+                bar = fig.colorbar(image, ax=list(axes[row, :]), fraction=0.02, pad=0.01)
+                bar.ax.tick_params(labelsize=6)
+                if name.startswith("RGB queries over pose"):
+                    uniform = tubelet_size / len(crops)
+                    if low <= uniform <= high:
+                        bar.ax.axhline(uniform, color="cyan", linewidth=1.0)
+                    bar.set_label(f"uniform: {uniform:.3g}", fontsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlim(0, size)
+        ax.set_ylim(size, 0)
+    kept_note = (
+        "hatched: tokens the selector dropped"
+        if dropped_any
+        else "no token of these groups was dropped by the selector"
+    )
+    fig.suptitle(f"{title}  ({kept_note}; each row its own colour scale)", fontsize=9, wrap=True)
     save_png(fig, path)
 
 
-def plot_ablation(table: dict[str, dict], unit: str, path: Path) -> None:
-    """Accuracy (mean, interval, each seed) and end-to-end latency per variant, as a PNG."""
-    plt = pyplot()
+def plot_ablation(table: dict[str, dict], unit: str, path: Path, confidence: float) -> None:
+    """Accuracy (mean over seeds, the bootstrap interval, each seed) and end-to-end latency per variant, as a
+    PNG whose title says what the bar, the whiskers, the dots and the latency are."""
     names = list(table)
+    first = table[names[0]]
     y = np.arange(len(names))[::-1]
-    fig, (acc_ax, lat_ax) = plt.subplots(
-        1, 2, figsize=(11, 0.5 * len(names) + 1.8), dpi=100, sharey=True, gridspec_kw={"width_ratios": [3, 2]}
-    )
+    fig = new_figure(figsize=(11, 0.5 * len(names) + 2.2), dpi=100)
+    acc_ax, lat_ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     means = np.array([100 * table[n]["accuracy_mean"] for n in names])
     intervals = np.array([[100 * v for v in table[n]["interval"]] for n in names])
     acc_ax.barh(y, means, color=["tab:blue" if n == "full" else "tab:gray" for n in names], alpha=0.6)
-    acc_ax.errorbar(
-        means,
-        y,
-        xerr=np.clip([means - intervals[:, 0], intervals[:, 1] - means], 0, None),
-        fmt="none",
-        ecolor="black",
-        capsize=3,
-    )
+    # the interval as it is, wherever the mean lies (a percentile interval need not hold it)
+    acc_ax.hlines(y, intervals[:, 0], intervals[:, 1], color="black", linewidth=1.2)
+    for end in (0, 1):
+        acc_ax.scatter(intervals[:, end], y, marker="|", s=60, color="black", zorder=3)
     for yi, name in zip(y, names, strict=True):
         seeds = 100 * np.asarray(table[name]["seed_accuracies"])
-        acc_ax.scatter(seeds, np.full(len(seeds), yi), color="black", s=10, zorder=3)
+        acc_ax.scatter(seeds, np.full(len(seeds), yi), color="tab:red", s=10, zorder=4)
     acc_ax.set_yticks(y, names)
-    acc_ax.set_xlabel(f"{unit}-level top-1 (%): mean, interval, seeds")
+    acc_ax.set_xlabel(f"{unit}-level top-1 on the test split (%)")
     acc_ax.set_xlim(0, 100)
     lat_ax.barh(y, [table[n]["e2e_latency_ms"] for n in names], color="tab:orange", alpha=0.7)
-    lat_ax.set_xlabel("end-to-end latency (ms/clip)")
+    lat_ax.set_xlabel("backbone + head latency (ms per clip)")
+    seeds = len(first["seed_accuracies"])
+    fig.suptitle(
+        f"Ablations (Table 5): bar = mean over {seeds} seeds, whiskers = {100 * confidence:g} % bootstrap "
+        f"interval (test videos resampled), red dots = each seed; latency on {first['device']}: median of "
+        f"{first['latency_repeats']} runs, batch {first['latency_batch']}",
+        fontsize=9,
+        wrap=True,
+    )
     fig.tight_layout()
     save_png(fig, path)
 
