@@ -174,9 +174,14 @@ def plot_explanation(
     patch = size / side
     rows = 1 + len(maps)
     fig = new_figure(
-        figsize=(max(2.0 * len(groups), 6.0) + 1.2, 2.0 * rows + 0.8), dpi=100, layout="constrained"
+        figsize=(max(2.0 * len(groups), 4.0) + 1.0, 2.0 * rows + 0.8), dpi=100, layout="constrained"
     )
-    axes = fig.subplots(rows, len(groups), squeeze=False)
+    # one more, narrow column for the rows' colour bars, so every column of frames lines up
+    grid = fig.subplots(
+        rows, len(groups) + 1, squeeze=False, gridspec_kw={"width_ratios": [1.0] * len(groups) + [0.07]}
+    )
+    axes, bars = grid[:, :-1], grid[:, -1]
+    bars[0].axis("off")
     scales = {name: heat_range(heat, groups) for name, heat in maps.items()}
     dropped_any = False
     for column, g in enumerate(groups):
@@ -211,7 +216,7 @@ def plot_explanation(
             if column == 0:
                 ax.set_ylabel(name.replace(" (", "\n("), fontsize=7)
             if column == len(groups) - 1:
-                bar = fig.colorbar(image, ax=list(axes[row, :]), fraction=0.02, pad=0.01)
+                bar = fig.colorbar(image, cax=bars[row])
                 bar.ax.tick_params(labelsize=6)
                 if name.startswith("RGB queries over pose"):
                     uniform = tubelet_size / len(crops)
