@@ -369,7 +369,10 @@ def load_video(
         raise PredictError(f"{path}: not a video OpenCV can read")
     step = max(1.0, sample_step(fps if math.isfinite(fps) else 0.0, stride, reference_fps))
     usable_fps = fps if 0.0 < fps <= MAX_FPS else 0.0
-    allowed = check_memory(path, source, reported, step, max_side, extra_per_frame, usable_fps)
+    # a header whose rate is absurd is no guide to its frame count either (90000 fps and 270000 frames for
+    # 3 s): not refused from it; the decoding checks the memory as it keeps frames (max_bytes)
+    counted = reported if usable_fps else 0
+    allowed = check_memory(path, source, counted, step, max_side, extra_per_frame, usable_fps)
     try:
         video = decode_video(
             path,
