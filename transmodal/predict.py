@@ -549,11 +549,9 @@ def predict_video(
             f"frames shrunk from {source_size[0]}x{source_size[1]} to "
             f"{store.videos['width'][0]}x{store.videos['height'][0]} (--max-side {max_side})"
         )
-    if len(video.sample_frames()) < length:  # a slow source's frame stands for several time samples
-        notes.append(
-            f"only {len(video.sample_frames())} time samples, fewer than one clip ({length}): one window, "
-            "padded"
-        )
+    samples = len(video.sample_frames())  # a slow source's frame stands for several time samples
+    if samples < length:
+        notes.append(f"only {samples} time samples, fewer than one clip ({length}): one window, padded")
     prediction = Prediction(
         video=Path(video_path),
         classes=folder.classes,

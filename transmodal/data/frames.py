@@ -377,9 +377,6 @@ def decode_video(
         return DecodedVideo(video_id, None, empty, 0, 0, 0.0, reason)
     reported, fps, decoded = 0, 0.0, 0
     # one decoding thread: FFmpeg's threaded decoders conceal a damaged packet differently from run to run
-    # (two pixel sums in six runs of one file), on one thread the same every time; clean files decode to the
-    # same pixels either way, and the frames stage decodes several videos at once
-    # one decoding thread: FFmpeg's threaded decoders conceal a damaged packet differently from run to run
     # (two pixel sums in eight runs of one file), on one thread the same every time; clean files decode to
     # the same pixels either way, and the frames stage decodes several videos at once
     capture = cv2.VideoCapture(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
