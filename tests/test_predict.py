@@ -136,6 +136,11 @@ def test_window_starts_cover_every_frame():
         starts = window_starts(n, 16, 5)
         covered = set().union(*(range(s, s + 16) for s in starts))
         assert covered == set(range(n))
+    from transmodal.predict import window_count
+
+    for n in range(0, 80):
+        for length, step in ((16, 8), (16, 5), (4, 7), (2, 1)):
+            assert window_count(n, length, step) == len(window_starts(n, length, step))
 
 
 def test_predict_on_a_camera_like_video(model_dir, camera_video, tmp_path, capsys):
@@ -193,6 +198,17 @@ def test_writing_an_mp4_prints_nothing_of_the_encoders_it_tries(model_dir, camer
     assert codec in {"avc1 (H.264)", "mp4v (MPEG-4 Part 2)"} and (tmp_path / "quiet.mp4").stat().st_size > 0
     print("still printed after it", file=sys.stderr)  # stderr is back
     assert capfd.readouterr().err == "still printed after it\n"
+
+
+def test_a_file_ffmpeg_cannot_open_is_one_line_on_the_terminal(tmp_path, capfd):
+    """A text file named .mp4: FFmpeg printed "moov atom not found" above predict's own line."""
+    from transmodal.predict import PredictError, read_header
+
+    path = _write(tmp_path / "notes.mp4", b"not a video\n" * 100)
+    capfd.readouterr()
+    with pytest.raises(PredictError, match="not a video OpenCV can read"):
+        read_header(path)
+    assert capfd.readouterr().err == ""
 
 
 def test_silencing_stderr_runs_the_block_where_there_is_none(monkeypatch):
@@ -314,7 +330,7 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(model_dir, camera_video, tmp_
 
 
 def test_memory_is_checked_from_the_header_and_again_while_decoding(
-    model_dir, camera_video, monkeypatch, capsys
+    model_dir, camera_video, monkeypatch, capsys, tmp_path
 ):
     from types import SimpleNamespace
 
@@ -345,11 +361,198 @@ def test_memory_is_checked_from_the_header_and_again_while_decoding(
         predict.check_memory(camera_video, (2340, 1080), 4542, 2.4, 1280, fps=30.0)
     assert predict.check_memory(camera_video, (2340, 1080), 4542, 2.4, 1264, fps=30.0) > 0
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
-    # a header without a frame count (or a short one) passes that check: the decoding stops at the budget
+    # explain holds the whole video: a header without a frame count (or a short one) passes that check,
+    # and the decoding stops at the budget
     monkeypatch.setattr(predict, "check_memory", lambda *args: 3 * frame)
-    code, out, err = run(["predict", str(camera_video), "--model", str(model_dir)], capsys)
+    heat = tmp_path / "heat.png"
+    code, out, err = run(
+        ["explain", str(camera_video), "--model", str(model_dir), "--out", str(heat)], capsys
+    )
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "kept frames pass 3 MiB at source frame 6 (4 kept)" in err and "lower --max-side" in err
+    assert not heat.exists()
+    # predict holds a segment at a time, at least two windows and two steps of frames (test_segments_*)
+    code, out, err = run(["predict", str(camera_video), "--model", str(model_dir)], capsys)
+    assert code == 0, err
+
+
+class _Stream:
+    """Kept frames as :class:`~transmodal.data.frames.VideoStream` gives them: (frame number, BGR frame,
+    time samples it fills); frame ``n`` is number ``3 n`` and its blue channel holds ``n``."""
+
+    shape = (4, 6, 3)
+
+    def __init__(self, counts: list[int]):
+        self.counts = counts
+        self.decoded = self.reported = 3 * len(counts)
+        self.fps, self.step = 25.0, 2.0
+
+    def __iter__(self):
+        for n, count in enumerate(self.counts):
+            frame = np.zeros(self.shape, np.uint8)
+            frame[..., 0] = n % 256
+            yield 3 * n, frame, count
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        [1] * 100,  # more frames than a segment holds
+        [1] * 5,  # shorter than a clip: one padded window
+        [3, 1, 2] * 30,  # a slow source: frames fill several samples
+        [1] * 37 + [7] + [1] * 60,  # one frame spans a step and more
+        [1] * 32 + [9] + [1] * 40,
+        # at 48 frames (59 samples) windows 0..40 are scored, the next starts at 48, inside the 12-sample
+        # frame (38..49): it straddles where the carried frames begin and must be carried
+        [1] * 38 + [12] + [1] * 49,
+        [12] * 60,  # a time-lapse
+        [1] * 40,  # windows end exactly on the last sample
+        [1] * 49,  # one frame past a full segment
+        [1] * 50,
+        [1] * 97,  # one frame past two
+    ],
+)
+@pytest.mark.parametrize("capacity", [48, 50, 1000])
+def test_segments_give_every_window_once_with_its_frames(counts, capacity):
+    """A long video scored a segment at a time: the windows are those of the whole video (same numbers,
+    frames and padding), each lies in the segment it is scored with, and no segment holds more frames than
+    its capacity (the memory bound); what is carried into the next segment is less than a window and a step."""
+    import pandas as pd
+
+    from transmodal.predict import Segments, window_clips
+
+    stream = _Stream(counts)
+    assert Segments.least_frames(16, 8) == 48
+    segments = Segments(stream, 16, 8, capacity * int(np.prod(_Stream.shape)))
+    parts, previous = [], None
+    for video, clips in segments:
+        assert len(video.frames) <= segments.capacity == capacity
+        assert (np.diff(video.frame_idx) > 0).all()
+        assert (video.frames[:, 0, 0, 2] == (video.frame_idx // 3) % 256).all()  # its own pixels, as RGB
+        assert len(clips)
+        for frames in clips["frame_idx"]:
+            assert set(frames.tolist()) <= set(video.frame_idx.tolist())
+        if previous is not None:
+            carried = np.intersect1d(previous, video.frame_idx)
+            assert len(carried) < 16 + 8 and (carried == video.frame_idx[: len(carried)]).all()
+        previous = video.frame_idx
+        parts.append(clips)
+    samples = np.repeat(np.arange(len(counts)) * 3, counts)
+    whole = window_clips(samples, 16, 8)
+    got = pd.concat(parts, ignore_index=True)
+    assert got["clip_id"].tolist() == whole["clip_id"].tolist()
+    assert [f.tolist() for f in got["frame_idx"]] == [f.tolist() for f in whole["frame_idx"]]
+    assert got["padded"].tolist() == whole["padded"].tolist()
+    assert segments.samples == samples.tolist()
+    assert segments.frame_idx == (np.arange(len(counts)) * 3).tolist()
+    assert (segments.count > 1) == (len(counts) > capacity)
+
+
+def test_a_long_video_is_scored_a_segment_at_a_time(model_dir, tmp_path):
+    """predict on a video whose frames do not fit the memory given: the same windows and time samples as
+    scored whole, one track and pose row a kept frame, said in a note; --out decodes the video again and
+    gets the same frames, and a file that decodes otherwise the second time is an error."""
+    from transmodal.predict import PredictError, kept_frames, predict_video, write_annotated
+
+    path = tmp_path / "long.avi"
+    camera_like_video(path, frames=120, size=(160, 120))  # 60 kept frames at stride 2
+    whole, _ = predict_video(path, model_dir, progress=False)
+    parts, _ = predict_video(path, model_dir, progress=False, max_bytes=48 * 160 * 120 * 3)
+    assert parts.segments == 2
+    assert whole.segments == 1 and parts.segments == 2 and parts.frames is None
+    assert [n for n in parts.notes if n.startswith("scored in")] == [
+        "scored in 2 segments of at most 48 kept frames (what the memory for frames holds at --max-side 1280): "
+        "each is tracked on its own, with its own primary track, and every window lies in one segment"
+    ]
+    assert [n for n in whole.notes if "segment" in n] == []
+    # the tiny random detector finds nobody here: said per segment
+    assert "no person was detected: the whole frame is the crop (the pipeline's fallback box)" in whole.notes
+    assert (
+        "no person was detected in 2 of the 2 segments: the whole frame is their crop (the pipeline's "
+        "fallback box)" in parts.notes
+    )
+    assert parts.windows["clip_id"].tolist() == whole.windows["clip_id"].tolist()
+    assert [f.tolist() for f in parts.windows["frame_idx"]] == [
+        f.tolist() for f in whole.windows["frame_idx"]
+    ]
+    # with nobody found both crop the whole frame, so each window is scored on the same crops: equal but for
+    # the last digits (its batch of 8 windows holds others); wrong frames would move them far more
+    np.testing.assert_allclose(parts.logits, whole.logits, rtol=0, atol=1e-5)
+    assert (
+        parts.frame_idx.tolist() == whole.frame_idx.tolist()
+        and parts.samples.tolist() == whole.samples.tolist()
+    )
+    primary = parts.tracks[parts.tracks["is_primary"].astype(bool)]
+    assert primary["frame_idx"].tolist() == whole.frame_idx.tolist()
+    assert parts.keypoints["frame_idx"].tolist() == whole.frame_idx.tolist()
+    assert parts.summary()["segments"] == 2
+
+    again = list(kept_frames(parts))
+    for (n, frame, count), (m, held, times) in zip(again, kept_frames(whole), strict=True):
+        assert (n, count) == (m, times) and np.array_equal(frame, held)
+    out = tmp_path / "long.avi.mp4"
+    write_annotated(parts, out)
+    capture = cv2.VideoCapture(str(out))
+    written = 0
+    while capture.read()[0]:
+        written += 1
+    capture.release()
+    assert written == len(parts.samples) == 60
+
+    kept = parts.frame_idx
+    parts.frame_idx = kept + 1  # as if the file had changed since it was scored
+    with pytest.raises(PredictError, match="decoded differently the second time"):
+        list(kept_frames(parts))
+    parts.frame_idx = np.append(kept, kept[-1] + 2)  # ... or lost its end
+    with pytest.raises(PredictError, match=r"decoded 60 of its 61 kept frames the second time"):
+        write_annotated(parts, out.with_name("short.mp4"))
+    assert not list(tmp_path.glob("*short*"))
+
+
+def test_segments_crop_each_window_on_its_own_segment_s_track(model_dir, tmp_path, monkeypatch):
+    """With the person's true box as every frame's primary track (the tiny detector finds nobody), a video
+    scored in two segments crops each window where the whole video does: the same logits but for the last
+    digits of batching. A window cropped with another segment's frames or boxes would differ."""
+    from transmodal.predict import predict_video
+    from transmodal.vision import detect
+
+    path = tmp_path / "walk.avi"
+    truth = camera_like_video(path, frames=160, size=(320, 240))
+    real = detect.run_detect
+
+    def true_boxes(store, *args, **kwargs):
+        tracks, metrics = real(store, *args, **kwargs)
+        tracks = tracks.copy()
+        tracks[["x1", "y1", "x2", "y2"]] = truth[tracks["frame_idx"].to_numpy()]
+        tracks["fallback"], tracks["is_primary"] = False, True
+        return tracks, {**metrics, "videos_fallback": 0}
+
+    monkeypatch.setattr(detect, "run_detect", true_boxes)
+    whole, _ = predict_video(path, model_dir, progress=False)
+    parts, _ = predict_video(path, model_dir, progress=False, max_bytes=48 * 320 * 240 * 3)
+    assert (whole.segments, parts.segments) == (1, 2) and not parts.fallback
+    crops = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]
+    assert parts.windows[crops].to_numpy().tolist() == whole.windows[crops].to_numpy().tolist()
+    assert len(set(map(tuple, whole.windows[crops].to_numpy()))) > 3  # the crop follows the person
+    np.testing.assert_allclose(parts.logits, whole.logits, rtol=0, atol=1e-5)
+
+
+def test_predict_refuses_only_when_not_even_a_segment_fits(model_dir, camera_video, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import psutil
+
+    # 20 kept frames of 640 x 480 (18 MiB) fit in half of 40 MiB, not in half of 30
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=40 * 2**20))
+    code, out, err = run(["predict", str(camera_video), "--model", str(model_dir)], capsys)
+    assert code == 0, err
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=30 * 2**20))
+    code, out, err = run(["predict", str(camera_video), "--model", str(model_dir)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.strip().endswith(
+        "a segment of 20 kept frames (the whole video) needs 0.02 GiB at --max-side 1280, more than half "
+        "the 0.03 GiB available; lower --max-side"
+    )
 
 
 def test_the_recorded_precisions_are_used_where_they_apply(model_dir, camera_video, tmp_path):

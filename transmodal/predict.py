@@ -15,6 +15,10 @@ every frame is covered. A video shorter than one clip gives one window padded wi
 pipeline pads). The video-level result is the mean of the windows' logits, as ``evaluate`` scores a video
 from its clips (:func:`~transmodal.training.evaluate.mean_logits_by_unit`).
 
+Memory. The kept frames are held a segment at a time (:class:`Segments`): a video whose frames pass half the
+available memory is scored in segments, each tracked on its own, with the windows of the whole video;
+``--out`` then decodes it again. ``explain`` holds the whole video (:func:`load_video`).
+
 Sources. A model trained with ``detect.source`` or ``pose.source: annotations`` saw ground-truth boxes or
 keypoints, which a new video does not have: predict then runs the recorded ``detect.checkpoint`` /
 ``pose.checkpoint`` (the tiny checkpoints in the demo) and says so. A video where the detector finds nobody
@@ -24,10 +28,12 @@ is cropped on the whole frame (the pipeline's fallback box), also said.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +47,8 @@ from transmodal.data.frames import (
     MAX_FPS,
     DecodedVideo,
     FramesTooLarge,
+    VideoStream,
+    _SizeChanged,
     decode_video,
     display_size,
     sample_aspect,
@@ -256,18 +264,31 @@ def window_starts(num_frames: int, length: int, step: int) -> list[int]:
     return starts
 
 
+def window_count(samples: int, length: int, step: int) -> int:
+    """``len(window_starts(samples, length, step))``, without the list (a header's frame count may be bogus)."""
+    if samples <= length:
+        return 1
+    return (samples - length) // step + 1 + ((samples - length) % step != 0)
+
+
 def window_clips(frame_idx: np.ndarray, length: int, step: int) -> pd.DataFrame:
     """One clip row per window (the columns :func:`~transmodal.features.store.plan_clips` reads)."""
+    return window_rows(frame_idx, length, window_starts(len(frame_idx), length, step))
+
+
+def window_rows(samples: np.ndarray, length: int, starts: list[int], first: int = 0) -> pd.DataFrame:
+    """The clip rows of the windows starting at ``starts`` (positions in ``samples``, the frame number of each
+    time sample), numbered from ``first``; a window past the last sample is padded with it."""
     rows = []
-    for n, start in enumerate(window_starts(len(frame_idx), length, step)):
+    for n, start in enumerate(starts, first):
         positions = np.arange(start, start + length)
-        padded = bool(positions[-1] >= len(frame_idx))
-        positions = np.minimum(positions, len(frame_idx) - 1)
+        padded = bool(positions[-1] >= len(samples))
+        positions = np.minimum(positions, len(samples) - 1)
         rows.append(
             {
                 "clip_id": f"{VIDEO_ID}#{n}",
                 "video_id": VIDEO_ID,
-                "frame_idx": frame_idx[positions].astype(np.int32),
+                "frame_idx": samples[positions].astype(np.int32),
                 "padded": padded,
             }
         )
@@ -311,6 +332,8 @@ class Prediction:
     samples: np.ndarray | None = (
         None  # (S,) the frame number of each time sample (frames repeat in slow video)
     )
+    segments: int = 1  # the segments it was scored in (a long video: Segments)
+    decode_args: dict | None = None  # VideoStream's arguments: --out decodes a long video again
 
     def video_probabilities(self) -> np.ndarray:
         from transmodal.training.evaluate import mean_logits_by_unit
@@ -340,6 +363,7 @@ class Prediction:
             "size": list(self.size),
             "source_size": list(self.source_size),
             "person_found": not self.fallback,
+            "segments": self.segments,
             "notes": list(self.notes),
             "aggregation": "mean of the windows' logits, then softmax (as evaluate scores a video)",
             "video_top5": top_k(self.video_probabilities(), self.classes),
@@ -347,16 +371,14 @@ class Prediction:
         }
 
 
-def load_video(
-    path: Path, stride: int, max_side: int, reference_fps: float | None = None, extra_per_frame: float = 0.0
-) -> tuple[DecodedVideo, tuple[int, int]]:
-    """Decode ``path`` for predict, or raise :class:`PredictError` with one line saying why it cannot be.
-
-    ``extra_per_frame``: bytes held per kept frame besides its pixels until the end (explain's tokens)."""
+def read_header(path: Path) -> tuple[tuple[int, int], int, float]:
+    """(display size, frame count, frame rate) from ``path``'s header, or :class:`PredictError` with one
+    line saying why it cannot be a video; the count is 0 and the rate 0 where the header has none usable."""
     path = Path(path)
     if reason := unreadable(path):
         raise PredictError(f"{path}: {reason}")
-    capture = cv2.VideoCapture(str(path))
+    with _stderr_silenced():  # FFmpeg's own line on a file it cannot open ("moov atom not found")
+        capture = cv2.VideoCapture(str(path))
     try:
         opened = capture.isOpened()
         stored = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
@@ -367,11 +389,23 @@ def load_video(
         capture.release()
     if not opened:
         raise PredictError(f"{path}: not a video OpenCV can read")
-    step = max(1.0, sample_step(fps if math.isfinite(fps) else 0.0, stride, reference_fps))
-    usable_fps = fps if 0.0 < fps <= MAX_FPS else 0.0
+    fps = fps if math.isfinite(fps) else 0.0
     # a header whose rate is absurd is no guide to its frame count either (90000 fps and 270000 frames for
-    # 3 s): not refused from it; the decoding checks the memory as it keeps frames (max_bytes)
-    counted = reported if usable_fps else 0
+    # 3 s): the decoding finds the count
+    return source, (reported if 0.0 < fps <= MAX_FPS else 0), fps
+
+
+def load_video(
+    path: Path, stride: int, max_side: int, reference_fps: float | None = None, extra_per_frame: float = 0.0
+) -> tuple[DecodedVideo, tuple[int, int]]:
+    """Decode all of ``path`` into memory (``explain``), or raise :class:`PredictError` with one line saying
+    why it cannot be.
+
+    ``extra_per_frame``: bytes held per kept frame besides its pixels until the end (explain's tokens)."""
+    path = Path(path)
+    source, counted, fps = read_header(path)
+    step = max(1.0, sample_step(fps, stride, reference_fps))
+    usable_fps = fps if 0.0 < fps <= MAX_FPS else 0.0
     allowed = check_memory(path, source, counted, step, max_side, extra_per_frame, usable_fps)
     try:
         video = decode_video(
@@ -437,10 +471,131 @@ def check_memory(
     return int(budget * frame_bytes / (frame_bytes + extra_per_frame))
 
 
+def check_segment(path: Path, size: tuple[int, int], frames: int, max_side: int, hint: str) -> int:
+    """The bytes of pixels a segment of predict's kept frames may hold (half the available memory), or
+    :class:`PredictError` when not even ``frames`` of them (:meth:`Segments.least_frames`, or the whole video
+    when shorter) fit; ``hint`` says what to lower."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    budget = int(MEMORY_SHARE * available)
+    need = frames * _frame_bytes(size, max_side)
+    if need > budget:
+        raise PredictError(
+            f"{path}: a segment of {frames} kept frames ({hint}) needs {need / 2**30:.2f} GiB at --max-side "
+            f"{max_side}, more than half the {available / 2**30:.2f} GiB available; lower --max-side"
+        )
+    return budget
+
+
 def _frame_bytes(size: tuple[int, int], max_side: int) -> int:
     """Bytes of one decoded frame of ``size`` shrunk to ``max_side`` (as :func:`decode_video` shrinks it)."""
     width, height = shrunk_size(max(1, size[0]), max(1, size[1]), max_side)
     return width * height * 3
+
+
+@dataclass
+class _Chain:
+    """The chain's models, loaded once, and the scoring of one segment's windows with them."""
+
+    folder: ModelFolder
+    detect_cfg: DetectConfig
+    pose_cfg: PoseConfig
+    detector: object
+    estimator: object
+    backbone: object
+    model: object
+    device: torch.device
+    pose_scores: str
+
+    @classmethod
+    def load(cls, folder: ModelFolder, device: str, detector: str | None, pose_model: str | None) -> _Chain:
+        from transmodal.features.backbone import FrozenBackbone
+        from transmodal.training.train import load_checkpoint
+        from transmodal.vision.checkpoints import pick_device
+        from transmodal.vision.detect import PersonDetector
+        from transmodal.vision.pose_estimator import PoseEstimator
+
+        detect_cfg = folder.detect_config(device, detector)
+        pose_cfg = folder.pose_config(device, pose_model)
+        person_detector = PersonDetector.from_config(detect_cfg)
+        estimator = PoseEstimator.from_config(pose_cfg)
+        backbone = FrozenBackbone(folder.backbone_config(device), folder.clip_length)
+        expected = folder.config["backbone"]
+        got = backbone.describe()
+        for key in ("grid", "hidden_size", "image_size", "num_frames"):
+            if got[key] != expected[key]:
+                raise PredictError(
+                    f"--model {folder.path}: trained on {expected['checkpoint']} features with {key} "
+                    f"{expected[key]}, but that checkpoint now gives {got[key]}"
+                )
+        trained_at, here = expected.get("checkpoint_revision"), got.get("checkpoint_revision")
+        if trained_at != here:
+            folder.notes.append(
+                f"the training features were made with {expected['checkpoint']} at revision "
+                f"{trained_at or '?'}; here it is revision {here or '?'}, so the tokens may differ from those "
+                "it was trained on"
+            )
+        made_in, runs_in = expected.get("model_dtype", "float32"), str(backbone.dtype).removeprefix("torch.")
+        if made_in != runs_in:
+            folder.notes.append(
+                f"the training features were made with the backbone in {made_in}; here it runs in {runs_in} "
+                "(half precision on CUDA only), so the tokens differ in the last digits"
+            )
+        torch_device = pick_device(device)
+        model, _ = load_checkpoint(folder.path, torch_device)
+        return cls(
+            folder, detect_cfg, pose_cfg, person_detector, estimator, backbone, model, torch_device,
+            model.model_cfg.pose_scores,
+        )  # fmt: skip
+
+    def score(self, video: DecodedVideo, clips: pd.DataFrame, keep_tokens: bool, progress: bool, bar) -> dict:
+        """The windows ``clips`` of one segment ``video`` through detect, pose, crop, backbone and head:
+        planned windows, logits, kept patches, tokens (``keep_tokens``), tracks, keypoints, fallback."""
+        from transmodal.features.store import crop_batches, plan_clips, plan_kept
+        from transmodal.training.data import pose_input
+        from transmodal.training.train import trained_threads
+        from transmodal.vision.detect import run_detect
+        from transmodal.vision.pose import run_pose
+
+        store = MemoryFrameStore(video)
+        tracks, detect_metrics = run_detect(store, self.detect_cfg, None, progress, self.detector)
+        keypoints, _ = run_pose(store, tracks, self.pose_cfg, None, progress, self.estimator)
+        planned, _ = plan_clips(clips, store.videos, tracks, keypoints, self.folder.crop_margin)
+        backbone = self.backbone
+        window_kept = plan_kept(planned, tracks, backbone) if backbone.drops else None  # (W, G, K) or None
+        t, joints = self.folder.clip_length, len(COCO_JOINTS)
+        xy = np.stack(planned["pose_xy"].to_numpy()).reshape(len(planned), t, joints, 2)
+        score = np.stack(planned["pose_score"].to_numpy()).reshape(len(planned), t, joints)
+        mask = np.stack(planned["pose_mask"].to_numpy()).reshape(len(planned), t, joints)
+        pose = pose_input(xy, score, mask, self.pose_scores)
+        logits, kept, done = [], [], 0
+        batches = crop_batches(
+            store, planned, backbone.image_size, 8, backbone.host_normalizer,
+            pin_memory=backbone.host_normalizer is None,
+        )  # fmt: skip
+        with torch.inference_mode():
+            for pixel_values in batches:
+                batch_kept = None if window_kept is None else window_kept[done : done + len(pixel_values)]
+                half = backbone.forward(pixel_values, batch_kept)
+                if keep_tokens:
+                    kept.append(half)
+                tokens = half.float().to(self.device)
+                batch_pose = pose[done : done + len(tokens)].to(self.device)
+                with trained_threads(self.folder.threads):  # as evaluate runs it (batches of 8 here)
+                    logits.append(self.model(tokens, batch_pose).logits.float().cpu().numpy())
+                done += len(tokens)
+                bar.update(len(tokens))
+        return {
+            "planned": planned,
+            "logits": np.concatenate(logits).astype(np.float32),
+            "kept_patches": window_kept,
+            "tokens": torch.cat(kept) if keep_tokens else None,
+            "pose": pose,
+            "tracks": tracks,
+            "keypoints": keypoints,
+            "fallback": detect_metrics["videos_fallback"] > 0,
+        }
 
 
 def predict_video(
@@ -454,127 +609,250 @@ def predict_video(
     pose_model: str | None = None,
     progress: bool = True,
     keep_tokens: bool = False,
+    max_bytes: int | None = None,
 ) -> tuple[Prediction, object]:
-    """Run the chain on one video; returns the prediction and the loaded head (``keep_tokens``: with every
-    window's backbone tokens, for ``explain``)."""
+    """Run the chain on one video; returns the prediction and the loaded head (``keep_tokens``: the whole
+    video in memory with every window's backbone tokens, for ``explain``).
+
+    Without ``keep_tokens`` the video is decoded once, a segment at a time (:class:`Segments`), so a video of
+    any length fits: ``max_bytes`` is the pixels a segment may hold, by default half the available memory
+    (:data:`MEMORY_SHARE`), and a video that fits is one segment."""
     from tqdm import tqdm
 
-    from transmodal.features.backbone import FrozenBackbone
-    from transmodal.features.store import crop_batches, plan_clips, plan_kept
-    from transmodal.training.data import pose_input
-    from transmodal.training.train import load_checkpoint, trained_threads
-    from transmodal.vision.checkpoints import pick_device
-    from transmodal.vision.detect import run_detect
-    from transmodal.vision.pose import run_pose
-
+    video_path = Path(video_path)
     folder = ModelFolder.open(model_dir)
     length = folder.clip_length
     if step is not None and step < 1:
         raise PredictError(f"--step is {step}; it must be at least 1")
     step = step or max(1, length // 2)
-    # explain keeps every window's tokens (float16) until it has chosen one: a window every ``step`` frames
-    groups, patches = folder.config["backbone"]["grid"]
-    tokens_per_frame = (
-        groups * patches * folder.config["backbone"]["hidden_size"] * 2 / step if keep_tokens else 0
+    decode_args = dict(
+        path=video_path,
+        stride=folder.stride,
+        max_side=max_side,
+        reference_fps=folder.reference_fps,
+        by_time=True,  # a phone's variable frame rate is sampled evenly in time
+        display_aspect=True,  # non-square pixels stretched, as a player shows them
     )
-    video, source_size = load_video(
-        video_path, folder.stride, max_side, folder.reference_fps, tokens_per_frame
-    )
-    store = MemoryFrameStore(video)
-    detect_cfg = folder.detect_config(device, detector)
-    pose_cfg = folder.pose_config(device, pose_model)
-
-    tracks, detect_metrics = run_detect(store, detect_cfg, None, progress=progress)
-    fallback = detect_metrics["videos_fallback"] > 0
-    keypoints, _ = run_pose(store, tracks, pose_cfg, None, progress=progress)
-    clips = window_clips(video.sample_frames(), length, step)
-    planned, _ = plan_clips(clips, store.videos, tracks, keypoints, folder.crop_margin)
-
-    backbone = FrozenBackbone(folder.backbone_config(device), length)
-    expected = folder.config["backbone"]
-    got = backbone.describe()
-    for key in ("grid", "hidden_size", "image_size", "num_frames"):
-        if got[key] != expected[key]:
-            raise PredictError(
-                f"--model {folder.path}: trained on {expected['checkpoint']} features with {key} "
-                f"{expected[key]}, but that checkpoint now gives {got[key]}"
-            )
-    trained_at, here = expected.get("checkpoint_revision"), got.get("checkpoint_revision")
-    if trained_at != here:
-        folder.notes.append(
-            f"the training features were made with {expected['checkpoint']} at revision {trained_at or '?'}; "
-            f"here it is revision {here or '?'}, so the tokens may differ from those it was trained on"
+    if keep_tokens:  # explain keeps every window's tokens (float16) until it has chosen one
+        groups, patches = folder.config["backbone"]["grid"]
+        tokens_per_frame = groups * patches * folder.config["backbone"]["hidden_size"] * 2 / step
+        video, source_size = load_video(
+            video_path, folder.stride, max_side, folder.reference_fps, tokens_per_frame
         )
-    window_kept = plan_kept(planned, tracks, backbone) if backbone.drops else None  # (W, G, K) or None
-    made_in, runs_in = expected.get("model_dtype", "float32"), str(backbone.dtype).removeprefix("torch.")
-    if made_in != runs_in:
-        folder.notes.append(
-            f"the training features were made with the backbone in {made_in}; here it runs in {runs_in} "
-            "(half precision on CUDA only), so the tokens differ in the last digits"
-        )
-    torch_device = pick_device(device)
-    model, _ = load_checkpoint(folder.path, torch_device)
-    t = length
-    xy = np.stack(planned["pose_xy"].to_numpy()).reshape(len(planned), t, len(COCO_JOINTS), 2)
-    score = np.stack(planned["pose_score"].to_numpy()).reshape(len(planned), t, len(COCO_JOINTS))
-    mask = np.stack(planned["pose_mask"].to_numpy()).reshape(len(planned), t, len(COCO_JOINTS))
-    pose = pose_input(xy, score, mask, model.model_cfg.pose_scores)
-    logits, kept, done = [], [], 0
-    batches = crop_batches(
-        store, planned, backbone.image_size, 8, backbone.host_normalizer,
-        pin_memory=backbone.host_normalizer is None,
-    )  # fmt: skip
-    with (
-        tqdm(total=len(planned), desc="windows", unit="clip", disable=not progress) as bar,
-        torch.inference_mode(),
-    ):
-        for pixel_values in batches:
-            batch_kept = None if window_kept is None else window_kept[done : done + len(pixel_values)]
-            half = backbone.forward(pixel_values, batch_kept)
-            if keep_tokens:
-                kept.append(half)
-            tokens = half.float().to(torch_device)
-            batch_pose = pose[done : done + len(tokens)].to(torch_device)
-            with trained_threads(folder.threads):  # as evaluate runs it (batches of 8 here)
-                logits.append(model(tokens, batch_pose).logits.float().cpu().numpy())
-            done += len(tokens)
-            bar.update(len(tokens))
+        estimate = window_count(len(video.sample_frames()), length, step)
+        segments = stream = None
+        parts = iter([(video, window_clips(video.sample_frames(), length, step))])
+    else:
+        source_size, counted, fps = read_header(video_path)
+        sampling = sample_step(fps, folder.stride, folder.reference_fps)
+        samples_expected = math.ceil((counted - 0.5) / sampling) if counted else 0  # sample_numbers' count
+        kept_expected = min(counted, samples_expected)  # distinct frames
+        least = Segments.least_frames(length, step)
+        hint = "two windows and two steps"
+        if 0 < kept_expected < least:
+            least, hint = kept_expected, "the whole video"
+        budget = check_segment(video_path, source_size, least, max_side, hint)
+        estimate = window_count(samples_expected, length, step) if counted else None
+        stream = VideoStream(**decode_args)
+    try:
+        first = None
+        if stream is not None:  # the first kept frame decoded before the models load: a bad file fails fast
+            try:
+                if not stream.open():
+                    raise PredictError(f"{video_path}: not a readable video (OpenCV cannot open it)")
+                decoded = iter(stream)
+                first = next(decoded, None)
+            except (_SizeChanged, cv2.error) as err:
+                raise PredictError(f"{video_path}: {_decode_failure(stream, err)}") from None
+            if first is None:
+                raise PredictError(f"{video_path}: {stream.nothing_decoded()}")
+            segments = Segments(
+                stream, length, step, budget if max_bytes is None else max_bytes,
+                itertools.chain([first], decoded),
+            )  # fmt: skip
+            parts = iter(segments)
+        chain = _Chain.load(folder, device, detector, pose_model)
+        results, frame_idx, seen = [], [], -1
+        tracks, keypoints = [], []
+        inner = progress  # detect's and pose's own bars: for one segment only
+        if segments is not None:
+            inner = progress and kept_expected * first[1].nbytes <= segments.max_bytes
+        with tqdm(total=estimate, desc="windows", unit="clip", disable=not progress) as bar:
+            while True:
+                try:  # only the decoding's own errors are the file's
+                    part = next(parts, None)
+                except (_SizeChanged, cv2.error) as err:
+                    raise PredictError(f"{video_path}: {_decode_failure(stream, err)}") from None
+                if part is None:
+                    break
+                video, clips = part
+                if segments is not None and segments.count > 1:
+                    bar.set_postfix_str(f"segment {segments.count}")
+                scored = chain.score(video, clips, keep_tokens, inner, bar)
+                results.append(scored)
+                new = video.frame_idx > seen  # a frame carried into the next segment is drawn from the first
+                frame_idx.append(video.frame_idx[new])
+                for table, into in ((scored["tracks"], tracks), (scored["keypoints"], keypoints)):
+                    into.append(table[table["frame_idx"] > seen])
+                seen = int(video.frame_idx[-1])
+    finally:
+        if stream is not None:
+            stream.close()
+    if segments is not None:
+        reason, _ = stream.notes()
+        samples = np.asarray(segments.samples, np.int64)
+        size = (segments.shape[1], segments.shape[0])
+        frames = video.frames if segments.count == 1 else None
+        stream_step, fps = stream.step, stream.fps
+    else:
+        reason, samples, frames, stream_step = video.reason, video.sample_frames(), video.frames, video.step
+        fps = video.fps
+        size = (video.frames.shape[2], video.frames.shape[1])
+
     notes = list(folder.notes)
-    if video.reason:  # what the decoding found odd: a cut file, a header without a usable frame rate
-        notes.append(video.reason)
-    if fallback:
-        notes.append("no person was detected: the whole frame is the crop (the pipeline's fallback box)")
-    if source_size != (store.videos["width"][0], store.videos["height"][0]):
+    if reason:  # what the decoding found odd: a cut file, a header without a usable frame rate
+        notes.append(reason)
+    fallbacks = sum(part["fallback"] for part in results)
+    if segments is not None and segments.count > 1:
         notes.append(
-            f"frames shrunk from {source_size[0]}x{source_size[1]} to "
-            f"{store.videos['width'][0]}x{store.videos['height'][0]} (--max-side {max_side})"
+            f"scored in {segments.count} segments of at most {segments.capacity} kept frames (what the memory "
+            f"for frames holds at --max-side {max_side}): each is tracked on its own, with its own primary "
+            "track, and every window lies in one segment"
         )
-    samples = len(video.sample_frames())  # a slow source's frame stands for several time samples
-    if samples < length:
-        notes.append(f"only {samples} time samples, fewer than one clip ({length}): one window, padded")
+        if fallbacks:
+            notes.append(
+                f"no person was detected in {fallbacks} of the {segments.count} segments: the whole frame is "
+                "their crop (the pipeline's fallback box)"
+            )
+    elif fallbacks:
+        notes.append("no person was detected: the whole frame is the crop (the pipeline's fallback box)")
+    if source_size != size:
+        notes.append(
+            f"frames shrunk from {source_size[0]}x{source_size[1]} to {size[0]}x{size[1]} (--max-side {max_side})"
+        )
+    if len(samples) < length:  # a slow source's frame stands for several time samples
+        notes.append(f"only {len(samples)} time samples, fewer than one clip ({length}): one window, padded")
+    kept_patches = [part["kept_patches"] for part in results]
     prediction = Prediction(
-        video=Path(video_path),
+        video=video_path,
         classes=folder.classes,
-        frame_idx=video.frame_idx.astype(np.int64),
-        fps=video.fps,
-        size=(int(store.videos["width"][0]), int(store.videos["height"][0])),
+        frame_idx=np.concatenate(frame_idx).astype(np.int64),
+        fps=float(fps),
+        size=size,
         source_size=source_size,
-        windows=planned,
-        logits=np.concatenate(logits).astype(np.float32),
-        tracks=tracks,
-        keypoints=keypoints,
+        windows=pd.concat([part["planned"] for part in results], ignore_index=True),
+        logits=np.concatenate([part["logits"] for part in results]),
+        tracks=pd.concat(tracks, ignore_index=True),
+        keypoints=pd.concat(keypoints, ignore_index=True),
         notes=notes,
-        fallback=fallback,
-        frames=video.frames,
-        tokens=torch.cat(kept) if keep_tokens else None,
-        pose=pose,
-        kept_patches=window_kept,
+        fallback=fallbacks > 0,
+        frames=frames,
+        tokens=results[0]["tokens"] if keep_tokens else None,
+        pose=torch.cat([part["pose"] for part in results]),
+        kept_patches=None if kept_patches[0] is None else np.concatenate(kept_patches),
         full_patches=folder.full_patches_per_group,
         threads=folder.threads,
-        step=video.step,
-        samples=video.sample_frames(),
+        step=stream_step,
+        samples=samples,
+        segments=segments.count if segments is not None else 1,
+        decode_args=decode_args,
     )
-    return prediction, model
+    return prediction, chain.model
+
+
+def _decode_failure(stream: VideoStream, err: Exception) -> str:
+    """Why decoding stopped: the frame size changed, or OpenCV gave up on the stream."""
+    return str(err) if isinstance(err, _SizeChanged) else stream.failure(err)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A long video, a segment at a time
+
+
+class Segments:
+    """A video's kept frames in segments of at most ``max_bytes`` of pixels, each with the windows that lie in
+    it, so predict holds one segment of a long video at a time (:meth:`__iter__` gives
+    ``(segment, window clips)``).
+
+    The windows are those of :func:`window_starts` over the whole video's time samples, numbered as there.
+    A segment is scored once it is full: the windows that end in it, then its frames from the first one a
+    later window can start on are carried into the next (less than a window and a step of samples). The
+    last segment also gets the last window (moved back to end on the last sample) or, for a video shorter
+    than a clip, the padded one. A video that fits in one segment is scored as a whole, as before."""
+
+    def __init__(
+        self, stream: VideoStream, length: int, step: int, max_bytes: int, frames: Iterable | None = None
+    ):
+        """``frames``: the stream's kept frames (default: iterating ``stream``), e.g. with the first one
+        already decoded."""
+        self.stream, self.length, self.step, self.max_bytes = stream, length, step, max_bytes
+        self.frames = stream if frames is None else frames
+        self.samples: list[int] = []  # the frame number of each time sample so far
+        self.frame_idx: list[int] = []  # the number of each kept frame so far
+        self.count = 0  # segments given
+        self.capacity = 0  # kept frames a segment holds (from the first frame's size)
+        self.done = 0  # windows given
+        self.shape: tuple[int, ...] | None = None
+
+    @staticmethod
+    def least_frames(length: int, step: int) -> int:
+        """Kept frames a segment must hold: a window and a step carried over, and as many new."""
+        return 2 * (length + step)
+
+    def __iter__(self) -> Iterator[tuple[DecodedVideo, pd.DataFrame]]:
+        buffer: np.ndarray | None = None
+        numbers: list[int] = []  # the buffer's frames
+        firsts: list[int] = []  # the index of each buffered frame's first time sample
+        for number, frame, count in self.frames:
+            if buffer is None:
+                self.shape = frame.shape
+                self.capacity = max(self.max_bytes // frame.nbytes, self.least_frames(self.length, self.step))
+                # reserved whole, not grown: the pages a short video never writes are never committed, and
+                # no growing copy holds two buffers at once
+                buffer = np.empty((self.capacity, *frame.shape), np.uint8)
+            n = len(numbers)
+            if n == self.capacity:
+                yield self._segment(buffer[:n], numbers, final=False)
+                last = self.done_regular_start()
+                keep = next(j for j in range(n) if firsts[j] + _counts(firsts, j, len(self.samples)) > last)
+                buffer[: n - keep] = buffer[keep:n]
+                del numbers[:keep], firsts[:keep]
+                n = len(numbers)
+            cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=buffer[n])
+            numbers.append(number)
+            firsts.append(len(self.samples))
+            self.frame_idx.append(number)
+            self.samples.extend([number] * count)
+        if numbers:
+            yield self._segment(buffer[: len(numbers)], numbers, final=True)
+
+    def done_regular_start(self) -> int:
+        """The first time sample a window not yet scored can start on."""
+        return (self.done - 1) * self.step + 1 if self.done else 0
+
+    def _segment(
+        self, frames: np.ndarray, numbers: list[int], final: bool
+    ) -> tuple[DecodedVideo, pd.DataFrame]:
+        samples = np.asarray(self.samples, np.int64)
+        if final:
+            starts = window_starts(len(samples), self.length, self.step)[self.done :]
+        else:  # the regular windows that end in the samples so far
+            first = self.done * self.step
+            starts = list(range(first, len(samples) - self.length + 1, self.step))
+        clips = window_rows(samples, self.length, starts, self.done)
+        self.done += len(starts)
+        self.count += 1
+        stream = self.stream
+        video = DecodedVideo(
+            VIDEO_ID, frames, np.asarray(numbers, np.int64), stream.decoded, stream.reported, stream.fps,
+            step=stream.step,
+        )  # fmt: skip
+        return video, clips
+
+
+def _counts(firsts: list[int], j: int, total: int) -> int:
+    """Time samples buffered frame ``j`` fills (its first sample to the next frame's, or to ``total``)."""
+    return (firsts[j + 1] if j + 1 < len(firsts) else total) - firsts[j]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -635,8 +913,6 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
     # (12.5 fps); a header rate the decoding found unusable was sampled as if 25 fps
     source_fps = prediction.fps if 0.0 < prediction.fps <= MAX_FPS else 25.0
     fps = source_fps / prediction.step
-    samples = prediction.samples if prediction.samples is not None else prediction.frame_idx
-    positions = np.searchsorted(prediction.frame_idx, samples).tolist()  # each sample's kept frame
     width, height = prediction.size
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
@@ -654,16 +930,50 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
         )
     try:
         draw = _Annotator(prediction)
-        image, drawn = None, None
-        for position in positions:
-            if position != drawn:  # a kept frame that fills several samples is drawn once
-                image, drawn = draw(position), position
-            writer.write(image)
+        for position, frame, count in kept_frames(prediction):
+            image = draw(position, frame)  # a kept frame that fills several samples is drawn once
+            for _ in range(count):
+                writer.write(image)
         writer.release()
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return f"{fourcc} ({name})"
+
+
+def kept_frames(prediction: Prediction) -> Iterator[tuple[int, np.ndarray, int]]:
+    """(position, frame RGB, time samples it fills) of each kept frame: from memory, or for a video scored in
+    segments decoded again with the same arguments (one decoding thread: the same frames)."""
+    frame_idx = prediction.frame_idx
+    if prediction.frames is not None:
+        samples = prediction.samples if prediction.samples is not None else frame_idx
+        counts = np.bincount(np.searchsorted(frame_idx, samples), minlength=len(frame_idx))
+        for position, count in enumerate(counts.tolist()):
+            yield position, prediction.frames[position], count
+        return
+    stream = VideoStream(**prediction.decode_args)
+    changed = "; was the file changed while predict ran?"
+    position = -1
+    try:
+        if not stream.open():
+            raise PredictError(f"{prediction.video}: cannot be opened again to write --out{changed}")
+        for position, (number, frame, count) in enumerate(stream):
+            if position >= len(frame_idx) or number != frame_idx[position]:
+                raise PredictError(
+                    f"{prediction.video}: decoded differently the second time (at frame {number}){changed}"
+                )
+            yield position, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), count
+    except (_SizeChanged, cv2.error) as err:
+        raise PredictError(
+            f"{prediction.video}: decoding it again failed ({_decode_failure(stream, err)}){changed}"
+        ) from None
+    finally:
+        stream.close()
+    if position + 1 != len(frame_idx):
+        raise PredictError(
+            f"{prediction.video}: decoded {position + 1} of its {len(frame_idx)} kept frames the second "
+            f"time{changed}"
+        )
 
 
 @contextlib.contextmanager
@@ -699,7 +1009,8 @@ class _Annotator:
         self.labels = frame_labels(prediction)
         self.xs, self.ys = joint_columns("x"), joint_columns("y")
 
-    def __call__(self, position: int) -> np.ndarray:
+    def __call__(self, position: int, frame: np.ndarray) -> np.ndarray:
+        """Kept frame ``position``, ``frame`` (RGB), drawn."""
         frame_no = self.prediction.frame_idx[position]
         box = None
         if frame_no in self.primary.index:
@@ -708,7 +1019,7 @@ class _Annotator:
         if frame_no in self.keypoints.index:
             row = self.keypoints.loc[frame_no]
             joints = np.stack([row[self.xs].to_numpy(float), row[self.ys].to_numpy(float)], axis=1)
-        return draw_frame(self.prediction.frames[position], box, joints, self.labels[position])
+        return draw_frame(frame, box, joints, self.labels[position])
 
 
 def explain_window(prediction: Prediction, model, window: int, size: int):

@@ -133,9 +133,6 @@ class _KeptFrames:
     def add(self, frame: np.ndarray, number: int) -> None:
         """Keep ``frame`` (BGR, as OpenCV gives it) as source frame ``number``."""
         n = len(self.numbers)
-        if self.array is not None and tuple(self.array.shape[1:]) != frame.shape:
-            (h0, w0), (h, w) = self.array.shape[1:3], frame.shape[:2]
-            raise _SizeChanged(f"the frame size changes at frame {number} ({w0}x{h0}, then {w}x{h})")
         if self.max_bytes is not None and (n + 1) * frame.nbytes > self.max_bytes:
             raise FramesTooLarge(
                 f"its kept frames pass {self.max_bytes / 2**20:.0f} MiB at source frame {number} ({n + 1} kept)"
@@ -340,6 +337,150 @@ def unreadable(path: Path) -> str | None:
     return None
 
 
+class VideoStream:
+    """A video's kept frames as they are decoded, for a caller that holds only some at a time (``transmodal
+    predict`` on a long video); :func:`decode_video` keeps them all. The parameters are decode_video's.
+
+    ``open()`` reads the header (False: OpenCV cannot open the file); iterating gives ``(frame number, frame,
+    time samples it fills)`` for each kept frame in order, the frame BGR as OpenCV gives it, shrunk to
+    ``max_side``; the counts are those of :func:`sample_numbers` (or of the timestamps, :class:`_ByTime`).
+    Raises :class:`_SizeChanged` at a frame of another size than the first kept one, and lets OpenCV's
+    ``cv2.error`` through (:meth:`failure`). After the last frame, :meth:`notes` says what was odd."""
+
+    def __init__(
+        self,
+        path: Path,
+        stride: int,
+        max_side: int | None = None,
+        reference_fps: float | None = None,
+        by_time: bool = False,
+        display_aspect: bool = False,
+    ):
+        self.path, self.stride, self.max_side = Path(path), stride, max_side
+        self.reference_fps, self.by_time, self.display_aspect = reference_fps, by_time, display_aspect
+        self.reported, self.fps, self.decoded = 0, 0.0, 0
+        self.step, self.aspect = float(stride), 1.0
+        # grab() failures the stream went on after, and where the first was (frames decoded before it)
+        self.skipped, self.first_skip = 0, None
+        self.shape: tuple[int, ...] | None = None  # the first kept frame's
+        self.timed: _ByTime | None = None
+        self.capture = None
+
+    def open(self) -> bool:
+        # one decoding thread: FFmpeg's threaded decoders conceal a damaged packet differently from run to
+        # run (two pixel sums in eight runs of one file), on one thread the same every time; clean files
+        # decode to the same pixels either way, and the frames stage decodes several videos at once
+        self.capture = cv2.VideoCapture(str(self.path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
+        if not self.capture.isOpened():
+            return False
+        self.reported = max(int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if np.isfinite(fps) else 0.0
+        self.step = sample_step(self.fps, self.stride, self.reference_fps)
+        self.aspect = sample_aspect(self.capture) if self.display_aspect else 1.0
+        if self.by_time and self.reference_fps is not None and 0.0 < self.fps <= MAX_FPS:
+            self.timed = _ByTime(self.step, self.fps)
+        return True
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+
+    @property
+    def expected(self) -> int:
+        """Kept frames if the header is right: the samples of :func:`sample_numbers`, distinct frames."""
+        reported = self.reported
+        return min(reported, math.ceil((reported - 0.5) / self.step)) if reported > 0 else 0
+
+    def _checked(self, number: int, frame: np.ndarray) -> np.ndarray:
+        if self.shape is None:
+            self.shape = frame.shape
+        elif frame.shape != self.shape:
+            (h0, w0), (h, w) = self.shape[:2], frame.shape[:2]
+            raise _SizeChanged(f"the frame size changes at frame {number} ({w0}x{h0}, then {w}x{h})")
+        return frame
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, int]]:
+        capture, timed, step = self.capture, self.timed, self.step
+        max_side, aspect = self.max_side, self.aspect
+        sample, pending = 0, None  # pending: the last frame while ``timed`` waits for the next timestamp
+        while (failed := _grab(capture)) is not None:
+            decoded = self.decoded
+            if failed:
+                self.skipped += failed
+                self.first_skip = decoded if self.first_skip is None else self.first_skip
+                if timed is not None and decoded:
+                    timed.regular = False  # past a gap the frames are off their numbers: no sign of a rate
+            if timed is not None:
+                timed.place(decoded, capture.get(cv2.CAP_PROP_POS_MSEC))
+                if pending is not None and (
+                    count := timed.assign(decoded - 1, timed.limit_after(decoded - 1))
+                ):
+                    yield decoded - 1, self._checked(decoded - 1, _shrink(pending, max_side, aspect)), count
+                pending = _retrieve(capture, None)  # shrunk only if kept: most frames are not
+                if pending is None:
+                    timed.places.pop()
+                    break
+            elif decoded == int(np.floor(sample * step + 0.5)):
+                frame = _retrieve(capture, max_side, aspect)
+                if frame is None:
+                    break
+                count = 0
+                while int(np.floor(sample * step + 0.5)) <= decoded:  # samples this frame is nearest to
+                    sample += 1
+                    count += 1
+                yield decoded, self._checked(decoded, frame), count
+            self.decoded += 1
+        decoded = self.decoded
+        if pending is not None and (count := timed.assign(decoded - 1, timed.limit_of_last())):
+            yield decoded - 1, self._checked(decoded - 1, _shrink(pending, max_side, aspect)), count
+
+    def failure(self, err: cv2.error) -> str:
+        """The reason a video OpenCV gave up on is skipped."""
+        return f"OpenCV failed at frame {self.decoded}: {str(err).strip().splitlines()[-1]}"
+
+    def nothing_decoded(self) -> str:
+        why = f" (grab failed {self.skipped} times)" if self.skipped else ""
+        return f"no frame could be decoded{why}"
+
+    def notes(self) -> tuple[str, bool]:
+        """What is odd about the decoded video (the reason of :class:`DecodedVideo`), and whether it is
+        truncated; read after the last frame."""
+        timed, decoded, reported, skipped = self.timed, self.decoded, self.reported, self.skipped
+        notes = []
+        if skipped:
+            where = "at the start" if self.first_skip == 0 else f"from frame {self.first_skip} on"  # decoded
+            notes.append(
+                f"grab failed {skipped} time(s) {where} and the stream went on (packets that do not decode, or "
+                "a long run of other streams' packets); the frames after are numbered as decoded"
+                + (", sampled by their timestamps" if timed is not None else "")
+            )
+        # by timestamp, frames that reach the header's count are not a cut file though fewer decoded (skipped
+        # packets; a Matroska/WebM count is the duration times an average rate): the span only clears the flag
+        truncated = bool(
+            reported and decoded < reported and (timed is None or timed.span() < reported - TIME_SNAP)
+        )
+        if truncated:
+            notes.append(
+                f"truncated: decoded {decoded} of the {reported} frames the header announces "
+                f"({'the skipped packets, or ' if skipped else ''}a cut file or a wrong header); kept the "
+                "decoded frames"
+            )
+        if self.aspect != 1.0 and self.shape is not None:
+            height, width = self.shape[:2]
+            notes.append(
+                f"pixels not square (sample aspect ratio {self.aspect:.4g}): frames stretched to "
+                f"{width}x{height}, as a player shows them"
+            )
+        if self.reference_fps is not None and not (0.0 < self.fps <= MAX_FPS):
+            notes.append(
+                f"no usable frame rate in the header ({self.fps:g}); kept one frame in {self.stride}"
+            )
+        if timed is not None and (note := timed.note(decoded)):
+            notes.append(note)
+        return "; ".join(notes), truncated
+
+
 def decode_video(
     path: Path,
     video_id: str,
@@ -375,96 +516,31 @@ def decode_video(
     empty = np.zeros(0, dtype=np.int32)
     if reason := unreadable(path):
         return DecodedVideo(video_id, None, empty, 0, 0, 0.0, reason)
-    reported, fps, decoded = 0, 0.0, 0
-    # one decoding thread: FFmpeg's threaded decoders conceal a damaged packet differently from run to run
-    # (two pixel sums in eight runs of one file), on one thread the same every time; clean files decode to
-    # the same pixels either way, and the frames stage decodes several videos at once
-    capture = cv2.VideoCapture(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
+    stream = VideoStream(path, stride, max_side, reference_fps, by_time, display_aspect)
     try:
-        if not capture.isOpened():
+        if not stream.open():
             return DecodedVideo(
                 video_id, None, empty, 0, 0, 0.0, "not a readable video (OpenCV cannot open it)"
             )
-        reported = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        if not np.isfinite(fps):
-            fps = 0.0
-        step = sample_step(fps, stride, reference_fps)
-        aspect = sample_aspect(capture) if display_aspect else 1.0
-        # kept frames if the header is right: the samples of :func:`sample_numbers`, distinct frames
-        expected = min(reported, math.ceil((reported - 0.5) / step)) if reported > 0 else 0
-        kept = _KeptFrames(expected, max_bytes)
-        timed = _ByTime(step, fps) if by_time and reference_fps is not None and 0.0 < fps <= MAX_FPS else None
-        sample, pending = 0, None  # pending: the last frame while ``timed`` waits for the next timestamp
-        skipped, first_skip = 0, None  # grab() failures the stream went on after, and where the first was
-        while (failed := _grab(capture)) is not None:
-            if failed:
-                skipped += failed
-                first_skip = decoded if first_skip is None else first_skip
-                if timed is not None and decoded:
-                    timed.regular = False  # past a gap the frames are off their numbers: no sign of a rate
-            if timed is not None:
-                timed.place(decoded, capture.get(cv2.CAP_PROP_POS_MSEC))
-                if pending is not None and timed.assign(decoded - 1, timed.limit_after(decoded - 1)):
-                    kept.add(_shrink(pending, max_side, aspect), decoded - 1)
-                pending = _retrieve(capture, None)  # shrunk only if kept: most frames are not
-                if pending is None:
-                    timed.places.pop()
-                    break
-            elif decoded == int(np.floor(sample * step + 0.5)):
-                frame = _retrieve(capture, max_side, aspect)
-                if frame is None:
-                    break
-                kept.add(frame, decoded)
-                while int(np.floor(sample * step + 0.5)) <= decoded:  # samples this frame is nearest to
-                    sample += 1
-            decoded += 1
-        if pending is not None and timed.assign(decoded - 1, timed.limit_of_last()):
-            kept.add(_shrink(pending, max_side, aspect), decoded - 1)
+        kept = _KeptFrames(stream.expected, max_bytes)
+        for number, frame, _ in stream:
+            kept.add(frame, number)
     except _SizeChanged as err:
-        return DecodedVideo(video_id, None, empty, decoded, reported, fps, str(err))
+        return DecodedVideo(video_id, None, empty, stream.decoded, stream.reported, stream.fps, str(err))
     except cv2.error as err:  # a stream OpenCV gives up on: this video is skipped, the stage goes on
-        reason = f"OpenCV failed at frame {decoded}: {str(err).strip().splitlines()[-1]}"
-        return DecodedVideo(video_id, None, empty, decoded, reported, fps, reason)
+        reason = stream.failure(err)
+        return DecodedVideo(video_id, None, empty, stream.decoded, stream.reported, stream.fps, reason)
     finally:
-        capture.release()
+        stream.close()
+    decoded, reported, fps = stream.decoded, stream.reported, stream.fps
     if decoded == 0 or not kept.numbers:
-        why = f" (grab failed {skipped} times)" if skipped else ""
-        return DecodedVideo(video_id, None, empty, decoded, reported, fps, f"no frame could be decoded{why}")
-    notes = []
-    if skipped:
-        where = "at the start" if first_skip == 0 else f"from frame {first_skip} on"  # decoded count
-        notes.append(
-            f"grab failed {skipped} time(s) {where} and the stream went on (packets that do not decode, or a "
-            "long run of other streams' packets); the frames after are numbered as decoded"
-            + (", sampled by their timestamps" if timed is not None else "")
-        )
-    # by timestamp, frames that reach the header's count are not a cut file though fewer decoded (skipped
-    # packets; a Matroska/WebM count is the duration times an average rate): the span only clears the flag
-    truncated = bool(
-        reported and decoded < reported and (timed is None or timed.span() < reported - TIME_SNAP)
-    )
-    if truncated:
-        notes.append(
-            f"truncated: decoded {decoded} of the {reported} frames the header announces "
-            f"({'the skipped packets, or ' if skipped else ''}a cut file or a wrong header); kept the decoded "
-            "frames"
-        )
-    if aspect != 1.0:
-        height, width = kept.array.shape[1:3]
-        notes.append(
-            f"pixels not square (sample aspect ratio {aspect:.4g}): frames stretched to {width}x{height}, as "
-            "a player shows them"
-        )
-    if reference_fps is not None and not (0.0 < fps <= MAX_FPS):
-        notes.append(f"no usable frame rate in the header ({fps:g}); kept one frame in {stride}")
-    if timed is not None and (note := timed.note(decoded)):
-        notes.append(note)
+        return DecodedVideo(video_id, None, empty, decoded, reported, fps, stream.nothing_decoded())
+    reason, truncated = stream.notes()
     frame_idx = np.asarray(kept.numbers, np.int32)
     frames = kept.array[: len(frame_idx)]  # a header that announced more frames: its tail is never touched
-    samples = np.asarray(timed.samples, np.int64) if timed is not None else None
+    samples = np.asarray(stream.timed.samples, np.int64) if stream.timed is not None else None
     return DecodedVideo(
-        video_id, frames, frame_idx, decoded, reported, fps, "; ".join(notes), step, truncated, samples
+        video_id, frames, frame_idx, decoded, reported, fps, reason, stream.step, truncated, samples
     )
 
 
