@@ -329,51 +329,48 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(model_dir, camera_video, tmp_
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_memory_is_checked_from_the_header_and_again_while_decoding(
-    model_dir, camera_video, monkeypatch, capsys, tmp_path
-):
-    from types import SimpleNamespace
+def test_explain_keeps_only_the_windows_it_may_draw(model_dir, tmp_path):
+    """explain on a video scored in segments: it holds the tokens and crops of each class's surest window
+    only, draws the one of the video's label (the window argmax over all of them picks), and gets the
+    crops and maps the whole video gives for it; --window keeps that window alone."""
+    from transmodal.predict import explain_window, predict_video, softmax
 
-    import psutil
-
-    from transmodal import predict
-
-    frame = 640 * 480 * 3
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
-    assert predict.check_memory(camera_video, (640, 480), 40, 2.0, 1280) == 2**29  # half, all of it pixels
-    # explain's tokens (here as many bytes a frame as the pixels) take their part of that half
-    assert predict.check_memory(camera_video, (640, 480), 40, 2.0, 1280, frame) == 2**28
-    with pytest.raises(
-        predict.PredictError, match=r"its 20000 kept frames need 17.2 GiB, more than half the 1.0"
-    ) as refused:
-        predict.check_memory(camera_video, (640, 480), 40000, 2.0, 1280, fps=25.0)
-    # 2^29 bytes hold 582 frames of 640 x 480: 1164 source frames, 46.56 s at 25 fps (--max-side < 320)
-    assert str(refused.value).endswith("; cut the video (its first 46 s fit at --max-side 1280)")
-    # five minutes of 1080p at 30 fps, 4 GiB for frames: shrunk to 816 px they fit, and 832 would not
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**33))
-    with pytest.raises(predict.PredictError, match=r"; --max-side 816 fits, or cut the video$"):
-        predict.check_memory(camera_video, (1920, 1080), 9000, 2.4, 1280, fps=30.0)
-    assert predict.check_memory(camera_video, (1920, 1080), 9000, 2.4, 816, fps=30.0) > 0
-    with pytest.raises(predict.PredictError):
-        predict.check_memory(camera_video, (1920, 1080), 9000, 2.4, 832, fps=30.0)
-    # a phone's 2340 x 1080: the side the arithmetic gives (1280) rounds the short side up past the budget
-    with pytest.raises(predict.PredictError, match=r"; --max-side 1264 fits, or cut the video$"):
-        predict.check_memory(camera_video, (2340, 1080), 4542, 2.4, 1280, fps=30.0)
-    assert predict.check_memory(camera_video, (2340, 1080), 4542, 2.4, 1264, fps=30.0) > 0
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
-    # explain holds the whole video: a header without a frame count (or a short one) passes that check,
-    # and the decoding stops at the budget
-    monkeypatch.setattr(predict, "check_memory", lambda *args: 3 * frame)
-    heat = tmp_path / "heat.png"
-    code, out, err = run(
-        ["explain", str(camera_video), "--model", str(model_dir), "--out", str(heat)], capsys
+    path = tmp_path / "long.avi"
+    camera_like_video(path, frames=120, size=(160, 120))
+    whole, model = predict_video(path, model_dir, progress=False, explain_size=64)
+    parts, _ = predict_video(path, model_dir, progress=False, explain_size=64, max_bytes=48 * 160 * 120 * 3)
+    assert (
+        parts.segments == 2 and len(parts.logits) == 7
+    )  # windows 0-4 in the first segment, 5-6 in the second
+    probabilities = softmax(parts.logits)
+    surest = {int(np.argmax(probabilities[:, c])) for c in range(len(CLASSES))}
+    assert set(parts.candidates.kept) == surest and len(surest) <= len(CLASSES)
+    label = int(np.argmax(parts.video_probabilities()))
+    window = parts.candidates.pick(label)
+    assert window == int(np.argmax(probabilities[:, label]))
+    (mine, crops, xy, mask), (theirs, crops_whole, xy_whole, _) = (
+        explain_window(parts, model, window),
+        explain_window(whole, model, window),
     )
-    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "kept frames pass 3 MiB at source frame 6 (4 kept)" in err and "lower --max-side" in err
-    assert not heat.exists()
-    # predict holds a segment at a time, at least two windows and two steps of frames (test_segments_*)
-    code, out, err = run(["predict", str(camera_video), "--model", str(model_dir)], capsys)
-    assert code == 0, err
+    assert crops.shape == (16, 64, 64, 3) and np.array_equal(crops, crops_whole)  # nobody found: whole frame
+    assert np.array_equal(xy, xy_whole, equal_nan=True) and mask.shape == (16, 17)
+    np.testing.assert_allclose(mine.probabilities, theirs.probabilities, rtol=0, atol=1e-5)
+    for name, values in mine.maps().items():
+        np.testing.assert_allclose(values, theirs.maps()[name], rtol=0, atol=1e-5, equal_nan=True)
+
+    given, _ = predict_video(path, model_dir, progress=False, explain_size=64, window=5, max_bytes=48 * 57600)
+    assert list(given.candidates.kept) == [5] and given.candidates.pick(label) == 5
+
+
+def test_explain_on_a_window_the_video_does_not_have_is_one_line(model_dir, camera_video, tmp_path, capsys):
+    heat = tmp_path / "heat.png"
+    for window, message in (
+        (5, "--window is 5; this video has windows 0..1"),
+        (-1, "--window is -1; it must be"),
+    ):
+        argv = ["explain", str(camera_video), "--model", str(model_dir), "--out", str(heat), "--window"]
+        code, out, err = run([*argv, str(window)], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not heat.exists()
 
 
 class _Stream:
@@ -653,9 +650,9 @@ def test_the_head_runs_on_the_thread_count_it_trained_with(model_dir, camera_vid
     torch.set_num_threads(2)
     try:
         prediction, model = predict_video(
-            camera_video, model_dir, device="cpu", progress=False, keep_tokens=True
+            camera_video, model_dir, device="cpu", progress=False, explain_size=64, window=0
         )
-        explain_window(prediction, model, 0, 64)
+        explain_window(prediction, model, 0)
         assert seen and set(seen) == {recorded}
         assert torch.get_num_threads() == 2
     finally:
@@ -935,11 +932,13 @@ def test_a_model_trained_on_dropped_tokens_predicts_and_explains_with_the_same_k
     from transmodal.training.train import load_checkpoint
 
     folder = write_model_folder(tmp_path / "keep", tiny_checkpoints, keep=0.5)
-    prediction, model = predict_video(camera_video, folder, device="cpu", progress=False, keep_tokens=True)
+    prediction, model = predict_video(
+        camera_video, folder, device="cpu", progress=False, explain_size=64, window=0
+    )
     windows = len(prediction.logits)
     assert prediction.kept_patches.shape == (windows, 8, 8) and prediction.full_patches == 16
-    assert prediction.tokens.shape[1:3] == (8, 8)
-    explanation, _, _, _ = explain_window(prediction, model, 0, 64)
+    assert prediction.candidates.kept[0][0].shape[:2] == (8, 8)
+    explanation, _, _, _ = explain_window(prediction, model, 0)
     for values in explanation.maps().values():
         assert values.shape == (8, 16) and np.isnan(values).sum(axis=1).min() >= 8  # 8 of 16 never seen
     assert explanation.kept.sum(axis=1).max() <= 8

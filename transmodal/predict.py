@@ -17,7 +17,7 @@ from its clips (:func:`~transmodal.training.evaluate.mean_logits_by_unit`).
 
 Memory. The kept frames are held a segment at a time (:class:`Segments`): a video whose frames pass half the
 available memory is scored in segments, each tracked on its own, with the windows of the whole video;
-``--out`` then decodes it again. ``explain`` holds the whole video (:func:`load_video`).
+``--out`` then decodes it again; ``explain`` keeps only the windows it may draw (:class:`Candidates`).
 
 Sources. A model trained with ``detect.source`` or ``pose.source: annotations`` saw ground-truth boxes or
 keypoints, which a new video does not have: predict then runs the recorded ``detect.checkpoint`` /
@@ -46,10 +46,8 @@ from transmodal.data.coco import COCO_JOINTS, COCO_LIMBS
 from transmodal.data.frames import (
     MAX_FPS,
     DecodedVideo,
-    FramesTooLarge,
     VideoStream,
     _SizeChanged,
-    decode_video,
     display_size,
     sample_aspect,
     sample_step,
@@ -61,7 +59,7 @@ from transmodal.params import BackboneConfig, CheckpointError, DetectConfig, Par
 VIDEO_ID = "input"
 TOP_K = 5
 DEFAULT_MAX_SIDE = 1280  # frames are shrunk to this longer side when decoded (the detector sees 640 px)
-# the decoded frames (and explain's tokens) may take at most this share of the available memory
+# a segment's decoded frames may take at most this share of the available memory
 MEMORY_SHARE = 0.5
 MIN_SUGGESTED_SIDE = 320  # px: a --max-side below this would leave the pose model too few pixels of a person
 # Writers tried for --out, in order, per container: (fourcc, name).
@@ -323,7 +321,7 @@ class Prediction:
     notes: list[str]
     fallback: bool  # no person found: the whole frame was cropped
     frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB kept frames, for --out
-    tokens: torch.Tensor | None = None  # (W, G, K, D) float16 per window (keep_tokens, for explain)
+    candidates: Candidates | None = None  # the windows explain may draw, with their tokens and crops
     kept_patches: np.ndarray | None = None  # (W, G, K) the patches the backbone kept (backbone.keep < 1)
     full_patches: int | None = None  # P, the whole patch grid of a frame group
     pose: torch.Tensor | None = None  # (W, T, J, C) the head's pose input per window
@@ -395,86 +393,10 @@ def read_header(path: Path) -> tuple[tuple[int, int], int, float]:
     return source, (reported if 0.0 < fps <= MAX_FPS else 0), fps
 
 
-def load_video(
-    path: Path, stride: int, max_side: int, reference_fps: float | None = None, extra_per_frame: float = 0.0
-) -> tuple[DecodedVideo, tuple[int, int]]:
-    """Decode all of ``path`` into memory (``explain``), or raise :class:`PredictError` with one line saying
-    why it cannot be.
-
-    ``extra_per_frame``: bytes held per kept frame besides its pixels until the end (explain's tokens)."""
-    path = Path(path)
-    source, counted, fps = read_header(path)
-    step = max(1.0, sample_step(fps, stride, reference_fps))
-    usable_fps = fps if 0.0 < fps <= MAX_FPS else 0.0
-    allowed = check_memory(path, source, counted, step, max_side, extra_per_frame, usable_fps)
-    try:
-        video = decode_video(
-            path,
-            VIDEO_ID,
-            stride,
-            max_side=max_side,
-            reference_fps=reference_fps,
-            max_bytes=allowed,
-            by_time=True,  # a phone's variable frame rate is sampled evenly in time
-            display_aspect=True,  # non-square pixels stretched, as a player shows them
-        )
-    except FramesTooLarge as err:  # the header's frame count was missing or short
-        raise PredictError(
-            f"{path}: {err}, the share of the available memory its frames may take; lower --max-side or "
-            "cut the video"
-        ) from None
-    if video.frames is None:
-        raise PredictError(f"{path}: {video.reason}")
-    return video, source
-
-
-def check_memory(
-    path: Path,
-    size: tuple[int, int],
-    frames: int,
-    stride: float,
-    max_side: int,
-    extra_per_frame: float = 0.0,
-    fps: float = 0.0,
-) -> int:
-    """Refuse a video whose kept frames would not fit in memory, from the header before decoding (``frames``
-    its frame count, 0 when it has none; ``stride`` source frames per kept frame; ``extra_per_frame`` bytes
-    held per kept frame besides its pixels; ``fps`` the header's rate, 0 if unusable). The refusal says
-    the ``--max-side`` that would fit, or, below :data:`MIN_SUGGESTED_SIDE`, how much of the video fits.
-    Returns the bytes of pixels the decoding may keep: half the available memory, less the extra bytes
-    that go with them."""
-    import psutil
-
-    width, height = size
-    frame_bytes = _frame_bytes(size, max_side)
-    kept = math.ceil(frames / stride)
-    need = kept * (frame_bytes + extra_per_frame)
-    available = psutil.virtual_memory().available
-    budget = MEMORY_SHARE * available
-    if need > budget:
-        per_frame = budget / kept - extra_per_frame  # pixel bytes a kept frame may take
-        side = 0
-        if per_frame > 0:  # a frame's bytes go with the square of its longer side
-            side = int(max(width, height) * math.sqrt(per_frame / (3 * max(1, width * height)))) // 16 * 16
-            while side > 0 and _frame_bytes(size, side) > per_frame:  # the shrunk size's rounding
-                side -= 16
-        if side >= MIN_SUGGESTED_SIDE:
-            hint = f"--max-side {side} fits, or cut the video"
-        else:
-            fit = int(budget // (frame_bytes + extra_per_frame))
-            span = f"its first {math.floor(fit * stride / fps)} s" if fps > 0 else f"{fit} kept frames"
-            hint = f"cut the video ({span} fit at --max-side {max_side})"
-        raise PredictError(
-            f"{path}: its {kept} kept frames need {need / 2**30:.1f} GiB, more than half "
-            f"the {available / 2**30:.1f} GiB available; {hint}"
-        )
-    return int(budget * frame_bytes / (frame_bytes + extra_per_frame))
-
-
 def check_segment(path: Path, size: tuple[int, int], frames: int, max_side: int, hint: str) -> int:
     """The bytes of pixels a segment of predict's kept frames may hold (half the available memory), or
     :class:`PredictError` when not even ``frames`` of them (:meth:`Segments.least_frames`, or the whole video
-    when shorter) fit; ``hint`` says what to lower."""
+    when shorter) fit; ``hint`` says what those frames are."""
     import psutil
 
     available = psutil.virtual_memory().available
@@ -549,9 +471,12 @@ class _Chain:
             model.model_cfg.pose_scores,
         )  # fmt: skip
 
-    def score(self, video: DecodedVideo, clips: pd.DataFrame, keep_tokens: bool, progress: bool, bar) -> dict:
+    def score(
+        self, video: DecodedVideo, clips: pd.DataFrame, progress: bool, bar, candidates: Candidates | None
+    ) -> dict:
         """The windows ``clips`` of one segment ``video`` through detect, pose, crop, backbone and head:
-        planned windows, logits, kept patches, tokens (``keep_tokens``), tracks, keypoints, fallback."""
+        planned windows, logits, kept patches, tracks, keypoints, fallback; ``candidates`` (explain) keeps the
+        tokens and crops of the windows it may draw, batch by batch."""
         from transmodal.features.store import crop_batches, plan_clips, plan_kept
         from transmodal.training.data import pose_input
         from transmodal.training.train import trained_threads
@@ -569,7 +494,7 @@ class _Chain:
         score = np.stack(planned["pose_score"].to_numpy()).reshape(len(planned), t, joints)
         mask = np.stack(planned["pose_mask"].to_numpy()).reshape(len(planned), t, joints)
         pose = pose_input(xy, score, mask, self.pose_scores)
-        logits, kept, done = [], [], 0
+        logits, done = [], 0
         batches = crop_batches(
             store, planned, backbone.image_size, 8, backbone.host_normalizer,
             pin_memory=backbone.host_normalizer is None,
@@ -578,19 +503,18 @@ class _Chain:
             for pixel_values in batches:
                 batch_kept = None if window_kept is None else window_kept[done : done + len(pixel_values)]
                 half = backbone.forward(pixel_values, batch_kept)
-                if keep_tokens:
-                    kept.append(half)
                 tokens = half.float().to(self.device)
                 batch_pose = pose[done : done + len(tokens)].to(self.device)
                 with trained_threads(self.folder.threads):  # as evaluate runs it (batches of 8 here)
                     logits.append(self.model(tokens, batch_pose).logits.float().cpu().numpy())
+                if candidates is not None:
+                    candidates.add(video, planned.iloc[done : done + len(tokens)], half, logits[-1])
                 done += len(tokens)
                 bar.update(len(tokens))
         return {
             "planned": planned,
             "logits": np.concatenate(logits).astype(np.float32),
             "kept_patches": window_kept,
-            "tokens": torch.cat(kept) if keep_tokens else None,
             "pose": pose,
             "tracks": tracks,
             "keypoints": keypoints,
@@ -608,15 +532,17 @@ def predict_video(
     detector: str | None = None,
     pose_model: str | None = None,
     progress: bool = True,
-    keep_tokens: bool = False,
     max_bytes: int | None = None,
+    explain_size: int | None = None,
+    window: int | None = None,
 ) -> tuple[Prediction, object]:
-    """Run the chain on one video; returns the prediction and the loaded head (``keep_tokens``: the whole
-    video in memory with every window's backbone tokens, for ``explain``).
+    """Run the chain on one video; returns the prediction and the loaded head.
 
-    Without ``keep_tokens`` the video is decoded once, a segment at a time (:class:`Segments`), so a video of
-    any length fits: ``max_bytes`` is the pixels a segment may hold, by default half the available memory
-    (:data:`MEMORY_SHARE`), and a video that fits is one segment."""
+    The video is decoded once, a segment at a time (:class:`Segments`), so a video of any length fits:
+    ``max_bytes`` is the pixels a segment may hold, by default half the available memory
+    (:data:`MEMORY_SHARE`), and a video that fits is one segment. ``explain_size`` (``explain``): keep the
+    tokens and the crops, at that side, of ``window`` or, without one, of each class's surest window
+    (:class:`Candidates`)."""
     from tqdm import tqdm
 
     video_path = Path(video_path)
@@ -633,50 +559,41 @@ def predict_video(
         by_time=True,  # a phone's variable frame rate is sampled evenly in time
         display_aspect=True,  # non-square pixels stretched, as a player shows them
     )
-    if keep_tokens:  # explain keeps every window's tokens (float16) until it has chosen one
-        groups, patches = folder.config["backbone"]["grid"]
-        tokens_per_frame = groups * patches * folder.config["backbone"]["hidden_size"] * 2 / step
-        video, source_size = load_video(
-            video_path, folder.stride, max_side, folder.reference_fps, tokens_per_frame
-        )
-        estimate = window_count(len(video.sample_frames()), length, step)
-        segments = stream = None
-        parts = iter([(video, window_clips(video.sample_frames(), length, step))])
-    else:
-        source_size, counted, fps = read_header(video_path)
-        sampling = sample_step(fps, folder.stride, folder.reference_fps)
-        samples_expected = math.ceil((counted - 0.5) / sampling) if counted else 0  # sample_numbers' count
-        kept_expected = min(counted, samples_expected)  # distinct frames
-        least = Segments.least_frames(length, step)
-        hint = "two windows and two steps"
-        if 0 < kept_expected < least:
-            least, hint = kept_expected, "the whole video"
-        budget = check_segment(video_path, source_size, least, max_side, hint)
-        estimate = window_count(samples_expected, length, step) if counted else None
-        stream = VideoStream(**decode_args)
+    source_size, counted, fps = read_header(video_path)
+    sampling = sample_step(fps, folder.stride, folder.reference_fps)
+    samples_expected = math.ceil((counted - 0.5) / sampling) if counted else 0  # sample_numbers' count
+    kept_expected = min(counted, samples_expected)  # distinct frames
+    least = Segments.least_frames(length, step)
+    hint = "two windows and two steps"
+    if 0 < kept_expected < least:
+        least, hint = kept_expected, "the whole video"
+    budget = check_segment(video_path, source_size, least, max_side, hint)
+    estimate = window_count(samples_expected, length, step) if counted else None
+    candidates = None if explain_size is None else Candidates(window, explain_size)
+    stream = VideoStream(**decode_args)
     try:
-        first = None
-        if stream is not None:  # the first kept frame decoded before the models load: a bad file fails fast
-            try:
-                if not stream.open():
-                    raise PredictError(f"{video_path}: not a readable video (OpenCV cannot open it)")
-                decoded = iter(stream)
-                first = next(decoded, None)
-            except (_SizeChanged, cv2.error) as err:
-                raise PredictError(f"{video_path}: {_decode_failure(stream, err)}") from None
-            if first is None:
-                raise PredictError(f"{video_path}: {stream.nothing_decoded()}")
-            segments = Segments(
-                stream, length, step, budget if max_bytes is None else max_bytes,
-                itertools.chain([first], decoded),
-            )  # fmt: skip
-            parts = iter(segments)
+        try:  # the first kept frame decoded before the models load: a file that does not decode fails fast
+            if not stream.open():
+                raise PredictError(f"{video_path}: not a readable video (OpenCV cannot open it)")
+            decoded = iter(stream)
+            first = next(decoded, None)
+        except (_SizeChanged, cv2.error) as err:
+            raise PredictError(f"{video_path}: {_decode_failure(stream, err)}") from None
+        if first is None:
+            raise PredictError(f"{video_path}: {stream.nothing_decoded()}")
+        segments = Segments(
+            stream,
+            length,
+            step,
+            budget if max_bytes is None else max_bytes,
+            itertools.chain([first], decoded),
+        )
+        parts = iter(segments)
         chain = _Chain.load(folder, device, detector, pose_model)
         results, frame_idx, seen = [], [], -1
         tracks, keypoints = [], []
-        inner = progress  # detect's and pose's own bars: for one segment only
-        if segments is not None:
-            inner = progress and kept_expected * first[1].nbytes <= segments.max_bytes
+        # detect's and pose's own bars: for one segment only
+        inner = progress and kept_expected * first[1].nbytes <= segments.max_bytes
         with tqdm(total=estimate, desc="windows", unit="clip", disable=not progress) as bar:
             while True:
                 try:  # only the decoding's own errors are the file's
@@ -686,9 +603,9 @@ def predict_video(
                 if part is None:
                     break
                 video, clips = part
-                if segments is not None and segments.count > 1:
+                if segments.count > 1:
                     bar.set_postfix_str(f"segment {segments.count}")
-                scored = chain.score(video, clips, keep_tokens, inner, bar)
+                scored = chain.score(video, clips, inner, bar, candidates)
                 results.append(scored)
                 new = video.frame_idx > seen  # a frame carried into the next segment is drawn from the first
                 frame_idx.append(video.frame_idx[new])
@@ -696,24 +613,16 @@ def predict_video(
                     into.append(table[table["frame_idx"] > seen])
                 seen = int(video.frame_idx[-1])
     finally:
-        if stream is not None:
-            stream.close()
-    if segments is not None:
-        reason, _ = stream.notes()
-        samples = np.asarray(segments.samples, np.int64)
-        size = (segments.shape[1], segments.shape[0])
-        frames = video.frames if segments.count == 1 else None
-        stream_step, fps = stream.step, stream.fps
-    else:
-        reason, samples, frames, stream_step = video.reason, video.sample_frames(), video.frames, video.step
-        fps = video.fps
-        size = (video.frames.shape[2], video.frames.shape[1])
+        stream.close()
+    reason, _ = stream.notes()
+    samples = np.asarray(segments.samples, np.int64)
+    size = (segments.shape[1], segments.shape[0])
 
     notes = list(folder.notes)
     if reason:  # what the decoding found odd: a cut file, a header without a usable frame rate
         notes.append(reason)
     fallbacks = sum(part["fallback"] for part in results)
-    if segments is not None and segments.count > 1:
+    if segments.count > 1:
         notes.append(
             f"scored in {segments.count} segments of at most {segments.capacity} kept frames (what the memory "
             f"for frames holds at --max-side {max_side}): each is tracked on its own, with its own primary "
@@ -737,7 +646,7 @@ def predict_video(
         video=video_path,
         classes=folder.classes,
         frame_idx=np.concatenate(frame_idx).astype(np.int64),
-        fps=float(fps),
+        fps=float(stream.fps),
         size=size,
         source_size=source_size,
         windows=pd.concat([part["planned"] for part in results], ignore_index=True),
@@ -746,15 +655,15 @@ def predict_video(
         keypoints=pd.concat(keypoints, ignore_index=True),
         notes=notes,
         fallback=fallbacks > 0,
-        frames=frames,
-        tokens=results[0]["tokens"] if keep_tokens else None,
+        frames=video.frames if segments.count == 1 else None,
+        candidates=candidates,
         pose=torch.cat([part["pose"] for part in results]),
         kept_patches=None if kept_patches[0] is None else np.concatenate(kept_patches),
         full_patches=folder.full_patches_per_group,
         threads=folder.threads,
-        step=stream_step,
+        step=stream.step,
         samples=samples,
-        segments=segments.count if segments is not None else 1,
+        segments=segments.count,
         decode_args=decode_args,
     )
     return prediction, chain.model
@@ -763,6 +672,45 @@ def predict_video(
 def _decode_failure(stream: VideoStream, err: Exception) -> str:
     """Why decoding stopped: the frame size changed, or OpenCV gave up on the stream."""
     return str(err) if isinstance(err, _SizeChanged) else stream.failure(err)
+
+
+class Candidates:
+    """The windows ``explain`` may draw, kept as the video is scored, so it holds no more than one window's
+    tokens and crops per class: the ``window`` asked for, or for each class the window most sure of it so far
+    (explain draws the one of the video's label, known only at the end; ties go to the earlier window, as
+    ``argmax`` over all the windows would)."""
+
+    def __init__(self, window: int | None, size: int):
+        self.window, self.size = window, size
+        self.best: dict[int, tuple[float, int]] = {}  # class -> (probability, window)
+        self.kept: dict[int, tuple[torch.Tensor, np.ndarray]] = {}  # window -> (tokens (G, K, D), crops)
+
+    def add(self, video: DecodedVideo, rows: pd.DataFrame, tokens: torch.Tensor, logits: np.ndarray) -> None:
+        """A batch of scored windows of segment ``video``: planned ``rows``, backbone ``tokens``, ``logits``."""
+        from transmodal.features.crops import CROP_COLUMNS, crop_frames
+
+        for i, (row, probabilities) in enumerate(
+            zip(rows.itertuples(index=False), softmax(logits), strict=True)
+        ):
+            n = int(row.clip_id.rsplit("#", 1)[1])
+            if self.window is None:
+                wanted = False
+                for c, p in enumerate(probabilities.tolist()):
+                    if c not in self.best or p > self.best[c][0]:
+                        self.best[c], wanted = (p, n), True
+            else:
+                wanted = n == self.window
+            if wanted:
+                positions = np.searchsorted(video.frame_idx, np.asarray(row.frame_idx, np.int64)).tolist()
+                box = tuple(int(getattr(row, column)) for column in CROP_COLUMNS)
+                self.kept[n] = (tokens[i].clone(), crop_frames(video.frames, box, self.size, positions))
+        if self.window is None:  # a window no longer the surest of any class is let go
+            live = {n for _, n in self.best.values()}
+            self.kept = {n: kept for n, kept in self.kept.items() if n in live}
+
+    def pick(self, label: int) -> int:
+        """The window to draw for the video's ``label``."""
+        return self.window if self.window is not None else self.best[label][1]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1022,46 +970,46 @@ class _Annotator:
         return draw_frame(frame, box, joints, self.labels[position])
 
 
-def explain_window(prediction: Prediction, model, window: int, size: int):
-    """(explanation, crops (T, S, S, 3) uint8, pose xy (T, J, 2), mask (T, J)) of one window."""
+def explain_window(prediction: Prediction, model, window: int):
+    """(explanation, crops (T, S, S, 3) uint8, pose xy (T, J, 2), mask (T, J)) of one of the windows the
+    prediction kept for explain (:class:`Candidates`)."""
     from transmodal.explain import explain_clips
-    from transmodal.features.crops import CROP_COLUMNS, crop_frames
     from transmodal.training.train import trained_threads
 
     row = prediction.windows.iloc[window]
     device = next(model.parameters()).device
-    tokens = prediction.tokens[window : window + 1].float().to(device)
+    tokens, crops = prediction.candidates.kept[window]
+    tokens = tokens[None].float().to(device)
     pose = prediction.pose[window : window + 1].to(device)
     kept = None if prediction.kept_patches is None else prediction.kept_patches[window : window + 1]
     with trained_threads(prediction.threads):
         (explanation,) = explain_clips(model, tokens, pose, kept, prediction.full_patches)
-    positions = np.searchsorted(prediction.frame_idx, np.asarray(row["frame_idx"], np.int64)).tolist()
-    box = tuple(int(v) for v in row[list(CROP_COLUMNS)])
-    crops = crop_frames(prediction.frames, box, size, positions)
-    t = len(positions)
+    t = len(row["frame_idx"])
     xy = np.asarray(row["pose_xy"], np.float32).reshape(t, len(COCO_JOINTS), 2)
     mask = np.asarray(row["pose_mask"], bool).reshape(t, len(COCO_JOINTS))
     return explanation, crops, xy, mask
 
 
-def _predict_from_args(args, keep_tokens: bool = False) -> tuple[Prediction, object]:
+def _predict_from_args(args, explain: bool = False) -> tuple[Prediction, object]:
     """:func:`predict_video` with the command's options; expected errors become :class:`PredictError` and
     the notes are printed."""
     max_side = DEFAULT_MAX_SIDE if args.max_side is None else args.max_side
     if max_side < 64:
         raise PredictError(f"--max-side is {max_side}; it must be at least 64")
     try:
-        prediction, model = predict_video(
-            Path(args.video),
-            Path(args.model),
-            step=getattr(args, "step", None),
-            device=args.device,
-            max_side=max_side,
-            detector=args.detector,
-            pose_model=args.pose_model,
-            progress=not args.quiet,
-            keep_tokens=keep_tokens,
-        )
+        with _loading_bars(not args.quiet):
+            prediction, model = predict_video(
+                Path(args.video),
+                Path(args.model),
+                step=getattr(args, "step", None),
+                device=args.device,
+                max_side=max_side,
+                detector=args.detector,
+                pose_model=args.pose_model,
+                progress=not args.quiet,
+                explain_size=_explain_size(args.model) if explain else None,
+                window=getattr(args, "window", None),
+            )
     except (ParamError, CheckpointError) as err:
         raise PredictError(str(err)) from None
     for note in prediction.notes:
@@ -1069,19 +1017,33 @@ def _predict_from_args(args, keep_tokens: bool = False) -> tuple[Prediction, obj
     return prediction, model
 
 
+@contextlib.contextmanager
+def _loading_bars(shown: bool):
+    """transformers' "Loading weights" bars (one a model) hidden for the block unless ``shown`` (--quiet)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not shown and was:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not shown and was:
+            hf_logging.enable_progress_bar()
+
+
 def run_explain(args) -> int:
     """The ``transmodal explain`` command: Figure 4 (and, with --pose-out, Figure 3) for one window."""
     from transmodal.training.figures import plot_explanation, plot_pose_track
 
-    prediction, model = _predict_from_args(args, keep_tokens=True)
+    if args.window is not None and args.window < 0:
+        raise PredictError(f"--window is {args.window}; it must be at least 0")
+    prediction, model = _predict_from_args(args, explain=True)
     video_best = int(np.argmax(prediction.video_probabilities()))
-    probabilities = softmax(prediction.logits)
-    window = int(np.argmax(probabilities[:, video_best])) if args.window is None else args.window
-    if not 0 <= window < len(prediction.logits):
+    window = prediction.candidates.pick(video_best)
+    if window >= len(prediction.logits):
         raise PredictError(f"--window is {window}; this video has windows 0..{len(prediction.logits) - 1}")
-    explanation, crops, xy, mask = explain_window(
-        prediction, model, window, max(160, model_image_size(prediction.full_patches))
-    )
+    explanation, crops, xy, mask = explain_window(prediction, model, window)
     label = prediction.classes[int(np.argmax(explanation.probabilities))]
     frames = prediction.windows.iloc[window]["frame_idx"]
     title = f"{Path(args.video).name}, window {window} (frames {frames[0]}-{frames[-1]}): predicted {label}"
@@ -1096,6 +1058,11 @@ def run_explain(args) -> int:
 def model_image_size(full_patches: int) -> int:
     """The crop side the backbone's patch grid covers at 16 px patches (display only)."""
     return int(round(full_patches**0.5)) * 16
+
+
+def _explain_size(model_dir: str) -> int:
+    """The side of the crops explain draws: the backbone's grid at 16 px patches, at least 160."""
+    return max(160, model_image_size(ModelFolder.open(Path(model_dir)).full_patches_per_group))
 
 
 def run_predict(args) -> int:

@@ -113,33 +113,24 @@ class DecodedVideo:
         return sample_numbers(self.frames_decoded, self.step)
 
 
-class FramesTooLarge(MemoryError):
-    """The kept frames of a video passed the ``max_bytes`` given to :func:`decode_video`."""
-
-
 class _SizeChanged(Exception):
     """A frame of another size than the first kept one: the video is skipped with this reason."""
 
 
 class _KeptFrames:
     """The kept frames, held once: each is converted straight into an array sized from the header's frame
-    count (trusted up to ``max_bytes``, or 1 GiB), grown by doubling past it, never stacked from a list."""
+    count (trusted up to :data:`FIRST_ALLOCATION`), grown by doubling past it, never stacked from a list."""
 
-    def __init__(self, expected: int, max_bytes: int | None):
-        self.expected, self.max_bytes = expected, max_bytes
+    def __init__(self, expected: int):
+        self.expected = expected
         self.array: np.ndarray | None = None
         self.numbers: list[int] = []
 
     def add(self, frame: np.ndarray, number: int) -> None:
         """Keep ``frame`` (BGR, as OpenCV gives it) as source frame ``number``."""
         n = len(self.numbers)
-        if self.max_bytes is not None and (n + 1) * frame.nbytes > self.max_bytes:
-            raise FramesTooLarge(
-                f"its kept frames pass {self.max_bytes / 2**20:.0f} MiB at source frame {number} ({n + 1} kept)"
-            )
-        if self.array is None:  # a bogus header count costs nothing past the budget
-            cap = self.max_bytes if self.max_bytes is not None else FIRST_ALLOCATION
-            self.expected = min(self.expected, max(1, cap // frame.nbytes))
+        if self.array is None:  # a bogus header count reserves at most FIRST_ALLOCATION
+            self.expected = min(self.expected, max(1, FIRST_ALLOCATION // frame.nbytes))
         self.array = _room_for(self.array, n, frame.shape, self.expected)
         cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=self.array[n])
         self.numbers.append(number)
@@ -487,22 +478,20 @@ def decode_video(
     stride: int,
     max_side: int | None = None,
     reference_fps: float | None = None,
-    max_bytes: int | None = None,
     by_time: bool = False,
     display_aspect: bool = False,
 ) -> DecodedVideo:
     """Decode all frames of ``path`` and keep the time samples of :func:`sample_numbers`.
 
     ``reference_fps`` None keeps every ``stride``-th frame (0, stride, 2*stride, ...); a number resamples by
-    time (:func:`sample_step`). ``by_time`` (``transmodal predict``): match the time samples to frames by
+    time (:func:`sample_step`). ``by_time`` (predict only): match the time samples to frames by
     each frame's timestamp (:class:`_ByTime`), not by its number at the header's rate, so a
     variable-frame-rate file is sampled evenly in time; the same frames for a constant-rate one. Every frame
     is then converted (the choice waits for the next frame's timestamp). ``max_side`` (predict only; the
     frames stage keeps the source size): kept frames whose longer side exceeds it are shrunk to it (area
-    resampling, aspect kept) as they are decoded, so a 4K video holds a quarter of the memory. ``max_bytes``
-    (predict only): raise :class:`FramesTooLarge` as soon as the kept frames pass it (a header without a
-    frame count, or a wrong one, cannot be checked before decoding). The kept frames are held once
-    (:class:`_KeptFrames`). ``display_aspect`` (predict only; the frames stage keeps the stored pixels): a
+    resampling, aspect kept) as they are decoded, so a 4K video holds a quarter of the memory. The kept
+    frames are held once (:class:`_KeptFrames`); predict, which holds a segment at a time, iterates
+    :class:`VideoStream` with the same arguments. ``display_aspect`` (predict only; the frames stage keeps the stored pixels): a
     stream whose pixels are not square (anamorphic: a sample aspect ratio other than 1) is stretched to the
     size a player shows (:func:`display_size`) before ``max_side`` applies, so a person is not squeezed.
 
@@ -522,7 +511,7 @@ def decode_video(
             return DecodedVideo(
                 video_id, None, empty, 0, 0, 0.0, "not a readable video (OpenCV cannot open it)"
             )
-        kept = _KeptFrames(stream.expected, max_bytes)
+        kept = _KeptFrames(stream.expected)
         for number, frame, _ in stream:
             kept.add(frame, number)
     except _SizeChanged as err:

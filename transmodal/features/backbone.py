@@ -27,10 +27,15 @@ CHECKPOINT_PARAM = "backbone.checkpoint"
 
 
 def processor_class():
-    """``VideoMAEImageProcessor`` needs torchvision in transformers 5; else its PIL twin (same config)."""
-    from transformers import VideoMAEImageProcessor, VideoMAEImageProcessorPil
+    """``VideoMAEImageProcessor`` needs torchvision in transformers 5; else its PIL twin (same config).
+    Only the one used is imported: importing the other without torchvision prints a warning every run."""
+    if importlib.util.find_spec("torchvision"):
+        from transformers import VideoMAEImageProcessor
 
-    return VideoMAEImageProcessor if importlib.util.find_spec("torchvision") else VideoMAEImageProcessorPil
+        return VideoMAEImageProcessor
+    from transformers import VideoMAEImageProcessorPil
+
+    return VideoMAEImageProcessorPil
 
 
 class FrozenBackbone:
