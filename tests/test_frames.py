@@ -619,10 +619,10 @@ def test_non_square_pixels_are_stretched_for_predict_and_kept_for_the_frames_sta
 
     import av
 
-    from transmodal.predict import read_header
+    from transmodal.predict import decode_args, read_header
 
-    def shown(max_side):  # as predict decodes it
-        return decode_video(path, "v", 2, max_side, 25.0, by_time=True, display_aspect=True)
+    def shown(max_side):  # as predict decodes it (its VideoStream takes the same arguments)
+        return decode_video(video_id="v", **decode_args(path, 2, max_side, 25.0))
 
     path = tmp_path / "anamorphic.mp4"
     with av.open(str(path), "w") as out:

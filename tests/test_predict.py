@@ -333,6 +333,7 @@ def test_explain_keeps_only_the_windows_it_may_draw(model_dir, tmp_path):
     """explain on a video scored in segments: it holds the tokens and crops of each class's surest window
     only, draws the one of the video's label (the window argmax over all of them picks), and gets the
     crops and maps the whole video gives for it; --window keeps that window alone."""
+    from transmodal.features.crops import crop_frames
     from transmodal.predict import explain_window, predict_video, softmax
 
     path = tmp_path / "long.avi"
@@ -353,6 +354,12 @@ def test_explain_keeps_only_the_windows_it_may_draw(model_dir, tmp_path):
         explain_window(whole, model, window),
     )
     assert crops.shape == (16, 64, 64, 3) and np.array_equal(crops, crops_whole)  # nobody found: whole frame
+    row = whole.windows.iloc[window]
+    positions = np.searchsorted(whole.frame_idx, np.asarray(row["frame_idx"], np.int64)).tolist()
+    box = tuple(int(row[c]) for c in ("crop_x1", "crop_y1", "crop_x2", "crop_y2"))
+    assert np.array_equal(crops, crop_frames(whole.frames, box, 64, positions))  # the window's own frames
+    for explanation in (mine, theirs):  # the head on the kept tokens gives the window's own logits
+        np.testing.assert_allclose(explanation.probabilities, probabilities[window], rtol=0, atol=1e-5)
     assert np.array_equal(xy, xy_whole, equal_nan=True) and mask.shape == (16, 17)
     np.testing.assert_allclose(mine.probabilities, theirs.probabilities, rtol=0, atol=1e-5)
     for name, values in mine.maps().items():
@@ -360,6 +367,49 @@ def test_explain_keeps_only_the_windows_it_may_draw(model_dir, tmp_path):
 
     given, _ = predict_video(path, model_dir, progress=False, explain_size=64, window=5, max_bytes=48 * 57600)
     assert list(given.candidates.kept) == [5] and given.candidates.pick(label) == 5
+
+
+def test_candidates_keep_each_class_s_surest_window_and_the_earlier_on_a_tie():
+    """A still video where nobody is found gives every window the same logits: explain draws the first, as
+    argmax over all windows would; a window no longer the surest of any class is let go."""
+    import pandas as pd
+
+    from transmodal.data.frames import DecodedVideo
+    from transmodal.predict import Candidates
+
+    frames = np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3)
+    video = DecodedVideo("input", frames, np.arange(0, 8, 2), 8, 8, 25.0)
+
+    def rows(windows):
+        return pd.DataFrame(
+            {
+                "clip_id": [f"input#{n}" for n in windows],
+                "frame_idx": [np.array([2 * (n % 4)] * 2, np.int32) for n in windows],
+                "crop_x1": 0, "crop_y1": 0, "crop_x2": 8, "crop_y2": 8,
+            }
+        )  # fmt: skip
+
+    tokens = torch.arange(3 * 4, dtype=torch.float16).reshape(3, 2, 2)
+    candidates = Candidates(None, 8)
+    candidates.add(video, rows([0, 1, 2]), tokens, np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]], np.float32))
+    assert (candidates.pick(0), candidates.pick(1)) == (0, 2) and set(candidates.kept) == {0, 2}
+    assert torch.equal(candidates.kept[2][0], tokens[2])
+    assert np.array_equal(candidates.kept[2][1], frames[[2, 2]])  # window 2's frames, cropped whole at 8 px
+    candidates.add(video, rows([3]), tokens[:1] + 1, np.array([[5.0, 0.0]], np.float32))
+    assert (candidates.pick(0), candidates.pick(1)) == (3, 2) and set(candidates.kept) == {2, 3}
+    given = Candidates(1, 8)
+    given.add(video, rows([0, 1, 2]), tokens, np.zeros((3, 2), np.float32))
+    assert list(given.kept) == [1] and given.pick(0) == 1
+
+
+def test_quiet_hides_the_weight_loading_bars_and_leaves_them_on_after(model_dir, camera_video, capfd):
+    from transformers.utils import logging as hf_logging
+
+    argv = ["predict", str(camera_video), "--model", str(model_dir)]
+    for quiet in (False, True):
+        main([*argv, "--quiet"] if quiet else argv)
+        assert ("Loading weights" in capfd.readouterr().err) != quiet
+        assert hf_logging.is_progress_bar_enabled()
 
 
 def test_explain_on_a_window_the_video_does_not_have_is_one_line(model_dir, camera_video, tmp_path, capsys):

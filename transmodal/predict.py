@@ -2,7 +2,7 @@
 
 The chain is the stages' own code on a one-video, in-memory frame store: decode (one frame per time sample,
 ``frames.stride`` frames of 25 fps, matched by timestamp so that a phone's variable frame rate is sampled
-evenly, :func:`~transmodal.data.frames.decode_video`), RT-DETR + ByteTrack and the primary track
+evenly, :class:`~transmodal.data.frames.VideoStream` with :func:`decode_args`), RT-DETR + ByteTrack and the primary track
 (:func:`~transmodal.vision.detect.run_detect`), ViTPose++ on it (:func:`~transmodal.vision.pose.run_pose`),
 the person-centric crop and aligned pose (:func:`~transmodal.features.store.plan_clips`,
 :func:`~transmodal.features.store.crop_batches`), the frozen VideoMAE and the fusion head. Every param of
@@ -61,7 +61,6 @@ TOP_K = 5
 DEFAULT_MAX_SIDE = 1280  # frames are shrunk to this longer side when decoded (the detector sees 640 px)
 # a segment's decoded frames may take at most this share of the available memory
 MEMORY_SHARE = 0.5
-MIN_SUGGESTED_SIDE = 320  # px: a --max-side below this would leave the pose model too few pixels of a person
 # Writers tried for --out, in order, per container: (fourcc, name).
 WRITERS = {
     ".mp4": (("avc1", "H.264"), ("mp4v", "MPEG-4 Part 2")),
@@ -369,6 +368,19 @@ class Prediction:
         }
 
 
+def decode_args(path: Path, stride: int, max_side: int, reference_fps: float | None) -> dict:
+    """How predict decodes a video: :class:`~transmodal.data.frames.VideoStream`'s (and ``decode_video``'s)
+    arguments, for the model folder's ``stride`` and ``reference_fps``."""
+    return dict(
+        path=Path(path),
+        stride=stride,
+        max_side=max_side,
+        reference_fps=reference_fps,
+        by_time=True,  # a phone's variable frame rate is sampled evenly in time
+        display_aspect=True,  # non-square pixels stretched, as a player shows them
+    )
+
+
 def read_header(path: Path) -> tuple[tuple[int, int], int, float]:
     """(display size, frame count, frame rate) from ``path``'s header, or :class:`PredictError` with one
     line saying why it cannot be a video; the count is 0 and the rate 0 where the header has none usable."""
@@ -393,14 +405,17 @@ def read_header(path: Path) -> tuple[tuple[int, int], int, float]:
     return source, (reported if 0.0 < fps <= MAX_FPS else 0), fps
 
 
-def check_segment(path: Path, size: tuple[int, int], frames: int, max_side: int, hint: str) -> int:
-    """The bytes of pixels a segment of predict's kept frames may hold (half the available memory), or
-    :class:`PredictError` when not even ``frames`` of them (:meth:`Segments.least_frames`, or the whole video
-    when shorter) fit; ``hint`` says what those frames are."""
+def check_segment(
+    path: Path, size: tuple[int, int], frames: int, max_side: int, hint: str, reserve: int = 0
+) -> int:
+    """The bytes of pixels a segment of predict's kept frames may hold (half the available memory, less
+    ``reserve``: explain's candidate windows), or :class:`PredictError` when not even ``frames`` of them
+    (:meth:`Segments.least_frames`, or the whole video when shorter) fit; ``hint`` says what those frames
+    are."""
     import psutil
 
     available = psutil.virtual_memory().available
-    budget = int(MEMORY_SHARE * available)
+    budget = int(MEMORY_SHARE * available) - reserve
     need = frames * _frame_bytes(size, max_side)
     if need > budget:
         raise PredictError(
@@ -551,14 +566,7 @@ def predict_video(
     if step is not None and step < 1:
         raise PredictError(f"--step is {step}; it must be at least 1")
     step = step or max(1, length // 2)
-    decode_args = dict(
-        path=video_path,
-        stride=folder.stride,
-        max_side=max_side,
-        reference_fps=folder.reference_fps,
-        by_time=True,  # a phone's variable frame rate is sampled evenly in time
-        display_aspect=True,  # non-square pixels stretched, as a player shows them
-    )
+    decoding = decode_args(video_path, folder.stride, max_side, folder.reference_fps)
     source_size, counted, fps = read_header(video_path)
     sampling = sample_step(fps, folder.stride, folder.reference_fps)
     samples_expected = math.ceil((counted - 0.5) / sampling) if counted else 0  # sample_numbers' count
@@ -567,10 +575,16 @@ def predict_video(
     hint = "two windows and two steps"
     if 0 < kept_expected < least:
         least, hint = kept_expected, "the whole video"
-    budget = check_segment(video_path, source_size, least, max_side, hint)
+    reserve = 0
+    if explain_size is not None:  # a window a class: its fp16 tokens and crops (Candidates)
+        groups, patches = folder.config["backbone"]["grid"]
+        per_window = groups * patches * folder.config["backbone"]["hidden_size"] * 2
+        per_window += length * explain_size * explain_size * 3
+        reserve = (1 if window is not None else len(folder.classes)) * per_window
+    budget = check_segment(video_path, source_size, least, max_side, hint, reserve)
     estimate = window_count(samples_expected, length, step) if counted else None
     candidates = None if explain_size is None else Candidates(window, explain_size)
-    stream = VideoStream(**decode_args)
+    stream = VideoStream(**decoding)
     try:
         try:  # the first kept frame decoded before the models load: a file that does not decode fails fast
             if not stream.open():
@@ -664,7 +678,7 @@ def predict_video(
         step=stream.step,
         samples=samples,
         segments=segments.count,
-        decode_args=decode_args,
+        decode_args=decoding,
     )
     return prediction, chain.model
 
