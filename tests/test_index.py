@@ -15,6 +15,7 @@ from transmodal.data.index import (
     INDEX_COLUMNS,
     build_index,
     hmdb51_source,
+    index_folder,
     index_hmdb51,
     index_kth,
     index_ucf101,
@@ -499,6 +500,7 @@ INDEXERS = {
     "kth": lambda root: index_kth(root, "paper"),
     "ucf101": lambda root: index_ucf101(root, 1, 0.1, 0),
     "hmdb51": lambda root: index_hmdb51(root, 1, 0.1, 0),
+    "folder": lambda root: index_folder(root, "random", 0.1, 0.2, 0),
 }
 
 
@@ -575,3 +577,103 @@ def test_lists_saved_by_a_windows_editor_and_upper_case_extensions_index_the_sam
     pd.testing.assert_frame_equal(index.assign(path=index["path"].str.replace(".AVI", ".avi")), expected)
     extra = [name for name in summary[reported] if name not in expected_summary[reported]]
     assert [str(messy / name) for name in extra] == [str(twice)]
+
+
+# ------------------------------------------------------------------------------------------ folder
+
+
+def make_folder_tree(root: Path) -> Path:
+    """Three classes of one's own videos: per class two people (subfolders: groups) with two clips each, and
+    two loose clips (each its own group); a note, a hidden file and a hidden folder to be skipped."""
+    for label in ("clap", "jump", "wave"):
+        for person in ("ann", "bob"):
+            for n in (1, 2):
+                _touch(root / label / person / f"take{n}.mp4")
+        _touch(root / label / "loose1.MOV")
+        _touch(root / label / "loose2.avi")
+    _touch(root / "clap" / "notes.txt")
+    _touch(root / "clap" / ".DS_Store")
+    _touch(root / "jump" / ".trash" / "old.mp4")
+    return root
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"video")
+
+
+def test_folder_labels_groups_and_a_random_split(tmp_path: Path):
+    root = make_folder_tree(tmp_path / "mine")
+    index, summary = index_folder(root, "random", 0.25, 0.25, 0)
+    check_schema(index)
+    assert len(index) == 18 and sorted(set(index["label"])) == ["clap", "jump", "wave"]
+    assert dict(zip(index["label"], index["label_idx"], strict=True)) == {"clap": 0, "jump": 1, "wave": 2}
+    assert "clap__ann__take1" in set(index["video_id"]) and "jump__loose1" in set(index["video_id"])
+    assert set(index["path"]) >= {"clap/ann/take1.mp4", "wave/loose1.MOV"}
+    # a person's clips are one group; a loose clip is its own: 4 groups a class, 12 in all
+    per_group = index.groupby("group")["video_id"].apply(list)
+    assert len(per_group) == summary["groups"] == 12
+    ann = index.loc[index["video_id"] == "clap__ann__take1", "group"].item()
+    assert sorted(per_group[ann]) == ["clap__ann__take1", "clap__ann__take2"]
+    assert index.groupby("group")["split"].nunique().max() == 1  # no group straddles two splits
+    for _, rows in index.groupby("label"):  # 1 of 4 groups to test, 1 of the other 3 to val, per class
+        assert rows.groupby("split")["group"].nunique().to_dict() == {"test": 1, "train": 2, "val": 1}
+    assert summary["unrecognised_files"] == ["clap/notes.txt"] and summary["classes_without_test"] == []
+    again, _ = index_folder(root, "random", 0.25, 0.25, 0)
+    assert again.equals(index)  # seeded
+    splits = {tuple(index_folder(root, "random", 0.25, 0.25, seed)[0]["split"]) for seed in range(6)}
+    assert len(splits) > 1
+
+
+def test_folder_split_from_a_file(tmp_path: Path):
+    root = make_folder_tree(tmp_path / "mine")
+    (root / "splits.csv").write_text(
+        "path,split\n"
+        + "".join(f"{label}/ann/take{n}.mp4,train\n" for label in ("clap", "jump", "wave") for n in (1, 2))
+        + "".join(f"{label}/bob/take1.mp4, test\n" for label in ("clap", "jump", "wave"))
+        + ".\\wave\\loose1.MOV,TEST\n"  # Windows separators, ./ and upper case
+        + "clap/gone.mp4,train\n"
+    )
+    index, summary = index_folder(root, "file", 0.5, 0.2, 0)
+    check_schema(index)
+    assert len(index) == 10 and (index["split"] == "test").sum() == 4
+    assert summary["listed_missing_on_disk_ids"] == ["clap/gone.mp4"] and summary["unlisted_on_disk"] == 8
+    assert not summary["val_from_file"] and (index["split"] == "val").sum() == 0  # one group a class in train
+
+    (root / "splits.csv").write_text("path,split\nclap/ann/take1.mp4,train\nclap/bob/take1.mp4,tset\n")
+    with pytest.raises(ParamError, match=r"splits.csv, line 3: split 'tset' for 'clap/bob/take1.mp4'"):
+        index_folder(root, "file", 0.1, 0.2, 0)
+    (root / "splits.csv").write_text("video,part\nclap/ann/take1.mp4,train\n")
+    with pytest.raises(ParamError, match=r"splits.csv: no column path or split"):
+        index_folder(root, "file", 0.1, 0.2, 0)
+    (root / "splits.csv").write_text("path,split\nclap/ann/take1.mp4,train\njump/ann/take1.mp4,train\n")
+    with pytest.raises(ParamError, match=r"gives no test videos with data.split 'file'"):
+        index_folder(root, "file", 0.1, 0.2, 0)
+    (root / "splits.csv").unlink()
+    with pytest.raises(
+        ParamError, match=r"data.split is 'file', but split file .*splits.csv' does not exist"
+    ):
+        index_folder(root, "file", 0.1, 0.2, 0)
+
+
+def test_folder_bad_layouts_and_params_are_one_line(tmp_path: Path):
+    one = tmp_path / "one"
+    _touch(one / "clap" / "a.mp4")
+    _touch(one / "clap" / "b.mp4")
+    with pytest.raises(ParamError, match=r"has videos of one class only \(clap\)"):
+        index_folder(one, "random", 0.1, 0.2, 0)
+    single = tmp_path / "single"
+    for label in ("clap", "jump"):
+        _touch(single / label / "only.mp4")
+    with pytest.raises(
+        ParamError, match=r"gives no test videos with data.split 'random' .*data.test_fraction"
+    ):
+        index_folder(single, "random", 0.1, 0.2, 0)
+    with pytest.raises(ParamError, match=r"data.split is 1; expected one of random, file|data\.split"):
+        DataConfig(dataset="folder", root=str(single), split=1)
+    with pytest.raises(ParamError, match=r"data\.test_fraction is 0"):
+        DataConfig(dataset="folder", root=str(single), split="random", test_fraction=0)
+    index, summary = build_index(
+        DataConfig(dataset="folder", root=str(make_folder_tree(tmp_path / "m")), split="random")
+    )
+    assert summary["dataset"] == "folder" and len(index) == 18

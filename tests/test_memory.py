@@ -65,6 +65,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import REPO_ROOT
 from tests.dvc_project import dvc, make_project
 
 pytestmark = pytest.mark.skipif(
@@ -301,4 +302,48 @@ def test_peak_anonymous_memory_does_not_grow_with_the_number_of_videos(projects,
         f"{stage}: peak anonymous memory grew by {growth / MiB:.1f} MiB from {small.videos()} to "
         f"{large.videos()} videos, more than {BOUND_FRACTION:.2f} x the {extra / MiB:.1f} MiB of {what} "
         "the extra videos add: the stage holds per-video data"
+    )
+
+
+# --------------------------------------------------------------------------------------------- predict
+
+PREDICT_LENGTHS = {"1x": 300, "2x": 600, "4x": 1200}  # source frames of a 640 x 480, 25 fps video
+PREDICT_SEGMENT_FRAMES = 64  # kept frames a segment may hold (58 MB at 640 x 480)
+PREDICT = (
+    "import sys; from pathlib import Path; from transmodal.predict import predict_video; "
+    "p, _ = predict_video(Path(sys.argv[1]), Path(sys.argv[2]), progress=False, max_bytes=int(sys.argv[3])); "
+    "print(p.segments, len(p.logits))"
+)
+
+
+def test_predict_holds_one_segment_whatever_the_video_s_length(tmp_path, tiny_checkpoints):
+    """``transmodal predict`` on videos of 1, 2 and 4 times the length (150, 300 and 600 kept frames of
+    640 x 480 at stride 2) with the same segment budget: its peak anonymous memory grows by less than
+    :data:`BOUND_FRACTION` of the raw kept frames the longer video adds. Holding them (as predict did
+    before segments, and explain did until it kept only its candidate windows) grows by all of them;
+    what it keeps per window (the planned window, its pose and logits) is a few KB."""
+    from tests.test_predict import camera_like_video, write_model_folder
+
+    model = write_model_folder(tmp_path / "model", tiny_checkpoints)
+    frame = 640 * 480 * 3
+    peaks, kept = {}, {}
+    for size, frames in PREDICT_LENGTHS.items():
+        video = tmp_path / f"{size}.avi"
+        camera_like_video(video, frames=frames, size=(640, 480))
+        log = tmp_path / f"predict-{size}.log"
+        cmd = [sys.executable, "-c", PREDICT, str(video), str(model), str(PREDICT_SEGMENT_FRAMES * frame)]
+        peaks[size] = measure(cmd, REPO_ROOT, log)
+        segments, windows = map(int, log.read_text().split()[-2:])
+        kept[size] = frames // 2
+        assert segments >= kept[size] // PREDICT_SEGMENT_FRAMES, log.read_text()[-2000:]
+    growth = peaks["4x"].anon - peaks["1x"].anon
+    bound = BOUND_FRACTION * (kept["4x"] - kept["1x"]) * frame
+    print(
+        "\npredict      "
+        + "  ".join(f"{size} ({kept[size]} kept frames) {p.anon / MiB:7.1f} MiB" for size, p in peaks.items())
+        + f"  | growth 4x-1x {growth / MiB:+7.1f} MiB, bound {bound / MiB:6.1f} MiB"
+    )
+    assert growth < bound, (
+        f"predict: peak anonymous memory grew by {growth / MiB:.1f} MiB from {kept['1x']} to {kept['4x']} "
+        f"kept frames, more than {BOUND_FRACTION:.2f} x the raw frames the longer video adds: it holds them"
     )

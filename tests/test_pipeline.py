@@ -194,3 +194,50 @@ def test_queued_sweep_runs_every_value(project):
                 if "video_accuracy" in metrics:
                     values.add(params["selector"]["top_k_frames"])
     assert {4, 12} <= values, shown
+
+
+FOLDER = {
+    "data": {
+        "dataset": "folder",
+        "root": "videos",
+        "split": "random",
+        "test_fraction": 0.25,
+        "val_fraction": 0.5,
+    },
+    "detect": {"source": "model"},  # one's own videos have no ground-truth boxes or keypoints
+    "pose": {"source": "model"},
+    "clips": {"per_video_train": 1, "per_video_test": 1},
+    "backbone": {"batch_size": 16},
+    "train": {"epochs": 1},
+}
+
+
+def test_your_own_videos_in_class_folders_train_and_evaluate(tmp_path_factory):
+    """data.dataset folder: two classes of a camera's AVIs (25 and 30 fps) in per-person folders and a
+    phone's variable-rate MP4 loose in each class folder go through `dvc repro evaluate`: indexed by class
+    folder with a person's videos in one split, decoded, detected, posed, trained on and scored."""
+    import pandas as pd
+
+    from tests.conftest import write_vfr
+    from tests.test_predict import camera_like_video
+
+    project = make_project(tmp_path_factory.mktemp("folder"), FOLDER)
+    for label in ("clap", "wave"):
+        for person, fps in (("ann", 25.0), ("bob", 25.0), ("cid", 30.0)):
+            (project / "videos" / label / person).mkdir(parents=True)
+            camera_like_video(project / "videos" / label / person / "take1.avi", 40, (160, 120), fps)
+        write_vfr(project / "videos" / label / "phone.mp4", [1 / 30] * 45 + [1 / 10] * 15, size=(160, 120))
+    (project / "videos" / "README.txt").write_text("not a class folder: a file at the root is not indexed\n")
+    log = dvc(project, "repro", "evaluate")
+    assert "Running stage 'synth'" not in log  # the dataset is the folder, not the synthetic set
+    index = pd.read_parquet(project / "data/index.parquet")
+    assert len(index) == 8 and sorted(set(index["label"])) == ["clap", "wave"]
+    assert index.groupby("group")["split"].nunique().max() == 1
+    assert set(index["split"]) == {"train", "val", "test"}
+    prepare = json.loads((project / "metrics/prepare.json").read_text())
+    assert prepare["dataset"] == "folder" and prepare["groups"] == 8
+    videos = pd.read_parquet(project / "data/frames/videos.parquet")
+    assert (videos["status"] == "ok").all() and len(videos) == 8
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    assert evaluation["video_accuracy"] in (0.0, 0.5, 1.0)  # one test group, here one video, a class
+    assert 0.0 <= evaluation["clip_accuracy"] <= 1.0

@@ -19,7 +19,7 @@ import yaml
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")
 SOURCES = ("model", "annotations")
-DATASETS = ("synthetic", "kth", "ucf101", "hmdb51")
+DATASETS = ("synthetic", "kth", "ucf101", "hmdb51", "folder")  # folder: one's own <class>/<video> tree
 KTH_ACTIONS = ("boxing", "handclapping", "handwaving", "jogging", "running", "walking")
 KTH_SCENARIOS = ("d1", "d2", "d3", "d4")
 
@@ -149,6 +149,7 @@ class DataConfig:
     root: str = "data/synthetic"
     split: str | int = "paper"
     val_fraction: float = 0.1
+    test_fraction: float = 0.2
     seed: int = 0
 
     def __post_init__(self):
@@ -157,9 +158,12 @@ class DataConfig:
         _check_str(s, "root", self.root)
         if self.dataset in ("synthetic", "kth"):
             _check_choice(s, "split", self.split, ("paper", "schuldt"))
+        elif self.dataset == "folder":
+            _check_choice(s, "split", self.split, ("random", "file"))
         else:
             _check_choice(s, "split", self.split, (1, 2, 3))
         _check_float(s, "val_fraction", self.val_fraction, 0.0, 0.5)
+        _check_float(s, "test_fraction", self.test_fraction, 0.0, 0.5, low_open=True)
         _check_int(s, "seed", self.seed, 0)
 
     def root_path(self) -> Path:

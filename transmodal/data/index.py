@@ -545,18 +545,23 @@ def hold_out_val(index: pd.DataFrame, val_fraction: float, seed: int) -> pd.Seri
     every class keeps training data), drawn with ``numpy.random.default_rng([seed, label_idx])`` so one
     class's draw does not depend on the others.
     """
+    return _hold_out(index, val_fraction, [seed], "val")
+
+
+def _hold_out(index: pd.DataFrame, fraction: float, seed: list[int], into: str) -> pd.Series:
+    """:func:`hold_out_val` into ``into``, each class drawn with ``default_rng([*seed, label_idx])``."""
     split = index["split"].copy()
-    if val_fraction <= 0:
+    if fraction <= 0:
         return split
     train = index[index["split"] == "train"]
     for label_idx, rows in train.groupby("label_idx", sort=True):
         groups = np.sort(rows["group"].unique())
         if len(groups) < 2:
             continue
-        n_val = min(len(groups) - 1, max(1, math.floor(val_fraction * len(groups) + 0.5)))
-        rng = np.random.default_rng([seed, int(label_idx)])
-        val_groups = rng.choice(groups, size=n_val, replace=False)
-        split.loc[rows.index[rows["group"].isin(val_groups)]] = "val"
+        n_out = min(len(groups) - 1, max(1, math.floor(fraction * len(groups) + 0.5)))
+        rng = np.random.default_rng([*seed, int(label_idx)])
+        out_groups = rng.choice(groups, size=n_out, replace=False)
+        split.loc[rows.index[rows["group"].isin(out_groups)]] = into
     return split
 
 
@@ -610,6 +615,163 @@ def _summarise(index: pd.DataFrame) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------- your own videos
+
+VIDEO_SUFFIXES = (
+    ".3gp", ".avi", ".flv", ".m2ts", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".mts", ".ogv", ".ts",
+    ".webm", ".wmv",
+)  # fmt: skip
+FOLDER_SPLIT_FILE = "splits.csv"
+TEST_SEED_STREAM = 1  # the test hold-out draws from default_rng([seed, 1, label_idx]); val's from [seed, ...]
+
+
+def index_folder(
+    root: Path, split: str, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[pd.DataFrame, dict]:
+    """Index a folder of one's own labelled videos: ``<root>/<class>/<video>`` or
+    ``<root>/<class>/<group>/.../<video>`` (any of :data:`VIDEO_SUFFIXES`, any case).
+
+    Classes are the class folders holding a video, labelled in sorted order. A video in a subfolder of its
+    class folder belongs to the group named by that subfolder (a recording session, a person: its videos are
+    never split between train and the held-out sets); a video directly in the class folder is its own group.
+    Groups are per class, as UCF101's. The video id is the path without its suffix, ``/`` written ``__``.
+    Hidden files and folders are skipped; other files are counted as ``unrecognised`` and left out.
+
+    ``split``: ``random`` holds out ``test_fraction`` of each class's groups for test, then ``val_fraction``
+    of the rest for val (:func:`hold_out_val`), seeded by ``seed``; ``file`` reads ``<root>/splits.csv``
+    (columns ``path`` and ``split``: ``train``, ``val`` or ``test``; paths relative to the root), and holds
+    out val from train only when the file names no ``val`` video.
+    """
+    root = Path(root)
+    _check_root(root)
+    found: dict[str, tuple[str, str, str]] = {}  # video id -> (class, path, group key)
+    unrecognised: list[str] = []
+    same_name: list[str] = []  # x.mp4 beside x.avi: one id, the second file left out
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(folder.rglob("*")):
+            inner = path.relative_to(folder).parts
+            if any(part.startswith(".") for part in inner) or not path.is_file():
+                continue
+            rel = path.relative_to(root).as_posix()
+            if path.suffix.lower() not in VIDEO_SUFFIXES:
+                unrecognised.append(rel)
+                continue
+            video_id = rel[: -len(path.suffix)].replace("/", "__")
+            if video_id in found:
+                same_name.append(rel)
+                continue
+            group = f"{folder.name}/{inner[0]}" if len(inner) > 1 else rel
+            found[video_id] = (folder.name, rel, group)
+    classes = sorted({label for label, _, _ in found.values()})
+    if not classes:
+        raise _root_error(
+            root, f"has no videos in class folders (<class>/<video>, one of {', '.join(VIDEO_SUFFIXES)})"
+        )
+    if len(classes) < 2:
+        raise _root_error(
+            root, f"has videos of one class only ({classes[0]}); a classifier needs two or more"
+        )
+    group_id = {key: n for n, key in enumerate(sorted({group for _, _, group in found.values()}))}
+    label_idx = {label: n for n, label in enumerate(classes)}
+    rows = [
+        {
+            "video_id": video_id,
+            "path": rel,
+            "label": label,
+            "label_idx": label_idx[label],
+            "group": group_id[group],
+            "scenario": "",
+            "split": "train",
+            "sequences": [],
+        }
+        for video_id, (label, rel, group) in found.items()
+    ]
+    extra: dict = {}
+    if split == "random":
+        index = _frame(rows)
+        index["split"] = _hold_out(index, test_fraction, [seed, TEST_SEED_STREAM], "test").astype(str)
+        index["split"] = hold_out_val(index, val_fraction, seed).astype(str)
+    elif split == "file":
+        index, extra = _folder_split_file(root, _frame(rows), val_fraction, seed)
+    else:
+        raise ParamError(
+            f"params.yaml: data.split is {split!r}; for data.dataset folder expected random or file"
+        )
+    held = {part: set(index.loc[index["split"] == part, "label"]) for part in SPLITS}
+    if not held["train"] or not held["test"]:
+        fix = "data.test_fraction" if split == "random" else f"{root / FOLDER_SPLIT_FILE}"
+        raise _root_error(
+            root,
+            f"gives no {'test' if held['train'] else 'training'} videos with data.split {split!r} (every class "
+            f"needs two groups, or videos, to hold one out; see {fix})",
+        )
+    summary = _summarise(index)
+    summary.update(
+        {
+            "split": split,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction if split == "random" else None,
+            "seed": seed,
+            "groups": len(group_id),
+            "classes_without_test": sorted(set(classes) - held["test"]),
+            "unrecognised": len(unrecognised) + len(same_name),
+            "unrecognised_files": sorted(unrecognised + same_name),
+            **extra,
+        }
+    )
+    return index, summary
+
+
+def _folder_split_file(
+    root: Path, index: pd.DataFrame, val_fraction: float, seed: int
+) -> tuple[pd.DataFrame, dict]:
+    """The splits of ``<root>/splits.csv`` on the folder's videos; what the file and the folder disagree on."""
+    path = root / FOLDER_SPLIT_FILE
+    if not path.is_file():
+        raise _split_file_error("file", path)
+    try:
+        listed = pd.read_csv(
+            path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig"
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise ParamError(f"{path}: not a CSV file with columns path and split ({_first_line(err)})") from None
+    missing = [column for column in ("path", "split") if column not in listed.columns]
+    if missing:
+        raise ParamError(f"{path}: no column {' or '.join(missing)} (the header must name path and split)")
+    listed["path"] = listed["path"].str.strip().str.replace("\\", "/", regex=False).str.removeprefix("./")
+    listed["split"] = listed["split"].str.strip().str.lower()
+    bad = listed[~listed["split"].isin(SPLITS)]
+    if len(bad):
+        line = int(bad.index[0]) + 2  # the header is line 1
+        raise ParamError(
+            f"{path}, line {line}: split {bad['split'].iloc[0]!r} for {bad['path'].iloc[0]!r}; expected train, "
+            "val or test"
+        )
+    twice = listed["path"][listed["path"].duplicated()]
+    if len(twice):
+        raise ParamError(f"{path}: {twice.iloc[0]!r} is listed twice")
+    split_of = dict(zip(listed["path"], listed["split"], strict=True))
+    on_disk = set(index["path"])
+    unlisted = sorted(on_disk - set(split_of))
+    listed_missing = sorted(set(split_of) - on_disk)
+    index = index[index["path"].isin(split_of)].reset_index(drop=True)
+    index["split"] = index["path"].map(split_of).astype(str)
+    val_given = bool((index["split"] == "val").any())
+    if not val_given:
+        index["split"] = hold_out_val(index, val_fraction, seed).astype(str)
+    return index, {
+        "val_from_file": val_given,
+        "listed_missing_on_disk": len(listed_missing),
+        "listed_missing_on_disk_ids": listed_missing,
+        "unlisted_on_disk": len(unlisted),
+        "unlisted_on_disk_ids": unlisted,
+    }
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def build_index(cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
     """Index the dataset of the ``data`` params; ``synthetic`` has the KTH layout and uses the KTH indexer."""
     root = cfg.root_path()
@@ -619,6 +781,8 @@ def build_index(cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
         index, summary = index_ucf101(root, int(cfg.split), cfg.val_fraction, cfg.seed)
     elif cfg.dataset == "hmdb51":
         index, summary = index_hmdb51(root, int(cfg.split), cfg.val_fraction, cfg.seed)
+    elif cfg.dataset == "folder":
+        index, summary = index_folder(root, str(cfg.split), cfg.val_fraction, cfg.test_fraction, cfg.seed)
     else:  # DataConfig validates the choice; this guards a new dataset added there but not here
         raise ParamError(f"params.yaml: data.dataset is {cfg.dataset!r}, which has no indexer")
     summary["dataset"] = cfg.dataset
