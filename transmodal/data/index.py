@@ -22,8 +22,11 @@ The indexer never opens a video; it reads file names and the official split and 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
 import math
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -548,8 +551,17 @@ def hold_out_val(index: pd.DataFrame, val_fraction: float, seed: int) -> pd.Seri
     return _hold_out(index, val_fraction, [seed], "val")
 
 
-def _hold_out(index: pd.DataFrame, fraction: float, seed: list[int], into: str) -> pd.Series:
-    """:func:`hold_out_val` into ``into``, each class drawn with ``default_rng([*seed, label_idx])``."""
+def hold_out_rng(seed: list[int], label_idx: int, stream: int | None = None) -> np.random.Generator:
+    """The draw of one class's held-out groups: ``default_rng([*seed, label_idx])`` (val, as it always was), or
+    with ``stream`` last (test). NumPy pads a short seed with zeros, so the tag goes last, never before the
+    label: ``[seed, 1, 0]`` is the same stream as ``[seed, 1]``."""
+    return np.random.default_rng([*seed, int(label_idx)] + ([stream] if stream is not None else []))
+
+
+def _hold_out(
+    index: pd.DataFrame, fraction: float, seed: list[int], into: str, stream: int | None = None
+) -> pd.Series:
+    """:func:`hold_out_val` into ``into``, each class drawn with :func:`hold_out_rng`."""
     split = index["split"].copy()
     if fraction <= 0:
         return split
@@ -559,7 +571,7 @@ def _hold_out(index: pd.DataFrame, fraction: float, seed: list[int], into: str) 
         if len(groups) < 2:
             continue
         n_out = min(len(groups) - 1, max(1, math.floor(fraction * len(groups) + 0.5)))
-        rng = np.random.default_rng([*seed, int(label_idx)])
+        rng = hold_out_rng(seed, label_idx, stream)
         out_groups = rng.choice(groups, size=n_out, replace=False)
         split.loc[rows.index[rows["group"].isin(out_groups)]] = into
     return split
@@ -622,7 +634,11 @@ VIDEO_SUFFIXES = (
     ".webm", ".wmv",
 )  # fmt: skip
 FOLDER_SPLIT_FILE = "splits.csv"
-TEST_SEED_STREAM = 1  # the test hold-out draws from default_rng([seed, 1, label_idx]); val's from [seed, ...]
+TEST_STREAM = (
+    1  # the test hold-out draws from default_rng([seed, label_idx, 1]), val's from [seed, label_idx]
+)
+MAX_ID_BYTES = 120  # a longer video id is cut and suffixed with its path's hash (ids name explain's figures)
+MAX_LISTED = 100  # file names listed per kind in metrics/prepare.json (all are counted)
 
 
 def index_folder(
@@ -631,11 +647,14 @@ def index_folder(
     """Index a folder of one's own labelled videos: ``<root>/<class>/<video>`` or
     ``<root>/<class>/<group>/.../<video>`` (any of :data:`VIDEO_SUFFIXES`, any case).
 
-    Classes are the class folders holding a video, labelled in sorted order. A video in a subfolder of its
-    class folder belongs to the group named by that subfolder (a recording session, a person: its videos are
-    never split between train and the held-out sets); a video directly in the class folder is its own group.
-    Groups are per class, as UCF101's. The video id is the path without its suffix, ``/`` written ``__``.
-    Hidden files and folders are skipped; other files are counted as ``unrecognised`` and left out.
+    Classes are the class folders holding a video (after ``splits.csv`` in ``file`` mode), labelled in
+    sorted order. A video below a subfolder of its class folder belongs to the group that subfolder names
+    (a recording session, a person: with ``random`` its videos are never split between train and the
+    held-out sets); a video directly in the class folder is its own group. Groups are per class, as
+    UCF101's. The video id is the path without its suffix, ``/`` written ``__`` (paths that would share
+    one, or ids over :data:`MAX_ID_BYTES`, get their path's hash). Symbolic links are followed; hidden files
+    and folders are skipped; other files, broken links, a second file of one name (``x.mp4`` beside
+    ``x.avi``) and a second link to one file are counted and left out.
 
     ``split``: ``random`` holds out ``test_fraction`` of each class's groups for test, then ``val_fraction``
     of the rest for val (:func:`hold_out_val`), seeded by ``seed``; ``file`` reads ``<root>/splits.csv``
@@ -644,132 +663,208 @@ def index_folder(
     """
     root = Path(root)
     _check_root(root)
-    found: dict[str, tuple[str, str, str]] = {}  # video id -> (class, path, group key)
-    unrecognised: list[str] = []
-    same_name: list[str] = []  # x.mp4 beside x.avi: one id, the second file left out
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(folder.rglob("*")):
-            inner = path.relative_to(folder).parts
-            if any(part.startswith(".") for part in inner) or not path.is_file():
-                continue
-            rel = path.relative_to(root).as_posix()
-            if path.suffix.lower() not in VIDEO_SUFFIXES:
-                unrecognised.append(rel)
-                continue
-            video_id = rel[: -len(path.suffix)].replace("/", "__")
-            if video_id in found:
-                same_name.append(rel)
-                continue
-            group = f"{folder.name}/{inner[0]}" if len(inner) > 1 else rel
-            found[video_id] = (folder.name, rel, group)
-    classes = sorted({label for label, _, _ in found.values()})
-    if not classes:
+    videos, left_out = _folder_videos(root)
+    if not videos:
         raise _root_error(
             root, f"has no videos in class folders (<class>/<video>, one of {', '.join(VIDEO_SUFFIXES)})"
         )
-    if len(classes) < 2:
-        raise _root_error(
-            root, f"has videos of one class only ({classes[0]}); a classifier needs two or more"
-        )
-    group_id = {key: n for n, key in enumerate(sorted({group for _, _, group in found.values()}))}
-    label_idx = {label: n for n, label in enumerate(classes)}
     rows = [
         {
             "video_id": video_id,
             "path": rel,
             "label": label,
-            "label_idx": label_idx[label],
-            "group": group_id[group],
+            "label_idx": 0,
+            "group": 0,
             "scenario": "",
             "split": "train",
             "sequences": [],
         }
-        for video_id, (label, rel, group) in found.items()
+        for video_id, (label, rel, _) in videos.items()
     ]
+    group_of = {video_id: group for video_id, (_, _, group) in videos.items()}
     extra: dict = {}
-    if split == "random":
+    if split == "file":
+        index, extra = _folder_split_file(root, _frame(rows))
+    elif split == "random":
         index = _frame(rows)
-        index["split"] = _hold_out(index, test_fraction, [seed, TEST_SEED_STREAM], "test").astype(str)
-        index["split"] = hold_out_val(index, val_fraction, seed).astype(str)
-    elif split == "file":
-        index, extra = _folder_split_file(root, _frame(rows), val_fraction, seed)
     else:
         raise ParamError(
             f"params.yaml: data.split is {split!r}; for data.dataset folder expected random or file"
         )
+    classes = sorted(set(index["label"]))
+    if len(classes) < 2:
+        only = f"videos of one class only ({classes[0]}); a classifier needs two or more class folders"
+        if split == "file":
+            raise ParamError(f"{root / FOLDER_SPLIT_FILE} lists {only}")
+        raise _root_error(root, f"has {only}")
+    index["label_idx"] = index["label"].map({label: n for n, label in enumerate(classes)}).astype("int64")
+    keys = index["video_id"].map(group_of)
+    index["group"] = keys.map({key: n for n, key in enumerate(sorted(set(keys)))}).astype("int64")
+    if split == "random":
+        index["split"] = _hold_out(index, test_fraction, [seed], "test", TEST_STREAM).astype(str)
+        index["split"] = hold_out_val(index, val_fraction, seed).astype(str)
+    elif not extra["val_from_file"]:
+        index["split"] = hold_out_val(index, val_fraction, seed).astype(str)
     held = {part: set(index.loc[index["split"] == part, "label"]) for part in SPLITS}
-    if not held["train"] or not held["test"]:
-        fix = "data.test_fraction" if split == "random" else f"{root / FOLDER_SPLIT_FILE}"
+    if split == "file" and (no_train := sorted(set(classes) - held["train"])):
+        raise ParamError(f"{root / FOLDER_SPLIT_FILE}: no training video of class {', '.join(no_train)}")
+    if not held["test"]:
+        groups = index.groupby("label")["group"].nunique()
         raise _root_error(
             root,
-            f"gives no {'test' if held['train'] else 'training'} videos with data.split {split!r} (every class "
-            f"needs two groups, or videos, to hold one out; see {fix})",
+            f"gives no test videos with data.split {split!r}: "
+            + (
+                f"each class has {groups.min()} to {groups.max()} group(s), and one is held out only from a "
+                "class with two (a subfolder of a class folder is one group; data.split file splits within "
+                "one)"
+                if split == "random"
+                else f"{root / FOLDER_SPLIT_FILE} names no test video"
+            ),
         )
     summary = _summarise(index)
+    unrecognised = sorted(left_out)
     summary.update(
         {
             "split": split,
             "val_fraction": val_fraction,
             "test_fraction": test_fraction if split == "random" else None,
             "seed": seed,
-            "groups": len(group_id),
+            "groups": int(index["group"].nunique()),
             "classes_without_test": sorted(set(classes) - held["test"]),
-            "unrecognised": len(unrecognised) + len(same_name),
-            "unrecognised_files": sorted(unrecognised + same_name),
+            "unrecognised": len(unrecognised),
+            "unrecognised_reasons": dict(sorted(Counter(left_out.values()).items())),
+            "unrecognised_files": unrecognised[:MAX_LISTED],
             **extra,
         }
     )
     return index, summary
 
 
-def _folder_split_file(
-    root: Path, index: pd.DataFrame, val_fraction: float, seed: int
-) -> tuple[pd.DataFrame, dict]:
-    """The splits of ``<root>/splits.csv`` on the folder's videos; what the file and the folder disagree on."""
+def _folder_videos(root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
+    """video id -> (class, path relative to ``root``, group key) of every video under a class folder, and the
+    files left out -> why. Links are followed (a folder once: no cycles); hidden names are skipped."""
+    candidates: list[tuple[str, Path, str]] = []  # (class, path, path relative to root), walk order
+    left_out: dict[str, str] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        walked: set[tuple[int, int]] = set()
+        for directory, subdirs, files in os.walk(folder, followlinks=True):
+            stat = os.stat(directory)
+            if (stat.st_dev, stat.st_ino) in walked:  # a link back up the tree
+                subdirs[:] = []
+                continue
+            walked.add((stat.st_dev, stat.st_ino))
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                path = Path(directory) / name
+                rel = path.relative_to(root).as_posix()
+                if path.suffix.lower() not in VIDEO_SUFFIXES:
+                    left_out[rel] = "not a video file name"
+                elif not path.exists():
+                    left_out[rel] = "broken link"
+                else:
+                    candidates.append((folder.name, path, rel))
+    # a file reached by several names (a link to it) is indexed once, under a name that is not a link
+    names: dict[str, list[tuple[str, Path, str]]] = {}
+    for candidate in candidates:
+        names.setdefault(os.path.realpath(candidate[1]), []).append(candidate)
+    found: dict[tuple[str, str], tuple[str, str, str]] = {}  # (class, path without suffix) -> ...
+    for label, path, rel in candidates:
+        others = names[os.path.realpath(path)]
+        keeper = next((c for c in others if not c[1].is_symlink()), others[0])
+        if keeper[2] != rel:
+            left_out[rel] = "another name of an indexed file"
+            continue
+        stem = rel[: -len(path.suffix)]
+        if (label, stem) in found:
+            left_out[rel] = "a second file of one name (another suffix)"
+            continue
+        inner = path.relative_to(root / label).parts
+        group = f"{label}/{inner[0]}" if len(inner) > 1 else rel
+        found[label, stem] = (label, rel, group)
+    ids = {key: key[1].replace("/", "__") for key in found}
+    shared = Counter(ids.values())
+    videos = {}
+    for key, video_id in ids.items():
+        rel = found[key][1]
+        if shared[video_id] > 1 or len(video_id.encode()) > MAX_ID_BYTES:  # a__b.mp4 beside a/b.mp4; deep
+            digest = hashlib.sha1(rel.encode()).hexdigest()[:8]
+            video_id = f"{video_id.encode()[: MAX_ID_BYTES - 9].decode(errors='ignore')}~{digest}"
+        videos[video_id] = found[key]
+    return dict(sorted(videos.items())), left_out
+
+
+def _folder_split_file(root: Path, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The videos ``<root>/splits.csv`` lists, with its splits; what the file and the folder disagree on."""
     path = root / FOLDER_SPLIT_FILE
     if not path.is_file():
         raise _split_file_error("file", path)
-    try:
-        listed = pd.read_csv(
-            path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig"
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise ParamError(f"{path}: not a CSV file with columns path and split ({_first_line(err)})") from None
-    missing = [column for column in ("path", "split") if column not in listed.columns]
-    if missing:
-        raise ParamError(f"{path}: no column {' or '.join(missing)} (the header must name path and split)")
-    listed["path"] = listed["path"].str.strip().str.replace("\\", "/", regex=False).str.removeprefix("./")
-    listed["split"] = listed["split"].str.strip().str.lower()
-    bad = listed[~listed["split"].isin(SPLITS)]
-    if len(bad):
-        line = int(bad.index[0]) + 2  # the header is line 1
-        raise ParamError(
-            f"{path}, line {line}: split {bad['split'].iloc[0]!r} for {bad['path'].iloc[0]!r}; expected train, "
-            "val or test"
-        )
-    twice = listed["path"][listed["path"].duplicated()]
-    if len(twice):
-        raise ParamError(f"{path}: {twice.iloc[0]!r} is listed twice")
+    listed = _read_split_file(path)
     split_of = dict(zip(listed["path"], listed["split"], strict=True))
     on_disk = set(index["path"])
     unlisted = sorted(on_disk - set(split_of))
     listed_missing = sorted(set(split_of) - on_disk)
+    if len(listed_missing) == len(split_of):
+        example = f" (the first: {listed_missing[0]!r})" if listed_missing else ""
+        raise ParamError(
+            f"{path}: none of its {len(split_of)} paths is a video under data.root{example}; a path is "
+            f"relative to data.root, e.g. {index['path'].iloc[0]!r}"
+        )
     index = index[index["path"].isin(split_of)].reset_index(drop=True)
     index["split"] = index["path"].map(split_of).astype(str)
-    val_given = bool((index["split"] == "val").any())
-    if not val_given:
-        index["split"] = hold_out_val(index, val_fraction, seed).astype(str)
     return index, {
-        "val_from_file": val_given,
+        "val_from_file": bool((index["split"] == "val").any()),
         "listed_missing_on_disk": len(listed_missing),
-        "listed_missing_on_disk_ids": listed_missing,
+        "listed_missing_on_disk_ids": listed_missing[:MAX_LISTED],
         "unlisted_on_disk": len(unlisted),
-        "unlisted_on_disk_ids": unlisted,
+        "unlisted_on_disk_ids": unlisted[:MAX_LISTED],
     }
 
 
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+def _read_split_file(path: Path) -> pd.DataFrame:
+    """``splits.csv`` as (path, split) rows indexed by their line numbers: a comma, semicolon or tab
+    separated table as a spreadsheet saves it (UTF-8 with or without a byte-order mark, UTF-16, or a Windows
+    code page), header names in any case, ``#`` comment lines and blank lines skipped."""
+    data = path.read_bytes()
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="replace")
+    lines = [
+        (n, line)
+        for n, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not lines:
+        raise ParamError(f"{path}: empty; it needs a header line path,split and a line per video")
+    header = lines[0][1]
+    separator = max((",", ";", "\t"), key=header.count)
+    names = [name.strip().lower() for name in header.split(separator)]
+    missing = [column for column in ("path", "split") if column not in names]
+    if missing:
+        raise ParamError(
+            f"{path}: its header {header.strip()!r} has no column {' or '.join(missing)} (it must name path and "
+            "split, separated by commas)"
+        )
+    table = pd.read_csv(
+        io.StringIO("\n".join(line for _, line in lines)), sep=separator, dtype=str, keep_default_na=False
+    )
+    table.columns = names
+    table.index = [n for n, _ in lines[1:]]
+    table["path"] = table["path"].str.strip().str.replace("\\", "/", regex=False).str.removeprefix("./")
+    table["split"] = table["split"].str.strip().str.lower()
+    bad = table[~table["split"].isin(SPLITS)]
+    if len(bad):
+        raise ParamError(
+            f"{path}, line {bad.index[0]}: split {bad['split'].iloc[0]!r} for {bad['path'].iloc[0]!r}; expected "
+            "train, val or test"
+        )
+    twice = table["path"][table["path"].duplicated()]
+    if len(twice):
+        raise ParamError(f"{path}, line {twice.index[0]}: {twice.iloc[0]!r} is listed twice")
+    return table[["path", "split"]]
 
 
 def build_index(cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
