@@ -25,6 +25,7 @@ def main(params: dict) -> None:
         videos_per_shard=frames.videos_per_shard,
         reference_fps=frames.reference_fps,
         store=frames.store,
+        by_time=frames.by_time,
     )
     write_json(summary, "metrics/frames.json")
 

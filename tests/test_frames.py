@@ -693,3 +693,42 @@ def test_a_damaged_file_decodes_to_the_same_pixels_every_time(tmp_path, monkeypa
     monkeypatch.setattr("transmodal.data.frames.cv2.VideoCapture", capture)
     decode_video(damaged, "v", 1)
     assert opened == [(cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])]
+
+
+def test_the_frames_stage_samples_by_timestamp_with_by_time(video_tree, tmp_path):
+    """frames.by_time: a phone's variable-rate video (2 s at 30 fps, then 6 s at 10 fps) is sampled every
+    0.08 s of its timestamps, and the clips are planned on those samples (``sample_idx``); a constant-rate
+    file keeps the same frames, and the default leaves the tables as they were (no ``sample_idx``). The
+    source store decodes it the same way."""
+    from transmodal.features.clips import time_samples
+
+    root, index = video_tree
+    times = write_vfr(root / "phone.mp4", [1 / 30] * 60 + [1 / 10] * 60)
+    index = pd.concat(
+        [index, pd.DataFrame({"video_id": ["phone"], "path": ["phone.mp4"]})], ignore_index=True
+    )
+    common = dict(stride=2, clip_length=16, videos_per_shard=2, reference_fps=25.0)
+    plain = extract_frames(index, root, tmp_path / "plain", **common)
+    timed = extract_frames(index, root, tmp_path / "timed", **common, by_time=True)
+    source = extract_frames(index, root, tmp_path / "source", **common, by_time=True, store="source")
+    assert timed["by_time"] and "by_time" not in plain and timed["videos_ok"] == plain["videos_ok"]
+    plain_store, timed_store = FrameStore(tmp_path / "plain"), FrameStore(tmp_path / "timed")
+    assert "sample_idx" not in plain_store.videos.columns and "sample_idx" in timed_store.videos.columns
+    by_number = time_samples(plain_store.videos, plain_store.frames)
+    by_time = time_samples(timed_store.videos, timed_store.frames)
+    for video_id in ("a", "b", "short"):  # constant-rate files: the same frames and samples
+        assert by_time[video_id].tolist() == by_number[video_id].tolist()
+        np.testing.assert_array_equal(timed_store.read(video_id)[1], plain_store.read(video_id)[1])
+    expected = decode_video(root / "phone.mp4", "phone", 2, reference_fps=25.0, by_time=True).sample_frames()
+    assert by_time["phone"].tolist() == expected.tolist()
+
+    def late(samples):  # how far each sample's frame is from the sample's time, k x 0.08 s
+        return np.abs(times[samples] - np.arange(len(samples)) * 0.08)
+
+    assert late(by_time["phone"]).max() <= 0.05 + 1e-9  # within half a 10 fps frame of its time ...
+    assert late(by_number["phone"]).max() > 0.5  # ... which by frame number it is not
+    source_store = FrameStore(tmp_path / "source")
+    assert source["by_time"] and bool(source_store.sources.loc["phone", "by_time"])
+    for video_id in ("phone", "a"):
+        for x, y in zip(source_store.read(video_id), timed_store.read(video_id), strict=True):
+            np.testing.assert_array_equal(x, y)

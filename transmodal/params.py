@@ -185,9 +185,11 @@ class FramesConfig:
     reference_fps: float | None = 25.0
     videos_per_shard: int = 64
     store: str = "pixels"
+    by_time: bool = False
 
     def __post_init__(self):
         _check_int("frames", "stride", self.stride, 1, 64)
+        _check_bool("frames", "by_time", self.by_time)
         _check_choice("frames", "store", self.store, FRAME_STORES)
         if self.reference_fps is not None:
             _check_float("frames", "reference_fps", self.reference_fps, 0.0, 1000.0, low_open=True)

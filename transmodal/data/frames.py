@@ -552,11 +552,17 @@ PIXEL_CODEC = "lz4"  # LZ4 frame: ~2.5x smaller than raw on KTH-like frames, sev
 
 
 def _decode_and_compress(
-    path: Path, video_id: str, stride: int, reference_fps: float | None, compress: bool = True
+    path: Path,
+    video_id: str,
+    stride: int,
+    reference_fps: float | None,
+    compress: bool = True,
+    by_time: bool = False,
 ) -> tuple[DecodedVideo, pa.Buffer | None]:
     """Decode one video and compress its kept frames (both release the GIL, so workers run in parallel);
-    without ``compress`` (``frames.store: source``) only the decoding, for the tables, and the pixels go."""
-    video = decode_video(path, video_id, stride, reference_fps=reference_fps)
+    without ``compress`` (``frames.store: source``) only the decoding, for the tables, and the pixels go.
+    ``by_time``: ``frames.by_time`` (:func:`decode_video`)."""
+    video = decode_video(path, video_id, stride, reference_fps=reference_fps, by_time=by_time)
     if video.frames is None:
         return video, None
     pixels = pa.Codec(PIXEL_CODEC).compress(np.ascontiguousarray(video.frames)) if compress else None
@@ -572,6 +578,7 @@ def _decoded_in_order(
     reference_fps: float | None,
     workers: int,
     compress: bool = True,
+    by_time: bool = False,
 ) -> Iterator:
     """``_decode_and_compress`` over ``jobs`` on a thread pool, results in job order, few videos in flight."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -579,7 +586,9 @@ def _decoded_in_order(
         try:
             for path, video_id in jobs:
                 pending.append(
-                    pool.submit(_decode_and_compress, path, video_id, stride, reference_fps, compress)
+                    pool.submit(
+                        _decode_and_compress, path, video_id, stride, reference_fps, compress, by_time
+                    )
                 )
                 if len(pending) > 2 * workers:
                     yield pending.popleft().result()
@@ -630,7 +639,7 @@ def _write_video(writer: pq.ParquetWriter, video: DecodedVideo, pixels: pa.Buffe
 def _video_row(video: DecodedVideo, shard: int, row_group: int, clip_length: int) -> dict:
     ok = video.frames is not None
     t, h, w = video.frames.shape[:3] if ok else (0, 0, 0)
-    samples = len(sample_numbers(video.frames_decoded, video.step)) if ok else 0
+    samples = video.sample_frames() if ok else np.zeros(0, np.int64)
     return {
         "video_id": video.video_id,
         "status": "ok" if ok else "skipped",
@@ -638,16 +647,17 @@ def _video_row(video: DecodedVideo, shard: int, row_group: int, clip_length: int
         "frames_decoded": video.frames_decoded,
         "frames_reported": video.frames_reported,
         "frames_kept": t,
-        "samples": samples,
+        "samples": len(samples),
         "step": float(video.step),
         "truncated": video.truncated,
         "width": w,
         "height": h,
         "fps": video.fps,
-        "short": ok and samples < clip_length,
+        "short": ok and len(samples) < clip_length,
         "shard": shard if ok else -1,
         "row_group": row_group if ok else -1,
         "frame_idx": video.frame_idx.tolist(),
+        "sample_idx": samples.tolist(),  # videos.parquet keeps it with frames.by_time only
     }
 
 
@@ -662,6 +672,7 @@ def extract_frames(
     workers: int | None = None,
     reference_fps: float | None = None,
     store: str = "pixels",
+    by_time: bool = False,
 ) -> dict:
     """Decode every video of ``index`` (columns video_id, path) under ``root`` into ``out_dir``.
 
@@ -671,7 +682,10 @@ def extract_frames(
     a run interrupted after some shards resumes from the first unfinished one and writes the same bytes.
     ``workers`` decode-and-compress threads (default: one per CPU core). ``reference_fps``: see
     :func:`sample_step`. ``store``: ``pixels`` writes the shards, ``source`` writes ``sources.parquet``
-    instead (module docstring). Returns the summary written to ``metrics/frames.json``.
+    instead (module docstring). ``by_time`` (``frames.by_time``): the time samples are matched to frames by
+    their timestamps (:class:`_ByTime`), so a variable-frame-rate file is sampled evenly in time, and
+    ``videos.parquet`` gets each video's ``sample_idx`` (the frame number of each sample); a constant-rate
+    file keeps the same frames either way. Returns the summary written to ``metrics/frames.json``.
     """
     if store not in FRAME_STORES:
         raise ValueError(f"frames.store must be one of {FRAME_STORES}, not {store!r}")
@@ -688,6 +702,7 @@ def extract_frames(
             "clip_length": clip_length,
             "videos_per_shard": videos_per_shard,
             "store": store,
+            **({"by_time": True} if by_time else {}),
             "videos": [(vid, str(path), file_signature(path)) for path, vid in jobs],
         },
     )
@@ -696,7 +711,12 @@ def extract_frames(
     if parts.resumed and progress:
         print(f"frames: resuming, {parts.resumed} of {len(chunks)} shards already done in {parts.directory}")
     decoded = _decoded_in_order(
-        [job for n in todo for job in chunks[n]], stride, reference_fps, workers, compress=keep_pixels
+        [job for n in todo for job in chunks[n]],
+        stride,
+        reference_fps,
+        workers,
+        compress=keep_pixels,
+        by_time=by_time,
     )
     with (
         contextlib.closing(decoded),
@@ -725,7 +745,8 @@ def extract_frames(
     table = (
         pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=[*VIDEO_COLUMNS, "frame_idx"])
     )
-    videos = table[list(VIDEO_COLUMNS)].astype({"truncated": bool, "short": bool})
+    columns = [*VIDEO_COLUMNS, "sample_idx"] if by_time else list(VIDEO_COLUMNS)
+    videos = table[columns].astype({"truncated": bool, "short": bool})
     ok = table[table["status"] == "ok"]
     frames = pd.DataFrame(
         {
@@ -745,7 +766,7 @@ def extract_frames(
         write_parquet(videos, tmp / "videos.parquet")
         write_parquet(frames, tmp / "frames.parquet")
         if not keep_pixels:
-            write_parquet(_sources(jobs, ok["video_id"], stride, reference_fps), tmp / SOURCES_FILE)
+            write_parquet(_sources(jobs, ok["video_id"], stride, reference_fps, by_time), tmp / SOURCES_FILE)
     parts.discard()
     skipped = videos[videos["status"] == "skipped"]
     flagged = videos[(videos["status"] == "ok") & (videos["reason"] != "")]
@@ -760,6 +781,7 @@ def extract_frames(
         "stride": stride,
         "reference_fps": reference_fps,
         "store": store,
+        **({"by_time": True} if by_time else {}),
         "skipped": [
             {"video_id": v, "reason": r} for v, r in zip(skipped["video_id"], skipped["reason"], strict=True)
         ],
@@ -772,11 +794,14 @@ def extract_frames(
 SOURCES_FILE = "sources.parquet"
 
 
-def _sources(jobs: list[tuple[Path, str]], decoded, stride: int, reference_fps: float | None) -> pd.DataFrame:
-    """``sources.parquet`` of ``frames.store: source``: where each decoded video is read from again."""
+def _sources(
+    jobs: list[tuple[Path, str]], decoded, stride: int, reference_fps: float | None, by_time: bool = False
+) -> pd.DataFrame:
+    """``sources.parquet`` of ``frames.store: source``: where each decoded video is read from again (and,
+    with ``frames.by_time``, a ``by_time`` column: how)."""
     path_of = {video_id: path for path, video_id in jobs}
     paths = [path_of[video_id] for video_id in decoded]
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "video_id": list(decoded),
             "path": [path.as_posix() for path in paths],
@@ -787,6 +812,9 @@ def _sources(jobs: list[tuple[Path, str]], decoded, stride: int, reference_fps: 
         },
         columns=["video_id", "path", "size_bytes", "sha256", "stride", "reference_fps"],
     )
+    if by_time:
+        table["by_time"] = True
+    return table
 
 
 def _sha256(path: Path) -> str:
@@ -875,7 +903,10 @@ class FrameStore:
         reference_fps = None if pd.isna(source["reference_fps"]) else float(source["reference_fps"])
         video = None
         if same:
-            video = decode_video(path, video_id, int(source["stride"]), reference_fps=reference_fps)
+            by_time = bool(source.get("by_time", False))
+            video = decode_video(
+                path, video_id, int(source["stride"]), reference_fps=reference_fps, by_time=by_time
+            )
         if video is None or video.frames is None or video.frames.shape != self._shape[video_id]:
             raise RuntimeError(
                 f"{path}: the source video of {video_id!r} is missing or changed since the frames stage "

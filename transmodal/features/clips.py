@@ -135,8 +135,9 @@ def time_samples(videos: pd.DataFrame, frame_table: pd.DataFrame) -> dict[str, n
     """Per decoded video, the original frame number of each time sample (sorted, int64).
 
     The samples are :func:`~transmodal.data.frames.sample_numbers` of the video's decoded frame count and
-    step; where the video is slower than the sampling a frame stands for several samples, so a clip of
-    ``clips.length`` samples always spans the same time. Their distinct values are exactly the kept frames.
+    step, or with ``frames.by_time`` those the frames stage matched by timestamp (``sample_idx``); where the
+    video is slower than the sampling a frame stands for several samples, so a clip of ``clips.length``
+    samples always spans the same time. Their distinct values are exactly the kept frames.
     """
     from transmodal.data.frames import sample_numbers
 
@@ -148,8 +149,14 @@ def time_samples(videos: pd.DataFrame, frame_table: pd.DataFrame) -> dict[str, n
     if "step" not in ok.columns:  # a frame table without time sampling: one sample per kept frame
         return kept
     samples = {}
-    for video_id, decoded, step in zip(ok["video_id"], ok["frames_decoded"], ok["step"], strict=True):
-        numbers = sample_numbers(int(decoded), float(step))
+    stored = ok["sample_idx"] if "sample_idx" in ok.columns else [None] * len(ok)
+    for video_id, decoded, step, by_time in zip(
+        ok["video_id"], ok["frames_decoded"], ok["step"], stored, strict=True
+    ):
+        if by_time is not None:
+            numbers = np.asarray(by_time, np.int64)
+        else:
+            numbers = sample_numbers(int(decoded), float(step))
         have = kept.get(video_id, np.zeros(0, np.int64))
         if not np.array_equal(np.unique(numbers), have):
             raise ValueError(f"video {video_id!r}: the frame table does not hold its time samples")
