@@ -722,6 +722,14 @@ def test_the_frames_stage_samples_by_timestamp_with_by_time(video_tree, tmp_path
     expected = decode_video(root / "phone.mp4", "phone", 2, reference_fps=25.0, by_time=True).sample_frames()
     assert by_time["phone"].tolist() == expected.tolist()
 
+    from transmodal.features.clips import make_clips
+    from transmodal.params import ClipsConfig
+
+    labelled = index.assign(label="x", label_idx=0, split="test", sequences=[[] for _ in range(len(index))])
+    clips = make_clips(labelled, timed_store.videos, timed_store.frames, ClipsConfig(per_video_test=3))
+    for frames in clips.loc[clips["video_id"] == "phone", "frame_idx"]:  # each clip 16 samples, 1.2 s apart
+        assert 1.2 - 0.1 <= times[frames[-1]] - times[frames[0]] <= 1.2 + 0.1
+
     def late(samples):  # how far each sample's frame is from the sample's time, k x 0.08 s
         return np.abs(times[samples] - np.arange(len(samples)) * 0.08)
 
@@ -729,6 +737,12 @@ def test_the_frames_stage_samples_by_timestamp_with_by_time(video_tree, tmp_path
     assert late(by_number["phone"]).max() > 0.5  # ... which by frame number it is not
     source_store = FrameStore(tmp_path / "source")
     assert source["by_time"] and bool(source_store.sources.loc["phone", "by_time"])
+    from transmodal.params import FramesConfig, ParamError
+
+    with pytest.raises(ParamError, match=r"frames.by_time is true but frames.reference_fps is null"):
+        FramesConfig(by_time=True, reference_fps=None)  # nothing to match timestamps to
+    none = extract_frames(index.iloc[:0], root, tmp_path / "none", **common, by_time=True)  # an empty index
+    assert none["videos"] == 0 and "sample_idx" in FrameStore(tmp_path / "none").videos.columns
     for video_id in ("phone", "a"):
         for x, y in zip(source_store.read(video_id), timed_store.read(video_id), strict=True):
             np.testing.assert_array_equal(x, y)

@@ -190,6 +190,8 @@ class FramesConfig:
     def __post_init__(self):
         _check_int("frames", "stride", self.stride, 1, 64)
         _check_bool("frames", "by_time", self.by_time)
+        if self.by_time and self.reference_fps is None:
+            _fail("frames", "by_time", "is true but frames.reference_fps is null: time sampling needs a rate")
         _check_choice("frames", "store", self.store, FRAME_STORES)
         if self.reference_fps is not None:
             _check_float("frames", "reference_fps", self.reference_fps, 0.0, 1000.0, low_open=True)

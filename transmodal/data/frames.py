@@ -3,6 +3,8 @@
 Sampling. Kept frames sample time every ``frames.stride / frames.reference_fps`` seconds (the paper's 16
 frames at stride 2 of 25 fps): a 25 fps video keeps frames 0, 2, 4, ...; a 30 fps video 0, 2, 5, 7, 10, ...;
 a 10 fps video every frame (:func:`sample_step`, :func:`sample_numbers`; docs/decisions.md "Frame rates").
+With ``frames.by_time`` the samples are matched to frames by their timestamps instead (:class:`_ByTime`),
+for variable-frame-rate files; a constant-rate file keeps the same frames.
 
 Layout of ``data/frames/``:
 - ``shard-NNNNN.parquet``: the decodable videos of index rows ``N * frames.videos_per_shard`` onwards, one
@@ -15,13 +17,14 @@ Layout of ``data/frames/``:
   ``frames_decoded``, ``frames_reported`` (container header), ``frames_kept``, ``samples`` (time samples,
   ``frames_kept`` plus repeats when the video is slower than the sampling), ``step`` (source frames per
   sample), ``truncated`` (decoded fewer frames than the header announces; the decoded ones are kept),
-  ``width``, ``height``, ``fps``, ``short`` (fewer samples than one clip), ``shard``, ``row_group``.
+  ``width``, ``height``, ``fps``, ``short`` (fewer samples than one clip), ``shard``, ``row_group``; with
+  ``frames.by_time`` also ``sample_idx`` (the frame number of each time sample).
 - ``frames.parquet``: the frame table, one row per kept frame: ``video_id``, ``frame_idx``, ``width``,
   ``height``, ``fps``.
 
 ``frames.store: source`` writes the two tables but no shard: ``sources.parquet`` (``video_id``, ``path`` of
 the source file under ``data.root`` as params.yaml names it, ``size_bytes``, ``sha256``, ``stride``,
-``reference_fps``) takes their place, and :class:`FrameStore` decodes a video again from its source file
+``reference_fps``, and ``by_time`` with ``frames.by_time``) takes their place, and :class:`FrameStore` decodes a video again from its source file
 each time a stage reads it, with the same :func:`decode_video` call, so it returns the same pixels as the
 shards would (the derived data of a dataset then holds no pixels: README "Disk at dataset scale"). A source
 file whose size, content (SHA-256) or decoded frames differ from what the frames stage recorded is an
@@ -484,7 +487,7 @@ def decode_video(
     """Decode all frames of ``path`` and keep the time samples of :func:`sample_numbers`.
 
     ``reference_fps`` None keeps every ``stride``-th frame (0, stride, 2*stride, ...); a number resamples by
-    time (:func:`sample_step`). ``by_time`` (predict only): match the time samples to frames by
+    time (:func:`sample_step`). ``by_time`` (predict, and the frames stage with ``frames.by_time``): match the time samples to frames by
     each frame's timestamp (:class:`_ByTime`), not by its number at the header's rate, so a
     variable-frame-rate file is sampled evenly in time; the same frames for a constant-rate one. Every frame
     is then converted (the choice waits for the next frame's timestamp). ``max_side`` (predict only; the
@@ -743,7 +746,9 @@ def extract_frames(
             write_parquet(pd.DataFrame(rows), parts.path(_rows_name(n)))  # last: marks the shard done
     rows = [pd.read_parquet(parts.path(_rows_name(n))) for n in range(len(chunks))]
     table = (
-        pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=[*VIDEO_COLUMNS, "frame_idx"])
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame(columns=[*VIDEO_COLUMNS, "frame_idx", "sample_idx"])
     )
     columns = [*VIDEO_COLUMNS, "sample_idx"] if by_time else list(VIDEO_COLUMNS)
     videos = table[columns].astype({"truncated": bool, "short": bool})
