@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,3 +89,54 @@ def test_an_output_folder_in_a_group_folder_keeps_its_setgid_bit(tmp_path):
         (folder / "part").mkdir()
     assert os.stat(shared / "features").st_mode & stat.S_ISGID
     assert os.stat(shared / "features" / "part").st_mode & stat.S_ISGID
+
+
+@pytest.mark.parametrize("writer", [io.atomic_path, atomic_dir], ids=["file", "folder"])
+def test_ctrl_c_right_after_the_temporary_is_created_leaves_nothing(tmp_path, monkeypatch, writer):
+    """The first step after the temporary exists (its chmod) is inside the block's cleanup: a Ctrl-C there
+    leaves no temporary beside the output."""
+
+    def interrupted(self, mode):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(tmp_path), "chmod", interrupted)
+    with pytest.raises(KeyboardInterrupt), writer(tmp_path / "out"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("writer", [io.atomic_path, atomic_dir], ids=["file", "folder"])
+def test_remove_unfinished_removes_a_temporary_no_block_took_charge_of(tmp_path, writer):
+    """A Ctrl-C between a temporary's creation and an ``ExitStack`` taking charge of it leaves the temporary
+    with no cleanup to run (the interrupted frame keeps the writer alive); the stage's Ctrl-C handler calls
+    ``remove_unfinished``, which removes it. A finished write is not touched."""
+    write_json({"a": 1}, tmp_path / "done.json")
+    pending = writer(tmp_path / "out")
+    temporary = pending.__enter__()  # entered, never exited: the block was interrupted before taking charge
+    if temporary.is_dir():
+        (temporary / "part").write_bytes(b"0")
+    assert temporary.exists() and temporary in io._UNFINISHED
+    io.remove_unfinished()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.json"]
+    assert io._UNFINISHED == set()
+
+
+def test_an_interrupted_stage_removes_its_unfinished_temporaries(tmp_path, monkeypatch, capsys):
+    """`run_stage` on Ctrl-C: the temporaries still being written are removed, one line, exit code 130."""
+    from transmodal.stage import run_stage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    out = tmp_path / "data"
+    held = []  # the interrupted frames keep the writer alive: no generator clean-up runs meanwhile
+
+    def body(params):
+        held.append(io.atomic_path(out / "shard.parquet"))
+        held[0].__enter__()  # a write the Ctrl-C caught before its `with` took charge
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        run_stage("synth", body)
+    assert stop.value.code == 130
+    assert list(out.iterdir()) == []
+    assert "synth: interrupted; nothing it was writing looks complete" in capsys.readouterr().err

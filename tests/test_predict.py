@@ -211,6 +211,24 @@ def test_a_file_ffmpeg_cannot_open_is_one_line_on_the_terminal(tmp_path, capfd):
     assert capfd.readouterr().err == ""
 
 
+def test_ctrl_c_in_predict_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while predict writes: its unfinished temporary is removed, one line, no traceback, code 130."""
+    import transmodal.predict
+    from transmodal.io import atomic_path
+
+    held = []
+
+    def interrupted(args):
+        held.append(atomic_path(tmp_path / "p.json"))
+        held[0].__enter__()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transmodal.predict, "run_predict", interrupted)
+    code, _, err = run(["predict", str(tmp_path / "v.mp4")], capsys)
+    assert code == 130 and list(tmp_path.iterdir()) == []
+    assert err == "transmodal predict: interrupted; nothing it was writing looks complete\n"
+
+
 def test_silencing_stderr_runs_the_block_where_there_is_none(monkeypatch):
     """A process started with stderr closed (``2>&-``): no sys.stderr, no descriptor 2 to save."""
     from transmodal import predict

@@ -77,6 +77,9 @@ def _download(args: argparse.Namespace) -> None:
             sources=sources,
         )
     except KeyboardInterrupt:
+        from transmodal.io import remove_unfinished
+
+        remove_unfinished()
         raise DownloadError(
             "interrupted; run the same command again: it resumes the download and redoes an unfinished "
             "unpacking"
@@ -208,6 +211,14 @@ def main(argv: list[str] | None = None) -> None:
     except expected as err:
         print(f"transmodal {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        from transmodal.io import remove_unfinished
+
+        remove_unfinished()
+        print(
+            f"transmodal {args.command}: interrupted; nothing it was writing looks complete", file=sys.stderr
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ import glob
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,22 +45,59 @@ def _remove_leftovers(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+_UNFINISHED: set[Path] = set()  # this process's temporaries that are not yet renamed or removed
+
+
+def _new_temporary(path: Path, directory: bool) -> Path:
+    """Create an empty temporary file (or folder) beside ``path``, 0600 (0700), under a fresh name.
+
+    The name is registered in ``_UNFINISHED`` before the file exists, so :func:`remove_unfinished` finds it
+    however early a Ctrl-C lands (``tempfile.mkstemp`` would hand the name back only once it is created).
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        _UNFINISHED.add(tmp)
+        try:
+            if directory:
+                os.mkdir(tmp, 0o700)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return tmp
+        except FileExistsError:  # another writer's temporary: draw another name
+            _UNFINISHED.discard(tmp)
+
+
+def _remove(tmp: Path) -> None:
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+    _UNFINISHED.discard(tmp)
+
+
+def remove_unfinished() -> None:
+    """Remove every temporary this process is still writing: on Ctrl-C, before the process exits.
+
+    A ``with atomic_path(...)`` block removes its temporary when it is left, but a Ctrl-C that lands between
+    a temporary's creation and the moment its block (or an ``ExitStack``) takes charge of it would leave it
+    behind; this catches those too. A temporary is never a complete-looking output, only clutter."""
+    for tmp in list(_UNFINISHED):
+        _remove(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    tmp_path.chmod(0o666 & ~UMASK)  # mkstemp's 0600 would hide the output from the group (a shared project)
+    tmp = _new_temporary(path, directory=False)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        tmp.chmod(0o666 & ~UMASK)  # 0600 would hide the output from the group (a shared project)
+        yield tmp
+        os.replace(tmp, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        _remove(tmp)
 
 
 @contextlib.contextmanager
@@ -69,9 +106,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o777 & ~UMASK | tmp.stat().st_mode & stat.S_ISGID)  # a group folder's setgid bit stays
+    tmp = _new_temporary(path, directory=True)
     try:
+        tmp.chmod(0o777 & ~UMASK | tmp.stat().st_mode & stat.S_ISGID)  # a group folder's setgid bit stays
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -82,7 +119,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path, schema=None) -> None:

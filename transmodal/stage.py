@@ -60,7 +60,7 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
 
     Expected errors (bad params, missing checkpoints, bad input) become one line on stderr and exit code 2.
     """
-    from transmodal.io import write_json
+    from transmodal.io import remove_unfinished, write_json
 
     start = time.perf_counter()
     try:
@@ -82,6 +82,7 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
         sys.exit(2)
     except KeyboardInterrupt:
         # Outputs appear only once complete; frames and features keep their finished shards (data/.partial/).
+        remove_unfinished()
         print(
             f"{name}: interrupted; nothing it was writing looks complete. Run it again (frames and features "
             "resume from their finished shards)",
