@@ -604,7 +604,7 @@ def predict_video(
         )
         parts = iter(segments)
         chain = _Chain.load(folder, device, detector, pose_model)
-        results, frame_idx, seen = [], [], -1
+        results, seen = [], -1
         tracks, keypoints = [], []
         # detect's and pose's own bars: for one segment only
         inner = progress and kept_expected * first[1].nbytes <= segments.max_bytes
@@ -621,8 +621,7 @@ def predict_video(
                     bar.set_postfix_str(f"segment {segments.count}")
                 scored = chain.score(video, clips, inner, bar, candidates)
                 results.append(scored)
-                new = video.frame_idx > seen  # a frame carried into the next segment is drawn from the first
-                frame_idx.append(video.frame_idx[new])
+                # a frame carried into the next segment keeps the first segment's track and pose
                 for table, into in ((scored["tracks"], tracks), (scored["keypoints"], keypoints)):
                     into.append(table[table["frame_idx"] > seen])
                 seen = int(video.frame_idx[-1])
@@ -659,7 +658,7 @@ def predict_video(
     prediction = Prediction(
         video=video_path,
         classes=folder.classes,
-        frame_idx=np.concatenate(frame_idx).astype(np.int64),
+        frame_idx=np.asarray(segments.frame_idx, np.int64),
         fps=float(stream.fps),
         size=size,
         source_size=source_size,
