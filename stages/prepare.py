@@ -13,7 +13,7 @@ DISAGREEMENTS = {
     "classes_missing_on_disk": "classes have a split file but no videos on disk",
     "unlisted_on_disk": "videos on disk are in no split file (left out)",
     "unrecognised": "files on disk are not named as the dataset names its videos (left out)",
-    "classes_without_test": "classes have no test videos (one group only)",
+    "classes_without_test": "classes have no test videos (one group only, or none marked test in splits.csv)",
 }
 
 

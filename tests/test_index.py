@@ -792,3 +792,91 @@ def test_folder_bad_layouts_and_params_are_one_line(tmp_path: Path):
     _touch(unbalanced / "solo" / "only.mp4")
     _, summary = index_folder(unbalanced, "random", 0.25, 0.25, 0)
     assert summary["classes_without_test"] == ["solo"]  # one group: kept for training
+
+
+def test_a_folder_linked_into_another_class_leaves_its_videos_in_their_own(tmp_path: Path):
+    """A video reached through a linked folder is kept under the name with no link on its way, in its own
+    class: a folder of another class's videos linked in (or a link to the whole root) relabels nothing. A
+    file reached only through links from two classes has no known class and is left out, counted."""
+    root = make_folder_tree(tmp_path / "mine")
+    (root / "jump" / "claps").symlink_to(root / "clap" / "ann")  # sorts after clap: ...
+    (root / "archive").mkdir()
+    (root / "archive" / "everything").symlink_to(root)  # ... and before: neither takes clap's videos
+    _touch(tmp_path / "elsewhere" / "both.mp4")
+    for label in ("clap", "wave"):
+        (root / label / "both.mp4").symlink_to(tmp_path / "elsewhere" / "both.mp4")
+    index, summary = index_folder(root, "random", 0.25, 0.25, 0)
+    assert len(index) == 18 and sorted(set(index["label"])) == ["clap", "jump", "wave"]
+    by_path = index.set_index("path")
+    assert by_path.loc["clap/ann/take1.mp4", "label"] == "clap"
+    reasons = summary["unrecognised_reasons"]
+    assert reasons["another name of an indexed file"] == 2 + 18  # jump/claps/take*.mp4, archive/everything/...
+    # clap/both.mp4, wave/both.mp4 and their names under archive/everything/
+    assert reasons["one file linked into several classes: its class is unknown"] == 4
+    assert {"clap/both.mp4", "wave/both.mp4", "jump/claps/take1.mp4"} <= set(summary["unrecognised_files"])
+
+
+def test_videos_outside_class_folders_and_unreadable_folders_are_counted(tmp_path: Path, monkeypatch):
+    root = make_folder_tree(tmp_path / "mine")
+    _touch(root / "stray.mp4")  # in the root: no class
+    (root / "splits.csv").write_text("path,split\n")  # not a video: not counted
+    locked = root / "wave" / "bob"
+    walk_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return walk_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    index, summary = index_folder(root, "random", 0.25, 0.25, 0)
+    assert len(index) == 16  # wave/bob's two takes unread
+    assert summary["unrecognised_reasons"] == {
+        "directly in data.root, in no class folder": 1,
+        "cannot be read (Permission denied)": 1,
+        "not a video file name": 1,
+    }
+    assert {"stray.mp4", "wave/bob/"} <= set(summary["unrecognised_files"])
+
+
+def test_class_folders_differing_only_in_case_or_letter_encoding_are_refused(tmp_path: Path):
+    for name, other in (("Walking", "walking"), ("caf\u00e9", "cafe\u0301")):  # typed, and as a Mac writes it
+        root = tmp_path / name
+        _touch(root / name / "a.mp4")
+        _touch(root / other / "b.mp4")
+        _touch(root / "run" / "c.mp4")
+        with pytest.raises(ParamError, match=r"differ only in case or in how their letters are encoded") as err:
+            index_folder(root, "random", 0.25, 0.25, 0)
+        assert repr(name) in str(err.value) and repr(other) in str(err.value)
+
+
+def test_a_split_file_s_names_match_however_their_letters_are_encoded(tmp_path: Path):
+    """A path typed in a spreadsheet (é one letter) names the file a Mac wrote (e and a combining accent)."""
+    root = make_folder_tree(tmp_path / "mine")
+    _touch(root / "clap" / "cafe\u0301.mp4")
+    (root / "splits.csv").write_text(
+        "path,split\nclap/ann/take1.mp4,train\njump/ann/take1.mp4,train\nclap/caf\u00e9.mp4,test\n"
+        "jump/bob/take1.mp4,test\n"
+    )
+    index, summary = index_folder(root, "file", 0.1, 0.2, 0)
+    assert index.set_index("path").loc["clap/cafe\u0301.mp4", "split"] == "test"  # the name on disk kept
+    assert summary["listed_missing_on_disk"] == 0
+
+
+def test_a_split_file_s_empty_rows_quotes_and_a_separator_in_a_path(tmp_path: Path):
+    """Rows of empty fields (a spreadsheet's formatted blank rows) are skipped; a quoted path may hold the
+    separator; unquoted, the row has a field too many and is refused, naming its line."""
+    root = make_folder_tree(tmp_path / "mine")
+    _touch(root / "clap" / "a, take 2.mp4")
+    (root / "splits.csv").write_text(
+        'path,split,notes\nclap/ann/take1.mp4,train,\n,,\n"clap/a, take 2.mp4",test,"good, sharp"\n'
+        "jump/ann/take1.mp4,train\njump/bob/take1.mp4,test,\n, ,\n"
+    )
+    index, _ = index_folder(root, "file", 0.1, 0.2, 0)
+    assert index.set_index("path")["split"].to_dict() == {
+        "clap/ann/take1.mp4": "train", "clap/a, take 2.mp4": "test", "jump/ann/take1.mp4": "train",
+        "jump/bob/take1.mp4": "test",
+    }  # fmt: skip
+    (root / "splits.csv").write_text("path,split\nclap/ann/take1.mp4,train\nclap/a, take 2.mp4,test\n")
+    with pytest.raises(ParamError, match=r"line 3: 3 fields where the header has 2; a path holding ','"):
+        index_folder(root, "file", 0.1, 0.2, 0)

@@ -22,12 +22,13 @@ The indexer never opens a video; it reads file names and the official split and 
 
 from __future__ import annotations
 
+import csv
 import hashlib
-import io
 import itertools
 import math
 import os
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -745,9 +746,22 @@ def _folder_videos(root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[st
     files left out -> why. Links are followed (a folder once: no cycles); hidden names are skipped."""
     candidates: list[tuple[str, Path, str]] = []  # (class, path, path relative to root), walk order
     left_out: dict[str, str] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    folders = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            folders.append(entry)
+        elif entry.suffix.lower() in VIDEO_SUFFIXES:
+            left_out[entry.name] = "directly in data.root, in no class folder"
+    _check_class_names([folder.name for folder in folders], root)
+
+    def unreadable(err: OSError) -> None:
+        left_out[Path(err.filename).relative_to(root).as_posix() + "/"] = f"cannot be read ({err.strerror})"
+
+    for folder in folders:
         walked: set[tuple[int, int]] = set()
-        for directory, subdirs, files in os.walk(folder, followlinks=True):
+        for directory, subdirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
             stat = os.stat(directory)
             if (stat.st_dev, stat.st_ino) in walked:  # a link back up the tree
                 subdirs[:] = []
@@ -765,15 +779,22 @@ def _folder_videos(root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[st
                     left_out[rel] = "broken link"
                 else:
                     candidates.append((folder.name, path, rel))
-    # a file reached by several names (a link to it) is indexed once, under a name that is not a link
+    # a file reached by several names (a link to it, or through a linked folder) is indexed once, under
+    # the name with no link on its way (in its own class); reached only through links from several
+    # classes, its class is unknown and it is left out
+    real_root = os.path.realpath(root)
     names: dict[str, list[tuple[str, Path, str]]] = {}
     for candidate in candidates:
         names.setdefault(os.path.realpath(candidate[1]), []).append(candidate)
     found: dict[tuple[str, str], tuple[str, str, str]] = {}  # (class, path without suffix) -> ...
     for label, path, rel in candidates:
-        others = names[os.path.realpath(path)]
-        keeper = next((c for c in others if not c[1].is_symlink()), others[0])
-        if keeper[2] != rel:
+        real = os.path.realpath(path)
+        others = names[real]
+        direct = [c for c in others if real == os.path.join(real_root, *c[2].split("/"))]
+        if not direct and len({c[0] for c in others}) > 1:
+            left_out[rel] = "one file linked into several classes: its class is unknown"
+            continue
+        if (direct or others)[0][2] != rel:
             left_out[rel] = "another name of an indexed file"
             continue
         stem = rel[: -len(path.suffix)]
@@ -795,14 +816,35 @@ def _folder_videos(root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[st
     return dict(sorted(videos.items())), left_out
 
 
+def _check_class_names(names: list[str], root: Path) -> None:
+    """Class folders whose names differ only in case or in Unicode form (``café`` typed, ``café`` from a
+    Mac) look like one class and would be two: refused, naming both."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = unicodedata.normalize("NFC", name).casefold()
+        if key in seen:
+            raise _root_error(
+                root,
+                f"has class folders {seen[key]!r} and {name!r}, which differ only in case or in how their "
+                "letters are encoded: they would be two classes; merge them or rename one",
+            )
+        seen[key] = name
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
 def _folder_split_file(root: Path, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """The videos ``<root>/splits.csv`` lists, with its splits; what the file and the folder disagree on."""
     path = root / FOLDER_SPLIT_FILE
     if not path.is_file():
         raise _split_file_error("file", path)
     listed = _read_split_file(path)
+    # matched in one Unicode form: a name typed into a spreadsheet and the one a Mac wrote on disk differ
     split_of = dict(zip(listed["path"], listed["split"], strict=True))
-    on_disk = set(index["path"])
+    disk_names = index["path"].map(_nfc)
+    on_disk = set(disk_names)
     unlisted = sorted(on_disk - set(split_of))
     listed_missing = sorted(set(split_of) - on_disk)
     if len(listed_missing) == len(split_of):
@@ -811,8 +853,9 @@ def _folder_split_file(root: Path, index: pd.DataFrame) -> tuple[pd.DataFrame, d
             f"{path}: none of its {len(split_of)} paths is a video under data.root{example}; a path is "
             f"relative to data.root, e.g. {index['path'].iloc[0]!r}"
         )
-    index = index[index["path"].isin(split_of)].reset_index(drop=True)
-    index["split"] = index["path"].map(split_of).astype(str)
+    listed_here = disk_names.isin(split_of).to_numpy()
+    index = index[listed_here].reset_index(drop=True)
+    index["split"] = disk_names[listed_here].map(split_of).astype(str).to_numpy()
     return index, {
         "val_from_file": bool((index["split"] == "val").any()),
         "listed_missing_on_disk": len(listed_missing),
@@ -825,7 +868,9 @@ def _folder_split_file(root: Path, index: pd.DataFrame) -> tuple[pd.DataFrame, d
 def _read_split_file(path: Path) -> pd.DataFrame:
     """``splits.csv`` as (path, split) rows indexed by their line numbers: a comma, semicolon or tab
     separated table as a spreadsheet saves it (UTF-8 with or without a byte-order mark, UTF-16, or a Windows
-    code page), header names in any case, ``#`` comment lines and blank lines skipped."""
+    code page; fields quoted or not), header names in any case, ``#`` comment lines, blank lines and rows of
+    empty fields skipped. A row with more fields than the header (a path holding the separator, unquoted)
+    is refused, naming its line; paths are compared in one Unicode form (NFC)."""
     data = path.read_bytes()
     encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     try:
@@ -841,20 +886,29 @@ def _read_split_file(path: Path) -> pd.DataFrame:
         raise ParamError(f"{path}: empty; it needs a header line path,split and a line per video")
     header = lines[0][1]
     separator = max((",", ";", "\t"), key=header.count)
-    names = [name.strip().lower() for name in header.split(separator)]
+    rows = [(n, next(csv.reader([line], delimiter=separator))) for n, line in lines]
+    names = [name.strip().lower() for name in rows[0][1]]
     missing = [column for column in ("path", "split") if column not in names]
     if missing:
         raise ParamError(
             f"{path}: its header {header.strip()!r} has no column {' or '.join(missing)} (it must name path and "
             "split, separated by commas)"
         )
-    table = pd.read_csv(
-        io.StringIO("\n".join(line for _, line in lines)), sep=separator, dtype=str, keep_default_na=False
-    )
-    table.columns = names
-    table.index = [n for n, _ in lines[1:]]
-    table["path"] = table["path"].str.strip().str.replace("\\", "/", regex=False).str.removeprefix("./")
-    table["split"] = table["split"].str.strip().str.lower()
+    column = {name: names.index(name) for name in ("path", "split")}
+    numbers, paths, splits = [], [], []
+    for n, fields in rows[1:]:
+        if not any(field.strip() for field in fields):
+            continue  # a spreadsheet's empty row (",,")
+        if len(fields) > len(names) and any(field.strip() for field in fields[len(names) :]):
+            raise ParamError(
+                f"{path}, line {n}: {len(fields)} fields where the header has {len(names)}; a path holding "
+                f"{separator!r} must be in double quotes"
+            )
+        fields = fields + [""] * (len(names) - len(fields))
+        numbers.append(n)
+        paths.append(_nfc(fields[column["path"]].strip().replace("\\", "/").removeprefix("./")))
+        splits.append(fields[column["split"]].strip().lower())
+    table = pd.DataFrame({"path": paths, "split": splits}, index=numbers, dtype=object)
     bad = table[~table["split"].isin(SPLITS)]
     if len(bad):
         raise ParamError(
@@ -864,7 +918,7 @@ def _read_split_file(path: Path) -> pd.DataFrame:
     twice = table["path"][table["path"].duplicated()]
     if len(twice):
         raise ParamError(f"{path}, line {twice.index[0]}: {twice.iloc[0]!r} is listed twice")
-    return table[["path", "split"]]
+    return table
 
 
 def build_index(cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
