@@ -634,6 +634,21 @@ def test_shard_writer_bytes_equal_save_file(tmp_path):
         short = ShardWriter(tmp_path / "short", total=2, per_shard=2, item_shape=(2, 3, 5))
         short.write(tokens[:1])
         short.close()
+    assert list((tmp_path / "short").iterdir()) == []  # no short shard under the name of a finished one
+
+
+def test_a_shard_being_written_is_removed_on_ctrl_c(tmp_path):
+    """The features stage's Ctrl-C handler (``remove_unfinished``) removes the shard half written; the
+    finished ones stay, for the next run to resume from."""
+    from transmodal import io
+
+    tokens = torch.randn(5, 2, 3, 5).to(torch.float16)
+    writer = ShardWriter(tmp_path, total=5, per_shard=3, item_shape=(2, 3, 5))
+    writer.write(tokens[:4])  # shard 0 finished, shard 1 a row in
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{shard_name(1)}.tmp", shard_name(0)]
+    io.remove_unfinished()
+    assert [p.name for p in tmp_path.iterdir()] == [shard_name(0)]
+    assert io._UNFINISHED == set()
 
 
 def test_failed_build_leaves_no_features(world):

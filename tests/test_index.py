@@ -883,3 +883,36 @@ def test_a_split_file_s_empty_rows_quotes_and_a_separator_in_a_path(tmp_path: Pa
     (root / "splits.csv").write_text("path,split\nclap/ann/take1.mp4,train\nclap/a, take 2.mp4,test\n")
     with pytest.raises(ParamError, match=r"line 3: 3 fields where the header has 2; a path holding ','"):
         index_folder(root, "file", 0.1, 0.2, 0)
+
+
+def test_a_class_folder_kept_elsewhere_keeps_its_real_names(tmp_path: Path):
+    """A class folder that is a link to a folder on another disk: its files are its direct names, kept over
+    a link from another class and over a link inside it (which would give the wrong group)."""
+    root = make_folder_tree(tmp_path / "mine")
+    elsewhere = tmp_path / "disk2" / "walk"
+    for person in ("ann", "bob"):
+        _touch(elsewhere / person / "clip.mp4")
+    (elsewhere / "all").mkdir()
+    (elsewhere / "all" / "clip.mp4").symlink_to(elsewhere / "ann" / "clip.mp4")  # sorts before ann
+    (root / "walk").symlink_to(elsewhere)
+    (root / "wave" / "solo.mp4").symlink_to(elsewhere / "bob" / "clip.mp4")
+    index, summary = index_folder(root, "random", 0.25, 0.25, 0)
+    walk = index[index["label"] == "walk"].set_index("path")
+    assert sorted(walk.index) == ["walk/ann/clip.mp4", "walk/bob/clip.mp4"]
+    assert walk["group"].nunique() == 2  # ann's and bob's
+    assert summary["unrecognised_reasons"]["another name of an indexed file"] == 2
+    assert {"walk/all/clip.mp4", "wave/solo.mp4"} <= set(summary["unrecognised_files"])
+
+
+def test_a_split_file_with_a_space_after_each_separator(tmp_path: Path):
+    """`"path", "split"` and `clap/a.mp4, "train"`: a space after the separator, then a quoted field."""
+    root = make_folder_tree(tmp_path / "mine")
+    (root / "splits.csv").write_text(
+        '"path", "split"\n"clap/ann/take1.mp4", "train"\njump/ann/take1.mp4, train\n'
+        'clap/bob/take1.mp4, "test"\n"jump/bob/take1.mp4",test\n'
+    )
+    index, _ = index_folder(root, "file", 0.1, 0.2, 0)
+    assert index.set_index("path")["split"].to_dict() == {
+        "clap/ann/take1.mp4": "train", "clap/bob/take1.mp4": "test", "jump/ann/take1.mp4": "train",
+        "jump/bob/take1.mp4": "test",
+    }  # fmt: skip

@@ -75,6 +75,17 @@ def _remove(tmp: Path) -> None:
     _UNFINISHED.discard(tmp)
 
 
+def register_unfinished(tmp: Path) -> None:
+    """Count ``tmp``, a temporary written by other means than :func:`atomic_path` (a shard filled over many
+    writes, a video writer's file), among those :func:`remove_unfinished` removes; call it before the file
+    is created and :func:`forget_unfinished` once it is renamed or removed."""
+    _UNFINISHED.add(Path(tmp))
+
+
+def forget_unfinished(tmp: Path) -> None:
+    _UNFINISHED.discard(Path(tmp))
+
+
 def remove_unfinished() -> None:
     """Remove every temporary this process is still writing: on Ctrl-C, before the process exits.
 

@@ -54,6 +54,7 @@ from transmodal.data.frames import (
     shrunk_size,
     unreadable,
 )
+from transmodal.io import forget_unfinished, register_unfinished
 from transmodal.params import BackboneConfig, CheckpointError, DetectConfig, ParamError, PoseConfig
 
 VIDEO_ID = "input"
@@ -877,6 +878,7 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
     width, height = prediction.size
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    register_unfinished(tmp)  # a Ctrl-C before the ``try`` below: the command's handler removes it
     for fourcc, name in WRITERS[suffix]:  # noqa: B007 (the pair that opened is used below)
         with _stderr_silenced():  # FFmpeg and OpenCV print each encoder they fail to open (hardware H.264)
             writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
@@ -885,6 +887,7 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
         writer.release()
     else:
         tmp.unlink(missing_ok=True)
+        forget_unfinished(tmp)
         tried = ", ".join(f for f, _ in WRITERS[suffix])
         raise PredictError(
             f"--out {out}: OpenCV here writes none of {tried} into {suffix}; try the other suffix"
@@ -899,6 +902,7 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+        forget_unfinished(tmp)
     return f"{fourcc} ({name})"
 
 

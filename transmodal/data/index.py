@@ -782,15 +782,20 @@ def _folder_videos(root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[st
     # a file reached by several names (a link to it, or through a linked folder) is indexed once, under
     # the name with no link on its way (in its own class); reached only through links from several
     # classes, its class is unknown and it is left out
-    real_root = os.path.realpath(root)
+    # (a class folder may itself be a link to a folder elsewhere: its files are direct names)
+    real_class = {folder.name: os.path.realpath(folder) for folder in folders}
     names: dict[str, list[tuple[str, Path, str]]] = {}
     for candidate in candidates:
         names.setdefault(os.path.realpath(candidate[1]), []).append(candidate)
+
+    def is_direct(candidate: tuple[str, Path, str]) -> bool:
+        label, path, rel = candidate
+        return os.path.realpath(path) == os.path.join(real_class[label], *rel.split("/")[1:])
+
     found: dict[tuple[str, str], tuple[str, str, str]] = {}  # (class, path without suffix) -> ...
     for label, path, rel in candidates:
-        real = os.path.realpath(path)
-        others = names[real]
-        direct = [c for c in others if real == os.path.join(real_root, *c[2].split("/"))]
+        others = names[os.path.realpath(path)]
+        direct = [c for c in others if is_direct(c)]
         if not direct and len({c[0] for c in others}) > 1:
             left_out[rel] = "one file linked into several classes: its class is unknown"
             continue
@@ -886,7 +891,7 @@ def _read_split_file(path: Path) -> pd.DataFrame:
         raise ParamError(f"{path}: empty; it needs a header line path,split and a line per video")
     header = lines[0][1]
     separator = max((",", ";", "\t"), key=header.count)
-    rows = [(n, next(csv.reader([line], delimiter=separator))) for n, line in lines]
+    rows = [(n, next(csv.reader([line], delimiter=separator, skipinitialspace=True))) for n, line in lines]
     names = [name.strip().lower() for name in rows[0][1]]
     missing = [column for column in ("path", "split") if column not in names]
     if missing:

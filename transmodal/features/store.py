@@ -53,7 +53,16 @@ from transmodal.features.crops import (
     crop_frames,
     square_crop_boxes,
 )
-from transmodal.io import Resumable, atomic_dir, file_signature, source_digest, write_json, write_parquet
+from transmodal.io import (
+    Resumable,
+    atomic_dir,
+    file_signature,
+    forget_unfinished,
+    register_unfinished,
+    source_digest,
+    write_json,
+    write_parquet,
+)
 from transmodal.params import BackboneConfig, ClipsConfig
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
@@ -108,7 +117,9 @@ class ShardWriter:
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # align the data to 8 bytes, as safetensors does
         # written under a temporary name, renamed once complete (_close): a shard file is always whole
-        self._file = open(self.directory / f".{shard_name(shard)}.tmp", "wb")  # closed by _close() / close()
+        tmp = self.directory / f".{shard_name(shard)}.tmp"
+        register_unfinished(tmp)  # a Ctrl-C mid-shard: the stage's handler removes it
+        self._file = open(tmp, "wb")  # closed by _close() / close()
         self._file.write(struct.pack("<Q", len(text)) + text)
         self._shard, self._left = shard, rows
 
@@ -137,15 +148,22 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-            os.replace(
-                self.directory / f".{shard_name(self._shard)}.tmp", self.directory / shard_name(self._shard)
-            )
+            tmp = self.directory / f".{shard_name(self._shard)}.tmp"
+            os.replace(tmp, self.directory / shard_name(self._shard))
+            forget_unfinished(tmp)
 
     def close(self) -> None:
-        """Close the last shard; every announced row must have been written."""
-        self._close()
+        """Close the last shard; every announced row must have been written (else the shard being written
+        is removed, never renamed: a short shard under its name would pass for a finished one)."""
         if self.written != self.expected:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+                tmp = self.directory / f".{shard_name(self._shard)}.tmp"
+                tmp.unlink(missing_ok=True)
+                forget_unfinished(tmp)
             raise ValueError(f"wrote {self.written} of {self.expected} announced rows")
+        self._close()
 
 
 def _frame_lookup(
