@@ -338,6 +338,47 @@ def test_a_variable_frame_rate_file_is_sampled_evenly_in_time(tmp_path, rates):
     assert np.abs(by_number_times - np.arange(len(by_number_times)) * 0.08).max() > 0.5  # what it fixes
 
 
+def _write_tick_webm(path: Path, frames: int, fps: int) -> np.ndarray:
+    """A WebM whose header gives 1000 fps (the millisecond tick a browser's or a webcam's recording states
+    when it states no rate), its frames ``fps`` apart; frame n coloured n * 4. The frames' times (s)."""
+    import fractions
+
+    import av
+
+    tick = fractions.Fraction(1, 1000)
+    with av.open(str(path), "w", format="webm") as out:
+        stream = out.add_stream("libvpx", rate=1000)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = tick
+        for n in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), n * 4, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(n * 1000 / fps), tick
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return np.arange(frames) / fps
+
+
+def test_a_header_giving_the_millisecond_tick_as_its_rate_is_no_rate(tmp_path):
+    """2 s at 30 fps under a 1000 fps header: taken at its word, sampling by frame number kept 1 frame in 80
+    (one frame of the 60) and the header's count (1968 frames) made the file look cut. The tick is no rate:
+    one frame in ``stride`` is kept, said so; by timestamp the samples are 0.08 s apart."""
+    path = tmp_path / "browser.webm"
+    times = _write_tick_webm(path, 60, 30)
+    capture = cv2.VideoCapture(str(path))
+    assert capture.get(cv2.CAP_PROP_FPS) == 1000.0  # what OpenCV reads from such a file
+    capture.release()
+    video = decode_video(path, "v", stride=2, reference_fps=25.0)
+    assert video.frame_idx.tolist() == list(range(0, 60, 2)) and video.step == 2.0
+    assert not video.truncated and video.frames_reported == 0
+    assert "no usable frame rate in the header (1000); kept one frame in 2" in video.reason
+    timed = decode_video(path, "v", stride=2, reference_fps=25.0, by_time=True)
+    wanted = np.arange(25) * 0.08  # 2 s in samples of 0.08 s
+    assert len(timed.sample_frames()) == pytest.approx(len(wanted), abs=1)
+    got = times[timed.sample_frames()]
+    assert np.abs(got - wanted[: len(got)]).max() <= 0.5 / 30 + 1e-6  # each the frame nearest its time
+    assert "no usable frame rate" not in timed.reason
+
+
 class _Timestamps:
     """cv2.VideoCapture whose CAP_PROP_POS_MSEC after the n-th grab is ``stamps[n]``."""
 

@@ -44,7 +44,6 @@ import torch
 
 from transmodal.data.coco import COCO_JOINTS, COCO_LIMBS
 from transmodal.data.frames import (
-    MAX_FPS,
     DecodedVideo,
     VideoStream,
     _SizeChanged,
@@ -53,6 +52,7 @@ from transmodal.data.frames import (
     sample_step,
     shrunk_size,
     unreadable,
+    usable_fps,
 )
 from transmodal.io import forget_unfinished, register_unfinished
 from transmodal.params import BackboneConfig, CheckpointError, DetectConfig, ParamError, PoseConfig
@@ -403,7 +403,7 @@ def read_header(path: Path) -> tuple[tuple[int, int], int, float]:
     fps = fps if math.isfinite(fps) else 0.0
     # a header whose rate is absurd is no guide to its frame count either (90000 fps and 270000 frames for
     # 3 s): the decoding finds the count
-    return source, (reported if 0.0 < fps <= MAX_FPS else 0), fps
+    return source, (reported if usable_fps(fps) else 0), fps
 
 
 def check_segment(
@@ -873,7 +873,7 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
         raise PredictError(f"--out {out}: use a .mp4 or .avi file name")
     # one sample every ``step`` source frames: at a 30 fps source with stride 2 of 25 fps, one every 2.4
     # (12.5 fps); a header rate the decoding found unusable was sampled as if 25 fps
-    source_fps = prediction.fps if 0.0 < prediction.fps <= MAX_FPS else 25.0
+    source_fps = prediction.fps if usable_fps(prediction.fps) else 25.0
     fps = source_fps / prediction.step
     width, height = prediction.size
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,14 @@ SHARD_SCHEMA = pa.schema(
 )
 
 
-MAX_FPS = 1000.0  # a header frame rate above this (or <= 0, NaN) is taken as missing
+# a header frame rate at or above this (or <= 0, NaN) is taken as missing: 1000 is the millisecond tick a
+# WebM/Matroska or WMV header gives when it states no rate (a browser's or a webcam's recording at 30 fps)
+MAX_FPS = 1000.0
+
+
+def usable_fps(fps: float) -> bool:
+    """Whether a header's frame rate can be sampled by (:data:`MAX_FPS`)."""
+    return 0.0 < fps < MAX_FPS
 
 
 def sample_step(fps: float, stride: int, reference_fps: float | None) -> float:
@@ -75,7 +82,7 @@ def sample_step(fps: float, stride: int, reference_fps: float | None) -> float:
     frame and a 10 fps video every frame (some twice, see :func:`sample_numbers`). ``reference_fps`` None, or
     a header rate that is missing or absurd, keeps every ``stride``-th frame whatever the rate.
     """
-    if reference_fps is None or not (0.0 < fps <= MAX_FPS):
+    if reference_fps is None or not usable_fps(fps):
         return float(stride)
     return stride * fps / reference_fps
 
@@ -372,8 +379,11 @@ class VideoStream:
         self.fps = fps if np.isfinite(fps) else 0.0
         self.step = sample_step(self.fps, self.stride, self.reference_fps)
         self.aspect = sample_aspect(self.capture) if self.display_aspect else 1.0
+        if self.fps >= MAX_FPS:  # a tick, not a rate: the count derived from it is none either
+            self.reported = 0
         if self.by_time and self.reference_fps is not None and 0.0 < self.fps <= MAX_FPS:
-            self.timed = _ByTime(self.step, self.fps)
+            # the timestamps give the times, so a millisecond tick (1000) is a unit they can be read in
+            self.timed = _ByTime(self.stride * self.fps / self.reference_fps, self.fps)
         return True
 
     def close(self) -> None:
@@ -466,7 +476,7 @@ class VideoStream:
                 f"pixels not square (sample aspect ratio {self.aspect:.4g}): frames stretched to "
                 f"{width}x{height}, as a player shows them"
             )
-        if self.reference_fps is not None and not (0.0 < self.fps <= MAX_FPS):
+        if self.reference_fps is not None and not usable_fps(self.fps) and timed is None:
             notes.append(
                 f"no usable frame rate in the header ({self.fps:g}); kept one frame in {self.stride}"
             )
