@@ -7,9 +7,9 @@ from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json, write_text
 from transmodal.params import section
 from transmodal.stage import run_stage
-from transmodal.training.ablation import aggregate
 from transmodal.training.evaluate import PAPER_UNIT
 from transmodal.training.figures import ablation_markdown, plot_ablation
+from transmodal.training.table import aggregate
 
 
 def main(params: dict) -> None:

@@ -44,7 +44,7 @@ def main(params: dict) -> None:
         f"({unit['count']} {PAPER_UNIT}s)"
     )
     plot_confusion(unit["confusion_matrix"], metrics["classes"], Path("metrics/confusion.png"), title)
-    model, _ = load_checkpoint(Path("models/transmodal"))
+    model, config = load_checkpoint(Path("models/transmodal"))
     tracks = pd.read_parquet("data/tracks.parquet")
     metrics["explained_clips"] = explain_test_clips(
         model,
@@ -56,7 +56,13 @@ def main(params: dict) -> None:
         cfg.explain_clips,
     )
     history = pd.read_csv("metrics/train_curve.csv")
-    plot_curves(history, Path("metrics/curves.png"), "TransMODAL head: training curves (models/transmodal)")
+    plot_curves(
+        history,
+        Path("metrics/curves.png"),
+        "TransMODAL head: training curves (models/transmodal)",
+        config["best_epoch"],
+        config["train"]["label_smoothing"],
+    )
     write_json(metrics, "metrics/eval.json")
 
 

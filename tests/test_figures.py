@@ -73,7 +73,7 @@ from transmodal.training.figures import plot_confusion, plot_curves
 plot_confusion([[1, 0], [0, 1]], ["a", "b"], {str(tmp_path / "c.png")!r}, "t")
 history = pd.DataFrame({{"epoch": [1, 2], "train_loss": [1.0, 0.5], "train_acc": [0.2, 0.6],
                          "val_loss": [1.1, 0.7], "val_acc": [0.1, 0.5]}})
-plot_curves(history, {str(tmp_path / "k.png")!r}, "t")
+plot_curves(history, {str(tmp_path / "k.png")!r}, "t", 2)
 assert "matplotlib.pyplot" not in sys.modules, "pyplot imported"
 """
     done = subprocess.run(

@@ -16,6 +16,7 @@ from transmodal.io import write_json
 from transmodal.model import attention
 from transmodal.params import ParamError, load_params, section
 from transmodal.training import ablation, figures
+from transmodal.training import table as ablation_table
 from transmodal.training import train as train_module
 from transmodal.training.data import SplitData
 from transmodal.training.evaluate import (
@@ -187,13 +188,15 @@ def test_backbone_latency_runs_the_cached_backbone_in_the_dtype_the_cache_was_ma
         loaded.append((folder, dtype))
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(ablation, "load_model", load_model)
-    monkeypatch.setattr(ablation, "resolve_checkpoint", lambda *args: resolved.append(args) or "snapshot")
+    monkeypatch.setattr(ablation_table, "load_model", load_model)
+    monkeypatch.setattr(
+        ablation_table, "resolve_checkpoint", lambda *args: resolved.append(args) or "snapshot"
+    )
     params = BackboneConfig(checkpoint="some-org/videomae", revision="v1.0")
     for made_in, expected in (("float16", torch.float16), ("float32", torch.float32), (None, torch.float32)):
         backbone = {"model_dtype": made_in} if made_in else {}  # backbone.json before the key: float32
         with pytest.raises(RuntimeError, match="stop"):
-            ablation.backbone_latency(params, backbone, torch.device("cpu"), 1, 1)
+            ablation_table.backbone_latency(params, backbone, torch.device("cpu"), 1, 1)
         assert loaded[-1] == ("snapshot", expected)
     # the revision the features stage loaded (backbone.revision), not whatever the hub id resolves to today
     assert resolved[-1] == ("some-org/videomae", "backbone.checkpoint", "v1.0")
@@ -341,8 +344,8 @@ def test_ablation_table_reads_only_the_variants_params_name(params, tmp_path, mo
     stale = copy.deepcopy(json.loads((tmp_path / "full/metrics.json").read_text()))
     (tmp_path / "old").mkdir()
     write_json({**stale, "variant": "old"}, tmp_path / "old/metrics.json")
-    monkeypatch.setattr(ablation, "backbone_latency", lambda *a, **k: {"median_ms": 10.0})
-    table = ablation.aggregate(params, store, tmp_path)
+    monkeypatch.setattr(ablation_table, "backbone_latency", lambda *a, **k: {"median_ms": 10.0})
+    table = ablation_table.aggregate(params, store, tmp_path)
     markdown = ablation_markdown(table, store.backbone, section(params, "ablation"))
     assert list(table) == ["full", "no_pose"] and "old" not in markdown
     full, no_pose = table["full"], table["no_pose"]
@@ -362,7 +365,7 @@ def test_ablation_table_reads_only_the_variants_params_name(params, tmp_path, mo
     # Seeds changed in params but not re-run: refused, naming the param.
     params["ablation"]["seeds"] = [0, 1, 2]
     with pytest.raises(ValueError, match=r"ran seeds \[0, 1\], but ablation.seeds is \[0, 1, 2\]"):
-        ablation.aggregate(params, store, tmp_path)
+        ablation_table.aggregate(params, store, tmp_path)
 
 
 def test_difference_to_full_is_printed_only_when_its_interval_excludes_zero():
@@ -372,19 +375,45 @@ def test_difference_to_full_is_printed_only_when_its_interval_excludes_zero():
     one_unit[0] = 0.0
     half = np.r_[np.ones(50), np.zeros(50)]
     videos = [f"v{i}" for i in range(100)]  # one unit per video
-    assert ablation.bootstrap_interval(same - same, videos, cfg) == (0.0, 0.0)
-    low, high = ablation.bootstrap_interval(one_unit - same, videos, cfg)
+    assert ablation_table.bootstrap_interval(same - same, videos, cfg) == (0.0, 0.0)
+    low, high = ablation_table.bootstrap_interval(one_unit - same, videos, cfg)
     assert low < 0 and high == 0.0  # one unit of 100: no evidence of a difference
-    low, high = ablation.bootstrap_interval(half - same, videos, cfg)
+    low, high = ablation_table.bootstrap_interval(half - same, videos, cfg)
     assert -0.65 < low < -0.5 < high < -0.35
     # Units of one video move together: 10 videos of 10 units each give a wider interval than 100 videos.
-    clustered = ablation.bootstrap_interval(half - same, [f"v{i // 10}" for i in range(100)], cfg)
+    clustered = ablation_table.bootstrap_interval(half - same, [f"v{i // 10}" for i in range(100)], cfg)
     assert clustered[0] < low and clustered[1] > high
     row = {"delta_vs_full": -0.01, "delta_interval": [-0.03, 0.0], "delta_significant": False}
     assert figures._delta(row) == "no difference [-3.0, +0.0]"
     row = {"delta_vs_full": -0.5, "delta_interval": [-0.6, -0.4], "delta_significant": True}
     assert figures._delta(row) == "-50.0 [-60.0, -40.0]"
-    assert ablation.bootstrap_interval(half, videos, cfg) == ablation.bootstrap_interval(half, videos, cfg)
+    assert ablation_table.bootstrap_interval(half, videos, cfg) == ablation_table.bootstrap_interval(
+        half, videos, cfg
+    )
+
+
+def test_the_intervals_hold_what_the_seeds_move_as_well_as_the_test_videos():
+    """Three seeds that disagree (+30, -5, +10 points against full): resampling the test videos alone, with
+    each unit's score averaged over the seeds, excludes 0; drawing the seeds as well does not, since one
+    seed in 27 draws is all the -5 one."""
+    cfg = section({"ablation": {"variants": {"full": {}}, "bootstrap_resamples": 4000}}, "ablation")
+    videos = [f"v{i}" for i in range(100)]
+    difference = np.zeros((3, 100))
+    difference[0, :30] = 1.0
+    difference[1, :5] = -1.0
+    difference[2, 40:50] = 1.0
+    units_only = ablation_table.bootstrap_interval(difference.mean(axis=0), videos, cfg)
+    assert units_only[0] > 0
+    low, high = ablation_table.bootstrap_interval(difference, videos, cfg)
+    assert low < 0 < high and low < units_only[0] and high >= units_only[1] - 0.01
+    # one seed: only the videos are drawn, as for a (units,) array
+    assert ablation_table.bootstrap_interval(
+        difference[:1], videos, cfg
+    ) == ablation_table.bootstrap_interval(difference[0], videos, cfg)
+    row = {"delta_vs_full": 0.117, "delta_interval": [low, high], "delta_significant": False}
+    row["seed_deltas_vs_full"] = difference.mean(axis=1).tolist()
+    assert figures._delta(row).endswith("; by seed +30.0 / -5.0 / +10.0")
+    assert figures._spread({"accuracy_std": None}) == "n/a (one seed)"
 
 
 def _write_store(memory: MemoryStore, folder) -> FeatureStore:
@@ -431,10 +460,10 @@ def test_seeds_in_worker_processes_equal_seeds_in_one_process(params, tmp_path):
 
 
 def test_ablation_missing_variant_results_fail_clearly(params, tmp_path, monkeypatch):
-    monkeypatch.setattr(ablation, "backbone_latency", lambda *a, **k: {"median_ms": 1.0})
+    monkeypatch.setattr(ablation_table, "backbone_latency", lambda *a, **k: {"median_ms": 1.0})
     params["ablation"]["variants"] = {"full": {}}
     with pytest.raises(FileNotFoundError, match="'full' has no results"):
-        ablation.aggregate(params, MemoryStore({"test": 2}), tmp_path)
+        ablation_table.aggregate(params, MemoryStore({"test": 2}), tmp_path)
 
 
 def test_training_curves_png_is_deterministic(tmp_path):
@@ -450,9 +479,14 @@ def test_training_curves_png_is_deterministic(tmp_path):
             "val_acc": [0.3, 0.6, 0.6],
         }
     )
-    plot_curves(history, tmp_path / "a.png", "curves")
-    plot_curves(history, tmp_path / "b.png", "curves")
+    plot_curves(history, tmp_path / "a.png", "curves", 2)
+    plot_curves(history, tmp_path / "b.png", "curves", 2)
     data = (tmp_path / "a.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data == (tmp_path / "b.png").read_bytes()
-    plot_curves(history.drop(columns=["val_loss", "val_acc"]), tmp_path / "c.png", "no val split")
+    plot_curves(history.drop(columns=["val_loss", "val_acc"]), tmp_path / "c.png", "no val split", 3)
     assert (tmp_path / "c.png").read_bytes() != data
+    # the epoch marked is the one the checkpoint records, not one recomputed from the rounded CSV
+    plot_curves(history, tmp_path / "d.png", "curves", 3)
+    assert (tmp_path / "d.png").read_bytes() != data
+    plot_curves(history, tmp_path / "e.png", "curves", 2, label_smoothing=0.1)  # said in the legend
+    assert (tmp_path / "e.png").read_bytes() != data

@@ -59,40 +59,46 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
     save_png(fig, path)
 
 
-def plot_curves(history, path: Path, title: str) -> None:
+def plot_curves(history, path: Path, title: str, best_epoch: int, label_smoothing: float = 0.0) -> None:
     """Loss and top-1 per epoch (train, and val where there is a val split) from ``metrics/train_curve.csv``,
-    with the epoch the model was kept at (best val accuracy) marked, as a PNG."""
+    with the epoch the model was kept at (``best_epoch`` of its ``config.json``) marked, as a PNG. With
+    ``train.label_smoothing`` the training loss is the smoothed one the head minimised, the val loss plain
+    cross-entropy: the legend says so."""
     from matplotlib.ticker import MaxNLocator
 
     fig = new_figure(figsize=(10, 3.6), dpi=100)
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = history["epoch"].to_numpy()
+    smoothed = f" (label smoothing {label_smoothing:g})" if label_smoothing else ""
     for ax, metric, label in ((loss_ax, "loss", "cross-entropy"), (acc_ax, "acc", "clip top-1 (fraction)")):
         for split, style in (("train", "-"), ("val", "--")):
             column = f"{split}_{metric}"
             if column in history:
-                ax.plot(epochs, history[column].to_numpy(), style, marker="o", markersize=3, label=split)
+                name = split + (smoothed if metric == "loss" and split == "train" else "")
+                ax.plot(epochs, history[column].to_numpy(), style, marker="o", markersize=3, label=name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left" if metric == "acc" else "upper right")
-    if "val_acc" in history and history["val_acc"].notna().any():
-        # the first epoch with the best val accuracy, lower val loss breaking ties (as train_model keeps)
-        best = history.sort_values(["val_acc", "val_loss"], ascending=[False, True], kind="stable").iloc[0]
-        for ax in (loss_ax, acc_ax):
-            ax.axvline(best["epoch"], color="grey", linewidth=0.8)
-        late = best["epoch"] > (epochs.min() + epochs.max()) / 2  # the label on the side with room
-        acc_ax.annotate(
-            f"kept: epoch {int(best['epoch'])}",
-            (best["epoch"], 0.03),
-            xycoords=("data", "axes fraction"),
-            xytext=(-4 if late else 4, 0),
-            textcoords="offset points",
-            ha="right" if late else "left",
-            fontsize=8,
-            color="grey",
-        )
+    for ax in (loss_ax, acc_ax):
+        ax.axvline(best_epoch, color="grey", linewidth=0.8)
+    late = best_epoch > (epochs.min() + epochs.max()) / 2  # the label on the side with room
+    rule = (
+        "best val top-1"
+        if "val_acc" in history and history["val_acc"].notna().any()
+        else "last: no val split"
+    )
+    acc_ax.annotate(
+        f"kept: epoch {best_epoch} ({rule})",
+        (best_epoch, 0.03),
+        xycoords=("data", "axes fraction"),
+        xytext=(-4 if late else 4, 0),
+        textcoords="offset points",
+        ha="right" if late else "left",
+        fontsize=8,
+        color="grey",
+    )
     fig.suptitle(title)
     fig.tight_layout()
     save_png(fig, path)
@@ -262,8 +268,9 @@ def plot_ablation(table: dict[str, dict], unit: str, path: Path, confidence: flo
     lat_ax.set_xlabel("backbone + head latency (ms per clip)")
     seeds = len(first["seed_accuracies"])
     fig.suptitle(
-        f"Ablations (Table 5): bar = mean over {seeds} seeds, whiskers = {100 * confidence:g} % bootstrap "
-        f"interval (test videos resampled), red dots = each seed; latency on {first['device']}: median of "
+        f"Ablations (Table 5): bar = mean over {seeds} seed{'s' if seeds > 1 else ''}, whiskers = "
+        f"{100 * confidence:g} % bootstrap interval (seeds and test videos resampled), red dots = each seed; "
+        f"latency on {first['device']}: median of "
         f"{first['latency_repeats']} runs, batch {first['latency_batch']}",
         fontsize=9,
         wrap=True,
@@ -276,13 +283,20 @@ def _delta(row: dict) -> str:
     if "delta_vs_full" not in row:
         return "-"
     low, high = (100 * v for v in row["delta_interval"])
-    if row["delta_significant"]:
-        return f"{100 * row['delta_vs_full']:+.1f} [{low:+.1f}, {high:+.1f}]"
-    return f"no difference [{low:+.1f}, {high:+.1f}]"
+    verdict = f"{100 * row['delta_vs_full']:+.1f}" if row["delta_significant"] else "no difference"
+    seeds = row.get("seed_deltas_vs_full", [])
+    by_seed = f"; by seed {' / '.join(f'{100 * d:+.1f}' for d in seeds)}" if len(seeds) > 1 else ""
+    return f"{verdict} [{low:+.1f}, {high:+.1f}]{by_seed}"
+
+
+def _spread(row: dict) -> str:
+    """The seeds' standard deviation; none with one seed (a spread of one value is undefined, not 0)."""
+    std = row["accuracy_std"]
+    return "n/a (one seed)" if std is None else f"{100 * std:.1f}"
 
 
 def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfig) -> str:
-    """Table 5 as Markdown (``metrics/ablation.md``) from :func:`~transmodal.training.ablation.aggregate`."""
+    """Table 5 as Markdown (``metrics/ablation.md``) from :func:`~transmodal.training.table.aggregate`."""
     first = next(iter(table.values()))
     confidence = f"{100 * cfg.confidence:g} %"
     lines = [
@@ -295,9 +309,10 @@ def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfi
         "",
         f"Accuracy: {PAPER_UNIT}-level top-1 on the test split ({first['test_units']} {PAPER_UNIT}s; "
         f"{UNITS[PAPER_UNIT]}), mean ± std over seeds {list(cfg.seeds)}, with a {confidence} percentile "
-        f"bootstrap interval resampling whole test videos ({cfg.bootstrap_resamples} resamples). vs full: the "
-        f"paired difference and its {confidence} interval, printed only when the interval excludes 0 "
-        "(per comparison, uncorrected).",
+        f"bootstrap interval that draws the seeds and whole test videos ({cfg.bootstrap_resamples} "
+        "resamples), so it covers what training and what the choice of test videos can move. vs full: the "
+        f"difference (seed s against full's seed s, on the same draws), its {confidence} interval and each "
+        "seed's difference, the value printed only when the interval excludes 0 (per comparison, uncorrected).",
         "",
         f"FLOPs: FlopCounterMode, one clip, the head and the backbone (at this run's size and at the paper's, "
         "D=768 and 8 x 196 tokens; a variant with backbone.keep < 1 runs the encoder on its kept tokens only). "
@@ -305,18 +320,18 @@ def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfi
         "lowers selector.top_k_tokens is counted with the lower value. "
         f"Latency on {first['device']}: median of {first['latency_repeats']} runs after warm-up, "
         f"batch of {first['latency_batch']}, the same input batch for every variant of one feature cache; "
-        "end-to-end = (backbone + head) per clip, every row measured in this one run.",
+        "backbone + head per clip (detection and pose not included), every row measured in this one run.",
         "",
         f"| variant | overrides | top-1 (%) | {confidence} interval | vs full (pts) | head MFLOPs | "
         "head GFLOPs, paper size | backbone GFLOPs, paper size | head latency (ms/batch) | "
-        "e2e latency (ms/clip) |",
+        "backbone + head latency (ms/clip) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in table.items():
         overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "-"
         low, high = (100 * v for v in row["interval"])
         lines.append(
-            f"| {name} | {overrides} | {100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f} | "
+            f"| {name} | {overrides} | {100 * row['accuracy_mean']:.1f} ± {_spread(row)} | "
             f"[{low:.1f}, {high:.1f}] | {_delta(row)} | {row['head_flops'] / 1e6:.3g} | "
             f"{row['head_flops_paper_size'] / 1e9:.3g} | {row['backbone_flops_paper_size'] / 1e9:.0f} | "
             f"{row['head_latency_ms']:.2f} | "
