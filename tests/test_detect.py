@@ -288,6 +288,35 @@ def test_tracker_drops_the_unconfirmed_and_fills_a_missed_detection():
     np.testing.assert_allclose(row[["x1", "y1", "x2", "y2"]].to_numpy(float), [15, 20, 45, 100])
 
 
+def test_low_score_boxes_extend_a_track_and_start_none():
+    """ByteTrack's second association: boxes scored from detect.low_score_threshold up to
+    detect.score_threshold keep a track through frames where the person scores low (an occlusion, motion
+    blur), and never start a track of their own."""
+    cfg = DetectConfig(source="model", minimum_consecutive_frames=1)
+    kept = np.arange(0, 24, 2)
+    walker = [np.array([[10.0 + t, 20, 40 + t, 100]], np.float32) for t in range(12)]
+    walker_scores = [np.array([0.3 if 4 <= t < 8 else 0.9], np.float32) for t in range(12)]
+    still = np.array([[120, 10, 150, 50]], np.float32)  # a second object, scored low throughout
+    boxes = [np.concatenate([box, still]) for box in walker]
+    scores = [np.append(score, np.float32(0.3)) for score in walker_scores]
+    detected = track_video(boxes, scores, kept, cfg, frame_rate=12.5)
+    assert detected["track_id"].nunique() == 1 and len(detected) == 12
+    assert sorted(detected.loc[detected["score"] < cfg.score_threshold, "frame_idx"]) == [8, 10, 12, 14]
+    assert (detected["x1"] < 100).all()  # the still low object is in no track
+    # with the low boxes held back (low_score_threshold = score_threshold) those four frames have no box
+    high = [
+        (b[s >= cfg.score_threshold], s[s >= cfg.score_threshold]) for b, s in zip(boxes, scores, strict=True)
+    ]
+    detected = track_video([b for b, _ in high], [s for _, s in high], kept, cfg, frame_rate=12.5)
+    assert len(detected) == 8 and not set(detected["frame_idx"]) & {8, 10, 12, 14}
+
+
+def test_low_score_threshold_is_checked_against_score_threshold():
+    with pytest.raises(ParamError, match=r"detect.low_score_threshold is 0.6, above detect.score_threshold"):
+        DetectConfig(score_threshold=0.5, low_score_threshold=0.6)
+    assert DetectConfig(score_threshold=0.5, low_score_threshold=0.5).low_score_threshold == 0.5
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Quality metrics, perturbed by hand
 
@@ -421,6 +450,7 @@ def test_model_path_end_to_end_on_tiny_checkpoint(dataset, tiny_checkpoints):
         source="model",
         checkpoint=tiny_checkpoints["detector"],
         score_threshold=0.0,
+        low_score_threshold=0.0,
         track_activation_threshold=0.0,
         batch_size=5,
         device="cpu",
@@ -452,6 +482,7 @@ def test_batches_mixing_frame_sizes_give_the_same_tracks(tmp_path, tiny_checkpoi
         source="model",
         checkpoint=tiny_checkpoints["detector"],
         score_threshold=0.0,
+        low_score_threshold=0.0,
         track_activation_threshold=0.0,
         device="cpu",
     )
@@ -512,6 +543,26 @@ def test_unknown_person_label_names_the_param(dataset, tiny_checkpoints):
 
 # ----------------------------------------------------------------------------------------------------------
 # Frame batches shared with the pose stage
+
+
+def test_the_tracker_runs_at_the_rate_of_the_kept_frames():
+    """ByteTrack's lost_track_buffer scales with the rate of the frames it sees: 12.5 a second for a 25 fps
+    video at stride 2 and for a 30 fps one sampled by time (steps of 2 and 3, 2.4 on average), the video's
+    own rate for one slower than the sampling."""
+    from types import SimpleNamespace
+
+    from transmodal.data.frames import sample_numbers, sample_step
+
+    rows = []
+    for video_id, fps in (("pal", 25.0), ("ntsc", 30.0), ("slow", 10.0)):
+        kept = np.unique(sample_numbers(int(4 * fps), sample_step(fps, 2, 25.0)))
+        rows.append(
+            pd.DataFrame({"video_id": video_id, "frame_idx": kept, "fps": fps, "width": 8, "height": 8})
+        )
+    store = SimpleNamespace(frames=pd.concat(rows, ignore_index=True), video_ids=["pal", "ntsc", "slow"])
+    rates = {video_id: video.frame_rate for video_id, video in stored_videos(store).items()}
+    assert rates["pal"] == 12.5 and rates["slow"] == 10.0
+    assert rates["ntsc"] == pytest.approx(12.5, abs=0.1)
 
 
 def test_frame_batches_span_videos_in_order_and_every_batch_but_the_last_is_full(dataset):

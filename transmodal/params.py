@@ -214,11 +214,12 @@ class DetectConfig(RuntimeMixin):
     checkpoint: str = "PekingU/rtdetr_r50vd_coco_o365"
     revision: str | None = None  # the hub commit, branch or tag of a hub id; null: the cached or newest one
     score_threshold: float = 0.5
+    low_score_threshold: float = 0.1  # boxes from here up to score_threshold only extend tracks (ByteTrack)
     person_label: str = "person"
     batch_size: int = 16
     device: str = "auto"
     precision: str = "fp32"
-    track_activation_threshold: float = 0.25
+    track_activation_threshold: float = 0.5
     lost_track_buffer: int = 30
     minimum_matching_threshold: float = 0.8
     minimum_consecutive_frames: int = 1
@@ -230,6 +231,14 @@ class DetectConfig(RuntimeMixin):
         _check_str(s, "checkpoint", self.checkpoint)
         _check_revision(s, self.checkpoint, self.revision)
         _check_float(s, "score_threshold", self.score_threshold, 0.0, 1.0)
+        _check_float(s, "low_score_threshold", self.low_score_threshold, 0.0, 1.0)
+        if self.low_score_threshold > self.score_threshold:
+            _fail(
+                s,
+                "low_score_threshold",
+                f"is {self.low_score_threshold}, above detect.score_threshold ({self.score_threshold}): the "
+                "low boxes are those below it (set them equal to pass no low box to the tracker)",
+            )
         _check_str(s, "person_label", self.person_label)
         self._check_runtime(s)
         _check_float(s, "track_activation_threshold", self.track_activation_threshold, 0.0, 1.0)

@@ -150,6 +150,8 @@ class ModelFolder:
         """The recorded ``detect``/``pose`` params, run as ``source: model`` on ``device``; a checkpoint given
         on the command line replaces the recorded one and its revision (which pins the recorded one only)."""
         recorded = dict(self.config["pipeline"][stage])
+        if stage == "detect":  # a folder from before the low boxes: trained on tracks of its high boxes only
+            recorded.setdefault("low_score_threshold", recorded["score_threshold"])
         self._note_source(stage, recorded, checkpoint)
         recorded.update(
             source="model",

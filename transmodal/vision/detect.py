@@ -91,8 +91,9 @@ class PersonDetector:
         dtype = checkpoints.pick_dtype(cfg.precision, device)
         model = checkpoints.load_model(model_cls, folder, "detect.checkpoint", device, dtype)
         processor = checkpoints.load_processor(AutoImageProcessor, folder, "detect.checkpoint")
+        # every box the tracker may use: the low ones (from detect.low_score_threshold) only extend tracks
         detector = cls(
-            model, processor, person_label_id(model.config, cfg.person_label), cfg.score_threshold, device
+            model, processor, person_label_id(model.config, cfg.person_label), cfg.low_score_threshold, device
         )
         detector.revision = checkpoints.hub_revision(folder)  # the hub commit; None for a local folder
         return detector
@@ -206,7 +207,7 @@ def _model_tracks(
     videos_per_unit: int = VIDEOS_PER_UNIT,
 ) -> tuple[dict[str, DetectedRows], int]:
     """Detect persons in every kept frame and track them: video_id -> detected track rows, and the number
-    of person boxes. A video is tracked as soon as its last frame is detected, so on a GPU the tracking
+    of person boxes scored ``detect.score_threshold`` or more. A video is tracked as soon as its last frame is detected, so on a GPU the tracking
     of one video overlaps the detection of the next."""
     pending = {v: ([None] * len(info.frame_idx), [None] * len(info.frame_idx)) for v, info in videos.items()}
     missing = {v: len(info.frame_idx) for v, info in videos.items()}
@@ -232,7 +233,8 @@ def _model_tracks(
             missing[piece.video_id] -= len(piece.frame_idx)
             if missing[piece.video_id] == 0:
                 boxes, scores = pending.pop(piece.video_id)
-                counts["boxes"] += sum(len(s) for s in scores)
+                # boxes at or above detect.score_threshold (the low ones only extend tracks)
+                counts["boxes"] += sum(int((s >= cfg.score_threshold).sum()) for s in scores)
                 video = videos[piece.video_id]
                 tracked[piece.video_id] = DetectedRows.from_table(
                     track_video(boxes, scores, video.frame_idx, cfg, video.frame_rate)
@@ -314,6 +316,7 @@ def run_detect(
             dtype=str(detector.dtype).removeprefix("torch."),
             batch_size=cfg.batch_size,
             score_threshold=cfg.score_threshold,
+            low_score_threshold=cfg.low_score_threshold,
         )
         # detected track rows per video (frame_idx, track_id, boxes, score)
         world = distributed.current()

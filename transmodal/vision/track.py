@@ -69,9 +69,12 @@ def make_tracker(cfg: DetectConfig, frame_rate: float):
     ``frame_rate`` is the rate of the frames the tracker sees (video fps / frames stride), so that
     ``lost_track_buffer`` (counted in 30 fps frames, as in ByteTrack) spans the same time at any stride.
     ``minimum_matching_threshold`` keeps ByteTrack's original meaning (``match_thresh``, a bound on the
-    matching cost 1 - IoU), so the IoU a match needs is ``1 - minimum_matching_threshold``. Detections at or
-    above ``track_activation_threshold`` are the first-stage (high-confidence) boxes that may start tracks;
-    the rest only extend existing tracks (ByteTrack's second stage).
+    matching cost 1 - IoU), so the IoU a match needs is ``1 - minimum_matching_threshold``. The detector
+    passes every person box scored ``detect.low_score_threshold`` or more: those at or above
+    ``detect.score_threshold`` are ByteTrack's high boxes, matched first and, unmatched, starting a track if
+    they also reach ``track_activation_threshold``; the low ones are then matched to the tracks left over and
+    never start one (ByteTrack's second association, which keeps a track through an occlusion or a blurred
+    frame).
     """
     from trackers import ByteTrackTracker
 
@@ -81,7 +84,7 @@ def make_tracker(cfg: DetectConfig, frame_rate: float):
         track_activation_threshold=cfg.track_activation_threshold,
         minimum_consecutive_frames=cfg.minimum_consecutive_frames,
         minimum_iou_threshold=1.0 - cfg.minimum_matching_threshold,
-        high_conf_det_threshold=cfg.track_activation_threshold,
+        high_conf_det_threshold=cfg.score_threshold,
     )
 
 
