@@ -281,6 +281,11 @@ def test_model_rejects_wrong_grid():
         model(rgb[:, :, :-1], pose)
     with pytest.raises(ValueError, match="no pose input"):
         model(rgb, None)
+    # one pose track for a batch of clips would broadcast through the attention and the residuals
+    with pytest.raises(ValueError, match=r"pose has 1 clips but rgb has \d+"):
+        model(rgb, pose[:1])
+    with pytest.raises(ValueError, match=r"pose has \d+ clips but rgb has 1"):
+        model(rgb[:1], pose)
 
 
 @pytest.mark.parametrize("position", POSITIONS)
@@ -545,3 +550,22 @@ def test_token_norm_removes_a_per_channel_offset_and_scale_of_the_frozen_tokens(
     plain = without.train()(rgb, pose).logits
     torch.manual_seed(0)
     assert not torch.allclose(without.train()(shifted, pose).logits, plain, atol=1e-2)
+
+
+def test_token_norm_is_synced_over_the_processes_on_cuda_only():
+    """Under DistributedDataParallel on CUDA the token norm becomes a SyncBatchNorm (the global batch's
+    statistics); its state keeps the plain head's names, so the checkpoint loads into it. On the CPU, and
+    without a token norm, the head is left as it is."""
+    from transmodal.training.train import sync_token_norm
+
+    model = make_model(token_norm="batch")
+    assert sync_token_norm(model, torch.device("cpu")).token_norm.__class__ is torch.nn.BatchNorm1d
+    plain = make_model(token_norm="none")
+    assert sync_token_norm(plain, torch.device("cuda")) is plain
+    synced = sync_token_norm(make_model(token_norm="batch"), torch.device("cuda"))
+    assert isinstance(synced.token_norm, torch.nn.SyncBatchNorm)
+    assert list(synced.state_dict()) == list(model.state_dict())
+    model.load_state_dict(synced.state_dict(), strict=True)
+    rgb, pose = make_inputs()
+    synced.eval(), model.eval()  # outside a process group both normalise with their running statistics
+    torch.testing.assert_close(synced(rgb, pose).logits, model(rgb, pose).logits, rtol=0, atol=0)

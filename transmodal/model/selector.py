@@ -75,7 +75,9 @@ class AdaptiveSelector(nn.Module):
         kept token is multiplied by a straight-through gate sigmoid(s_group) * sigmoid(s_token) whose
         forward value is exactly 1 (the output equals the hard selection, identical in train and eval, and
         "keep everything" equals "no selector") while the gradient reaching the scores is that of the soft
-        gate: dL/ds = sigma'(s) <dL/dtoken, token>, i.e. "would scaling this kept token up lower the loss".
+        gate: dL/ds_token = sigma'(s_token) sigma(s_group) <dL/dtoken, token>, i.e. "would scaling this kept
+        token up lower the loss", and dL/ds_group the sum over the group's kept tokens of
+        sigma'(s_group) sigma(s_token) <dL/dtoken, token>.
         Helpful tokens are pushed up (stay kept), unhelpful ones down (replaced by others). Dropped tokens
         get no gradient; that is the usual limit of straight-through top-k. A multiplicative soft gate in
         the forward pass was not chosen because it would rescale features differently in train and eval

@@ -157,6 +157,8 @@ class TransModal(nn.Module):
         if rgb.ndim != 4 or tuple(rgb.shape[1:]) != expected:
             raise ValueError(f"rgb must be (B, {', '.join(map(str, expected))}); got {tuple(rgb.shape)}")
         B, G, P, D = rgb.shape
+        if pose is not None and len(pose) != B:  # attention and residuals would broadcast one over the other
+            raise ValueError(f"pose has {len(pose)} clips but rgb has {B}; give one pose track per clip")
         if self.token_norm is not None:
             rgb = self.token_norm(rgb.reshape(B * G * P, D)).reshape(B, G, P, D)
 

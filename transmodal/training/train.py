@@ -39,6 +39,7 @@ PIPELINE_KEYS: dict[str, tuple[str, ...]] = {
         "checkpoint",
         "revision",
         "score_threshold",
+        "low_score_threshold",
         "person_label",
         "track_activation_threshold",
         "lost_track_buffer",
@@ -143,6 +144,17 @@ def predict(model: TransModal, data: SplitData, batch_size: int, device: torch.d
     return torch.cat(outputs) if outputs else torch.zeros(0, model.num_classes)
 
 
+def sync_token_norm(model: TransModal, device: torch.device) -> TransModal:
+    """On CUDA under DistributedDataParallel, ``model.token_norm: batch`` standardises with the statistics
+    of the global batch (``SyncBatchNorm``), so every process normalises alike and keeps the same running
+    statistics, and the head trained is the one process's at ``train.batch_size`` x world size. torch syncs
+    batch norm on GPUs only: on the CPU (gloo) each process uses its own batch (docs/decisions.md 41). The
+    weights' names are unchanged, so the checkpoint loads into the plain head."""
+    if device.type != "cuda" or model.token_norm is None:
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def train_model(
     store: FeatureStore,
     model_cfg: ModelConfig,
@@ -174,6 +186,7 @@ def train_model(
         from torch.nn.parallel import DistributedDataParallel
         from torch.utils.data import DistributedSampler
 
+        model = sync_token_norm(model, device)
         net = DistributedDataParallel(
             model,
             device_ids=[world.local_rank] if device.type == "cuda" else None,
