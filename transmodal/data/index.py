@@ -826,7 +826,7 @@ def _check_class_names(names: list[str], root: Path) -> None:
     Mac) look like one class and would be two: refused, naming both."""
     seen: dict[str, str] = {}
     for name in names:
-        key = unicodedata.normalize("NFC", name).casefold()
+        key = _nfc(name).casefold()
         if key in seen:
             raise _root_error(
                 root,

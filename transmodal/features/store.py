@@ -95,6 +95,7 @@ class ShardWriter:
         self.written = 0  # rows written by this writer
         self._queue = list(self.shards)
         self._file = None
+        self._tmp: Path | None = None  # the shard being written, under its temporary name
         self._shard, self._left = -1, 0
 
     @property
@@ -117,9 +118,9 @@ class ShardWriter:
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # align the data to 8 bytes, as safetensors does
         # written under a temporary name, renamed once complete (_close): a shard file is always whole
-        tmp = self.directory / f".{shard_name(shard)}.tmp"
-        register_unfinished(tmp)  # a Ctrl-C mid-shard: the stage's handler removes it
-        self._file = open(tmp, "wb")  # closed by _close() / close()
+        self._tmp = self.directory / f".{shard_name(shard)}.tmp"
+        register_unfinished(self._tmp)  # a Ctrl-C mid-shard: the stage's handler removes it
+        self._file = open(self._tmp, "wb")  # closed by _close() / close()
         self._file.write(struct.pack("<Q", len(text)) + text)
         self._shard, self._left = shard, rows
 
@@ -148,9 +149,8 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-            tmp = self.directory / f".{shard_name(self._shard)}.tmp"
-            os.replace(tmp, self.directory / shard_name(self._shard))
-            forget_unfinished(tmp)
+            os.replace(self._tmp, self.directory / shard_name(self._shard))
+            forget_unfinished(self._tmp)
 
     def close(self) -> None:
         """Close the last shard; every announced row must have been written (else the shard being written
@@ -159,9 +159,8 @@ class ShardWriter:
             if self._file is not None:
                 self._file.close()
                 self._file = None
-                tmp = self.directory / f".{shard_name(self._shard)}.tmp"
-                tmp.unlink(missing_ok=True)
-                forget_unfinished(tmp)
+                self._tmp.unlink(missing_ok=True)
+                forget_unfinished(self._tmp)
             raise ValueError(f"wrote {self.written} of {self.expected} announced rows")
         self._close()
 
