@@ -1,5 +1,5 @@
 """Stage ablation: Table 5 (accuracy over seeds with intervals, difference to full, FLOPs, head and
-end-to-end latency) for the variants in params, as JSON, Markdown and a bar chart."""
+backbone + head latency) for the variants in params, as JSON, Markdown and a bar chart."""
 
 from pathlib import Path
 

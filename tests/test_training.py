@@ -369,51 +369,56 @@ def test_ablation_table_reads_only_the_variants_params_name(params, tmp_path, mo
 
 
 def test_difference_to_full_is_printed_only_when_its_interval_excludes_zero():
+    """One seed: the interval is the test set's alone (a bootstrap over whole videos, normal quantile)."""
     cfg = section({"ablation": {"variants": {"full": {}}, "bootstrap_resamples": 2000}}, "ablation")
-    same = np.ones(100)
-    one_unit = np.ones(100)
-    one_unit[0] = 0.0
-    half = np.r_[np.ones(50), np.zeros(50)]
+    same = np.ones((1, 100))
+    one_unit = same.copy()
+    one_unit[0, 0] = 0.0
+    half = np.r_[np.ones(50), np.zeros(50)][None]
     videos = [f"v{i}" for i in range(100)]  # one unit per video
-    assert ablation_table.bootstrap_interval(same - same, videos, cfg) == (0.0, 0.0)
-    low, high = ablation_table.bootstrap_interval(one_unit - same, videos, cfg)
-    assert low < 0 and high == 0.0  # one unit of 100: no evidence of a difference
-    low, high = ablation_table.bootstrap_interval(half - same, videos, cfg)
-    assert -0.65 < low < -0.5 < high < -0.35
+    assert ablation_table.difference_interval(same, same, videos, cfg) == (0.0, 0.0)
+    low, high = ablation_table.difference_interval(one_unit, same, videos, cfg)
+    assert low < 0 < high  # one unit of 100: no evidence of a difference
+    low, high = ablation_table.difference_interval(half, same, videos, cfg)
+    assert -0.62 < low < -0.55 and -0.45 < high < -0.38  # -0.5 ± 1.96 x 0.05
     # Units of one video move together: 10 videos of 10 units each give a wider interval than 100 videos.
-    clustered = ablation_table.bootstrap_interval(half - same, [f"v{i // 10}" for i in range(100)], cfg)
+    clustered = ablation_table.difference_interval(half, same, [f"v{i // 10}" for i in range(100)], cfg)
     assert clustered[0] < low and clustered[1] > high
     row = {"delta_vs_full": -0.01, "delta_interval": [-0.03, 0.0], "delta_significant": False}
     assert figures._delta(row) == "no difference [-3.0, +0.0]"
     row = {"delta_vs_full": -0.5, "delta_interval": [-0.6, -0.4], "delta_significant": True}
     assert figures._delta(row) == "-50.0 [-60.0, -40.0]"
-    assert ablation_table.bootstrap_interval(half, videos, cfg) == ablation_table.bootstrap_interval(
+    assert ablation_table.accuracy_interval(half, videos, cfg) == ablation_table.accuracy_interval(
         half, videos, cfg
     )
+    assert ablation_table.accuracy_interval(same, videos, cfg) == (1.0, 1.0)  # clipped to [0, 1]
 
 
-def test_the_intervals_hold_what_the_seeds_move_as_well_as_the_test_videos():
-    """Three seeds that disagree (+30, -5, +10 points against full): resampling the test videos alone, with
-    each unit's score averaged over the seeds, excludes 0; drawing the seeds as well does not, since one
-    seed in 27 draws is all the -5 one."""
-    cfg = section({"ablation": {"variants": {"full": {}}, "bootstrap_resamples": 4000}}, "ablation")
+def test_the_intervals_hold_what_the_seeds_move_as_well_as_the_test_set():
+    """Three seeds of a variant at 80, 55 and 65 % against full's three at 50 %: the test set alone would
+    call the 16.7 points real; with the seeds' spread (t on 2 degrees of freedom) it is no difference. The
+    same mean with seeds that agree is one."""
+    cfg = section({"ablation": {"variants": {"full": {}}, "bootstrap_resamples": 2000}}, "ablation")
     videos = [f"v{i}" for i in range(100)]
-    difference = np.zeros((3, 100))
-    difference[0, :30] = 1.0
-    difference[1, :5] = -1.0
-    difference[2, 40:50] = 1.0
-    units_only = ablation_table.bootstrap_interval(difference.mean(axis=0), videos, cfg)
-    assert units_only[0] > 0
-    low, high = ablation_table.bootstrap_interval(difference, videos, cfg)
-    assert low < 0 < high and low < units_only[0] and high >= units_only[1] - 0.01
-    # one seed: only the videos are drawn, as for a (units,) array
-    assert ablation_table.bootstrap_interval(
-        difference[:1], videos, cfg
-    ) == ablation_table.bootstrap_interval(difference[0], videos, cfg)
-    row = {"delta_vs_full": 0.117, "delta_interval": [low, high], "delta_significant": False}
-    row["seed_deltas_vs_full"] = difference.mean(axis=1).tolist()
-    assert figures._delta(row).endswith("; by seed +30.0 / -5.0 / +10.0")
-    assert figures._spread({"accuracy_std": None}) == "n/a (one seed)"
+    full = np.zeros((3, 100))
+    full[:, :50] = 1.0
+    spread = np.zeros((3, 100))
+    for seed, right in enumerate((80, 55, 65)):
+        spread[seed, :right] = 1.0
+    test_set_only = ablation_table.difference_interval(spread.mean(0, keepdims=True), full[:1], videos, cfg)
+    assert test_set_only[0] > 0
+    low, high = ablation_table.difference_interval(spread, full, videos, cfg)
+    assert low < 0 < high and high - low > 2 * (test_set_only[1] - test_set_only[0])
+    agreeing = np.repeat(spread.mean(0, keepdims=True) > 0.5, 3, axis=0).astype(float)  # 2/3 -> right
+    agreeing[:, 60:67] = 1.0  # every seed at 67 %
+    assert ablation_table.difference_interval(agreeing, full, videos, cfg)[0] > 0
+    # seed s of one row is not seed s of another: relabelling full's seeds changes nothing
+    relabelled = ablation_table.difference_interval(spread, full[[2, 0, 1]], videos, cfg)
+    assert relabelled == (low, high)
+    assert ablation_table.accuracy_interval(spread, videos, cfg)[1] - ablation_table.accuracy_interval(
+        spread, videos, cfg
+    )[0] > 2 * (test_set_only[1] - test_set_only[0])
+    assert figures._spread({"accuracy_std": None}) == "n/a"
 
 
 def _write_store(memory: MemoryStore, folder) -> FeatureStore:

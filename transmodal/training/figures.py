@@ -244,7 +244,7 @@ def plot_explanation(
 
 
 def plot_ablation(table: dict[str, dict], unit: str, path: Path, confidence: float) -> None:
-    """Accuracy (mean over seeds, the bootstrap interval, each seed) and end-to-end latency per variant, as a
+    """Accuracy (mean over seeds, its interval, each seed) and backbone + head latency per variant, as a
     PNG whose title says what the bar, the whiskers, the dots and the latency are."""
     names = list(table)
     first = table[names[0]]
@@ -269,7 +269,7 @@ def plot_ablation(table: dict[str, dict], unit: str, path: Path, confidence: flo
     seeds = len(first["seed_accuracies"])
     fig.suptitle(
         f"Ablations (Table 5): bar = mean over {seeds} seed{'s' if seeds > 1 else ''}, whiskers = "
-        f"{100 * confidence:g} % bootstrap interval (seeds and test videos resampled), red dots = each seed; "
+        f"{100 * confidence:g} % interval (seeds and test videos), red dots = each seed; "
         f"latency on {first['device']}: median of "
         f"{first['latency_repeats']} runs, batch {first['latency_batch']}",
         fontsize=9,
@@ -284,15 +284,13 @@ def _delta(row: dict) -> str:
         return "-"
     low, high = (100 * v for v in row["delta_interval"])
     verdict = f"{100 * row['delta_vs_full']:+.1f}" if row["delta_significant"] else "no difference"
-    seeds = row.get("seed_deltas_vs_full", [])
-    by_seed = f"; by seed {' / '.join(f'{100 * d:+.1f}' for d in seeds)}" if len(seeds) > 1 else ""
-    return f"{verdict} [{low:+.1f}, {high:+.1f}]{by_seed}"
+    return f"{verdict} [{low:+.1f}, {high:+.1f}]"
 
 
 def _spread(row: dict) -> str:
     """The seeds' standard deviation; none with one seed (a spread of one value is undefined, not 0)."""
     std = row["accuracy_std"]
-    return "n/a (one seed)" if std is None else f"{100 * std:.1f}"
+    return "n/a" if std is None else f"{100 * std:.1f}"
 
 
 def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfig) -> str:
@@ -308,11 +306,12 @@ def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfi
         f"at the paper's size: {first['backbone_flops_paper_size'] / 1e9:.0f} GFLOPs per clip.",
         "",
         f"Accuracy: {PAPER_UNIT}-level top-1 on the test split ({first['test_units']} {PAPER_UNIT}s; "
-        f"{UNITS[PAPER_UNIT]}), mean ± std over seeds {list(cfg.seeds)}, with a {confidence} percentile "
-        f"bootstrap interval that draws the seeds and whole test videos ({cfg.bootstrap_resamples} "
-        "resamples), so it covers what training and what the choice of test videos can move. vs full: the "
-        f"difference (seed s against full's seed s, on the same draws), its {confidence} interval and each "
-        "seed's difference, the value printed only when the interval excludes 0 (per comparison, uncorrected).",
+        f"{UNITS[PAPER_UNIT]}), mean ± std over seeds {list(cfg.seeds)} (n/a with one seed), with a "
+        f"{confidence} interval that covers what training and what the test set can move: mean ± t x "
+        "standard error, the error combining the spread of the seeds' accuracies and a bootstrap over whole "
+        f"test videos ({cfg.bootstrap_resamples} resamples), t with Welch-Satterthwaite's degrees of freedom "
+        f"over the seeds. vs full: the difference and its {confidence} interval (both rows' seeds, the same "
+        "test videos), the value printed only when the interval excludes 0 (per comparison, uncorrected).",
         "",
         f"FLOPs: FlopCounterMode, one clip, the head and the backbone (at this run's size and at the paper's, "
         "D=768 and 8 x 196 tokens; a variant with backbone.keep < 1 runs the encoder on its kept tokens only). "

@@ -1,15 +1,16 @@
 """The ablation table (paper Table 5, the ``ablation`` stage) from the ``ablate@<variant>`` results:
-accuracy with its spread over seeds and a bootstrap interval, the difference to ``full``, FLOPs and latency.
+accuracy with its spread over seeds and an interval, the difference to ``full``, FLOPs and latency.
 
 Statistics (docs/decisions.md, "Ablation table: seeds, intervals, FLOPs and latency"). The unit is the paper's
 (:data:`~transmodal.training.evaluate.PAPER_UNIT`, the listed sequence). Every seed of a variant classifies
 every test unit right or wrong; accuracy is the mean over seeds and units, its spread the seeds' standard
-deviation. Its interval is a two-level percentile bootstrap (``ablation.bootstrap_resamples``,
-``ablation.confidence``) that draws the seeds and whole test videos with replacement, so it holds what
-training and what the choice of test videos can move. A difference to ``full`` is the same bootstrap of the
-per-seed differences (seed s of the variant against seed s of ``full``, on the same drawn videos); it is
-printed only when its interval excludes 0, and "no difference" otherwise. Intervals are per comparison, not
-corrected for the number of rows.
+deviation. Two things move it: training (the seeds, a handful) and the test set (whole test videos,
+``scipy.stats.bootstrap``'s standard error, ``ablation.bootstrap_resamples``). The interval is the mean ± t x
+the combined standard error, t with Welch-Satterthwaite's degrees of freedom over the seeds
+(``ablation.confidence``). A difference to ``full`` adds both rows' seed terms (independent trainings) and
+the test set's term of the per-unit differences (the same videos); it is printed only when its interval
+excludes 0, and "no difference" otherwise. Intervals are per comparison, not corrected for the number of
+rows.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from transmodal.training.train import load_checkpoint, model_size
 from transmodal.vision.checkpoints import load_model, pick_device, resolve_checkpoint
 
 LATENCY_BATCH = 4  # the paper reports ms per batch of 4
-BOOTSTRAP_CHUNK = 1000  # resamples drawn at once (memory: chunk x test videos)
 
 
 def _latency_batch(store: FeatureStore, pose_scores: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,33 +88,87 @@ def _correct(metrics: dict, unit_ids: list[str], variant: str) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def bootstrap_interval(values: np.ndarray, videos: list[str], cfg: AblationConfig) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (seeds, units), or (units,) for one seed.
+def video_variance(values: np.ndarray, videos: list[str], cfg: AblationConfig) -> float:
+    """Bootstrap variance of the mean of the per-unit ``values`` (units,) when the test set is drawn again:
+    whole VIDEOS resampled (the sequences of one video share a subject and a scene, so they are not
+    independent draws), each mean pooled over the drawn units; seeded, so the same table every run."""
+    from scipy.stats import bootstrap
 
-    Each resample draws the seeds with replacement and whole test VIDEOS with replacement (the sequences
-    of one video share a subject and a scene, so they are not independent draws), and takes the mean over
-    the drawn seeds of each one's mean over the drawn units: the interval covers what training (the seed)
-    and what the choice of test videos can move the number. A difference of two rows passes their
-    per-seed differences, so both rows get the same draws. Seeded: the same table every run. Two levels
-    of resampling are more than ``scipy.stats.bootstrap`` does, hence the few lines here."""
-    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
-    if np.all(values == values.flat[0]):  # no spread to resample (e.g. identical predictions)
-        return float(values.flat[0]), float(values.flat[0])
+    values = np.asarray(values, dtype=np.float64)
+    if np.all(values == values[0]):  # no spread to resample (e.g. identical predictions)
+        return 0.0
     _, video_index = np.unique(np.asarray(videos, dtype=object), return_inverse=True)
-    n_videos, n_seeds = int(video_index.max()) + 1, len(values)
-    sums = np.stack([np.bincount(video_index, weights=row, minlength=n_videos) for row in values])
-    counts = np.bincount(video_index, minlength=n_videos).astype(np.float64)
-    rng = np.random.default_rng(0)
-    means = []
-    for start in range(0, cfg.bootstrap_resamples, BOOTSTRAP_CHUNK):
-        size = min(BOOTSTRAP_CHUNK, cfg.bootstrap_resamples - start)
-        video_draws = rng.multinomial(n_videos, np.full(n_videos, 1 / n_videos), size=size)  # (b, videos)
-        seed_draws = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=size)  # (b, seeds)
-        per_seed = (video_draws @ sums.T) / (video_draws @ counts)[:, None]  # (b, seeds)
-        means.append((per_seed * seed_draws).sum(axis=1) / n_seeds)
-    tail = (1 - cfg.confidence) / 2
-    low, high = np.quantile(np.concatenate(means), [tail, 1 - tail])
-    return float(low), float(high)
+    if video_index.max() == 0:  # one video: nothing to resample
+        return 0.0
+    sums = np.bincount(video_index, weights=values)
+    counts = np.bincount(video_index).astype(np.float64)
+    result = bootstrap(
+        (sums, counts),
+        _pooled_mean,
+        paired=True,
+        n_resamples=cfg.bootstrap_resamples,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(0),
+    )
+    return float(result.standard_error) ** 2
+
+
+def _pooled_mean(sums: np.ndarray, counts: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.sum(sums, axis=axis) / np.sum(counts, axis=axis)
+
+
+def t_interval(
+    centre: float, seed_terms: list[tuple[float, int]], video_var: float, confidence: float
+) -> tuple[float, float]:
+    """``centre`` ± t x standard error, the error's square the sum of the seed terms (each a variance of a
+    mean over seeds and its degrees of freedom, seeds - 1) and ``video_var``; the degrees of freedom of t by
+    Welch-Satterthwaite, the video term counted as known (many videos; infinite degrees of freedom: the
+    normal quantile when no seed term has spread)."""
+    from scipy.stats import t
+
+    total = sum(var for var, _ in seed_terms) + video_var
+    if total <= 0:
+        return centre, centre
+    spread = sum(var * var / df for var, df in seed_terms if var > 0 and df > 0)
+    dof = total * total / spread if spread > 0 else np.inf
+    half = float(t.ppf(0.5 + confidence / 2, dof)) * float(np.sqrt(total))
+    return centre - half, centre + half
+
+
+def _seed_term(correct: np.ndarray) -> tuple[float, int]:
+    """(variance of the mean accuracy over seeds, seeds - 1); (0, 0) with one seed (no spread to measure)."""
+    per_seed = correct.mean(axis=1)
+    if len(per_seed) < 2:
+        return 0.0, 0
+    return float(per_seed.var(ddof=1)) / len(per_seed), len(per_seed) - 1
+
+
+def accuracy_interval(correct: np.ndarray, videos: list[str], cfg: AblationConfig) -> tuple[float, float]:
+    """Interval of a row's accuracy from its (seeds, units) ``correct``: what training (the spread of the
+    seeds' accuracies) and what the test set (:func:`video_variance` of the units' seed-averaged scores) can
+    move it, with t over the seeds' degrees of freedom; clipped to [0, 1]."""
+    low, high = t_interval(
+        float(correct.mean()),
+        [_seed_term(correct)],
+        video_variance(correct.mean(axis=0), videos, cfg),
+        cfg.confidence,
+    )
+    return max(low, 0.0), min(high, 1.0)
+
+
+def difference_interval(
+    correct: np.ndarray, full: np.ndarray, videos: list[str], cfg: AblationConfig
+) -> tuple[float, float]:
+    """Interval of a row's accuracy minus ``full``'s: the two rows' seeds are independent trainings (seed s of
+    one has nothing to do with seed s of the other), so each adds its own seed term; both are scored on
+    the same test videos, so the test set's term is that of the per-unit difference (paired by unit)."""
+    return t_interval(
+        float(correct.mean() - full.mean()),
+        [_seed_term(correct), _seed_term(full)],
+        video_variance(correct.mean(axis=0) - full.mean(axis=0), videos, cfg),
+        cfg.confidence,
+    )
 
 
 def _paper_kept(record: dict) -> int | None:
@@ -186,16 +240,14 @@ def aggregate(
         inputs = backbones[grid]["inputs"]
         backbone_flops = {"run": backbones[grid]["flops"], "paper_size": backbones[grid]["paper_size"]}
         correct = _correct(metrics, unit_ids, variant)
-        low, high = bootstrap_interval(correct, videos, cfg)
+        low, high = accuracy_interval(correct, videos, cfg)
         row = {key: value for key, value in metrics.items() if key != "runs"}
         row["seed_accuracies"] = [run["accuracy"][PAPER_UNIT] for run in metrics["runs"]]
         row["test_units"] = len(unit_ids)
         row["interval"] = [low, high]
         if variant != "full":
-            difference = correct - full_correct  # per seed: seed s of the variant against seed s of full
-            d_low, d_high = bootstrap_interval(difference, videos, cfg)
-            row["delta_vs_full"] = float(difference.mean())
-            row["seed_deltas_vs_full"] = difference.mean(axis=1).tolist()
+            d_low, d_high = difference_interval(correct, full_correct, videos, cfg)
+            row["delta_vs_full"] = float(correct.mean() - full_correct.mean())
             row["delta_interval"] = [d_low, d_high]
             row["delta_significant"] = bool(d_low > 0 or d_high < 0)
         model, _ = load_checkpoint(seed_dir(ablation_dir / variant, cfg.seeds[0]) / "model", device)
