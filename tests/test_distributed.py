@@ -40,7 +40,7 @@ def project(world, tmp_path_factory) -> Path:  # noqa: F811
 def train(project: Path, extra_path: Path | None = None, stage: str = "train") -> subprocess.CompletedProcess:
     python_path = [str(REPO_ROOT), *([str(extra_path)] if extra_path else [])]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(python_path), "OMP_NUM_THREADS": "1"}
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
         env.pop(name, None)
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "stages" / f"{stage}.py")],
@@ -74,7 +74,7 @@ def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_output(project
         "    import transmodal.training.train as train\n"
         "    def fail(*args, **kwargs):\n"
         "        raise RuntimeError('rank 1 failed on purpose')\n"
-        "    train.train_model = fail\n"
+        "    train.predict = fail  # in the last epoch's validation: rank 0 goes on to its barrier\n"
     )
     done = train(project, hook)
     assert done.returncode != 0
@@ -106,10 +106,10 @@ def test_more_processes_than_gpus_is_refused_before_torchrun_starts(monkeypatch)
     import torch
 
     started = []
-    monkeypatch.setattr(distributed.subprocess, "run", lambda *args, **kwargs: started.append(args))
+    monkeypatch.setattr(distributed.subprocess, "Popen", lambda *args, **kwargs: started.append(args))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(
         ParamError, match=r"compute\.nproc is 4, but this machine has 2 GPU\(s\) and train\.device"
@@ -242,3 +242,71 @@ def test_detect_and_pose_on_two_processes_are_byte_identical_to_one(extraction, 
     for stage in ("detect", "pose"):
         metrics = json.loads((extraction / "metrics" / f"{stage}.json").read_text())
         assert metrics["processes"] == 2 and metrics["source"] == "model"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie waiting for a parent that will not reap it does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_sigterm_to_the_stage_stops_torchrun_and_its_workers_and_writes_nothing(project, tmp_path):
+    """`kill` (or a scheduler) sends SIGTERM to the stage's process alone; torchrun runs in a session of its
+    own, so the stage hands the signal on, and no worker is left running to write the outputs later."""
+    import signal
+    import time
+
+    for output in ("models", "metrics"):
+        shutil.rmtree(project / output, ignore_errors=True)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if os.environ.get('TORCHELASTIC_RUN_ID'):\n"
+        "    import transmodal.training.train as train\n"
+        "    def hang(*args, **kwargs):\n"
+        f"        open({str(tmp_path)!r} + '/worker-' + os.environ['RANK'], 'w').write(str(os.getpid()))\n"
+        "        time.sleep(300)\n"
+        "    train.train_model = hang\n"
+    )
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(hook)]), "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        env.pop(name, None)
+    stage = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "stages" / "train.py")],
+        cwd=project, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(tmp_path.glob("worker-*"))) < 2 and stage.poll() is None:
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        workers = [int(p.read_text()) for p in tmp_path.glob("worker-*")]
+        stage.send_signal(signal.SIGTERM)
+        _, err = stage.communicate(timeout=120)
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+    assert stage.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("train: terminated (SIGTERM); nothing it was writing")
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
+    assert not (project / "models").exists() and not (project / "metrics" / "train.json").exists()
+
+
+def test_a_world_size_set_by_a_cluster_does_not_make_the_launcher_a_worker(monkeypatch):
+    """A job environment (Kubeflow's PyTorchJob, a tutorial's exports) may set WORLD_SIZE and RANK for the
+    process that is to launch torchrun; only torchrun's own TORCHELASTIC_RUN_ID marks a worker."""
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert distributed.current() == World() and not distributed.is_worker()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.current() == World(rank=2, local_rank=0, size=4)

@@ -140,3 +140,71 @@ def test_an_interrupted_stage_removes_its_unfinished_temporaries(tmp_path, monke
     assert stop.value.code == 130
     assert list(out.iterdir()) == []
     assert "synth: interrupted; nothing it was writing looks complete" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("stop", "code", "said"),
+    [
+        ("sigterm", 143, "synth: terminated (SIGTERM); nothing it was writing looks complete"),
+        ("full disk", 1, "synth: error: No space left on device: data/shard.parquet"),
+        (
+            "missing input",
+            2,
+            "synth: error: data/frames/videos.parquet: no such file; `dvc repro synth` runs",
+        ),
+        ("missing elsewhere", 2, "synth: error: /elsewhere/x.txt: no such file\n"),
+    ],
+)
+def test_a_stage_stopped_otherwise_removes_its_temporaries_in_one_line(
+    tmp_path, monkeypatch, capsys, stop, code, said
+):
+    """SIGTERM (`kill`, a scheduler, torchrun stopping a worker) is handled as Ctrl-C; an error of the file
+    system is one line, exit code 1; a missing file outside the pipeline's folders gets no `dvc repro` hint."""
+    import errno
+    import os
+    import signal
+
+    from transmodal.stage import run_stage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    out = tmp_path / "data"
+    held = []
+
+    def body(params):
+        held.append(io.atomic_path(out / "shard.parquet"))
+        held[0].__enter__()
+        if stop == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif stop == "full disk":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "data/shard.parquet")
+        elif stop == "missing input":
+            raise FileNotFoundError(errno.ENOENT, "No such file", "data/frames/videos.parquet")
+        raise FileNotFoundError(errno.ENOENT, "No such file", "/elsewhere/x.txt")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        run_stage("synth", body)
+    assert stopped.value.code == code
+    assert list(out.iterdir()) == []
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1, err
+    assert signal.getsignal(signal.SIGTERM) is before  # the stage's handler is gone with it
+
+
+def test_any_other_error_removes_the_temporaries_before_its_traceback(tmp_path, monkeypatch):
+    from transmodal.stage import run_stage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    out = tmp_path / "data"
+    held = []
+
+    def body(params):
+        held.append(io.atomic_path(out / "shard.parquet"))
+        held[0].__enter__()
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_stage("synth", body)
+    assert list(out.iterdir()) == []

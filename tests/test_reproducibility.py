@@ -111,10 +111,10 @@ def test_a_stage_says_a_version_note_once_and_not_in_torchrun_workers(tmp_path, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
     (tmp_path / "constraints.txt").write_text("pyarrow==0.0.1\n")
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     run_stage("synth", lambda params: None)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("synth: note: ")]
     assert len(notes) == 1 and notes[0].startswith("synth: note: pyarrow ")
-    monkeypatch.setenv("WORLD_SIZE", "2")  # a worker torchrun started: the launching process said it
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # a worker torchrun started: the launcher said it
     run_stage("synth", lambda params: None)
     assert "note" not in capsys.readouterr().err

@@ -80,10 +80,12 @@ def _download(args: argparse.Namespace) -> None:
         from transmodal.io import remove_unfinished
 
         remove_unfinished()
-        raise DownloadError(
-            "interrupted; run the same command again: it resumes the download and redoes an unfinished "
-            "unpacking"
-        ) from None
+        print(
+            "transmodal download: interrupted; run the same command again: it resumes the download and "
+            "redoes an unfinished unpacking",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
@@ -206,19 +208,34 @@ def main(argv: list[str] | None = None) -> None:
         from transmodal.data.download import DownloadError
 
         expected += (DownloadError,)
+    import signal
+
+    from transmodal.io import remove_unfinished
+    from transmodal.stage import Interrupted
+
+    def terminate(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)  # `kill` or a scheduler: handled as Ctrl-C
     try:
         args.func(args)
     except expected as err:
+        remove_unfinished()
         print(f"transmodal {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        from transmodal.io import remove_unfinished
-
+    except OSError as err:  # the file system's: a full disk, a read-only folder, no permission
         remove_unfinished()
-        print(
-            f"transmodal {args.command}: interrupted; nothing it was writing looks complete", file=sys.stderr
-        )
-        sys.exit(130)
+        where = f": {err.filename}" if err.filename else ""
+        print(f"transmodal {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as interrupt:
+        remove_unfinished()
+        signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
+        how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        print(f"transmodal {args.command}: {how}; nothing it was writing looks complete", file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from transmodal.params import ComputeConfig, ParamError
+from transmodal.stage import Interrupted, is_worker
 
 MULTI_NODE_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK")
 
@@ -38,7 +40,7 @@ class World:
 
 def current() -> World:
     """This process's place in the torchrun world (rank 0 of 1 outside torchrun)."""
-    if "WORLD_SIZE" not in os.environ:
+    if not is_worker():
         return World()
     return World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
 
@@ -71,16 +73,46 @@ def launch(cfg: ComputeConfig, stage: str, device: str, device_key: str) -> bool
     one of them. Returns True when it did (the caller then stops: the workers did the stage's work); exits
     with torchrun's code when a worker failed. ``device`` (the stage's ``device_key`` param): on CUDA each
     process takes one GPU, so ``compute.nproc`` may not exceed this machine's GPUs."""
-    if cfg.world_size == 1 or "WORLD_SIZE" in os.environ:
+    if cfg.world_size == 1 or is_worker():
         return False
     check_gpus(cfg, device, device_key)
     print(f"{stage}: {cfg.nproc} processes x {cfg.nnodes} machines under torchrun", file=sys.stderr)
-    done = subprocess.run(torchrun_command(cfg, sys.argv), check=False)
-    if done.returncode != 0:
-        print(f"{stage}: error: a torchrun worker failed (exit code {done.returncode}; its error is above)",
+    returncode, received = run_torchrun(torchrun_command(cfg, sys.argv), cfg.nproc)
+    if received:  # torchrun stopped its workers and exited: nothing of the stage was written
+        raise Interrupted(received[0])
+    if returncode != 0:
+        print(f"{stage}: error: a torchrun worker failed (exit code {returncode}; its error is above)",
               file=sys.stderr)  # fmt: skip
-        sys.exit(done.returncode if 0 < done.returncode < 128 else 1)
+        sys.exit(returncode if 0 < returncode < 128 else 1)
     return True
+
+
+def run_torchrun(command: list[str], nproc: int) -> tuple[int, list[int]]:
+    """Run torchrun and wait for it: (its exit code, the signals this process received meanwhile).
+
+    torchrun runs in a session of its own and this process hands it each SIGINT or SIGTERM it receives,
+    once, so torchrun stops its workers (SIGTERM, then SIGKILL after its timeout) whether the signal came
+    from the terminal's Ctrl-C or from ``kill`` / a scheduler to this process alone: a worker is never left
+    running after the stage. OMP_NUM_THREADS, unless set, is this machine's cores over ``nproc`` (torchrun
+    would set 1, leaving the CPU's other cores idle)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cores // nproc)))}
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def hand_on(signum, frame):
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, hand_on) for signum in handled}
+    try:
+        returncode = process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return returncode, received
 
 
 def check_gpus(cfg: ComputeConfig, device: str, device_key: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -11,6 +12,11 @@ from pathlib import Path
 from transmodal.params import CheckpointError, ParamError, load_params, validate_stage
 
 TIMINGS_DIR = Path("metrics/timings")
+PIPELINE_FOLDERS = (
+    "data/",
+    "models/",
+    "metrics/",
+)  # where the stages' outputs live (a missing one: dvc repro)
 CONSTRAINTS = Path("constraints.txt")
 # The packages whose version can change an output's bytes: the decoder, the models, the array and file formats.
 # (trackers and supervision: ByteTrack's tracks; scipy: the synthetic set and the bootstrap intervals)
@@ -49,6 +55,21 @@ def version_notes(constraints: Path = CONSTRAINTS) -> list[str]:
     return notes
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stage stopped by a signal (SIGINT, or SIGTERM from ``kill`` or a scheduler): handled as Ctrl-C, its
+    exit code 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def is_worker() -> bool:
+    """Whether this process is one of torchrun's workers. torchrun sets TORCHELASTIC_RUN_ID for them; WORLD_SIZE
+    alone is no sign (a cluster's job environment may set it for the process that is to launch torchrun)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 class StageInputError(RuntimeError):
     """Bad input that stops a stage before any work (the message is one line and names what to fix)."""
 
@@ -58,15 +79,22 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     their relations, local checkpoints, ablation variants) before any work, run ``body(params)``, record the
     stage's wall time in ``metrics/timings/<name>.json``.
 
-    Expected errors (bad params, missing checkpoints, bad input) become one line on stderr and exit code 2.
+    Expected errors (bad params, missing checkpoints, bad input) become one line on stderr and exit code 2;
+    an error of the file system (a full disk, no permission) one line and exit code 1. Ctrl-C, and SIGTERM
+    (``kill``, a scheduler, torchrun stopping the other workers when one failed), remove what the stage was
+    writing and exit 128 + the signal's number; so does any other error before its traceback.
     """
     from transmodal.io import remove_unfinished, write_json
 
+    def terminate(signum, frame):
+        raise Interrupted(signum)
+
     start = time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         params = load_params(params_path)
         validate_stage(name, params)
-        if "WORLD_SIZE" not in os.environ:  # the process that launches torchrun's workers says it once
+        if not is_worker():  # the process that launches torchrun's workers says it once
             for note in version_notes():
                 print(f"{name}: note: {note}", file=sys.stderr)
         body(params)
@@ -74,23 +102,35 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except FileNotFoundError as err:  # an input an upstream stage writes (dvc repro builds it first)
+        remove_unfinished()
         missing = err.filename or str(err)
-        print(
-            f"{name}: error: {missing}: no such file; `dvc repro {name}` runs the stages that write it",
-            file=sys.stderr,
-        )
+        upstream = str(missing).startswith(PIPELINE_FOLDERS)
+        hint = f"; `dvc repro {name}` runs the stages that write it" if upstream else ""
+        print(f"{name}: error: {missing}: no such file{hint}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except OSError as err:  # the file system's: a full disk, a read-only folder, no permission
+        remove_unfinished()
+        where = f": {err.filename}" if err.filename else ""
+        print(f"{name}: error: {err.strerror or err}{where}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as interrupt:
         # Outputs appear only once complete; frames and features keep their finished shards (data/.partial/).
         remove_unfinished()
+        signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
+        how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
         print(
-            f"{name}: interrupted; nothing it was writing looks complete. Run it again (frames and features "
+            f"{name}: {how}; nothing it was writing looks complete. Run it again (frames and features "
             "resume from their finished shards)",
             file=sys.stderr,
         )
-        sys.exit(130)
+        sys.exit(128 + signum)
+    except BaseException:
+        remove_unfinished()  # a half-written temporary never outlives the stage, whatever stopped it
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - start
-    if "WORLD_SIZE" in os.environ:  # a torchrun worker: the process that launched the workers reports
+    if is_worker():  # a torchrun worker: the process that launched the workers reports
         return
     write_json({"stage": name, "seconds": round(seconds, 2)}, TIMINGS_DIR / f"{name}.json")
     print(f"{name}: done in {seconds:.1f} s", file=sys.stderr)
