@@ -771,3 +771,119 @@ def test_an_interrupted_build_resumes_from_its_finished_shards(world, built, mon
         assert (out / "features" / name).read_bytes() == (built["dir"] / name).read_bytes(), name
     assert (out / "clips.parquet").read_bytes() == built["clips"].read_bytes()
     assert not (out / ".partial").exists()
+
+
+def test_a_finished_shard_cut_short_is_encoded_again(world, built, monkeypatch):
+    """A shard renamed before it reached the disk (a power cut) is redone on resume, not moved into the
+    cache: only whole shards (the header's shape, the file's length) count as finished."""
+    real_open = ShardWriter._open
+
+    def interrupt_at_shard_1(self, shard):
+        if shard == 1:
+            raise KeyboardInterrupt
+        real_open(self, shard)
+
+    monkeypatch.setattr(ShardWriter, "_open", interrupt_at_shard_1)
+    with pytest.raises(KeyboardInterrupt):
+        build(world, "cut")
+    out = world["root"] / "cut"
+    (partial,) = (out / ".partial" / "features").iterdir()
+    finished = partial / shard_name(0)
+    grid = tuple(built["store"].grid)
+    per_shard = backbone_cfg(world).clips_per_shard
+    assert store_module.shard_complete(finished, per_shard, grid)
+    assert not store_module.shard_complete(finished, per_shard - 1, grid)  # another shape
+    finished.write_bytes(finished.read_bytes()[:-100])  # the last rows never reached the disk
+    assert not store_module.shard_complete(finished, per_shard, grid)
+    monkeypatch.setattr(ShardWriter, "_open", real_open)
+    build(world, "cut")
+    for name in ("backbone.json", shard_name(0), shard_name(1)):
+        assert (out / "features" / name).read_bytes() == (built["dir"] / name).read_bytes(), name
+
+
+def test_the_resume_key_holds_the_device_and_dtype_the_backbone_runs_in(world):
+    """backbone.device auto and precision fp16 resolve by machine: shards made on CUDA in fp16 must not be
+    finished on a CPU in fp32 under the same key."""
+    from types import SimpleNamespace
+
+    from transmodal.io import digest
+
+    cfg = backbone_cfg(world)
+    clips = pd.DataFrame({"clip_id": ["a"], "frame_idx": [np.arange(LENGTH)]})
+    keys = {
+        digest(store_module._resume_key(world["clips_cfg"], cfg, SimpleNamespace(device=device, dtype=dtype,
+               folder=world["checkpoint"]), world["store"], clips))
+        for device, dtype in (("cpu", torch.float32), ("cuda:0", torch.float16), ("cuda:0", torch.float32))
+    }  # fmt: skip
+    assert len(keys) == 3
+
+
+def test_a_cache_whose_clip_table_is_another_runs_is_refused(built, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "features"
+    shutil.copytree(built["dir"], folder)
+    record = json.loads((folder / "backbone.json").read_text())
+    (folder / "backbone.json").write_text(json.dumps(record | {"num_clips": record["num_clips"] + 1}))
+    with pytest.raises(ValueError, match=r"lists \d+ clips but .*clips.parquet has \d+: they come from"):
+        FeatureStore(folder, built["clips"])
+
+
+def test_a_clip_frame_the_store_does_not_return_is_refused(world):
+    video_id = world["store"].video_ids[0]
+    frame_idx, _ = world["store"].read(video_id)
+    wanted = np.array([frame_idx[:LENGTH]])
+    boxes = np.array([[0, 0, 40, 40]])  # whole pixels, as planned
+    assert store_module.crop_video(world["store"], video_id, wanted, boxes, 32).shape[:2] == (1, LENGTH)
+    wanted[0, 3] += 1  # a frame between two kept ones (stride 2): its neighbour would have been cropped
+    with pytest.raises(ValueError, match=rf"video '{video_id}': frames \[{wanted[0, 3]}\] of a planned clip"):
+        store_module.crop_video(world["store"], video_id, wanted, boxes, 32)
+
+
+def test_tokens_beyond_float16_are_refused(world, monkeypatch):
+    backbone = FrozenBackbone(backbone_cfg(world), LENGTH)
+    crops = np.zeros((1, LENGTH, backbone.image_size, backbone.image_size, 3), np.uint8)
+    assert torch.isfinite(backbone.encode(crops)).all()
+    real = backbone.model
+
+    def huge(**kwargs):
+        out = real(**kwargs)
+        out.last_hidden_state = out.last_hidden_state * 0 + 1e5
+        return out
+
+    monkeypatch.setattr(backbone, "model", huge)
+    with pytest.raises(ValueError, match=r"beyond float16's range"):
+        backbone.encode(crops)
+
+
+def test_a_full_disk_while_finishing_keeps_every_finished_shard(world, built, monkeypatch):
+    """backbone.json and clips.parquet are written before the shards move into the output: a write that
+    fails there leaves the shards for the next run, which encodes nothing again."""
+    import errno
+
+    import transmodal.features.store as store_module
+
+    real_write_json = store_module.write_json
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module, "write_json", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        build(world, "full")
+    out = world["root"] / "full"
+    assert not (out / "features").exists() and not (out / "clips.parquet").exists()
+    monkeypatch.setattr(store_module, "write_json", real_write_json)
+    encoded = []
+    real_forward = store_module.FrozenBackbone.forward
+    monkeypatch.setattr(
+        store_module.FrozenBackbone,
+        "forward",
+        lambda self, px, kept=None: encoded.append(len(px)) or real_forward(self, px, kept),
+    )
+    build(world, "full")
+    assert encoded == []
+    for name in ("backbone.json", shard_name(0), shard_name(1)):
+        assert (out / "features" / name).read_bytes() == (built["dir"] / name).read_bytes(), name
+    assert (out / "clips.parquet").read_bytes() == built["clips"].read_bytes()

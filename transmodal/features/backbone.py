@@ -117,8 +117,13 @@ class FrozenBackbone:
         hidden = self.model(
             pixel_values=pixel_values, bool_masked_pos=masked
         ).last_hidden_state  # (B, G*K, D)
-        tokens = hidden.reshape(b, *self.grid, self.hidden_size)  # (B, G, K, D), time-major
-        return tokens.to(torch.float16).cpu()
+        tokens = hidden.reshape(b, *self.grid, self.hidden_size).to(torch.float16)  # (B, G, K, D), time-major
+        if not bool(torch.isfinite(tokens).all()):  # checked where the model runs: one flag crosses
+            raise ValueError(
+                f"backbone.checkpoint {self.checkpoint!r} gave tokens beyond float16's range (|x| > 65504) or "
+                "NaN; the cache stores float16, so these clips cannot be cached as they are"
+            )
+        return tokens.cpu()
 
     def encode(self, crops: np.ndarray, kept: np.ndarray | None = None) -> torch.Tensor:
         """(B, T, S, S, 3) uint8 crops -> (B, G, K, D) float16 tokens."""

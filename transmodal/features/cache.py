@@ -58,6 +58,12 @@ class FeatureStore:
         self.clips = table.drop_columns(dense).to_pandas()
         del table
         self.backbone = json.loads((self.directory / BACKBONE_FILE).read_text())
+        listed = self.backbone.get("num_clips", len(self.clips))
+        if listed != len(self.clips):  # tokens read by row would belong to other clips
+            raise ValueError(
+                f"{self.directory / BACKBONE_FILE} lists {listed} clips but {self.clips_path} has "
+                f"{len(self.clips)}: they come from different runs; run `dvc repro features`"
+            )
         self.grid = (*self.backbone["grid"], self.backbone["hidden_size"])  # (G, P, D)
         self._shard = self.clips["shard"].to_numpy(np.int64) if len(self.clips) else np.zeros(0, np.int64)
         self._offset = self.clips["offset"].to_numpy(np.int64) if len(self.clips) else np.zeros(0, np.int64)

@@ -56,6 +56,7 @@ from transmodal.features.crops import (
 from transmodal.io import (
     Resumable,
     atomic_dir,
+    atomic_path,
     file_signature,
     forget_unfinished,
     register_unfinished,
@@ -163,6 +164,20 @@ class ShardWriter:
                 forget_unfinished(self._tmp)
             raise ValueError(f"wrote {self.written} of {self.expected} announced rows")
         self._close()
+
+
+def shard_complete(path: Path, rows: int, item_shape: tuple[int, ...]) -> bool:
+    """Whether ``path`` is a whole token shard of ``rows`` rows of ``item_shape``: its header names that
+    shape and the file is exactly header plus rows long (what :class:`ShardWriter` writes)."""
+    try:
+        with open(path, "rb") as file:
+            length = struct.unpack("<Q", file.read(8))[0]
+            header = json.loads(file.read(length))
+        size = path.stat().st_size
+    except (OSError, struct.error, ValueError):
+        return False
+    shape = header.get(TOKENS_KEY, {}).get("shape") if isinstance(header, dict) else None
+    return shape == [rows, *item_shape] and size == 8 + length + rows * int(np.prod(item_shape)) * 2
 
 
 def _frame_lookup(
@@ -343,7 +358,17 @@ def crop_video(
     crops = np.empty((len(clip_frames), length, size, size, 3), np.uint8)
     previous: tuple | None = None  # (box, {position: crop}) of the previous clip
     for n, (wanted, box) in enumerate(zip(clip_frames, boxes.tolist(), strict=True)):
-        positions = np.searchsorted(frame_idx, np.asarray(wanted, dtype=np.int64)).tolist()
+        wanted = np.asarray(wanted, dtype=np.int64)
+        positions = np.searchsorted(frame_idx, wanted)
+        found = (
+            frame_idx[np.minimum(positions, len(frame_idx) - 1)] == wanted if len(frame_idx) else wanted < 0
+        )
+        if not found.all():  # tokens of neighbouring frames beside the pose of the planned ones: refused
+            raise ValueError(
+                f"video {video_id!r}: frames {wanted[~found].tolist()} of a planned clip are not among the "
+                "frames the store returns for it; run `dvc repro frames`"
+            )
+        positions = positions.tolist()
         box = tuple(box)
         reuse = previous[1] if previous is not None and previous[0] == box else None
         with share.step():
@@ -455,13 +480,17 @@ def _folder_signature(folder: Path) -> list:
 
 
 def _resume_key(
-    clips_cfg: ClipsConfig, backbone_cfg: BackboneConfig, checkpoint_folder: str, store, clips: pd.DataFrame
+    clips_cfg: ClipsConfig, backbone_cfg: BackboneConfig, backbone: FrozenBackbone, store, clips: pd.DataFrame
 ) -> dict:
-    """Everything a token shard depends on: code, params, the checkpoint's files (``checkpoint_folder``, where
-    the hub id or folder resolved: a hub id's snapshot, not its name) and the frame files, the clips' frames
-    and crop boxes (see :class:`~transmodal.io.Resumable`)."""
+    """Everything a token shard depends on: code, params, the device and dtype the backbone runs in (``auto``
+    and ``fp16`` resolve by machine: a run resumed where there is no GPU must not finish a cache of CUDA
+    shards in fp32), torch's and transformers' versions, the checkpoint's files (where the hub id or folder
+    resolved: a hub id's snapshot, not its name) and the frame files, the clips' frames and crop boxes (see
+    :class:`~transmodal.io.Resumable`)."""
     import dataclasses
     import hashlib
+
+    import transformers
 
     here = Path(__file__).parent
     planned = hashlib.sha256()
@@ -476,11 +505,15 @@ def _resume_key(
         )
     return {
         "code": source_digest(
-            *(here / f"{name}.py" for name in ("store", "backbone", "crops", "clips", "keep"))
+            *(here / f"{name}.py" for name in ("store", "backbone", "crops", "clips", "keep")),
+            here.parent / "data" / "frames.py",  # how the frames are read (from the shards or the sources)
+            here.parent / "vision" / "checkpoints.py",  # how the checkpoint is loaded
         ),
         "clips": dataclasses.asdict(clips_cfg),
         "backbone": dataclasses.asdict(backbone_cfg),
-        "checkpoint": _folder_signature(Path(checkpoint_folder)),
+        "runs_on": [str(backbone.device), str(backbone.dtype)],
+        "versions": [torch.__version__, transformers.__version__],
+        "checkpoint": _folder_signature(Path(backbone.folder)),
         "frames": _folder_signature(Path(getattr(store, "directory", ""))),
         "planned": planned.hexdigest(),
     }
@@ -524,12 +557,17 @@ def build_features(
         timings["setup"] = time.perf_counter() - started
     world = distributed.current()
     parts = Resumable(
-        features_dir, _resume_key(clips_cfg, backbone_cfg, backbone.folder, store, clips), clean=world.is_main
+        features_dir, _resume_key(clips_cfg, backbone_cfg, backbone, store, clips), clean=world.is_main
     )
     num_shards = -(-total // per_shard)
-    # the shards an interrupted run left finished (rank 0's cleaning removes none of them); every process
-    # reads this list before any writes, so all share out the same shards
-    todo = [shard for shard in range(num_shards) if not parts.has(shard_name(shard))]
+    # the shards an interrupted run left finished (rank 0's cleaning removes none of them), each whole (a
+    # shard renamed just before a power cut may not have reached the disk); every process reads this list
+    # before any writes, so all share out the same shards
+    todo = [
+        shard
+        for shard in range(num_shards)
+        if not shard_complete(parts.path(shard_name(shard)), min(per_shard, total - shard * per_shard), grid)
+    ]
     if world.size > 1:
         distributed.barrier()  # rank 0 has cleaned the partial folder, everyone has its list: now write
     if len(todo) < num_shards and progress and world.is_main:
@@ -587,11 +625,15 @@ def build_features(
         "clips_per_shard": per_shard,
         "num_shards": writer.num_shards,
     }
-    with atomic_dir(features_dir) as tmp:
-        for shard in range(writer.num_shards):
-            parts.move(shard_name(shard), tmp / shard_name(shard))
-        write_json(description, tmp / BACKBONE_FILE)
-        write_parquet(clips, clips_path)  # inside the block: no clips.parquet without its shards
+    # The writes that can fail (a full disk) come before the shards are moved, so a failure keeps every
+    # finished shard for the next run; the folder is in place before clips.parquet, so no clips.parquet
+    # ever stands beside another run's shards.
+    with atomic_path(clips_path) as clips_tmp:
+        write_parquet(clips, clips_tmp)
+        with atomic_dir(features_dir) as tmp:
+            write_json(description, tmp / BACKBONE_FILE)
+            for shard in range(writer.num_shards):
+                parts.move(shard_name(shard), tmp / shard_name(shard))
     parts.discard()
     seconds = time.perf_counter() - started
     if timings is not None:
