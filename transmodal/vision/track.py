@@ -66,11 +66,11 @@ def empty_tracks() -> pd.DataFrame:
 def make_tracker(cfg: DetectConfig, frame_rate: float):
     """A fresh ``trackers.ByteTrackTracker`` configured from ``detect.*`` params.
 
-    ``frame_rate`` is the rate of the frames the tracker sees (video fps / frames stride), so that
+    ``frame_rate`` is the rate of the frames the tracker sees (video fps / mean step between kept frames), so that
     ``lost_track_buffer`` (counted in 30 fps frames, as in ByteTrack) spans the same time at any stride.
     ``minimum_matching_threshold`` keeps ByteTrack's original meaning (``match_thresh``, a bound on the
     matching cost 1 - IoU), so the IoU a match needs is ``1 - minimum_matching_threshold``. The detector
-    passes every person box scored ``detect.low_score_threshold`` or more: those at or above
+    passes every person box scored above ``detect.low_score_threshold``: those at or above
     ``detect.score_threshold`` are ByteTrack's high boxes, matched first and, unmatched, starting a track if
     they also reach ``track_activation_threshold``; the low ones are then matched to the tracks left over and
     never start one (ByteTrack's second association, which keeps a track through an occlusion or a blurred
