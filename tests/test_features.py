@@ -738,26 +738,32 @@ def test_an_error_in_the_forward_stops_the_crop_threads_at_once(world, monkeypat
     assert not (out / "features").exists()
 
 
-def test_an_interrupted_build_resumes_from_its_finished_shards(world, built, monkeypatch):
-    """Shard 0 finished before the interruption is not encoded again; the output is the same bytes."""
-    import transmodal.features.store as store_module
-
-    real_open, real_forward = ShardWriter._open, store_module.FrozenBackbone.forward
+def _interrupted_at_shard_1(world, name: str, monkeypatch) -> tuple[Path, Path]:
+    """A build interrupted (Ctrl-C) as it opens shard 1: (its output folder, its partial folder)."""
+    real_open = ShardWriter._open
 
     def interrupt_at_shard_1(self, shard):
         if shard == 1:
             raise KeyboardInterrupt
         real_open(self, shard)
 
-    monkeypatch.setattr(ShardWriter, "_open", interrupt_at_shard_1)
-    with pytest.raises(KeyboardInterrupt):
-        build(world, "resumed")
-    out = world["root"] / "resumed"
-    assert not (out / "features").exists() and not (out / "clips.parquet").exists()
+    with monkeypatch.context() as patched:
+        patched.setattr(ShardWriter, "_open", interrupt_at_shard_1)
+        with pytest.raises(KeyboardInterrupt):
+            build(world, name)
+    out = world["root"] / name
     (partial,) = (out / ".partial" / "features").iterdir()
-    assert sorted(p.name for p in partial.iterdir()) == [shard_name(0)]  # no half-written shard 1
+    return out, partial
 
-    monkeypatch.setattr(ShardWriter, "_open", real_open)
+
+def test_an_interrupted_build_resumes_from_its_finished_shards(world, built, monkeypatch):
+    """Shard 0 finished before the interruption is not encoded again; the output is the same bytes."""
+    import transmodal.features.store as store_module
+
+    real_forward = store_module.FrozenBackbone.forward
+    out, partial = _interrupted_at_shard_1(world, "resumed", monkeypatch)
+    assert not (out / "features").exists() and not (out / "clips.parquet").exists()
+    assert sorted(p.name for p in partial.iterdir()) == [shard_name(0)]  # no half-written shard 1
     encoded = []
     monkeypatch.setattr(
         store_module.FrozenBackbone,
@@ -776,18 +782,7 @@ def test_an_interrupted_build_resumes_from_its_finished_shards(world, built, mon
 def test_a_finished_shard_cut_short_is_encoded_again(world, built, monkeypatch):
     """A shard renamed before it reached the disk (a power cut) is redone on resume, not moved into the
     cache: only whole shards (the header's shape, the file's length) count as finished."""
-    real_open = ShardWriter._open
-
-    def interrupt_at_shard_1(self, shard):
-        if shard == 1:
-            raise KeyboardInterrupt
-        real_open(self, shard)
-
-    monkeypatch.setattr(ShardWriter, "_open", interrupt_at_shard_1)
-    with pytest.raises(KeyboardInterrupt):
-        build(world, "cut")
-    out = world["root"] / "cut"
-    (partial,) = (out / ".partial" / "features").iterdir()
+    out, partial = _interrupted_at_shard_1(world, "cut", monkeypatch)
     finished = partial / shard_name(0)
     grid = tuple(built["store"].grid)
     per_shard = backbone_cfg(world).clips_per_shard
@@ -795,7 +790,6 @@ def test_a_finished_shard_cut_short_is_encoded_again(world, built, monkeypatch):
     assert not store_module.shard_complete(finished, per_shard - 1, grid)  # another shape
     finished.write_bytes(finished.read_bytes()[:-100])  # the last rows never reached the disk
     assert not store_module.shard_complete(finished, per_shard, grid)
-    monkeypatch.setattr(ShardWriter, "_open", real_open)
     build(world, "cut")
     for name in ("backbone.json", shard_name(0), shard_name(1)):
         assert (out / "features" / name).read_bytes() == (built["dir"] / name).read_bytes(), name

@@ -208,34 +208,25 @@ def main(argv: list[str] | None = None) -> None:
         from transmodal.data.download import DownloadError
 
         expected += (DownloadError,)
-    import signal
-
     from transmodal.io import remove_unfinished
-    from transmodal.stage import Interrupted
+    from transmodal.stage import interruption, os_error_line, sigterm_as_interrupt
 
-    def terminate(signum, frame):
-        raise Interrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, terminate)  # `kill` or a scheduler: handled as Ctrl-C
     try:
-        args.func(args)
+        with sigterm_as_interrupt():  # `kill` or a scheduler: handled as Ctrl-C
+            args.func(args)
     except expected as err:
         remove_unfinished()
         print(f"transmodal {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:  # the file system's: a full disk, a read-only folder, no permission
         remove_unfinished()
-        where = f": {err.filename}" if err.filename else ""
-        print(f"transmodal {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        print(f"transmodal {args.command}: error: {os_error_line(err)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as interrupt:
         remove_unfinished()
-        signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
-        how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        code, how = interruption(interrupt)
         print(f"transmodal {args.command}: {how}; nothing it was writing looks complete", file=sys.stderr)
-        sys.exit(128 + signum)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from transmodal.params import CheckpointError, ParamError, load_params, validate_stage
@@ -70,6 +71,32 @@ def is_worker() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """In the block, SIGTERM (``kill``, a scheduler, torchrun stopping a worker) raises :class:`Interrupted`,
+    so it is handled as Ctrl-C; the previous handler is back afterwards."""
+
+    def terminate(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def os_error_line(err: OSError) -> str:
+    """An error of the file system (a full disk, a read-only folder, no permission) as one line."""
+    return f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+
+
+def interruption(interrupt: KeyboardInterrupt) -> tuple[int, str]:
+    """(exit code, what happened) of a Ctrl-C or a SIGTERM: 128 + the signal's number."""
+    signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
+    return 128 + signum, "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+
+
 class StageInputError(RuntimeError):
     """Bad input that stops a stage before any work (the message is one line and names what to fix)."""
 
@@ -86,18 +113,15 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     """
     from transmodal.io import remove_unfinished, write_json
 
-    def terminate(signum, frame):
-        raise Interrupted(signum)
-
     start = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         params = load_params(params_path)
         validate_stage(name, params)
         if not is_worker():  # the process that launches torchrun's workers says it once
             for note in version_notes():
                 print(f"{name}: note: {note}", file=sys.stderr)
-        body(params)
+        with sigterm_as_interrupt():
+            body(params)
     except (ParamError, CheckpointError, StageInputError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -110,25 +134,21 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
         sys.exit(2)
     except OSError as err:  # the file system's: a full disk, a read-only folder, no permission
         remove_unfinished()
-        where = f": {err.filename}" if err.filename else ""
-        print(f"{name}: error: {err.strerror or err}{where}", file=sys.stderr)
+        print(f"{name}: error: {os_error_line(err)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as interrupt:
         # Outputs appear only once complete; frames and features keep their finished shards (data/.partial/).
         remove_unfinished()
-        signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
-        how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        code, how = interruption(interrupt)
         print(
             f"{name}: {how}; nothing it was writing looks complete. Run it again (frames and features "
             "resume from their finished shards)",
             file=sys.stderr,
         )
-        sys.exit(128 + signum)
+        sys.exit(code)
     except BaseException:
         remove_unfinished()  # a half-written temporary never outlives the stage, whatever stopped it
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - start
     if is_worker():  # a torchrun worker: the process that launched the workers reports
         return
