@@ -262,7 +262,9 @@ def train_model(
     best = history[best_epoch - 1]
     metrics = {
         "best_epoch": best_epoch,
-        "model_selection": "best validation accuracy" if len(val) else "last epoch (no validation clips)",
+        "model_selection": "best validation clip accuracy, then lower validation loss"
+        if len(val)
+        else "last epoch (no validation clips)",
         "val_acc": best.get("val_acc"),
         "val_loss": best.get("val_loss"),
         "train_loss_final": history[-1]["train_loss"],
