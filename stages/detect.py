@@ -16,7 +16,7 @@ from transmodal.vision.detect import run_detect
 def main(params: dict) -> None:
     compute = section(params, "compute")
     cfg = section(params, "detect")
-    if launch(compute, "detect", cfg.device, "detect.device"):
+    if launch(compute, "detect", cfg.device, "detect.device", ("data/frames",)):
         return  # the workers detected and rank 0 wrote the outputs
     data = section(params, "data")
     annotations = load_annotations(data.root_path(), cfg.source, "detect.source")

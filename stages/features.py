@@ -18,7 +18,8 @@ from transmodal.vision.checkpoints import pick_device
 
 def main(params: dict) -> None:
     backbone = section(params, "backbone")
-    if launch(section(params, "compute"), "features", backbone.device, "backbone.device"):
+    inputs = ("data/index.parquet", "data/frames", "data/tracks.parquet", "data/keypoints.parquet")
+    if launch(section(params, "compute"), "features", backbone.device, "backbone.device", inputs):
         return  # the workers encoded the clips and rank 0 wrote the outputs
     clips = section(params, "clips")
     index = pd.read_parquet("data/index.parquet")

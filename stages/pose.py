@@ -18,7 +18,7 @@ from transmodal.vision.pose import run_pose
 def main(params: dict) -> None:
     compute = section(params, "compute")
     cfg = section(params, "pose")
-    if launch(compute, "pose", cfg.device, "pose.device"):
+    if launch(compute, "pose", cfg.device, "pose.device", ("data/frames", "data/tracks.parquet")):
         return  # the workers estimated the pose and rank 0 wrote the outputs
     data = section(params, "data")
     annotations = load_annotations(data.root_path(), cfg.source, "pose.source")

@@ -16,7 +16,8 @@ from transmodal.vision.checkpoints import pick_device
 
 def main(params: dict) -> None:
     train_cfg = section(params, "train")
-    if launch(section(params, "compute"), "train", train_cfg.device, "train.device"):
+    inputs = ("data/features", "data/clips.parquet")
+    if launch(section(params, "compute"), "train", train_cfg.device, "train.device", inputs):
         return  # the workers trained and wrote the outputs
     model_cfg = section(params, "model")
     selector_cfg = section(params, "selector")

@@ -310,3 +310,19 @@ def test_a_world_size_set_by_a_cluster_does_not_make_the_launcher_a_worker(monke
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert distributed.current() == World(rank=2, local_rank=0, size=4)
+
+
+@pytest.mark.parametrize(
+    ("stage", "missing"), [("features", "data/index.parquet"), ("train", "data/features")]
+)
+def test_a_missing_input_is_one_line_before_torchrun_starts(project, tmp_path, stage, missing):
+    """Not two workers' errors and torchrun's report of them: the launcher looks for the inputs first."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(project / "params.yaml", empty / "params.yaml")
+    done = train(empty, stage=stage)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "under torchrun" not in done.stderr, done.stderr[-2000:]
+    assert lines == [
+        f"{stage}: error: {missing}: no such file; `dvc repro {stage}` runs the stages that write it"
+    ]

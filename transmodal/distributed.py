@@ -14,6 +14,7 @@ worker's error, so a stage's outputs (written by rank 0 after the last collectiv
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -68,13 +69,20 @@ def torchrun_command(cfg: ComputeConfig, argv: list[str]) -> list[str]:
     return [*command, *argv]
 
 
-def launch(cfg: ComputeConfig, stage: str, device: str, device_key: str) -> bool:
+def launch(
+    cfg: ComputeConfig, stage: str, device: str, device_key: str, inputs: tuple[str, ...] = ()
+) -> bool:
     """Re-run this script under torchrun when ``cfg`` asks for more than one process and it is not already
     one of them. Returns True when it did (the caller then stops: the workers did the stage's work); exits
     with torchrun's code when a worker failed. ``device`` (the stage's ``device_key`` param): on CUDA each
-    process takes one GPU, so ``compute.nproc`` may not exceed this machine's GPUs."""
+    process takes one GPU, so ``compute.nproc`` may not exceed this machine's GPUs. ``inputs``, the files
+    the stage reads, are looked for first: a missing one is the stage's one-line error, not every worker's
+    with torchrun's report of their failure."""
     if cfg.world_size == 1 or is_worker():
         return False
+    for path in inputs:
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     check_gpus(cfg, device, device_key)
     print(f"{stage}: {cfg.nproc} processes x {cfg.nnodes} machines under torchrun", file=sys.stderr)
     returncode, received = run_torchrun(torchrun_command(cfg, sys.argv), cfg.nproc)
