@@ -253,12 +253,15 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_sigterm_to_the_stage_stops_torchrun_and_its_workers_and_writes_nothing(project, tmp_path):
-    """`kill` (or a scheduler) sends SIGTERM to the stage's process alone; torchrun runs in a session of its
-    own, so the stage hands the signal on, and no worker is left running to write the outputs later."""
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_sigterm_to_the_stage_stops_torchrun_and_its_workers_and_writes_nothing(project, tmp_path, signum):
+    """`kill` (or a scheduler) sends SIGTERM to the stage's process alone, a closed terminal SIGHUP; torchrun
+    runs in a session of its own, so the stage hands the signal on, and no worker is left running to write
+    the outputs later."""
     import signal
     import time
 
+    signum = signal.Signals[signum]
     for output in ("models", "metrics"):
         shutil.rmtree(project / output, ignore_errors=True)
     hook = tmp_path / "hook"
@@ -285,13 +288,15 @@ def test_sigterm_to_the_stage_stops_torchrun_and_its_workers_and_writes_nothing(
             assert time.monotonic() < deadline, "the workers did not start"
             time.sleep(0.2)
         workers = [int(p.read_text()) for p in tmp_path.glob("worker-*")]
-        stage.send_signal(signal.SIGTERM)
+        stage.send_signal(signum)
         _, err = stage.communicate(timeout=120)
     finally:
         if stage.poll() is None:
             stage.kill()
-    assert stage.returncode == 143, err[-3000:]
-    assert err.strip().splitlines()[-1].startswith("train: terminated (SIGTERM); nothing it was writing")
+    assert stage.returncode == 128 + signum, err[-3000:]
+    assert (
+        err.strip().splitlines()[-1].startswith(f"train: terminated ({signum.name}); nothing it was writing")
+    )
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)

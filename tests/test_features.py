@@ -41,6 +41,7 @@ from transmodal.features.store import (
     plan_clips,
 )
 from transmodal.params import BackboneConfig, ClipsConfig, ParamError
+from transmodal.stage import StageInputError
 from transmodal.vision.checkpoints import load_processor
 from transmodal.vision.tiny import write_backbone
 
@@ -788,7 +789,10 @@ def test_a_finished_shard_cut_short_is_encoded_again(world, built, monkeypatch):
     per_shard = backbone_cfg(world).clips_per_shard
     assert store_module.shard_complete(finished, per_shard, grid)
     assert not store_module.shard_complete(finished, per_shard - 1, grid)  # another shape
-    finished.write_bytes(finished.read_bytes()[:-100])  # the last rows never reached the disk
+    whole = finished.read_bytes()
+    finished.write_bytes(b"\xff" * 8 + whole[8:])  # a damaged header length: refused, not read
+    assert not store_module.shard_complete(finished, per_shard, grid)
+    finished.write_bytes(whole[:-100])  # the last rows never reached the disk
     assert not store_module.shard_complete(finished, per_shard, grid)
     build(world, "cut")
     for name in ("backbone.json", shard_name(0), shard_name(1)):
@@ -820,7 +824,7 @@ def test_a_cache_whose_clip_table_is_another_runs_is_refused(built, tmp_path):
     shutil.copytree(built["dir"], folder)
     record = json.loads((folder / "backbone.json").read_text())
     (folder / "backbone.json").write_text(json.dumps(record | {"num_clips": record["num_clips"] + 1}))
-    with pytest.raises(ValueError, match=r"lists \d+ clips but .*clips.parquet has \d+: they come from"):
+    with pytest.raises(StageInputError, match=r"lists \d+ clips but .*clips.parquet has \d+: they come from"):
         FeatureStore(folder, built["clips"])
 
 
@@ -831,7 +835,9 @@ def test_a_clip_frame_the_store_does_not_return_is_refused(world):
     boxes = np.array([[0, 0, 40, 40]])  # whole pixels, as planned
     assert store_module.crop_video(world["store"], video_id, wanted, boxes, 32).shape[:2] == (1, LENGTH)
     wanted[0, 3] += 1  # a frame between two kept ones (stride 2): its neighbour would have been cropped
-    with pytest.raises(ValueError, match=rf"video '{video_id}': frames \[{wanted[0, 3]}\] of a planned clip"):
+    with pytest.raises(
+        StageInputError, match=rf"video '{video_id}': frames \[{wanted[0, 3]}\] of a planned clip"
+    ):
         store_module.crop_video(world["store"], video_id, wanted, boxes, 32)
 
 
@@ -847,7 +853,7 @@ def test_tokens_beyond_float16_are_refused(world, monkeypatch):
         return out
 
     monkeypatch.setattr(backbone, "model", huge)
-    with pytest.raises(ValueError, match=r"beyond float16's range"):
+    with pytest.raises(StageInputError, match=r"beyond float16's range"):
         backbone.encode(crops)
 
 
@@ -868,6 +874,7 @@ def test_a_full_disk_while_finishing_keeps_every_finished_shard(world, built, mo
         build(world, "full")
     out = world["root"] / "full"
     assert not (out / "features").exists() and not (out / "clips.parquet").exists()
+    assert not list(out.glob(".*.tmp"))  # the staged clip table went with the failure
     monkeypatch.setattr(store_module, "write_json", real_write_json)
     encoded = []
     real_forward = store_module.FrozenBackbone.forward

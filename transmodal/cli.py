@@ -76,16 +76,18 @@ def _download(args: argparse.Namespace) -> None:
             keep_archives=args.keep_archives,
             sources=sources,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         from transmodal.io import remove_unfinished
+        from transmodal.stage import interruption
 
         remove_unfinished()
+        code, how = interruption(interrupt)
         print(
-            "transmodal download: interrupted; run the same command again: it resumes the download and "
-            "redoes an unfinished unpacking",
+            f"transmodal download: {how}; run the same command again: it resumes the download and redoes an "
+            "unfinished unpacking",
             file=sys.stderr,
         )
-        sys.exit(130)
+        sys.exit(code)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
@@ -198,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     timings.set_defaults(func=_timings)
 
     args = parser.parse_args(argv)
-    expected: tuple[type[Exception], ...] = (ParamError, CheckpointError)
+    from transmodal.stage import StageInputError
+
+    expected: tuple[type[Exception], ...] = (ParamError, CheckpointError, StageInputError)
     # each command's own error class, imported only for it (torch and cv2 stay out of `timings`)
     if args.command in ("predict", "explain"):
         from transmodal.predict import PredictError
@@ -227,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
         code, how = interruption(interrupt)
         print(f"transmodal {args.command}: {how}; nothing it was writing looks complete", file=sys.stderr)
         sys.exit(code)
+    except BaseException:
+        remove_unfinished()  # a half-written temporary never outlives the command, whatever stopped it
+        raise
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def launch(
     check_gpus(cfg, device, device_key)
     print(f"{stage}: {cfg.nproc} processes x {cfg.nnodes} machines under torchrun", file=sys.stderr)
     returncode, received = run_torchrun(torchrun_command(cfg, sys.argv), cfg.nproc)
-    if received:  # torchrun stopped its workers and exited: nothing of the stage was written
+    if received and returncode != 0:  # torchrun stopped its workers: nothing of the stage was written
         raise Interrupted(received[0])
     if returncode != 0:
         print(f"{stage}: error: a torchrun worker failed (exit code {returncode}; its error is above)",
@@ -98,24 +98,31 @@ def launch(
 def run_torchrun(command: list[str], nproc: int) -> tuple[int, list[int]]:
     """Run torchrun and wait for it: (its exit code, the signals this process received meanwhile).
 
-    torchrun runs in a session of its own and this process hands it each SIGINT or SIGTERM it receives,
-    once, so torchrun stops its workers (SIGTERM, then SIGKILL after its timeout) whether the signal came
-    from the terminal's Ctrl-C or from ``kill`` / a scheduler to this process alone: a worker is never left
-    running after the stage. OMP_NUM_THREADS, unless set, is this machine's cores over ``nproc`` (torchrun
-    would set 1, leaving the CPU's other cores idle)."""
+    torchrun runs in a session of its own and this process hands it each SIGINT, SIGTERM, SIGHUP or SIGQUIT
+    it receives (the signals torchrun handles), once, so torchrun stops its workers (the same signal, then
+    SIGKILL after its timeout) whether the signal came from the terminal's Ctrl-C, a closed terminal or
+    ``kill`` / a scheduler to this process alone. A signal that arrives while torchrun is being started is
+    handed on once it runs. Only SIGKILL of this process leaves torchrun running. OMP_NUM_THREADS, unless
+    set, is this machine's cores over ``nproc`` (torchrun would set 1, leaving the CPU's other cores idle)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cores // nproc)))}
-    process = subprocess.Popen(command, env=env, start_new_session=True)
     received: list[int] = []
+    started: list[subprocess.Popen] = []
 
     def hand_on(signum, frame):
         received.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signum)
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
 
-    handled = (signal.SIGINT, signal.SIGTERM)
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
     previous = {signum: signal.signal(signum, hand_on) for signum in handled}
     try:
+        process = subprocess.Popen(command, env=env, start_new_session=True)
+        started.append(process)
+        for signum in received:  # arrived while torchrun was starting
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
         returncode = process.wait()
     finally:
         for signum, handler in previous.items():

@@ -92,9 +92,10 @@ def os_error_line(err: OSError) -> str:
 
 
 def interruption(interrupt: KeyboardInterrupt) -> tuple[int, str]:
-    """(exit code, what happened) of a Ctrl-C or a SIGTERM: 128 + the signal's number."""
+    """(exit code, what happened) of a Ctrl-C or another signal: 128 + the signal's number."""
     signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
-    return 128 + signum, "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    how = "interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})"
+    return 128 + signum, how
 
 
 class StageInputError(RuntimeError):
@@ -123,6 +124,7 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
         with sigterm_as_interrupt():
             body(params)
     except (ParamError, CheckpointError, StageInputError) as err:
+        remove_unfinished()
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except FileNotFoundError as err:  # an input an upstream stage writes (dvc repro builds it first)

@@ -14,6 +14,7 @@ import torch
 
 from transmodal.features.crops import PixelNormalizer
 from transmodal.params import BackboneConfig, check_clip_length  # torch-free: also checked at stage start
+from transmodal.stage import StageInputError
 from transmodal.vision.checkpoints import (
     hub_revision,
     load_model,
@@ -119,7 +120,7 @@ class FrozenBackbone:
         ).last_hidden_state  # (B, G*K, D)
         tokens = hidden.reshape(b, *self.grid, self.hidden_size).to(torch.float16)  # (B, G, K, D), time-major
         if not bool(torch.isfinite(tokens).all()):  # checked where the model runs: one flag crosses
-            raise ValueError(
+            raise StageInputError(
                 f"backbone.checkpoint {self.checkpoint!r} gave tokens beyond float16's range (|x| > 65504) or "
                 "NaN; the cache stores float16, so these clips cannot be cached as they are"
             )

@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from transmodal.data.coco import NUM_JOINTS
+from transmodal.stage import StageInputError
 
 TOKENS_KEY = "tokens"
 BACKBONE_FILE = "backbone.json"
@@ -60,7 +61,7 @@ class FeatureStore:
         self.backbone = json.loads((self.directory / BACKBONE_FILE).read_text())
         listed = self.backbone.get("num_clips", len(self.clips))
         if listed != len(self.clips):  # tokens read by row would belong to other clips
-            raise ValueError(
+            raise StageInputError(
                 f"{self.directory / BACKBONE_FILE} lists {listed} clips but {self.clips_path} has "
                 f"{len(self.clips)}: they come from different runs; run `dvc repro features`"
             )

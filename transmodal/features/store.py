@@ -56,7 +56,6 @@ from transmodal.features.crops import (
 from transmodal.io import (
     Resumable,
     atomic_dir,
-    atomic_path,
     file_signature,
     forget_unfinished,
     register_unfinished,
@@ -65,6 +64,7 @@ from transmodal.io import (
     write_parquet,
 )
 from transmodal.params import BackboneConfig, ClipsConfig
+from transmodal.stage import StageInputError
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
 
@@ -170,10 +170,12 @@ def shard_complete(path: Path, rows: int, item_shape: tuple[int, ...]) -> bool:
     """Whether ``path`` is a whole token shard of ``rows`` rows of ``item_shape``: its header names that
     shape and the file is exactly header plus rows long (what :class:`ShardWriter` writes)."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as file:
             length = struct.unpack("<Q", file.read(8))[0]
+            if length > size:  # a damaged length: not read
+                return False
             header = json.loads(file.read(length))
-        size = path.stat().st_size
     except (OSError, struct.error, ValueError):
         return False
     shape = header.get(TOKENS_KEY, {}).get("shape") if isinstance(header, dict) else None
@@ -360,11 +362,12 @@ def crop_video(
     for n, (wanted, box) in enumerate(zip(clip_frames, boxes.tolist(), strict=True)):
         wanted = np.asarray(wanted, dtype=np.int64)
         positions = np.searchsorted(frame_idx, wanted)
-        found = (
-            frame_idx[np.minimum(positions, len(frame_idx) - 1)] == wanted if len(frame_idx) else wanted < 0
-        )
+        if len(frame_idx):
+            found = frame_idx[np.minimum(positions, len(frame_idx) - 1)] == wanted
+        else:
+            found = np.zeros(len(wanted), bool)
         if not found.all():  # tokens of neighbouring frames beside the pose of the planned ones: refused
-            raise ValueError(
+            raise StageInputError(
                 f"video {video_id!r}: frames {wanted[~found].tolist()} of a planned clip are not among the "
                 "frames the store returns for it; run `dvc repro frames`"
             )
@@ -626,14 +629,21 @@ def build_features(
         "num_shards": writer.num_shards,
     }
     # The writes that can fail (a full disk) come before the shards are moved, so a failure keeps every
-    # finished shard for the next run; the folder is in place before clips.parquet, so no clips.parquet
-    # ever stands beside another run's shards.
-    with atomic_path(clips_path) as clips_tmp:
-        write_parquet(clips, clips_tmp)
+    # finished shard for the next run; the folder is in place before clips.parquet (dvc repro removes both
+    # first, so clips.parquet never stands beside another run's shards). The staged table of a killed run is
+    # overwritten by the next one's.
+    staged = clips_path.with_name(f".{clips_path.name}.staged.tmp")
+    register_unfinished(staged)
+    try:
+        write_parquet(clips, staged)
         with atomic_dir(features_dir) as tmp:
             write_json(description, tmp / BACKBONE_FILE)
             for shard in range(writer.num_shards):
                 parts.move(shard_name(shard), tmp / shard_name(shard))
+        os.replace(staged, clips_path)
+    finally:
+        staged.unlink(missing_ok=True)
+        forget_unfinished(staged)
     parts.discard()
     seconds = time.perf_counter() - started
     if timings is not None:

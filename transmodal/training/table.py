@@ -107,6 +107,7 @@ def video_variance(values: np.ndarray, videos: list[str], cfg: AblationConfig) -
         _pooled_mean,
         paired=True,
         n_resamples=cfg.bootstrap_resamples,
+        batch=1000,  # resamples held at once: 1000 x the test videos, not all of them
         method="percentile",
         vectorized=True,
         rng=np.random.default_rng(0),
