@@ -643,7 +643,9 @@ def test_ctrl_c_is_one_line_saying_to_run_again(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as caught:
         main(["download", "kth", str(tmp_path)])
     err = capsys.readouterr().err
-    assert caught.value.code == 130 and "interrupted; run the same command again" in err
+    assert (
+        caught.value.code == 130 and "interrupted; nothing it was writing looks complete; run the same" in err
+    )
     assert len(err.strip().splitlines()) == 1
 
 

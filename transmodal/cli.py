@@ -10,6 +10,11 @@ from pathlib import Path
 
 from transmodal.params import DEVICES, KTH_ACTIONS, KTH_SCENARIOS, CheckpointError, ParamError, SynthConfig
 
+# What an interrupted command says after "nothing it was writing looks complete".
+AGAIN = {
+    "download": "; run the same command again: it resumes the download and redoes an unfinished unpacking"
+}
+
 
 def _synth(args: argparse.Namespace) -> None:
     from transmodal.data.synth import generate
@@ -68,26 +73,13 @@ def _download(args: argparse.Namespace) -> None:
                 )
             urls[name] = url
         sources = with_urls(ARCHIVES[args.dataset], urls)
-    try:
-        summary = download(
-            args.dataset,
-            Path(args.root),
-            progress=not args.quiet,
-            keep_archives=args.keep_archives,
-            sources=sources,
-        )
-    except KeyboardInterrupt as interrupt:
-        from transmodal.io import remove_unfinished
-        from transmodal.stage import interruption
-
-        remove_unfinished()
-        code, how = interruption(interrupt)
-        print(
-            f"transmodal download: {how}; run the same command again: it resumes the download and redoes an "
-            "unfinished unpacking",
-            file=sys.stderr,
-        )
-        sys.exit(code)
+    summary = download(
+        args.dataset,
+        Path(args.root),
+        progress=not args.quiet,
+        keep_archives=args.keep_archives,
+        sources=sources,
+    )
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
@@ -229,7 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as interrupt:
         remove_unfinished()
         code, how = interruption(interrupt)
-        print(f"transmodal {args.command}: {how}; nothing it was writing looks complete", file=sys.stderr)
+        again = AGAIN.get(args.command, "")
+        print(
+            f"transmodal {args.command}: {how}; nothing it was writing looks complete{again}", file=sys.stderr
+        )
         sys.exit(code)
     except BaseException:
         remove_unfinished()  # a half-written temporary never outlives the command, whatever stopped it
