@@ -104,6 +104,8 @@ def test_a_hub_snapshot_is_recorded_by_its_revision(tiny_checkpoints, tmp_path, 
 def test_resuming_features_tells_two_snapshots_of_one_hub_id_apart(tiny_checkpoints, tmp_path, monkeypatch):
     """The features stage's resume key signs the snapshot's files, not the hub id: shards made with another
     snapshot are never reused."""
+    from types import SimpleNamespace
+
     import pandas as pd
 
     from transmodal.features.store import _resume_key
@@ -117,7 +119,8 @@ def test_resuming_features_tells_two_snapshots_of_one_hub_id_apart(tiny_checkpoi
     for revision in (old, new):
         (tmp_path / "hub/models--some-org--tiny-videomae/refs/main").write_text(revision)
         folder = resolve_checkpoint(cfg.checkpoint, "backbone.checkpoint")
-        keys[revision] = _resume_key(ClipsConfig(), cfg, folder, None, pd.DataFrame())
+        backbone = SimpleNamespace(device="cpu", dtype="torch.float32", folder=folder)
+        keys[revision] = _resume_key(ClipsConfig(), cfg, backbone, None, pd.DataFrame())
     assert keys[old]["backbone"] == keys[new]["backbone"]  # the same params
     assert keys[old]["checkpoint"] != keys[new]["checkpoint"]
 
