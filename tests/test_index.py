@@ -13,6 +13,7 @@ import pytest
 from transmodal.data.index import (
     ARROW_SCHEMA,
     INDEX_COLUMNS,
+    ListError,
     build_index,
     hmdb51_source,
     index_folder,
@@ -22,6 +23,7 @@ from transmodal.data.index import (
     kth_split,
     parse_kth_sequences,
 )
+from transmodal.io import write_parquet
 from transmodal.params import KTH_ACTIONS, DataConfig, ParamError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,6 +329,25 @@ def test_ucf101_missing_and_unlisted_videos_are_counted(ucf_root: Path):
     assert summary["unlisted_on_disk_ids"] == ["UCF-101/Archery/v_Archery_g02_c09.avi"]
 
 
+def test_a_listed_class_without_videos_keeps_its_name_and_label_index(ucf_root: Path, tmp_path: Path):
+    # the last class of classInd.txt has no video on disk: the head must still have its output
+    shutil.rmtree(ucf_root / "UCF-101" / "HandstandPushups")
+    index, summary = build_index(DataConfig(dataset="ucf101", root=str(ucf_root), split=1))
+    assert "HandstandPushups" not in set(index["label"])
+    assert index.attrs["class_names"] == summary["class_names"] == list(UCF_CLASSES)
+    assert summary["classes_without_videos"] == ["HandstandPushups"]
+    write_parquet(index, tmp_path / "index.parquet", schema=ARROW_SCHEMA)  # as the prepare stage writes it
+    assert pd.read_parquet(tmp_path / "index.parquet").attrs["class_names"] == list(UCF_CLASSES)
+
+
+def test_class_ind_numbers_must_run_from_one_without_gaps(ucf_root: Path):
+    (ucf_root / "ucfTrainTestlist" / "classInd.txt").write_text(
+        "1 ApplyEyeMakeup\n2 Archery\n4 HandstandPushups\n"
+    )
+    with pytest.raises(ValueError, match=r"classInd\.txt: numbers 3 are missing: expected 1 to N"):
+        index_ucf101(ucf_root, 1, 0.2, seed=0)
+
+
 def test_ucf101_list_label_must_match_class_ind(ucf_root: Path):
     lists = ucf_root / "ucfTrainTestlist"
     text = (lists / "trainlist01.txt").read_text()
@@ -449,6 +470,7 @@ def test_hmdb51_class_folder_missing_keeps_every_label_index(hmdb_root: Path):
     shutil.rmtree(hmdb_root / "kick")
     index, summary = index_hmdb51(hmdb_root, 1, 0.34, seed=0)
     assert summary["classes_missing_on_disk"] == ["kick"] and "kick" not in set(index["label"])
+    assert index.attrs["class_names"] == full.attrs["class_names"] and "kick" in full.attrs["class_names"]
     kept = full[full["label"] != "kick"]
     assert dict(zip(index["label"], index["label_idx"], strict=True)) == dict(
         zip(kept["label"], kept["label_idx"], strict=True)
@@ -494,6 +516,87 @@ def test_hmdb51_malformed_split_line(hmdb_root: Path):
         index_hmdb51(hmdb_root, 1, 0.34, seed=0)
 
 
+def test_a_bad_list_line_is_the_prepare_stage_s_one_line_error(
+    hmdb_root: Path, tmp_path: Path, monkeypatch, capsys
+):
+    # it was a traceback ending in the message (exit code 1)
+    import yaml
+
+    from transmodal.stage import run_stage
+
+    path = hmdb_root / "testTrainMulti_7030_splits" / "kick_test_split1.txt"
+    path.write_text(path.read_text() + "D_kick.avi\n")  # a line without its 0/1/2
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(dataset="hmdb51", root=str(hmdb_root), split=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    stage = _prepare_stage()
+    with pytest.raises(SystemExit) as exit_code:
+        run_stage("prepare", stage.main)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_code.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"prepare: error: {path}:") and "expected '<name>.avi <0|1|2>'" in err[0]
+    assert not (tmp_path / "data" / "index.parquet").exists()
+
+
+def test_names_that_are_not_utf8_are_left_out_or_refused_in_one_line(tmp_path: Path, hmdb_root: Path):
+    # a name from an old archive's code page (byte 0xE9) crashed the index: encoding its id, or in pyarrow
+    root = make_folder_tree(tmp_path / "mine")
+    _touch(root / "wave" / os.fsdecode(b"caf\xe9.mp4"))
+    index, summary = index_folder(root, "random", 0.25, 0.25, 0)
+    assert (
+        len(index) == 18
+        and summary["unrecognised_reasons"][
+            "its name is not valid UTF-8 (an old archive's code page): rename it"
+        ]
+        == 1
+    )
+    assert "wave/caf\\xe9.mp4" in summary["unrecognised_files"]  # shown escaped: two such names stay two
+    _touch(root / os.fsdecode(b"s\xe9ance") / "a.mp4")
+    with pytest.raises(ParamError, match=r"class folder 's\\xe9ance' whose name is not valid UTF-8") as error:
+        index_folder(root, "random", 0.25, 0.25, 0)
+    assert "\n" not in str(error.value)
+    path = hmdb_root / "testTrainMulti_7030_splits" / "kick_test_split1.txt"
+    path.write_bytes(path.read_bytes() + b"caf\xe9_kick_f_cm_np1_ba_med_0.avi 1\n")
+    with pytest.raises(
+        ListError, match=r"kick_test_split1\.txt:\d+: is not UTF-8 text: .*save the list as UTF-8"
+    ):
+        index_hmdb51(hmdb_root, 1, 0.34, seed=0)
+
+
+def test_a_dataset_already_split_into_folders_is_refused_in_one_line(tmp_path: Path):
+    # root/train/<class>/... and root/test/<class>/...: the classes would have been train and test
+    for part in ("train", "Test"):
+        make_folder_tree(tmp_path / "split" / part)
+    with pytest.raises(
+        ParamError, match=r"has folders Test, train, named as splits; .* splits\.csv"
+    ) as error:
+        index_folder(tmp_path / "split", "random", 0.25, 0.25, 0)
+    assert "\n" not in str(error.value)
+    root = make_folder_tree(tmp_path / "one")  # a class called train alone is a class
+    for n in (1, 2):
+        _touch(root / "train" / f"p{n}" / "a.mp4")
+    assert "train" in index_folder(root, "random", 0.25, 0.25, 0)[0].attrs["class_names"]
+
+
+def test_a_stray_folder_in_hmdb51_is_named_not_the_split(hmdb_root: Path):
+    _touch(hmdb_root / "my_extra" / "x.avi")
+    with pytest.raises(
+        ParamError, match=r"has a folder 'my_extra' of \.avi files that no split file names"
+    ) as error:
+        index_hmdb51(hmdb_root, 1, 0.34, seed=0)
+    assert "data.split" not in str(error.value)
+
+
+def _prepare_stage():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_stage", REPO / "stages" / "prepare.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    return stage
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 INDEXERS = {
@@ -525,6 +628,8 @@ def test_build_index_dispatches(tmp_path: Path, ucf_root: Path):
     index, summary = build_index(DataConfig(dataset="synthetic", root=str(kth_root), split="schuldt"))
     assert index["split"].tolist() == ["val", "train"]
     assert summary["dataset"] == "synthetic"
+    assert index.attrs["class_names"] == summary["class_names"] == list(KTH_ACTIONS)  # with or without videos
+    assert summary["classes_without_videos"] == ["handclapping", "handwaving", "jogging", "walking"]
     assert summary["videos_without_sequences_ids"] == ["person12_running_d3"]
 
     index, summary = build_index(DataConfig(dataset="ucf101", root=str(ucf_root), split=2, val_fraction=0.2))
@@ -535,9 +640,13 @@ def test_build_index_dispatches(tmp_path: Path, ucf_root: Path):
         build_index(DataConfig(dataset="kth", root=str(missing)))
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
 @pytest.mark.parametrize("dataset", ["kth", "ucf101", "hmdb51"])
-def test_lists_saved_by_a_windows_editor_and_upper_case_extensions_index_the_same(tmp_path: Path, dataset):
-    """A list saved again by Notepad starts with a byte-order mark, and videos copied through some file
+def test_lists_saved_by_a_windows_editor_and_upper_case_extensions_index_the_same(
+    tmp_path: Path, dataset, encoding
+):
+    """A list saved again by Notepad starts with a byte-order mark (UTF-8, or UTF-16 as its "Unicode"
+    saves it), and videos copied through some file
     systems end in ``.AVI``: the same videos, groups and splits are indexed, each at its path on disk. A
     name there twice (``x.avi`` and ``x.AVI``) is indexed once, from ``x.avi``, and the other file is
     reported."""
@@ -561,7 +670,7 @@ def test_lists_saved_by_a_windows_editor_and_upper_case_extensions_index_the_sam
         if path.suffix == ".avi":
             path.rename(path.with_suffix(".AVI"))
         elif path.suffix == ".txt":
-            path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+            path.write_bytes(path.read_text(encoding="utf-8").encode(encoding))  # with its byte-order mark
     expected, expected_summary = index_of(plain)
     index, summary = index_of(messy)
     assert len(index) > 0 and index["path"].str.endswith(".AVI").all()
@@ -608,6 +717,7 @@ def test_folder_labels_groups_and_a_random_split(tmp_path: Path):
     check_schema(index)
     assert len(index) == 18 and sorted(set(index["label"])) == ["clap", "jump", "wave"]
     assert dict(zip(index["label"], index["label_idx"], strict=True)) == {"clap": 0, "jump": 1, "wave": 2}
+    assert index.attrs["class_names"] == ["clap", "jump", "wave"]
     assert "clap__ann__take1" in set(index["video_id"]) and "jump__loose1" in set(index["video_id"])
     assert set(index["path"]) >= {"clap/ann/take1.mp4", "wave/loose1.MOV"}
     # a person's clips are one group; a loose clip is its own: 4 groups a class, 12 in all
@@ -737,10 +847,11 @@ def test_folder_groups_ids_links_and_left_out_files(tmp_path: Path):
     assert summary["unrecognised_reasons"] == {
         "a second file of one name (another suffix)": 1,
         "another name of an indexed file": 1,
+        "another name of a folder indexed under its own": 1,  # the loop, walked once
         "broken link": 1,
         "not a video file name": 1,
     }
-    left = {"jump/again.mp4", "jump/gone.mp4", "wave/loose2.mp4", "clap/notes.txt"}
+    left = {"jump/again.mp4", "jump/gone.mp4", "wave/loose2.mp4", "clap/notes.txt", "wave/bob/up/"}
     assert set(summary["unrecognised_files"]) == left
     deep = tmp_path / "deep"
     _touch(deep / "clap" / ("x" * 90) / ("y" * 90) / "take.mp4")
@@ -764,6 +875,23 @@ def test_the_test_and_val_draws_are_separate_streams():
                 draws[seed, label, stream] = tuple(hold_out_rng([seed], label, stream).random(4))
     assert len(set(draws.values())) == len(draws)
     assert draws[0, 2, None] == tuple(np.random.default_rng([0, 2]).random(4))  # val as it always was
+
+
+def test_a_class_s_random_split_does_not_change_when_another_class_is_added(tmp_path: Path):
+    # the draws were seeded with label_idx, the class's place in sorted order: a class folder `aaa` added
+    # (or one lost) redrew every other class's test and val groups
+    root = tmp_path / "mine"
+    for label in ("clap", "wave"):
+        for person in range(10):
+            _touch(root / label / f"p{person}" / "take.mp4")
+    before, _ = index_folder(root, "random", 0.2, 0.2, 0)
+    for person in range(10):
+        _touch(root / "aaa" / f"p{person}" / "take.mp4")
+    after, _ = index_folder(root, "random", 0.2, 0.2, 0)
+    assert after.attrs["class_names"] == ["aaa", "clap", "wave"]
+    same = after[after["label"] != "aaa"].set_index("video_id")["split"]
+    assert same.equals(before.set_index("video_id")["split"])
+    assert set(before["split"]) == {"train", "val", "test"}
 
 
 def test_folder_bad_layouts_and_params_are_one_line(tmp_path: Path):
@@ -810,11 +938,72 @@ def test_a_folder_linked_into_another_class_leaves_its_videos_in_their_own(tmp_p
     by_path = index.set_index("path")
     assert by_path.loc["clap/ann/take1.mp4", "label"] == "clap"
     reasons = summary["unrecognised_reasons"]
-    # jump/claps/take1.mp4 and take2.mp4, and the 18 videos again under archive/everything/
-    assert reasons["another name of an indexed file"] == 2 + 18
-    # clap/both.mp4, wave/both.mp4 and their names under archive/everything/
-    assert reasons["one file linked into several classes: its class is unknown"] == 4
-    assert {"clap/both.mp4", "wave/both.mp4", "jump/claps/take1.mp4"} <= set(summary["unrecognised_files"])
+    assert reasons["another name of a folder indexed under its own"] == 1  # jump/claps/, with its 2 takes
+    assert reasons["a link to data.root or a folder above it: not a class folder"] == 1  # archive/everything/
+    assert (
+        reasons["one file linked into several classes: its class is unknown"] == 2
+    )  # clap/ and wave/both.mp4
+    assert {"clap/both.mp4", "wave/both.mp4", "jump/claps/", "archive/everything/"} <= set(
+        summary["unrecognised_files"]
+    )
+
+
+@pytest.mark.parametrize("name", ["all", "recent", "zz"])
+def test_a_link_to_the_root_beside_the_class_folders_is_no_class(tmp_path: Path, name: str):
+    # `recent -> .` sorted before `wave` and took wave's videos as its own class; `all` took every class's
+    root = make_folder_tree(tmp_path / "mine")
+    (root / name).symlink_to(root)
+    index, summary = index_folder(root, "random", 0.25, 0.25, 0)
+    plain, _ = index_folder(make_folder_tree(tmp_path / "plain"), "random", 0.25, 0.25, 0)
+    assert index.equals(plain) and index.attrs["class_names"] == ["clap", "jump", "wave"]
+    assert sorted(summary["unrecognised_files"]) == sorted([f"{name}/", "clap/notes.txt"])  # nothing under it
+    assert (
+        summary["unrecognised_reasons"]["a link to data.root or a folder above it: not a class folder"] == 1
+    )
+
+
+@pytest.mark.parametrize("split", ["random", "file"])
+def test_a_folder_linked_beside_its_target_keeps_the_target_s_names(tmp_path: Path, split: str):
+    # walk/alias -> zsess sorts first: zsess was skipped as walked, and its videos indexed as walk/alias/...
+    root = make_folder_tree(tmp_path / "mine")
+    for n in (1, 2):
+        _touch(root / "jump" / "zsess" / f"v{n}.mp4")
+    (root / "jump" / "alias").symlink_to(root / "jump" / "zsess")
+    if split == "file":
+        listed = sorted(
+            p.relative_to(root).as_posix() for p in root.rglob("*.[mMaA][pPvVoO]*") if "alias" not in p.parts
+        )
+        (root / "splits.csv").write_text(
+            "path,split\n" + "".join(f"{p},{'test' if 'loose1' in p else 'train'}\n" for p in listed)
+        )
+    index, summary = index_folder(root, split, 0.25, 0.25, 0)
+    jump = set(index.loc[index["label"] == "jump", "path"])
+    assert {"jump/zsess/v1.mp4", "jump/zsess/v2.mp4"} <= jump and not any("alias" in p for p in jump)
+    assert summary["unrecognised_reasons"]["another name of a folder indexed under its own"] == 1
+    assert "jump/alias/" in summary["unrecognised_files"]
+
+
+def test_folders_linked_to_each_other_are_each_walked_once(tmp_path: Path):
+    # walking every chain of links took 45 s for six class folders linked to each other, and never ended
+    # for seven or for a chain of 12 doubled links; each real folder is walked once now
+    root = tmp_path / "mine"
+    labels = [f"c{n}" for n in range(8)]
+    for label in labels:
+        for person in ("p1", "p2"):
+            _touch(root / label / person / "take.mp4")
+    for label in labels:
+        for other in labels:
+            if other != label:
+                (root / label / f"see_{other}").symlink_to(root / other)
+    chain = root / labels[0] / "p1"
+    for _ in range(14):  # a folder with two names at every level: 2**14 ways down
+        (chain / "a").mkdir()
+        (chain / "b").symlink_to(chain / "a")
+        chain = chain / "a"
+    _touch(chain / "deep.mp4")
+    index, summary = index_folder(root, "random", 0.25, 0.25, 0)
+    assert len(index) == 17 and "c0/p1/" + "a/" * 14 + "deep.mp4" in set(index["path"])
+    assert summary["unrecognised_reasons"] == {"another name of a folder indexed under its own": 8 * 7 + 14}
 
 
 def test_videos_outside_class_folders_and_unreadable_folders_are_counted(tmp_path: Path, monkeypatch):

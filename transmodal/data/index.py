@@ -6,7 +6,7 @@ Columns (see :data:`INDEX_COLUMNS`), rows sorted by ``video_id``:
   file stem (``<class>__<stem>`` only for a stem found in two class folders; real HMDB51 stems are unique).
 - ``path`` (str): the video relative to the dataset root, POSIX separators.
 - ``label`` (str), ``label_idx`` (int64): KTH/synthetic index in ``KTH_ACTIONS``; UCF101 ``classInd.txt``
-  number - 1; HMDB51 index in the sorted class-folder names (folders holding at least one ``.avi``).
+  number - 1; HMDB51 index in the sorted class names of the split files and class folders.
 - ``group`` (int64): clips sharing a group come from one recording and must not straddle train and val.
   KTH the subject number; UCF101 the ``gXX`` number (per class: g08 of two classes are unrelated);
   HMDB51 the id of the source video, ``<source>`` in ``<source>_<class>_<flags>_<n>.avi``, numbered 0.. in
@@ -17,11 +17,16 @@ Columns (see :data:`INDEX_COLUMNS`), rows sorted by ``video_id``:
 - ``sequences`` (list of ``[start, end]``): KTH's 1-based inclusive frame ranges from ``00sequences.txt``;
   empty for UCF101/HMDB51 and for KTH videos the file does not list.
 
+The frame's ``attrs["class_names"]`` (written into the Parquet file by pandas) lists every class of the
+dataset by ``label_idx``, including a class none of whose videos is on disk: the head keeps an output for
+it, and its name, whatever later stage loses its videos.
+
 The indexer never opens a video; it reads file names and the official split and sequence lists only.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import itertools
@@ -37,6 +42,7 @@ import pandas as pd
 import pyarrow as pa
 
 from transmodal.params import KTH_ACTIONS, DataConfig, ParamError
+from transmodal.stage import StageInputError
 
 INDEX_COLUMNS = ("video_id", "path", "label", "label_idx", "group", "scenario", "split", "sequences")
 SPLITS = ("train", "val", "test")
@@ -95,6 +101,11 @@ _HMDB_FLAGS = r"_[a-z]_[a-z]{2}_np\d+_[a-z]{2}_[a-z]{3}_\d+"
 _HMDB_MARKS = {"1": "train", "2": "test", "0": "unused"}
 
 
+class ListError(StageInputError, ValueError):
+    """A bad line of a dataset's own list (00sequences.txt, classInd.txt, a split list), naming the file and
+    the line: the stage's one-line error."""
+
+
 def _root_error(root: Path, what: str) -> ParamError:
     return ParamError(f"params.yaml: data.root is {str(root)!r}, which {what}")
 
@@ -130,9 +141,34 @@ def _split_file_error(split: object, path: Path) -> ParamError:
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     """Non-blank lines of a text file with their 1-based numbers, stripped (the official lists use CRLF; a
-    list saved again by a Windows editor starts with a byte-order mark, which is not part of its first line)."""
-    lines = path.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()
-    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+    list saved again by a Windows editor starts with a byte-order mark, which is not part of its first line,
+    and Notepad's "Unicode" is UTF-16, known by its mark)."""
+    data = path.read_bytes()
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    try:
+        text = data.decode("utf-16") if utf16 else data.decode("utf-8-sig", errors="surrogateescape")
+    except UnicodeDecodeError as err:
+        raise ListError(f"{path}: starts with a UTF-16 mark but is not UTF-16 ({err.reason})") from None
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    for number, line in lines:
+        if not _is_utf8(line):  # the index is UTF-8 (Parquet strings): such a name could never be stored
+            raise ListError(f"{path}:{number}: is not UTF-8 text: '{_shown(line)}'; save the list as UTF-8")
+    return lines
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a name read from the disk (undecodable bytes kept as surrogates) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A name as it can be printed and stored: bytes that are not UTF-8 as ``\\xe9`` escapes (two such names
+    stay two)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------------------------------- KTH
@@ -151,8 +187,8 @@ def parse_kth_sequences(path: Path) -> tuple[dict[str, list[tuple[int, int]]], l
     first_seen: dict[str, int] = {}
     for number, line in _read_lines(path):
 
-        def fail(why: str, number: int = number, line: str = line) -> ValueError:
-            return ValueError(f"{path}:{number}: {why}: {line!r}")
+        def fail(why: str, number: int = number, line: str = line) -> ListError:
+            return ListError(f"{path}:{number}: {why}: {line!r}")
 
         match = _KTH_LINE.fullmatch(line)
         if match is None:
@@ -269,6 +305,7 @@ def index_kth(root: Path, split: str) -> tuple[pd.DataFrame, dict]:
             }
         )
     index = _frame(rows)
+    index.attrs["class_names"] = list(KTH_ACTIONS)
 
     listed_missing = sorted(set(sequences) - set(on_disk))
     without_sequences = sorted(set(on_disk) - set(sequences))
@@ -308,13 +345,18 @@ def _parse_class_ind(path: Path) -> dict[str, int]:
     for number, line in _read_lines(path):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(f"{path}:{number}: expected '<number> <class>': {line!r}")
+            raise ListError(f"{path}:{number}: expected '<number> <class>': {line!r}")
         class_number, name = int(parts[0]), parts[1]
         if name in classes or class_number - 1 in classes.values() or class_number < 1:
-            raise ValueError(f"{path}:{number}: class {name!r} or number {class_number} repeats or is < 1")
+            raise ListError(f"{path}:{number}: class {name!r} or number {class_number} repeats or is < 1")
         classes[name] = class_number - 1
     if not classes:
-        raise ValueError(f"{path}: lists no classes")
+        raise ListError(f"{path}: lists no classes")
+    if sorted(classes.values()) != list(range(len(classes))):  # label_idx 0..N-1 numbers the outputs
+        gaps = sorted(set(range(max(classes.values()) + 1)) - set(classes.values()))
+        raise ListError(
+            f"{path}: numbers {', '.join(str(n + 1) for n in gaps[:5])} are missing: expected 1 to N"
+        )
     return classes
 
 
@@ -326,19 +368,19 @@ def _parse_ucf_list(path: Path, classes: dict[str, int], has_labels: bool) -> li
         # Test lists carry no label; a label there is accepted but must agree with classInd.txt too.
         if len(parts) not in ((2,) if has_labels else (1, 2)):
             expected = "<Class>/<video>.avi <label>" if has_labels else "<Class>/<video>.avi"
-            raise ValueError(f"{path}:{number}: expected '{expected}': {line!r}")
+            raise ListError(f"{path}:{number}: expected '{expected}': {line!r}")
         rel_path = parts[0].replace("\\", "/")
         class_name, _, file_name = rel_path.partition("/")
         stem_match = _UCF_STEM.fullmatch(file_name.removesuffix(".avi"))
         if class_name not in classes or not file_name.endswith(".avi") or stem_match is None:
-            raise ValueError(
+            raise ListError(
                 f"{path}:{number}: expected '<Class>/v_<Class>_gXX_cYY.avi' with a class of classInd.txt: "
                 f"{line!r}"
             )
         # Labels are checked against the folder, not the file name: the dataset's own HandstandPushups folder
         # holds v_HandStandPushups_* files.
         if len(parts) == 2 and (not parts[1].isdigit() or int(parts[1]) - 1 != classes[class_name]):
-            raise ValueError(f"{path}:{number}: label {parts[1]} disagrees with classInd.txt: {line!r}")
+            raise ListError(f"{path}:{number}: label {parts[1]} disagrees with classInd.txt: {line!r}")
         entries.append((rel_path, class_name, int(stem_match["group"])))
     return entries
 
@@ -378,7 +420,7 @@ def index_ucf101(root: Path, split: int, val_fraction: float, seed: int) -> tupl
     for part, list_path in (("train", train_list), ("test", test_list)):
         for rel_path, class_name, group in _parse_ucf_list(list_path, classes, has_labels=part == "train"):
             if rel_path in listed:
-                raise ValueError(f"{list_path}: {rel_path} is also listed in {listed[rel_path]}")
+                raise ListError(f"{list_path}: {rel_path} is also listed in {listed[rel_path]}")
             listed[rel_path] = list_path.name
             disk_path = f"{UCF101_VIDEOS}/{rel_path}"
             if disk_path not in on_disk:
@@ -401,6 +443,7 @@ def index_ucf101(root: Path, split: int, val_fraction: float, seed: int) -> tupl
         + [f"{UCF101_VIDEOS}/{rel}" for rel in duplicates]  # a second file of a listed name, not indexed
     )
     index = _finish_split(root, split, rows, val_fraction, seed)
+    index.attrs["class_names"] = sorted(classes, key=classes.__getitem__)
     summary = _summarise(index)
     summary.update(
         {
@@ -433,9 +476,9 @@ def _parse_hmdb_split(path: Path) -> dict[str, str]:
     for number, line in _read_lines(path):
         parts = line.rsplit(None, 1)
         if len(parts) != 2 or parts[1] not in _HMDB_MARKS or not parts[0].endswith(".avi"):
-            raise ValueError(f"{path}:{number}: expected '<name>.avi <0|1|2>': {line!r}")
+            raise ListError(f"{path}:{number}: expected '<name>.avi <0|1|2>': {line!r}")
         if parts[0] in marks:
-            raise ValueError(f"{path}:{number}: {parts[0]} is listed twice")
+            raise ListError(f"{path}:{number}: {parts[0]} is listed twice")
         marks[parts[0]] = _HMDB_MARKS[parts[1]]
     return marks
 
@@ -490,6 +533,13 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
     unlisted: list[str] = []
     for label_idx, class_name in enumerate(classes):
         split_path = root / HMDB51_SPLITS / f"{class_name}_test_split{split}.txt"
+        named = any((split_dir / f"{class_name}_test_split{n}.txt").is_file() for n in (1, 2, 3))
+        if not named and listed_classes:  # the other classes have split files, this folder none: a stray
+            raise _root_error(
+                root,
+                f"has a folder {class_name!r} of .avi files that no split file names (no {split_path.name} in "
+                f"{HMDB51_SPLITS}); HMDB51's classes are those of its split files: move the folder out",
+            )
         if not split_path.is_file():
             raise _split_file_error(split, split_path)
         marks = _parse_hmdb_split(split_path)
@@ -517,6 +567,7 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
                 }
             )
     index = _finish_split(root, split, rows, val_fraction, seed)
+    index.attrs["class_names"] = classes
     summary = _summarise(index)
     summary.update(
         {
@@ -542,14 +593,16 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
 # ---------------------------------------------------------------------------------------------- shared
 
 
-def hold_out_val(index: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
+def hold_out_val(index: pd.DataFrame, val_fraction: float, seed: int, by_name: bool = False) -> pd.Series:
     """The ``split`` column with ``val_fraction`` of each class's training groups moved to ``val``.
 
     Per class: round(val_fraction * groups) groups (at least 1 if val_fraction > 0, at most all but one, so
     every class keeps training data), drawn with ``numpy.random.default_rng([seed, label_idx])`` so one
-    class's draw does not depend on the others.
+    class's draw does not depend on the others. ``by_name``: with :func:`class_key` of the class's name in
+    place of its label_idx, so a class's draw does not change when classes are added, removed or renamed
+    (one's own class folders, numbered in sorted order; the official datasets number theirs by their lists).
     """
-    return _hold_out(index, val_fraction, [seed], "val")
+    return _hold_out(index, val_fraction, [seed], "val", by_name=by_name)
 
 
 def hold_out_rng(seed: list[int], label_idx: int, stream: int | None = None) -> np.random.Generator:
@@ -559,8 +612,18 @@ def hold_out_rng(seed: list[int], label_idx: int, stream: int | None = None) -> 
     return np.random.default_rng([*seed, int(label_idx)] + ([stream] if stream is not None else []))
 
 
+def class_key(name: str) -> int:
+    """A class's name as a 64-bit number (the first 8 bytes of its SHA-256), which seeds its draw."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "big")
+
+
 def _hold_out(
-    index: pd.DataFrame, fraction: float, seed: list[int], into: str, stream: int | None = None
+    index: pd.DataFrame,
+    fraction: float,
+    seed: list[int],
+    into: str,
+    stream: int | None = None,
+    by_name: bool = False,
 ) -> pd.Series:
     """:func:`hold_out_val` into ``into``, each class drawn with :func:`hold_out_rng`."""
     split = index["split"].copy()
@@ -572,7 +635,7 @@ def _hold_out(
         if len(groups) < 2:
             continue
         n_out = min(len(groups) - 1, max(1, math.floor(fraction * len(groups) + 0.5)))
-        rng = hold_out_rng(seed, label_idx, stream)
+        rng = hold_out_rng(seed, class_key(rows["label"].iloc[0]) if by_name else label_idx, stream)
         out_groups = rng.choice(groups, size=n_out, replace=False)
         split.loc[rows.index[rows["group"].isin(out_groups)]] = into
     return split
@@ -635,6 +698,7 @@ VIDEO_SUFFIXES = (
     ".webm", ".wmv",
 )  # fmt: skip
 FOLDER_SPLIT_FILE = "splits.csv"
+SPLIT_FOLDER_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
 TEST_STREAM = (
     1  # the test hold-out draws from default_rng([seed, label_idx, 1]), val's from [seed, label_idx]
 )
@@ -699,13 +763,15 @@ def index_folder(
             raise ParamError(f"{root / FOLDER_SPLIT_FILE} lists {only}")
         raise _root_error(root, f"has {only}")
     index["label_idx"] = index["label"].map({label: n for n, label in enumerate(classes)}).astype("int64")
+    index.attrs["class_names"] = classes
     keys = index["video_id"].map(group_of)
     index["group"] = keys.map({key: n for n, key in enumerate(sorted(set(keys)))}).astype("int64")
     if split == "random":
-        index["split"] = _hold_out(index, test_fraction, [seed], "test", TEST_STREAM).astype(str)
-        index["split"] = hold_out_val(index, val_fraction, seed).astype(str)
+        test = _hold_out(index, test_fraction, [seed], "test", TEST_STREAM, by_name=True)
+        index["split"] = test.astype(str)
+        index["split"] = hold_out_val(index, val_fraction, seed, by_name=True).astype(str)
     elif not extra["val_from_file"]:
-        index["split"] = hold_out_val(index, val_fraction, seed).astype(str)
+        index["split"] = hold_out_val(index, val_fraction, seed, by_name=True).astype(str)
     held = {part: set(index.loc[index["split"] == part, "label"]) for part in SPLITS}
     if split == "file" and (no_train := sorted(set(classes) - held["train"])):
         raise ParamError(f"{root / FOLDER_SPLIT_FILE}: no training video of class {', '.join(no_train)}")
@@ -743,7 +809,7 @@ def index_folder(
 
 def _folder_videos(root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
     """video id -> (class, path relative to ``root``, group key) of every video under a class folder, and the
-    files left out -> why. Links are followed (a folder once: no cycles); hidden names are skipped."""
+    files left out -> why. Links are followed (each real folder once); hidden names are skipped."""
     candidates: list[tuple[str, Path, str]] = []  # (class, path, path relative to root), walk order
     left_out: dict[str, str] = {}
     folders = []
@@ -755,51 +821,94 @@ def _folder_videos(root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[st
         elif entry.suffix.lower() in VIDEO_SUFFIXES:
             left_out[entry.name] = "directly in data.root, in no class folder"
     _check_class_names([folder.name for folder in folders], root)
+    split_folders = [f.name for f in folders if f.name.casefold() in SPLIT_FOLDER_NAMES]
+    if len(split_folders) > 1:  # root/train/<class>/..., root/test/<class>/...: classes would be the splits
+        raise _root_error(
+            root,
+            f"has folders {', '.join(split_folders)}, named as splits; data.dataset folder reads class folders "
+            f"(<root>/<class>/...): put the classes at the top and the splits in {FOLDER_SPLIT_FILE} (data.split: file)",
+        )
 
     def unreadable(err: OSError) -> None:
-        left_out[Path(err.filename).relative_to(root).as_posix() + "/"] = f"cannot be read ({err.strerror})"
+        left_out[_shown(Path(err.filename).relative_to(root).as_posix()) + "/"] = (
+            f"cannot be read ({err.strerror})"
+        )
 
-    for folder in folders:
-        walked: set[tuple[int, int]] = set()
-        for directory, subdirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
-            stat = os.stat(directory)
-            if (stat.st_dev, stat.st_ino) in walked:  # a link back up the tree
+    # Each real folder is walked once, whatever names lead to it: first every folder with no link on its
+    # way (links not followed), then the class folders that are links (to another disk), then the other
+    # linked folders in the order found. So a video keeps its most direct name, and the walk is linear in
+    # the folders however the links cross (a link back up the tree, or to a folder already walked, is
+    # left out as such, its files with it).
+    root_real = os.path.realpath(root)
+    walked: set[str] = set()
+    linked: list[tuple[str, Path]] = []  # (class, a linked folder): walked after the link-free ones
+
+    def walk(label: str, top: Path) -> None:
+        for directory, subdirs, files in os.walk(top, onerror=unreadable):
+            real = os.path.realpath(directory)
+            shown = _shown(Path(directory).relative_to(root).as_posix()) + "/"
+            if real == root_real or root_real.startswith(real.rstrip(os.sep) + os.sep):
+                left_out[shown] = "a link to data.root or a folder above it: not a class folder"
                 subdirs[:] = []
                 continue
-            walked.add((stat.st_dev, stat.st_ino))
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            if real in walked:
+                left_out[shown] = "another name of a folder indexed under its own"
+                subdirs[:] = []
+                continue
+            walked.add(real)
+            links = {d for d in subdirs if os.path.islink(os.path.join(directory, d))}
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d not in links)
+            linked.extend((label, Path(directory) / d) for d in sorted(links) if not d.startswith("."))
             for name in sorted(files):
                 if name.startswith("."):
                     continue
                 path = Path(directory) / name
                 rel = path.relative_to(root).as_posix()
-                if path.suffix.lower() not in VIDEO_SUFFIXES:
+                if not _is_utf8(rel):
+                    left_out[_shown(rel)] = (
+                        "its name is not valid UTF-8 (an old archive's code page): rename it"
+                    )
+                elif path.suffix.lower() not in VIDEO_SUFFIXES:
                     left_out[rel] = "not a video file name"
                 elif not path.exists():
                     left_out[rel] = "broken link"
                 else:
-                    candidates.append((folder.name, path, rel))
-    # a file reached by several names (a link to it, or through a linked folder) is indexed once, under
-    # the name with no link on its way (in its own class); reached only through links from several
-    # classes, its class is unknown and it is left out
-    # (a class folder may itself be a link to a folder elsewhere: its files are direct names)
-    real_class = {folder.name: os.path.realpath(folder) for folder in folders}
-    names: dict[str, list[tuple[str, Path, str]]] = {}
-    for candidate in candidates:
-        names.setdefault(os.path.realpath(candidate[1]), []).append(candidate)
+                    candidates.append((label, path, rel))
 
-    def is_direct(candidate: tuple[str, Path, str]) -> bool:
+    for folder in folders:
+        if not folder.is_symlink():
+            walk(folder.name, folder)
+    linked[:0] = [(folder.name, folder) for folder in folders if folder.is_symlink()]
+    while linked:
+        walk(*linked.pop(0))
+    # a file reached by several names (a link to the file itself) is indexed once, under its most direct
+    # name: no link from the root down, else none below its class folder, else any; the most direct names
+    # in several classes leave its class unknown, and it is left out
+    real_class = {folder.name: os.path.realpath(folder) for folder in folders}
+
+    def links_on_the_way(candidate: tuple[str, Path, str]) -> int:
         label, path, rel = candidate
-        return os.path.realpath(path) == os.path.join(real_class[label], *rel.split("/")[1:])
+        real, parts = os.path.realpath(path), rel.split("/")
+        if real == os.path.join(root_real, *parts):
+            return 0
+        return 1 if real == os.path.join(real_class[label], *parts[1:]) else 2
+
+    names: dict[str, list[tuple[int, tuple[str, Path, str]]]] = {}
+    for candidate in candidates:
+        names.setdefault(os.path.realpath(candidate[1]), []).append((links_on_the_way(candidate), candidate))
+    chosen: dict[str, tuple[str, Path, str] | None] = {}
+    for real, reached in names.items():
+        fewest = min(level for level, _ in reached)
+        best = [candidate for level, candidate in reached if level == fewest]
+        chosen[real] = best[0] if len({label for label, _, _ in best}) == 1 else None
 
     found: dict[tuple[str, str], tuple[str, str, str]] = {}  # (class, path without suffix) -> ...
     for label, path, rel in candidates:
-        others = names[os.path.realpath(path)]
-        direct = [c for c in others if is_direct(c)]
-        if not direct and len({c[0] for c in others}) > 1:
+        best = chosen[os.path.realpath(path)]
+        if best is None:
             left_out[rel] = "one file linked into several classes: its class is unknown"
             continue
-        if (direct or others)[0][2] != rel:
+        if best[2] != rel:
             left_out[rel] = "another name of an indexed file"
             continue
         stem = rel[: -len(path.suffix)]
@@ -826,6 +935,10 @@ def _check_class_names(names: list[str], root: Path) -> None:
     Mac) look like one class and would be two: refused, naming both."""
     seen: dict[str, str] = {}
     for name in names:
+        if not _is_utf8(name):
+            raise _root_error(
+                root, f"has a class folder '{_shown(name)}' whose name is not valid UTF-8: rename it"
+            )
         key = _nfc(name).casefold()
         if key in seen:
             raise _root_error(
@@ -941,4 +1054,7 @@ def build_index(cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
         raise ParamError(f"params.yaml: data.dataset is {cfg.dataset!r}, which has no indexer")
     summary["dataset"] = cfg.dataset
     summary["root"] = str(cfg.root)
+    summary["class_names"] = list(index.attrs["class_names"])
+    # a class of the dataset's list with no video indexed keeps its label index and its output in the head
+    summary["classes_without_videos"] = sorted(set(summary["class_names"]) - set(index["label"]))
     return index, summary
