@@ -40,7 +40,7 @@ from transmodal.features.backbone import FrozenBackbone
 from transmodal.features.clips import make_clips
 from transmodal.features.crops import crop_frames
 from transmodal.features.store import ShardWriter, available_cores, build_features, plan_clips
-from transmodal.params import BackboneConfig, ClipsConfig
+from transmodal.params import KTH_ACTIONS, BackboneConfig, ClipsConfig
 from transmodal.vision.tiny import write_backbone
 
 WIDTH, HEIGHT = 160, 120
@@ -81,6 +81,9 @@ def make_dataset(root: Path, num_videos: int, num_frames: int) -> None:
             }
         )
     index = pd.DataFrame(rows)
+    index.attrs["class_names"] = list(
+        KTH_ACTIONS
+    )  # the dataset's classes by label_idx, as prepare writes them
     index.to_parquet(root / "index.parquet")
     extract_frames(
         index, root, root / "frames", stride=2, clip_length=16, videos_per_shard=64, progress=False

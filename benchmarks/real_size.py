@@ -165,6 +165,7 @@ def write_dataset(root: Path, rendered: list, frames: int) -> None:
             }
         )
     index, annotations = pd.DataFrame(rows), pd.concat(truths, ignore_index=True)
+    index.attrs["class_names"] = list(ACTIONS)  # the dataset's classes by label_idx, as prepare writes them
     write_parquet(index, root / "index.parquet")
     extract_frames(
         index, root, root / "frames", stride=1, clip_length=16, videos_per_shard=64, progress=False

@@ -40,7 +40,7 @@ from transmodal.features.store import (
     crop_batches,
     plan_clips,
 )
-from transmodal.params import BackboneConfig, ClipsConfig, ParamError
+from transmodal.params import KTH_ACTIONS, BackboneConfig, ClipsConfig, ParamError
 from transmodal.stage import StageInputError
 from transmodal.vision.checkpoints import load_processor
 from transmodal.vision.tiny import write_backbone
@@ -139,6 +139,7 @@ def world(tmp_path_factory) -> dict:
             }
         )
     index = pd.DataFrame(rows)
+    index.attrs["class_names"] = list(KTH_ACTIONS)  # as the dataset index carries them
     extract_frames(
         index, root, root / "frames", stride=STRIDE, clip_length=LENGTH, videos_per_shard=2, progress=False
     )
@@ -826,6 +827,33 @@ def test_a_cache_whose_clip_table_is_another_runs_is_refused(built, tmp_path):
     (folder / "backbone.json").write_text(json.dumps(record | {"num_clips": record["num_clips"] + 1}))
     with pytest.raises(StageInputError, match=r"lists \d+ clips but .*clips.parquet has \d+: they come from"):
         FeatureStore(folder, built["clips"])
+
+
+def test_the_cache_names_every_class_of_the_index_even_those_without_clips(world, built, tmp_path):
+    # every clip here is "walking", KTH's last class: the head still gets all six outputs, by name
+    store = built["store"]
+    assert set(store.clips["label"]) == {"walking"}
+    assert store.class_names == list(KTH_ACTIONS)
+    clips = pd.read_parquet(built["clips"])
+    for table, why in (
+        (
+            clips.drop(columns="label").assign(label="boxing"),
+            r"labels 'boxing' as 5 disagree with its 6 class",
+        ),
+        (clips, "records no class names"),
+    ):
+        if why == "records no class names":
+            table.attrs.clear()
+        path = tmp_path / "clips.parquet"
+        table.to_parquet(path)
+        with pytest.raises(StageInputError, match=why) as error:
+            FeatureStore(built["dir"], path)
+        assert str(path) in str(error.value) and "\n" not in str(error.value)
+    unnamed = world["index"].copy()
+    unnamed.attrs.clear()
+    with pytest.raises(StageInputError, match="data/index.parquet records no class names"):
+        build(world | {"index": unnamed}, "unnamed")  # before any clip is encoded
+    assert not (world["root"] / "unnamed").exists()
 
 
 def test_a_clip_frame_the_store_does_not_return_is_refused(world):

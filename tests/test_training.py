@@ -53,6 +53,7 @@ class MemoryStore:
                     }
                 )
         self.clips = pd.DataFrame(rows)
+        self.class_names = list(CLASSES)
         labels = self.clips["label_idx"].to_numpy()
         # class-dependent signal so training has something to learn
         self._tokens = rng.normal(size=(len(rows), G, patches, dim)).astype(np.float16)
@@ -437,6 +438,7 @@ def _write_store(memory: MemoryStore, folder) -> FeatureStore:
         pose_score=list(memory._score.reshape(len(memory.clips), -1)),
         pose_mask=list(memory._mask.reshape(len(memory.clips), -1)),
     )
+    clips.attrs["class_names"] = memory.class_names
     clips.to_parquet(folder / "clips.parquet")
     return FeatureStore(folder, folder / "clips.parquet")
 

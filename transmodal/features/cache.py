@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -40,6 +41,39 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.safetensors"
 
 
+# ``DataFrame.attrs`` key of the dataset's class names by label_idx, set by the dataset index
+# (transmodal/data/index.py) and carried into clips.parquet: pandas writes a frame's attrs into its Parquet
+# file and reads them back, so a class with no clip (its videos missing or undecodable) keeps its output.
+CLASS_NAMES = "class_names"
+
+
+def class_names_of(table: pd.DataFrame, source: object) -> list[str]:
+    """The class names ``table`` carries (``attrs[CLASS_NAMES]``), checked against its labels.
+
+    ``source`` names the file in the error: a table written before the names were recorded, or whose
+    ``label``/``label_idx`` disagree with them, stops the stage in one line."""
+    names = table.attrs.get(CLASS_NAMES)
+    if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) for n in names):
+        raise StageInputError(
+            f"{source} records no class names (written by an older version); run `dvc repro` to rebuild it"
+        )
+    names = list(names)
+    if len(set(names)) != len(names):
+        raise StageInputError(f"{source}: its class names repeat: {names}")
+    pairs = table[["label_idx", "label"]].drop_duplicates()
+    wrong = [
+        f"{label!r} as {idx}"
+        for idx, label in zip(pairs["label_idx"], pairs["label"], strict=True)
+        if not 0 <= idx < len(names) or names[idx] != label
+    ]
+    if wrong:
+        raise StageInputError(
+            f"{source}: labels {', '.join(sorted(wrong)[:5])} disagree with its {len(names)} class names; "
+            "run `dvc repro` to rebuild it"
+        )
+    return names
+
+
 class FeatureStore:
     """The cache: ``.clips`` (DataFrame), ``.backbone`` (dict), ``.tokens(rows)``, ``.pose(rows)``.
 
@@ -58,6 +92,7 @@ class FeatureStore:
         self._dense = {c: _flat(table.column(c)) for c in dense}
         self.clips = table.drop_columns(dense).to_pandas()
         del table
+        self.class_names = class_names_of(self.clips, self.clips_path)  # by label_idx: the head's outputs
         self.backbone = json.loads((self.directory / BACKBONE_FILE).read_text())
         listed = self.backbone.get("num_clips", len(self.clips))
         if listed != len(self.clips):  # tokens read by row would belong to other clips

@@ -44,7 +44,7 @@ from transmodal.background import prefetch
 from transmodal.data.coco import NUM_JOINTS, joint_columns
 from transmodal.data.frames import FrameStore
 from transmodal.features.backbone import FrozenBackbone
-from transmodal.features.cache import BACKBONE_FILE, TOKENS_KEY, shard_name
+from transmodal.features.cache import BACKBONE_FILE, CLASS_NAMES, TOKENS_KEY, class_names_of, shard_name
 from transmodal.features.clips import make_clips, sequence_coverage, skipped_videos
 from transmodal.features.crops import (
     CROP_COLUMNS,
@@ -545,6 +545,7 @@ def build_features(
     if timings is not None:
         timings.update(setup=0.0, wait=0.0, forward=0.0, write=0.0, finish=0.0)
     backbone = FrozenBackbone(backbone_cfg, clips_cfg.length)  # fails early on a clip length mismatch
+    classes = class_names_of(index, "data/index.parquet")  # the head's outputs, with clips or not
     clips = make_clips(index, store.videos, store.frames, clips_cfg)
     skipped = skipped_videos(index, store.videos)
     clips, without_track = plan_clips(clips, store.videos, tracks, keypoints, clips_cfg.crop_margin)
@@ -634,6 +635,7 @@ def build_features(
     # overwritten by the next one's.
     staged = clips_path.with_name(f".{clips_path.name}.staged.tmp")
     register_unfinished(staged)
+    clips.attrs[CLASS_NAMES] = classes
     try:
         write_parquet(clips, staged)
         with atomic_dir(features_dir) as tmp:

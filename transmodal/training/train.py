@@ -93,7 +93,7 @@ def model_size(store: FeatureStore) -> dict[str, int]:
     backbone = store.backbone
     return {
         "dim": backbone["hidden_size"],
-        "num_classes": len(class_names(store)),
+        "num_classes": len(store.class_names),
         "num_frames": backbone["num_frames"],
         "tubelet_size": backbone["tubelet_size"],
         "patches_per_group": backbone["grid"][1],
@@ -123,13 +123,6 @@ def complexity_report(store: FeatureStore, model_cfg: ModelConfig, selector_cfg:
         },
         "paper_size": paper_size_complexity(model_cfg, selector_cfg),
     }
-
-
-def class_names(store: FeatureStore) -> list[str]:
-    """Class names by label_idx, from the dataset index as carried in clips.parquet."""
-    pairs = store.clips[["label_idx", "label"]].drop_duplicates().sort_values("label_idx")
-    names = dict(zip(pairs["label_idx"], pairs["label"], strict=True))
-    return [names.get(i, f"class_{i}") for i in range(int(max(names)) + 1)]
 
 
 @torch.inference_mode()
@@ -248,7 +241,7 @@ def train_model(
 
     config = {
         "model": model.config_dict(),
-        "classes": class_names(store),
+        "classes": store.class_names,
         "train": asdict(train_cfg),
         "best_epoch": best_epoch,
         "backbone": store.backbone,
