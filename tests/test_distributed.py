@@ -78,7 +78,9 @@ def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_output(project
     )
     done = train(project, hook)
     assert done.returncode != 0
-    assert "rank 1 failed on purpose" in done.stderr and "a torchrun worker failed" in done.stderr
+    assert (
+        "rank 1 failed on purpose" in done.stderr and "torchrun or one of its workers failed" in done.stderr
+    )
     assert not (project / "models").exists() and not (project / "metrics" / "train.json").exists()
 
 
@@ -94,6 +96,15 @@ def test_torchrun_command_one_machine_and_several(monkeypatch):
     monkeypatch.setenv("NODE_RANK", "1")
     several = torchrun_command(ComputeConfig(nproc=8, nnodes=2), ["stages/train.py"])
     assert "--nnodes=2" in several and "--node_rank=1" in several and "--master_addr=10.0.0.1" in several
+    for name, value, why in (
+        ("NODE_RANK", "2", r"NODE_RANK is '2' .* compute.nnodes is 2; .* from 0 to 1"),
+        ("NODE_RANK", "one", r"NODE_RANK is 'one'"),
+        ("MASTER_PORT", "29500x", r"MASTER_PORT is '29500x'"),
+    ):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(ParamError, match=why):
+                torchrun_command(ComputeConfig(nproc=8, nnodes=2), ["stages/train.py"])
 
 
 def test_compute_params_are_checked():
@@ -142,6 +153,42 @@ def test_no_rank_writes_its_next_part_before_rank_0_has_cleared_the_parts_folder
     ]  # rank 0: reads after the first barrier, clears before the second
     assert len(rank_1) == len(events)  # and rank 1 waits at that second barrier too before it returns
     assert not (tmp_path / "parts").exists()
+
+
+def test_torchrun_gets_the_cores_over_nproc_as_omp_threads_unless_the_user_set_them(monkeypatch):
+    # torchrun itself would set OMP_NUM_THREADS=1, leaving all but nproc of the machine's cores idle
+    seen = []
+
+    class Done:
+        def __init__(self, command, env, start_new_session):
+            seen.append((env.get("OMP_NUM_THREADS"), start_new_session))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", Done)
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert distributed.run_torchrun(["torchrun"], nproc=4) == (0, [])
+    assert distributed.run_torchrun(["torchrun"], nproc=32) == (0, [])  # at least one thread
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    distributed.run_torchrun(["torchrun"], nproc=4)
+    assert seen == [("4", True), ("1", True), ("3", True)]
+
+
+def test_rank_0_removes_the_parts_a_killed_run_with_more_processes_left(tmp_path, monkeypatch):
+    parts = tmp_path / "parts" / "detect"
+    parts.mkdir(parents=True)
+    stale = pd.DataFrame({"video_id": ["old"], "boxes": [9]})
+    for name in ("detect-00002.parquet", "detect-00003.parquet", "detect-videos-00002.parquet"):
+        stale.to_parquet(parts / name)
+    (parts / "notes.txt").write_text("not a part")
+    monkeypatch.setattr(distributed, "barrier", lambda: None)
+    table = pd.DataFrame({"video_id": ["a"], "boxes": [1]})
+    table.to_parquet(parts / "detect-00001.parquet")  # rank 1's part of this run
+    got = distributed.gather_tables(table, parts, "detect", World(rank=0, size=2))
+    assert len(got) == 2 and all(part.equals(table) for part in got)  # the stale parts are not read
+    assert sorted(p.name for p in parts.iterdir()) == ["detect-videos-00002.parquet", "notes.txt"]
 
 
 @pytest.fixture(scope="module")
@@ -253,11 +300,11 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP", "SIGINT"])
 def test_sigterm_to_the_stage_stops_torchrun_and_its_workers_and_writes_nothing(project, tmp_path, signum):
-    """`kill` (or a scheduler) sends SIGTERM to the stage's process alone, a closed terminal SIGHUP; torchrun
-    runs in a session of its own, so the stage hands the signal on, and no worker is left running to write
-    the outputs later."""
+    """`kill` (or a scheduler) sends SIGTERM to the stage's process alone, a closed terminal SIGHUP, `kill
+    -INT` or a Ctrl-C that reaches the stage alone SIGINT; torchrun runs in a session of its own, so the
+    stage hands the signal on, and no worker is left running to write the outputs later."""
     import signal
     import time
 
@@ -294,9 +341,8 @@ def test_sigterm_to_the_stage_stops_torchrun_and_its_workers_and_writes_nothing(
         if stage.poll() is None:
             stage.kill()
     assert stage.returncode == 128 + signum, err[-3000:]
-    assert (
-        err.strip().splitlines()[-1].startswith(f"train: terminated ({signum.name}); nothing it was writing")
-    )
+    how = "interrupted" if signum == signal.SIGINT else f"terminated ({signum.name})"
+    assert err.strip().splitlines()[-1].startswith(f"train: {how}; nothing it was writing")
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -331,3 +377,28 @@ def test_a_missing_input_is_one_line_before_torchrun_starts(project, tmp_path, s
     assert lines == [
         f"{stage}: error: {missing}: no such file; `dvc repro {stage}` runs the stages that write it"
     ]
+
+
+def test_only_the_first_machine_records_the_stage_time(monkeypatch, tmp_path):
+    # on a folder shared by every machine, a second machine's launcher would overwrite (or remove, as an
+    # unfinished temporary) the first one's metrics/timings file
+    from transmodal.stage import other_machine, run_stage
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["compute"]["nnodes"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    timings = tmp_path / "metrics" / "timings" / "prepare.json"
+    for node_rank, written in (("1", False), ("0", True)):
+        monkeypatch.setenv("NODE_RANK", node_rank)
+        run_stage("prepare", lambda params: None)
+        assert timings.exists() is written
+    params = {"compute": {"nproc": 1, "nnodes": 2}}
+    for node_rank, other in (("0", False), ("00", False), ("1", True), (" 3 ", True)):
+        monkeypatch.setenv("NODE_RANK", node_rank)
+        assert other_machine(params) is other
+    assert not other_machine(
+        {"compute": {"nproc": 1, "nnodes": 1}}
+    )  # NODE_RANK left over from a job: one machine
+    monkeypatch.delenv("NODE_RANK")
+    assert not other_machine(params)

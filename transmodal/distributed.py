@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,11 +61,19 @@ def torchrun_command(cfg: ComputeConfig, argv: list[str]) -> list[str]:
                 f"params.yaml: compute.nnodes is {cfg.nnodes}; set {', '.join(missing)} in the environment of "
                 'every machine (README, "Several processes")'
             )
+        node_rank, port = os.environ["NODE_RANK"].strip(), os.environ["MASTER_PORT"].strip()
+        if not node_rank.isdigit() or int(node_rank) >= cfg.nnodes:
+            raise ParamError(
+                f"NODE_RANK is {node_rank!r} in the environment, but params.yaml: compute.nnodes is {cfg.nnodes}; "
+                f"give each machine its own NODE_RANK from 0 to {cfg.nnodes - 1} (0 on MASTER_ADDR's)"
+            )
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ParamError(f"MASTER_PORT is {port!r} in the environment; set a free TCP port (1-65535)")
         command += [
             f"--nnodes={cfg.nnodes}",
-            f"--node_rank={os.environ['NODE_RANK']}",
-            f"--master_addr={os.environ['MASTER_ADDR']}",
-            f"--master_port={os.environ['MASTER_PORT']}",
+            f"--node_rank={int(node_rank)}",
+            f"--master_addr={os.environ['MASTER_ADDR'].strip()}",
+            f"--master_port={int(port)}",
         ]
     return [*command, *argv]
 
@@ -89,7 +98,12 @@ def launch(
     if received and returncode != 0:  # torchrun stopped its workers: nothing of the stage was written
         raise Interrupted(received[0])
     if returncode != 0:
-        print(f"{stage}: error: a torchrun worker failed (exit code {returncode}; its error is above)",
+        meet = (
+            ""
+            if cfg.nnodes == 1
+            else "; if no worker started, check that every machine reaches MASTER_ADDR:MASTER_PORT"
+        )
+        print(f"{stage}: error: torchrun or one of its workers failed (exit code {returncode}; the error is above{meet})",
               file=sys.stderr)  # fmt: skip
         sys.exit(returncode if 0 < returncode < 128 else 1)
     return True
@@ -184,7 +198,8 @@ def gather_tables(table, parts_dir, name: str, world: World):
     """Every rank's ``table`` (a DataFrame), in rank order, on rank 0 (None on the others).
 
     Each rank writes ``parts_dir/<name>-<rank>.parquet`` atomically; after a barrier rank 0 reads them all
-    and removes them (and the folder, once empty), and a second barrier holds the other ranks until it has:
+    and removes them (with any part of a rank a killed run with more processes left; then the folder, once
+    empty), and a second barrier holds the other ranks until it has:
     a rank's next gather would otherwise write its part into the folder rank 0 is removing. A rank that
     failed before writing never reaches the barrier, and torchrun stops the rest: nothing is merged."""
     from pathlib import Path
@@ -200,8 +215,10 @@ def gather_tables(table, parts_dir, name: str, world: World):
     if world.is_main:
         paths = [parts / f"{name}-{rank:05d}.parquet" for rank in range(world.size)]
         tables = [pd.read_parquet(path) for path in paths]
-        for path in paths:
-            path.unlink()
+        # this run's parts, and those of ranks a killed run with more processes left behind
+        for path in parts.glob(f"{name}-*.parquet"):
+            if re.fullmatch(rf"{re.escape(name)}-\d{{5}}\.parquet", path.name):
+                path.unlink()
         for folder in (parts, parts.parent):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty

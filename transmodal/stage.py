@@ -154,5 +154,16 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     seconds = time.perf_counter() - start
     if is_worker():  # a torchrun worker: the process that launched the workers reports
         return
-    write_json({"stage": name, "seconds": round(seconds, 2)}, TIMINGS_DIR / f"{name}.json")
+    if not other_machine(params):  # as the outputs, from the first machine only (a shared folder has one)
+        write_json({"stage": name, "seconds": round(seconds, 2)}, TIMINGS_DIR / f"{name}.json")
     print(f"{name}: done in {seconds:.1f} s", file=sys.stderr)
+
+
+def other_machine(params: dict) -> bool:
+    """Whether this process launched a stage's workers on a machine other than the first of several
+    (``compute.nnodes`` > 1 and NODE_RANK > 0): rank 0, which writes the outputs, runs on the first."""
+    nnodes = (params.get("compute") or {}).get("nnodes", 1)
+    node_rank = os.environ.get("NODE_RANK", "0").strip()
+    return (
+        nnodes > 1 and node_rank.isdigit() and int(node_rank) > 0
+    )  # "00" is the first, as torchrun reads it
