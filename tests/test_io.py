@@ -195,3 +195,13 @@ def test_a_stage_stopped_otherwise_removes_its_temporaries_in_one_line(
     assert stopped.value.code == code
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_error_on_the_temporary_names_the_output(tmp_path):
+    # "Is a directory: /x/.out.json.9cdc8f21d573.tmp" named a file the user never asked for
+    folder = tmp_path / "out.json"
+    folder.mkdir()
+    with pytest.raises(OSError) as error:
+        write_json({"a": 1}, folder)
+    assert error.value.filename == str(folder) and ".tmp" not in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # and no temporary left

@@ -347,6 +347,134 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(model_dir, camera_video, tmp_
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("command", "outputs", "message"),
+    [
+        ("predict", lambda t, v: ["--out", str(v)], "--out {v} is the input video"),
+        ("predict", lambda t, v: ["--json", str(v)], "--json {v} is the input video"),
+        (
+            "predict",
+            lambda t, v: ["--json", str(t / "a.mp4"), "--out", str(t / "a.mp4")],
+            "is also --json's file",
+        ),
+        (
+            "predict",
+            lambda t, v: ["--json", str(t / "a.json"), "--out", str(t / "a.mkv")],
+            "use a .mp4 or .avi",
+        ),
+        ("predict", lambda t, v: ["--out", str(_folder(t / "d.mp4"))], "is a folder; give a file name"),
+        ("predict", lambda t, v: ["--json", str(_write(t / "f", b"") / "x.json")], "is a file, not a folder"),
+        ("explain", lambda t, v: ["--out", str(t / "heat.pdf")], "--out {t}/heat.pdf: use a .png file name"),
+        (
+            "explain",
+            lambda t, v: ["--out", str(t / "h.png"), "--pose-out", str(t / "h.png")],
+            "is also --out's",
+        ),
+    ],
+)
+def test_outputs_that_would_replace_the_video_or_each_other_are_refused_before_any_work(
+    model_dir, camera_video, tmp_path, capsys, monkeypatch, command, outputs, message
+):
+    """Found after the whole chain (or never: `--out VIDEO` replaced the user's video, exit 0)."""
+    import transmodal.predict as predict
+
+    video = tmp_path / "mine.avi"
+    video.write_bytes(camera_video.read_bytes())
+    before = video.read_bytes()
+    monkeypatch.setattr(predict, "predict_video", lambda *a, **k: pytest.fail("the chain ran"))
+    argv = [command, str(video), "--model", str(model_dir), *outputs(tmp_path, video)]
+    if command == "explain" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "heat.png")]
+    code, out, err = run(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert message.format(t=tmp_path, v=video) in err
+    assert video.read_bytes() == before and not (tmp_path / "a.json").exists()
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def test_an_annotated_video_that_came_out_incomplete_is_not_kept(
+    model_dir, camera_video, tmp_path, capsys, monkeypatch
+):
+    # OpenCV's writer reports no failed write: on a full disk an MP4 without its index, or an empty AVI,
+    # was renamed into place as the finished video, exit 0
+    import transmodal.predict as predict
+
+    real = predict.cv2.VideoWriter
+
+    class FullDisk:
+        def __init__(self, *args):
+            self.writer, self.count = real(*args), 0
+
+        def isOpened(self):  # noqa: N802 (OpenCV's name)
+            return self.writer.isOpened()
+
+        def write(self, image):
+            self.count += 1
+            if self.count <= 3:  # then the disk is full: the frames are lost, silently
+                self.writer.write(image)
+
+        def release(self):
+            self.writer.release()
+
+    monkeypatch.setattr(predict.cv2, "VideoWriter", FullDisk)
+    out_video = tmp_path / "annotated.avi"
+    code, out, err = run(
+        ["predict", str(camera_video), "--model", str(model_dir), "--out", str(out_video)], capsys
+    )
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "incomplete (a full disk?)" in err and str(out_video) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the video nor its temporary
+
+
+def test_a_model_folder_finds_its_project_s_checkpoints_from_any_folder(
+    model_dir, camera_video, tiny_checkpoints, tmp_path, capsys, monkeypatch
+):
+    # the train stage records the checkpoints as params.yaml names them, models/tiny/... relative to the
+    # project: predict from another folder failed with "params.yaml: detect.checkpoint ... not a folder"
+    project = tmp_path / "project"
+    for name, key in (("detector", "detector"), ("pose", "pose"), ("backbone", "backbone")):
+        (project / "models" / "tiny").mkdir(parents=True, exist_ok=True)
+        (project / "models" / "tiny" / name).symlink_to(tiny_checkpoints[key])
+
+    def relative(config):
+        config["pipeline"]["detect"]["checkpoint"] = "models/tiny/detector"
+        config["pipeline"]["pose"]["checkpoint"] = "models/tiny/pose"
+        config["backbone"]["checkpoint"] = "models/tiny/backbone"
+
+    model = _broken_model(model_dir, tmp_path, _edit_config(relative))
+    (project / "models" / "transmodal").symlink_to(model)  # the folder the train stage wrote
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run(
+        ["predict", str(camera_video), "--model", str(project / "models" / "transmodal")], capsys
+    )
+    assert code == 0, err
+    code, out, err = run(
+        [
+            "predict",
+            str(camera_video),
+            "--model",
+            str(project / "models" / "transmodal"),
+            "--pose-model",
+            "no/such-dir/x",
+        ],
+        capsys,
+    )
+    assert code == 2 and err.startswith("transmodal predict: error: --pose-model is 'no/such-dir/x'"), err
+    code, out, err = run(["predict", str(camera_video), "--model", str(model)], capsys)  # outside the project
+    assert (
+        code == 2
+        and "the detect checkpoint " in err
+        and "config.json records is 'models/tiny/detector'" in err
+    )
+    assert "params.yaml" not in err
+
+
 def test_explain_keeps_only_the_windows_it_may_draw(model_dir, tmp_path):
     """explain on a video scored in segments: it holds the tokens and crops of each class's surest window
     only, draws the one of the video's label (the window argmax over all of them picks), and gets the
@@ -749,14 +877,15 @@ def test_what_the_decoding_found_odd_is_said_and_the_annotated_video_plays_at_a_
     class HeaderRate:  # the file's header says 90000 fps (OpenCV's writer caps what it writes), and the
         # count its duration gives at that rate: an absurd rate's count is not refused as too many frames
         def __init__(self, path, *args):
-            self.capture = opened(path, *args)
+            self.capture, self.source = opened(path, *args), str(path) == str(fast)
 
         def __getattr__(self, name):
             return getattr(self.capture, name)
 
         def get(self, prop):
             absurd = {cv2.CAP_PROP_FPS: 90000.0, cv2.CAP_PROP_FRAME_COUNT: 72_000_000.0}
-            return absurd.get(prop, self.capture.get(prop))
+            # that video's header only: the annotated video written from it is read back as it is
+            return absurd.get(prop, self.capture.get(prop)) if self.source else self.capture.get(prop)
 
     monkeypatch.setattr(frames.cv2, "VideoCapture", HeaderRate)
     prediction, _ = predict_video(fast, model_dir, device="cpu", progress=False)

@@ -150,3 +150,28 @@ def test_a_preset_that_changes_a_checkpoint_drops_the_old_ones_revision(tmp_path
     assert "backbone.revision" in changed and after["backbone"]["revision"] is None
     # the preset names the same pose checkpoint: its pinned revision stays
     assert "pose.revision" not in changed and after["pose"]["revision"] == "f" * 40
+
+
+def test_a_params_file_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    # ruamel's syntax error was a traceback (exit code 1)
+    target = tmp_path / "params.yaml"
+    target.write_text("data:\n  root: data/synthetic\n   split: paper\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["preset", "paper-kth", "--params", str(target)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"transmodal preset: error: {target}, line 3: not valid YAML (")
+
+
+def test_a_preset_is_found_from_another_folder(tmp_path, monkeypatch):
+    # the presets were looked for in the working folder only: `--params` from elsewhere found none
+    target = tmp_path / "project" / "params.yaml"
+    target.parent.mkdir()
+    target.write_text((REPO_ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    main(["preset", "paper-kth", "--params", str(target)])  # this checkout's params/
+    assert yaml.safe_load(target.read_text())["train"]["epochs"] == 100
+    (target.parent / "params").mkdir()  # the project's own presets, beside its params.yaml, come first
+    (target.parent / "params" / "paper-kth.yaml").write_text("train:\n  epochs: 7\n")
+    main(["preset", "paper-kth", "--params", str(target)])
+    assert yaml.safe_load(target.read_text())["train"]["epochs"] == 7

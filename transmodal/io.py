@@ -102,13 +102,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(path)
-    tmp = _new_temporary(path, directory=False)
+    with _named_as(path):
+        tmp = _new_temporary(path, directory=False)
     try:
-        tmp.chmod(0o666 & ~UMASK)  # 0600 would hide the output from the group (a shared project)
-        yield tmp
-        os.replace(tmp, path)
+        with _named_as(path, tmp):
+            tmp.chmod(0o666 & ~UMASK)  # 0600 would hide the output from the group (a shared project)
+            yield tmp
+            os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+@contextlib.contextmanager
+def _named_as(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """An error of the file system on the temporary (``.x.json.<hex>.tmp``; no permission, a folder of that
+    name, a full disk) names the output it stands for, which the user asked for and can act on."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None and (
+            (tmp is not None and Path(err.filename) == tmp)
+            or Path(err.filename).name.startswith(f".{path.name}.")
+        ):
+            err.filename = str(path)
+        if err.filename2 is not None and tmp is not None and Path(err.filename2) == tmp:
+            err.filename2 = str(path)
+        raise
 
 
 @contextlib.contextmanager

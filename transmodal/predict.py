@@ -28,6 +28,7 @@ is cropped on the whole frame (the pipeline's fallback box), also said.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import math
@@ -155,7 +156,7 @@ class ModelFolder:
         self._note_source(stage, recorded, checkpoint)
         recorded.update(
             source="model",
-            checkpoint=checkpoint or recorded["checkpoint"],
+            checkpoint=checkpoint or self.local(recorded["checkpoint"]),
             revision=None if checkpoint else recorded.get("revision"),
             device=device,
         )
@@ -168,12 +169,24 @@ class ModelFolder:
         keep = {key: recorded[key] for key in ("keep", "keep_margin", "keep_by") if key in recorded}
         precision = HALF_PRECISIONS.get(recorded.get("model_dtype", "float32"), "fp32")
         return BackboneConfig(
-            checkpoint=recorded["checkpoint"],
+            checkpoint=self.local(recorded["checkpoint"]),
             revision=self.backbone_revision(),
             device=device,
             precision=precision,
             **keep,
         )
+
+    def local(self, checkpoint: str) -> str:
+        """A recorded checkpoint that is a folder relative to the project the model was trained in
+        (``models/tiny/detector``), found from any working folder: as recorded when the working folder
+        holds it (the project itself), else in the first folder up from the model folder that does;
+        otherwise as recorded (a hub id, or a path that is not here)."""
+        if Path(checkpoint).is_absolute() or Path(checkpoint).is_dir():
+            return checkpoint
+        for base in (*self.path.absolute().parents, *self.path.resolve().parents):
+            if (base / checkpoint / "config.json").is_file():
+                return str(base / checkpoint)
+        return checkpoint
 
     def backbone_revision(self) -> str | None:
         """The hub commit the training features were made with when this machine's cache holds it (the same
@@ -896,11 +909,24 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
         )
     try:
         draw = _Annotator(prediction)
+        written = 0
         for position, frame, count in kept_frames(prediction):
             image = draw(position, frame)  # a kept frame that fills several samples is drawn once
             for _ in range(count):
                 writer.write(image)
+            written += count
         writer.release()
+        # OpenCV's writer reports no failed write: a full disk left an MP4 without its index, or an empty AVI
+        with _stderr_silenced():
+            check = cv2.VideoCapture(str(tmp))
+            readable = check.isOpened() and int(check.get(cv2.CAP_PROP_FRAME_COUNT)) == written
+            check.release()
+        if not readable:
+            raise OSError(
+                errno.EIO,
+                "the annotated video came out incomplete (a full disk?), so it was not kept",
+                str(out),
+            )
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -1030,10 +1056,23 @@ def _predict_from_args(args, explain: bool = False) -> tuple[Prediction, object]
                 window=getattr(args, "window", None),
             )
     except (ParamError, CheckpointError) as err:
-        raise PredictError(str(err)) from None
+        raise PredictError(_named_for_the_command(str(err), args)) from None
     for note in prediction.notes:
         print(f"note: {note}")
     return prediction, model
+
+
+def _named_for_the_command(message: str, args) -> str:
+    """A checkpoint error as the command's: the flag that gave the checkpoint, or the model folder that
+    recorded it, where the shared loading code names a params.yaml key predict never reads."""
+    flags = {"detect": ("--detector", args.detector), "pose": ("--pose-model", args.pose_model)}
+    for section in ("detect", "pose", "backbone"):
+        prefix = f"params.yaml: {section}.checkpoint"
+        if message.startswith(prefix):
+            flag, given = flags.get(section, (None, None))
+            where = flag if given else f"the {section} checkpoint {Path(args.model) / 'config.json'} records"
+            return where + message[len(prefix) :]
+    return message
 
 
 @contextlib.contextmanager
@@ -1051,10 +1090,45 @@ def _loading_bars(shown: bool):
             hf_logging.enable_progress_bar()
 
 
+def check_outputs(video: str, outputs: dict[str, str | None], suffixes: dict[str, tuple[str, ...]]) -> None:
+    """Refuse, before any work, an output (``{flag: path}``) that would replace the input video or another
+    output, has a suffix the command does not write (``suffixes[flag]``), is a folder, or lies where
+    nothing can be written: found after the whole chain, each lost the run's work (and the first two the
+    user's file)."""
+    given: dict[str, str] = {}
+    for flag, out in outputs.items():
+        if out is None:
+            continue
+        path = Path(out)
+        allowed = suffixes.get(flag)
+        if allowed and path.suffix.lower() not in allowed:
+            raise PredictError(f"{flag} {out}: use a {' or '.join(allowed)} file name")
+        real = os.path.realpath(path)
+        if real == os.path.realpath(video):
+            raise PredictError(f"{flag} {out} is the input video; give the output another name")
+        if real in given:
+            raise PredictError(f"{flag} {out} is also {given[real]}'s file; give each output its own name")
+        given[real] = flag
+        if path.is_dir():
+            raise PredictError(f"{flag} {out} is a folder; give a file name")
+        folder = path.absolute().parent
+        while not folder.exists():  # created on writing
+            folder = folder.parent
+        if not folder.is_dir():
+            raise PredictError(f"{flag} {out}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PredictError(f"{flag} {out}: cannot write in {folder} (permission denied)")
+
+
 def run_explain(args) -> int:
     """The ``transmodal explain`` command: Figure 4 (and, with --pose-out, Figure 3) for one window."""
     from transmodal.training.figures import plot_explanation, plot_pose_track
 
+    check_outputs(
+        args.video,
+        {"--out": args.out, "--pose-out": args.pose_out},
+        {"--out": (".png",), "--pose-out": (".png",)},
+    )
     if args.window is not None and args.window < 0:
         raise PredictError(f"--window is {args.window}; it must be at least 0")
     prediction, model = _predict_from_args(args, explain=True)
@@ -1088,6 +1162,7 @@ def run_predict(args) -> int:
     """The ``transmodal predict`` command; returns the exit code."""
     from transmodal.io import write_json
 
+    check_outputs(args.video, {"--json": args.json, "--out": args.out}, {"--out": tuple(WRITERS)})
     prediction, _ = _predict_from_args(args)
     summary = prediction.summary()
     print(

@@ -20,6 +20,20 @@ def available(presets_dir: Path = PRESETS_DIR) -> list[str]:
     return sorted(path.stem for path in Path(presets_dir).glob("*.yaml"))
 
 
+def presets_dir_for(name: str, params_path: Path) -> Path:
+    """Where preset ``name`` is: ``params/`` beside the params file, else in the working folder, else in this
+    project's checkout (``transmodal preset`` run from another folder with ``--params``)."""
+    folders = [
+        Path(params_path).parent / PRESETS_DIR,
+        PRESETS_DIR,
+        Path(__file__).resolve().parents[1] / PRESETS_DIR,
+    ]
+    for folder in folders:
+        if (folder / f"{name}.yaml").is_file():
+            return folder
+    return next((folder for folder in folders if folder.is_dir()), PRESETS_DIR)
+
+
 def _merge(target, overrides, where: str) -> list[str]:
     """Set every leaf of ``overrides`` in ``target`` (ruamel maps, comments kept); returns the dotted keys."""
     changed = []
@@ -41,13 +55,15 @@ def _merge(target, overrides, where: str) -> list[str]:
 
 
 def apply_preset(
-    name: str, params_path: Path = Path("params.yaml"), presets_dir: Path = PRESETS_DIR
+    name: str, params_path: Path = Path("params.yaml"), presets_dir: Path | None = None
 ) -> list[str]:
-    """Merge the preset into ``params_path``; returns the keys whose value changed."""
+    """Merge the preset into ``params_path``; returns the keys whose value changed. ``presets_dir`` None:
+    :func:`presets_dir_for`."""
     from ruamel.yaml import YAML
 
     from transmodal.params import section
 
+    presets_dir = presets_dir_for(name, params_path) if presets_dir is None else Path(presets_dir)
     path = Path(presets_dir) / f"{name}.yaml"
     if not path.is_file():
         raise ParamError(
@@ -56,8 +72,8 @@ def apply_preset(
     yaml = YAML()  # round-trip: comments and key order survive
     yaml.width = 4096  # a long line stays one line
     yaml.Representer = _representer()  # `key: null` stays so, not `key:`
-    params = yaml.load(Path(params_path).read_text())
-    preset = yaml.load(path.read_text()) or {}
+    params = _load(yaml, Path(params_path))
+    preset = _load(yaml, path) or {}
     changed = _merge(params, preset, "")
     plain = YAML(typ="safe").load(_dump(yaml, params))
     for name_ in SECTIONS:
@@ -65,6 +81,19 @@ def apply_preset(
             section(plain, name_)
     write_text(_dump(yaml, params), params_path)
     return changed
+
+
+def _load(yaml, path: Path):
+    """A YAML file read round-trip; a syntax error is one line naming the file and the line."""
+    from ruamel.yaml import YAMLError
+
+    try:
+        return yaml.load(path.read_text())
+    except YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+        raise ParamError(f"{where}: not valid YAML ({problem})") from None
 
 
 def not_ready(params: dict, project: Path = Path(".")) -> list[str]:
