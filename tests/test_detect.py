@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -309,6 +310,32 @@ def test_low_score_boxes_extend_a_track_and_start_none():
     ]
     detected = track_video([b for b, _ in high], [s for _, s in high], kept, cfg, frame_rate=12.5)
     assert len(detected) == 8 and not set(detected["frame_idx"]) & {8, 10, 12, 14}
+
+
+def test_the_high_box_split_and_the_track_start_are_two_params():
+    """detect.score_threshold splits ByteTrack's high boxes from its low ones and detect.track_activation_threshold
+    is what an unmatched high box needs to start a track: swapped, or one standing for both, the paper
+    presets' values (or a user's) would do something else than they say."""
+    from transmodal.vision.track import make_tracker
+
+    cfg = DetectConfig(
+        source="model", score_threshold=0.4, low_score_threshold=0.1, track_activation_threshold=0.8,
+        minimum_consecutive_frames=1, minimum_matching_threshold=0.7,
+    )  # fmt: skip
+    tracker = make_tracker(cfg, frame_rate=12.5)
+    assert (tracker.high_conf_det_threshold, tracker.track_activation_threshold) == (0.4, 0.8)
+    assert tracker.minimum_iou_threshold == pytest.approx(0.3)
+    kept = np.arange(0, 16, 2)
+    walker = [np.array([[10.0 + 2 * t, 20, 40 + 2 * t, 100]], np.float32) for t in range(8)]
+    still = np.array([[120, 10, 150, 50]], np.float32)  # high (0.6 >= 0.4) but below 0.8 throughout
+    boxes = [np.concatenate([box, still]) for box in walker]
+    # the walker starts at 0.9, then scores 0.6 (high, below the start's 0.8) and 0.2 (low)
+    scores = [np.array([0.9 if t < 2 else 0.6 if t < 5 else 0.2, 0.6], np.float32) for t in range(8)]
+    detected = track_video(boxes, scores, kept, cfg, frame_rate=12.5)
+    assert detected["track_id"].nunique() == 1 and len(detected) == 8  # the walker in every frame
+    assert (detected["x1"] < 100).all()  # the still box never started one
+    started = track_video(boxes, scores, kept, replace(cfg, track_activation_threshold=0.5), frame_rate=12.5)
+    assert started["track_id"].nunique() == 2  # at 0.5 the still box's 0.6 starts its own
 
 
 def test_low_score_threshold_is_checked_against_score_threshold():
