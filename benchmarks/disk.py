@@ -48,6 +48,7 @@ Runs in about 3 minutes on 2 CPU cores (most of it the 20 VideoMAE-B forwards). 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -379,6 +380,12 @@ def measure_features(label: str, measured: dict, work: Path, params: dict, check
         tokens = f.get_tensor(TOKENS_KEY)
     assert tokens.shape == (n, groups, patches, hidden) and tokens.dtype == np.float16
     assert shard_bytes == n * payload + header and summary["shards"] == 1, "shard is not G*P*D*2 + header"
+    recomputed = out / "recompute"  # backbone.store: recompute: the same clips, no grids
+    build_features(
+        index, measured["store"], measured["tracks_frame"], measured["keypoints_frame"],
+        section(params, "clips"), dataclasses.replace(backbone, store="recompute"), recomputed / "features",
+        recomputed / "clips.parquet", progress=False,
+    )  # fmt: skip
     return {
         "label": label,
         "videos": list(index["video_id"]),
@@ -390,6 +397,7 @@ def measure_features(label: str, measured: dict, work: Path, params: dict, check
         "per_clip": shard_bytes / n,
         "equals_grid_plus_header": True,
         "backbone_json_bytes": tree_bytes(out / "features" / BACKBONE_FILE),
+        "recompute_features_bytes": tree_bytes(recomputed / "features"),  # backbone.json alone
         "clips_per_shard": backbone.clips_per_shard,
         "seconds": seconds,
         "seconds_per_clip": seconds / n,
@@ -471,6 +479,9 @@ def extrapolate(measured: dict[str, dict], real: list[dict], params: dict) -> di
         out["total"] = sum(v for k, v in out.items() if k != "frames_raw_rgb")
         out["total_frames_source"] = (
             out["total"] - out["frames"] + m["frames"]["source_store_per_video"] * videos
+        )
+        out["total_recompute"] = (  # frames.store: source and backbone.store: recompute
+            out["total_frames_source"] - features + real[0]["recompute_features_bytes"]
         )
         out["features_compressed"] = features / best_ratio
         rows[name] = {"counts": counts, "bytes": out}
@@ -589,11 +600,12 @@ def report(measured: dict[str, dict], real: list[dict], extra: dict, args, secon
         "## Extrapolated to the real datasets (decimal GB; frames by kept frames, features by clips)",
         "",
         "| dataset | videos | kept frames | clips | index | frames | (raw RGB) | tracks | keypoints | clips.parquet "
-        f"| features | total | total, frames.store: source | features {extra['best_codec']} |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| features | total | total, frames.store: source | and backbone.store: recompute "
+        f"| features {extra['best_codec']} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = ("index", "frames", "frames_raw_rgb", "tracks", "keypoints", "clips", "features", "total",
-            "total_frames_source", "features_compressed")  # fmt: skip
+            "total_frames_source", "total_recompute", "features_compressed")  # fmt: skip
     for name, row_ in extra["datasets"].items():
         c, v = row_["counts"], row_["bytes"]
         lines.append(

@@ -59,6 +59,10 @@ def test_disk_benchmark_measures_every_output_and_extrapolates_by_clips_and_fram
     ucf = report["extrapolated"]["datasets"]["UCF101"]
     per_clip = report["features_real_size"][-1]["per_clip"]
     assert ucf["bytes"]["features"] == pytest.approx(ucf["counts"]["clips"] * per_clip, rel=1e-3)
+    # backbone.store: recompute keeps backbone.json alone: UCF101 split 1's derived data, tables, under 1 GB
+    recompute = report["features_real_size"][0]["recompute_features_bytes"]
+    assert 0 < recompute < 10_000
+    assert ucf["bytes"]["total_recompute"] < 1e9 < 64e9 < ucf["bytes"]["total_frames_source"]
     assert "| UCF101" in done.stdout
 
 

@@ -134,7 +134,7 @@ def test_the_closure_follows_imports_inside_functions_and_package_inits(tmp_path
     an import inside a function counts; a folder dep is its .py files; an __init__ without code is left out."""
     closure = import_closure(REPO_ROOT / "stages" / "train.py")
     assert {"transmodal/model/__init__.py", "transmodal/model/selector.py", "transmodal/params.py"} <= closure
-    assert "transmodal/features/cache.py" in closure and "transmodal/features/store.py" not in closure
+    assert "transmodal/features/cache.py" in closure and "transmodal/vision/detect.py" not in closure
     assert not has_code(REPO_ROOT / "transmodal" / "features" / "__init__.py")
     assert "transmodal/features/__init__.py" not in closure  # runs, but holds only a docstring
     script = tmp_path / "lazy.py"

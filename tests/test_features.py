@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -162,7 +163,7 @@ def backbone_cfg(world: dict, **overrides) -> BackboneConfig:
     return BackboneConfig(**(settings | overrides))
 
 
-def build(world: dict, name: str) -> tuple[dict, Path, Path]:
+def build(world: dict, name: str, **overrides) -> tuple[dict, Path, Path]:
     features_dir, clips_path = world["root"] / name / "features", world["root"] / name / "clips.parquet"
     summary = build_features(
         world["index"],
@@ -170,7 +171,7 @@ def build(world: dict, name: str) -> tuple[dict, Path, Path]:
         world["tracks"],
         world["keypoints"],
         world["clips_cfg"],
-        backbone_cfg(world),
+        backbone_cfg(world, **overrides),
         features_dir,
         clips_path,
         progress=False,
@@ -617,6 +618,98 @@ def test_reader_tokens_for_arbitrary_rows_across_shards(built):
     assert tokens.shape == (6, 8, 16, 64) and torch.equal(tokens, everything[rows])
     assert store.tokens([]).shape == (0, 8, 16, 64)
     assert not torch.equal(everything[0], everything[1])  # distinct clips give distinct grids
+
+
+def test_recomputed_tokens_equal_the_cached_ones(world, built):
+    """backbone.store: recompute keeps no grid on disk and encodes the rows asked for again, giving the
+    cached tokens: the clip table is the cached run's but for the shard and offset columns (-1)."""
+    summary, features_dir, clips_path = build(world, "recomputed", store="recompute")
+    assert [p.name for p in features_dir.iterdir()] == ["backbone.json"]
+    assert (summary["store"], summary["shards"], summary["clips"]) == (
+        "recompute",
+        0,
+        built["summary"]["clips"],
+    )
+    cached, recomputed = built["store"], FeatureStore(features_dir, clips_path)
+    assert recomputed.recomputed and not cached.recomputed
+    assert recomputed.grid == cached.grid and recomputed.class_names == cached.class_names
+    same = [c for c in cached.clips.columns if c not in ("shard", "offset")]
+    pd.testing.assert_frame_equal(recomputed.clips[same], cached.clips[same])
+    assert (recomputed.clips[["shard", "offset"]] == -1).all().all()
+    rows = [5, 0, 3, 4, 4, 1]  # out of order, repeated, more than a backbone batch (4)
+    assert torch.equal(recomputed.tokens(rows), cached.tokens(rows))
+    for mine, theirs in zip(recomputed.pose(rows), cached.pose(rows), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert recomputed.tokens([]).shape == (0, *cached.grid)
+
+
+def test_training_on_a_recomputed_cache_gives_the_cached_caches_model(world, built, tmp_path):
+    from transmodal.params import load_params, section
+    from transmodal.training.train import train_model
+
+    _, features_dir, clips_path = build(world, "recomputed-train", store="recompute")
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params["train"] |= {"epochs": 2, "batch_size": 2}
+    params["model"]["num_heads"] = 2
+    params["selector"]["top_k_tokens"] = 2
+    results = {}
+    for name, store in (("cached", built["store"]), ("recomputed", FeatureStore(features_dir, clips_path))):
+        results[name] = train_model(
+            store, section(params, "model"), section(params, "selector"), section(params, "train"),
+            tmp_path / name, progress=False,
+        )  # fmt: skip
+    pd.testing.assert_frame_equal(results["cached"][1], results["recomputed"][1])  # the curves
+    assert results["cached"][0] == results["recomputed"][0]
+    weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in results]
+    assert weights[0] == weights[1]
+
+
+def test_a_recomputed_cache_records_its_inputs_and_refuses_a_changed_checkpoint(world, tmp_path):
+    """backbone.json holds the SHA-256 of the frames and the checkpoint (so DVC re-runs what reads it when they
+    change), and a checkpoint whose files changed since is refused in one line."""
+    import shutil
+
+    checkpoint = tmp_path / "backbone"
+    shutil.copytree(world["checkpoint"], checkpoint)
+    _, features_dir, clips_path = build(
+        world, "recomputed-moved", store="recompute", checkpoint=str(checkpoint)
+    )
+    first = json.loads((features_dir / "backbone.json").read_text())
+    assert set(first["inputs_sha256"]) == {"frames", "checkpoint"}
+    write_backbone(checkpoint, seed=3)  # the same architecture, other weights
+    _, again_dir, _ = build(world, "recomputed-moved-again", store="recompute", checkpoint=str(checkpoint))
+    second = json.loads((again_dir / "backbone.json").read_text())
+    assert second["inputs_sha256"]["checkpoint"] != first["inputs_sha256"]["checkpoint"]
+    assert second["inputs_sha256"]["frames"] == first["inputs_sha256"]["frames"]
+    with pytest.raises(StageInputError, match=r"backbone.json: backbone.checkpoint .* \(its files changed\)"):
+        FeatureStore(features_dir, clips_path).tokens([0])
+
+
+def test_a_recomputed_cache_runs_its_backbone_where_the_head_runs(world, built, tmp_path):
+    """The features stage's backbone.device (here cuda, on a machine without one) does not decide where a
+    recomputed cache is encoded: train and evaluate say (``encode_on``); a bad recorded param is one line."""
+    _, features_dir, clips_path = build(world, "recomputed-device", store="recompute")
+    description = json.loads((features_dir / "backbone.json").read_text())
+    description["backbone_params"]["device"] = "cuda"
+    (features_dir / "backbone.json").write_text(json.dumps(description))
+    store = FeatureStore(features_dir, clips_path)
+    store.encode_on("cpu")
+    assert torch.equal(store.tokens([2, 0]), built["store"].tokens([2, 0]))
+    description["backbone_params"]["batch_size"] = 0
+    (features_dir / "backbone.json").write_text(json.dumps(description))
+    with pytest.raises(StageInputError, match=r"backbone.json: backbone.batch_size is 0.*dvc repro features"):
+        FeatureStore(features_dir, clips_path).tokens([0])
+
+
+def test_a_recomputed_cache_removes_an_interrupted_runs_shards(world):
+    """Switching to recompute after a tokens run was interrupted: its finished shards are not kept."""
+    _, features_dir, _ = build(world, "recomputed-after-partial")  # a tokens run, complete
+    leftover = features_dir.parent / ".partial" / "features" / "0123456789abcdef"
+    leftover.mkdir(parents=True)
+    (leftover / shard_name(0)).write_bytes(b"a finished shard of an interrupted run")
+    build(world, "recomputed-after-partial", store="recompute")
+    assert not (features_dir.parent / ".partial").exists()
+    assert [p.name for p in features_dir.iterdir()] == ["backbone.json"]
 
 
 def test_shard_writer_bytes_equal_save_file(tmp_path):

@@ -195,6 +195,20 @@ def test_the_cache_holds_the_kept_tokens_and_their_positions(world, kept_build):
     assert len(clips) > 4 and torch.equal(fresh, store.tokens(rows))  # the stage's batches are of 4
 
 
+def test_a_recomputed_cache_drops_the_same_patches(world, kept_build):  # noqa: F811
+    """backbone.store: recompute with keep < 1: the same kept patches, and the same tokens encoded again."""
+    from test_features import build
+
+    _, features_dir, clips_path = build(
+        world, "keep-recomputed", keep=0.5, keep_margin=0.0, store="recompute"
+    )
+    recomputed, cached = FeatureStore(features_dir, clips_path), kept_build["store"]
+    assert recomputed.recomputed and recomputed.grid == cached.grid == (8, 8, 64)
+    rows = np.arange(len(cached))[::-1]
+    np.testing.assert_array_equal(recomputed.kept_patches(rows), cached.kept_patches(rows))
+    assert torch.equal(recomputed.tokens(rows), cached.tokens(rows))
+
+
 def test_keep_one_writes_no_positions(world):  # noqa: F811
     from test_features import build
 

@@ -43,6 +43,9 @@ Choices that let the test see what it should:
   400 KB of fp16 tokens a clip instead of 16 KB, so that holding the clips' tokens stands far above the
   sampling noise. ``backbone.batch_size: 2`` keeps the features stage's pixel batches, and with them its
   noise, small.
+- ``train@recompute`` last: the features stage run again with ``backbone.store: recompute`` (no grids), then
+  the train stage, which reads the frames of its clips and encodes them every epoch; its yardstick is the
+  smaller of the frames and the train and val clips' tokens.
 - One epoch, two seeds for ``ablate@full`` (in two spawned workers, ``ablation.workers: auto``), a short
   latency measurement: the test's runtime, not its memory.
 
@@ -104,7 +107,11 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "evaluate": ("tokens", ("test",)),
     "ablate@full": ("tokens", ALL_SPLITS),
     "ablation": ("tokens", ("test",)),  # a latency batch of test clips
+    # backbone.store: recompute, measured last: the features stage planned again without grids, then
+    # train encoding its clips from the frames every epoch (it reads frames and makes tokens, as features)
+    "train@recompute": ("features", ("train", "val")),
 }
+RECOMPUTE = "train@recompute"
 
 BOUND_FRACTION = 1 / 4
 """The growth allowed from N to 4N, as a share of the data the 3N extra videos add to what the stage reads.
@@ -214,6 +221,8 @@ def measure(cmd: list[str], cwd: Path, log: Path) -> Peak:
 def _stage_cmd(project: Path, stage: str) -> list[str]:
     """The stage's command exactly as dvc.yaml gives it (``foreach`` stages: ``name@key``)."""
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    if stage == RECOMPUTE:
+        return stages["train"]["cmd"].split()
     name, _, key = stage.partition("@")
     cmd = stages[name]["do"]["cmd"].replace("${key}", key) if key else stages[name]["cmd"]
     return cmd.split()
@@ -231,10 +240,21 @@ class Project:
         for upstream in STAGES:  # run (and measure) what the stage reads first
             if upstream not in self.peaks:
                 log = self.root / f"memtest-{upstream}.log"
+                if upstream == RECOMPUTE:  # every other stage has run on the cached grids by now
+                    self.recompute_features()
                 self.peaks[upstream] = measure(_stage_cmd(self.root, upstream), self.root, log)
             if upstream == stage:
                 return self.peaks[stage]
         raise KeyError(stage)
+
+    def recompute_features(self) -> None:
+        """params.yaml's backbone.store set to recompute, and the features stage run again (not measured):
+        data/features is then backbone.json alone, and train encodes the clips it reads."""
+        params = yaml.safe_load((self.root / "params.yaml").read_text())
+        params["backbone"]["store"] = "recompute"
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        measure(_stage_cmd(self.root, "features"), self.root, self.root / "memtest-features-recompute.log")
+        assert [p.name for p in (self.root / "data/features").iterdir()] == ["backbone.json"]
 
     def frame_bytes(self) -> int:
         videos = pd.read_parquet(self.root / "data/frames/videos.parquet")

@@ -169,6 +169,21 @@ def test_frames_decoded_from_the_sources_give_the_same_derived_data(project):
     assert after["models/transmodal"] == before["models/transmodal"]
 
 
+def test_tokens_encoded_again_when_read_train_and_evaluate_the_same_model(project):
+    """backbone.store=recompute through DVC: no token grid on disk, and train and evaluate encode the clips
+    again from data/frames, giving the cached run's weights and accuracies."""
+    _reset_to_head(project)
+    cached_weights = (project / "models/transmodal/model.safetensors").read_bytes()
+    cached_eval = json.loads((project / "metrics/eval.json").read_text())
+    log = dvc(project, "exp", "run", "-S", "backbone.store=recompute", "evaluate")
+    assert "Running stage 'features'" in log and "Running stage 'evaluate'" in log
+    assert [p.name for p in (project / "data/features").iterdir()] == ["backbone.json"]
+    assert (project / "models/transmodal/model.safetensors").read_bytes() == cached_weights
+    recomputed_eval = json.loads((project / "metrics/eval.json").read_text())
+    for unit in ("clip", "sequence", "video"):
+        assert recomputed_eval[f"{unit}_accuracy"] == cached_eval[f"{unit}_accuracy"], unit
+
+
 def test_queued_sweep_runs_every_value(project):
     import time
 

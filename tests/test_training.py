@@ -75,6 +75,9 @@ class MemoryStore:
     def tokens(self, rows):
         return torch.from_numpy(self._tokens[np.asarray(rows)])
 
+    def encode_on(self, device):  # a cache of tokens: nothing to encode
+        pass
+
     def pose(self, rows):
         rows = np.asarray(rows)
         return self._xy[rows], self._score[rows], self._mask[rows]

@@ -145,6 +145,11 @@ MISTAKES = {
     "checkpoints": ("checkpoints", {"tiny.seed": -1}, "tiny.seed is -1; must be >= 0"),
     "prepare": ("prepare", {"data.dataset": "kinetics"}, "data.dataset is 'kinetics'; expected one of"),
     "frames": ("frames", {"frames.stride": 0}, "frames.stride is 0; must be >= 1"),
+    "token_store": (
+        "features",
+        {"backbone.store": "disk"},
+        "backbone.store is 'disk'; expected one of tokens, recompute",
+    ),
     "evaluate": ("evaluate", {"eval.batch_size": 0}, "eval.batch_size is 0; must be >= 1"),
 }
 

@@ -295,6 +295,7 @@ class BackboneConfig(RuntimeMixin):
     keep: float = 1.0  # share of each frame group's patch tokens the encoder sees (pose-guided dropping)
     keep_margin: float = 0.1  # the person box is dilated by this share of its larger side on each side
     keep_by: str = "box"  # box: nearest the box centre first | joints: inside the box, nearest a joint first
+    store: str = "tokens"  # tokens: cached in data/features | recompute: encoded again whenever they are read
 
     def __post_init__(self):
         s = "backbone"
@@ -305,6 +306,7 @@ class BackboneConfig(RuntimeMixin):
         _check_float(s, "keep", self.keep, 0.0, 1.0, low_open=True)
         _check_float(s, "keep_margin", self.keep_margin, 0.0, 2.0)
         _check_choice(s, "keep_by", self.keep_by, KEEP_BY)
+        _check_choice(s, "store", self.store, TOKEN_STORES)
 
     def kept_count(self, patches_per_group: int) -> int:
         """K, the patches of each frame group the encoder keeps: ``round(keep * P)`` (P itself at keep 1)."""
@@ -312,6 +314,7 @@ class BackboneConfig(RuntimeMixin):
 
 
 KEEP_BY = ("box", "joints")
+TOKEN_STORES = ("tokens", "recompute")  # backbone.store: the token grids cached | encoded again when read
 BACKBONE_KEEP_KEYS = ("backbone.keep", "backbone.keep_margin", "backbone.keep_by")
 """The backbone params an ablation variant may vary: each variant that does gets its own feature cache."""
 

@@ -104,6 +104,52 @@ class FeatureStore:
         self._shard = self.clips["shard"].to_numpy(np.int64) if len(self.clips) else np.zeros(0, np.int64)
         self._offset = self.clips["offset"].to_numpy(np.int64) if len(self.clips) else np.zeros(0, np.int64)
         self._handles: dict[int, object] = {}
+        self.recomputed = self.backbone.get("store") == "recompute"  # backbone.store: no shards
+        self._encoder = None  # (FrozenBackbone, FrameStore) once a recomputed cache is read (not thread-safe)
+        self._device: str | None = None  # where a recomputed cache's backbone runs: the head's device
+
+    def encode_on(self, device: str) -> None:
+        """Run the backbone of a recomputed cache on ``device`` (cpu | cuda: the device the head trains or is
+        evaluated on) rather than the features stage's ``backbone.device``; nothing for a cache of tokens."""
+        if self._encoder is not None and str(self._encoder[0].device.type) != device:
+            self._encoder = None
+        self._device = device
+
+    def _encode(self, rows: np.ndarray) -> torch.Tensor:
+        """The rows' token grids encoded again from their frames (``backbone.store: recompute``)."""
+        import dataclasses
+
+        from transmodal.data.frames import FrameStore
+        from transmodal.features.backbone import FrozenBackbone
+        from transmodal.features.store import encode_clips, folder_sha256
+        from transmodal.params import BackboneConfig, ParamError
+
+        if self._encoder is None:
+            source = self.directory / BACKBONE_FILE
+            try:
+                cfg = BackboneConfig(**self.backbone["backbone_params"])
+            except (ParamError, TypeError) as error:
+                # the value is backbone.json's, not params.yaml's
+                said = str(error).removeprefix("params.yaml: ")
+                raise StageInputError(f"{source}: {said}; run `dvc repro features`") from None
+            if self._device is not None:
+                cfg = dataclasses.replace(cfg, device=self._device)
+            backbone = FrozenBackbone(cfg, self.backbone["clip_length"])
+            recorded = self.backbone["inputs_sha256"]["checkpoint"]
+            if folder_sha256(Path(backbone.folder)) != recorded:
+                raise StageInputError(
+                    f"{source}: backbone.checkpoint {cfg.checkpoint!r} is not the model the features stage "
+                    "planned these clips with (its files changed); run `dvc repro features`"
+                )
+            self._encoder = backbone, FrameStore(self.backbone["frames"])
+        backbone, frames = self._encoder
+        return encode_clips(
+            backbone,
+            frames,
+            self.clips.iloc[rows],
+            self.kept_patches(rows),
+            self.backbone["backbone_params"]["batch_size"],
+        )
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -119,6 +165,8 @@ class FeatureStore:
         out = torch.empty((len(rows), *self.grid), dtype=torch.float16)
         if not len(rows):
             return out
+        if self.recomputed:
+            return self._encode(rows)
         shards, offsets = self._shard[rows], self._offset[rows]
         order = np.lexsort((offsets, shards))  # read each shard front to back
         # Split into runs of one shard and consecutive offsets; each run is one slice read.

@@ -553,12 +553,70 @@ def build_features(
     if kept is not None:
         clips[KEPT_COLUMN] = list(kept.reshape(len(clips), kept.shape[1] * kept.shape[2]))
     total = len(clips)
-    per_shard = backbone_cfg.clips_per_shard
-    clips["shard"] = (np.arange(total) // per_shard).astype(np.int32)
-    clips["offset"] = (np.arange(total) % per_shard).astype(np.int32)
+    per_shard, cached = backbone_cfg.clips_per_shard, backbone_cfg.store == "tokens"
+    place = np.arange(total) if cached else np.full(total, -1)  # no shard, no offset when recomputed
+    clips["shard"] = (place // per_shard if cached else place).astype(np.int32)
+    clips["offset"] = (place % per_shard if cached else place).astype(np.int32)
     grid = (*backbone.grid, backbone.hidden_size)  # (G, P, D)
     if timings is not None:
         timings["setup"] = time.perf_counter() - started
+    if not cached:  # backbone.store: recompute: training and evaluation encode the clips again
+        if distributed.current().is_main:
+            description = backbone.describe() | recompute_record(
+                backbone_cfg, backbone, clips_cfg, total, store
+            )
+            # an interrupted tokens run's finished shards (up to the whole cache) are not needed any more
+            Resumable(features_dir, {"store": "recompute"}).discard()
+            _publish(clips, classes, description, clips_path, features_dir, lambda tmp: None)
+        shards = 0
+    else:
+        description, shards = _encode(
+            clips, kept, clips_cfg, backbone_cfg, backbone, store, features_dir, clips_path, classes,
+            progress, timings,
+        )  # fmt: skip
+        if description is None:
+            return {}  # another process of several: rank 0 assembles the output and reports
+    seconds = time.perf_counter() - started
+    return {
+        "clips": total,
+        "clips_per_split": {
+            split: int((clips["split"] == split).sum()) for split in ("train", "val", "test")
+        },
+        "padded_clips": int(clips["padded"].sum()),
+        **sequence_coverage(index, store.videos, store.frames),
+        "clips_without_track": without_track,
+        "videos": int(clips["video_id"].nunique()),
+        "skipped_videos": len(skipped),
+        "skipped": skipped,
+        "store": backbone_cfg.store,
+        "shards": shards,
+        "grid": list(grid),
+        "checkpoint": backbone_cfg.checkpoint,
+        "device": str(backbone.device),
+        "seconds": round(seconds, 3),
+        "clips_per_s": round(total / seconds, 3) if seconds > 0 else 0.0,
+    }
+
+
+def _encode(
+    clips: pd.DataFrame,
+    kept: np.ndarray | None,
+    clips_cfg: ClipsConfig,
+    backbone_cfg: BackboneConfig,
+    backbone: FrozenBackbone,
+    store: FrameStore,
+    features_dir: Path,
+    clips_path: Path,
+    classes: list[str],
+    progress: bool,
+    timings: dict | None,
+) -> tuple[dict | None, int]:
+    """Encode the planned clips into token shards and publish the cache (``backbone.store: tokens``).
+
+    Returns backbone.json's description and the number of shards; (None, 0) in a process of several other
+    than rank 0."""
+    total, per_shard = len(clips), backbone_cfg.clips_per_shard
+    grid = (*backbone.grid, backbone.hidden_size)  # (G, P, D)
     world = distributed.current()
     parts = Resumable(
         features_dir, _resume_key(clips_cfg, backbone_cfg, backbone, store, clips), clean=world.is_main
@@ -582,10 +640,7 @@ def build_features(
     writer = ShardWriter(parts.directory, total, per_shard, grid, shards=mine)
     rows = np.concatenate([np.arange(s * per_shard, min((s + 1) * per_shard, total)) for s in mine] or [[]])
     rows = rows.astype(np.int64)
-    cores = available_cores()
-    # On the CPU the forward takes torch's threads; on an accelerator it needs about none.
-    during_forward = cores - torch.get_num_threads() if backbone.device.type == "cpu" else cores
-    share = CpuShare(cores, during_forward)
+    share = _cpu_share(backbone)
     batches = crop_batches(
         store, clips.iloc[rows], backbone.image_size, backbone_cfg.batch_size,
         backbone.host_normalizer, share, pin_memory=backbone.host_normalizer is None,
@@ -621,7 +676,7 @@ def build_features(
     if world.size > 1:
         distributed.barrier()  # every shard is written (a failed rank never gets here: no output)
         if not world.is_main:
-            return {}  # rank 0 assembles the output and reports
+            return None, 0  # rank 0 assembles the output and reports
     finishing = time.perf_counter()
     description = backbone.describe() | {
         "clip_length": clips_cfg.length,
@@ -629,10 +684,33 @@ def build_features(
         "clips_per_shard": per_shard,
         "num_shards": writer.num_shards,
     }
-    # The writes that can fail (a full disk) come before the shards are moved, so a failure keeps every
-    # finished shard for the next run; the folder is in place before clips.parquet (dvc repro removes both
-    # first, so clips.parquet never stands beside another run's shards). The staged table of a killed run is
-    # overwritten by the next one's.
+
+    def move_shards(tmp: Path) -> None:
+        for shard in range(writer.num_shards):
+            parts.move(shard_name(shard), tmp / shard_name(shard))
+
+    _publish(clips, classes, description, clips_path, features_dir, move_shards)
+    parts.discard()
+    if timings is not None:
+        timings["finish"] = time.perf_counter() - finishing
+    return description, writer.num_shards
+
+
+def _publish(
+    clips: pd.DataFrame,
+    classes: list[str],
+    description: dict,
+    clips_path: Path,
+    features_dir: Path,
+    fill: Callable[[Path], None],
+) -> None:
+    """Write clips.parquet and the features folder (backbone.json, and what ``fill`` puts in the folder's
+    temporary).
+
+    The writes that can fail (a full disk) come before the shards are moved, so a failure keeps every
+    finished shard for the next run; the folder is in place before clips.parquet (dvc repro removes both
+    first, so clips.parquet never stands beside another run's shards). The staged table of a killed run is
+    overwritten by the next one's."""
     staged = clips_path.with_name(f".{clips_path.name}.staged.tmp")
     register_unfinished(staged)
     clips.attrs[CLASS_NAMES] = classes
@@ -640,31 +718,85 @@ def build_features(
         write_parquet(clips, staged)
         with atomic_dir(features_dir) as tmp:
             write_json(description, tmp / BACKBONE_FILE)
-            for shard in range(writer.num_shards):
-                parts.move(shard_name(shard), tmp / shard_name(shard))
+            fill(tmp)
         os.replace(staged, clips_path)
     finally:
         staged.unlink(missing_ok=True)
         forget_unfinished(staged)
-    parts.discard()
-    seconds = time.perf_counter() - started
-    if timings is not None:
-        timings["finish"] = time.perf_counter() - finishing
+
+
+def recompute_record(
+    backbone_cfg: BackboneConfig,
+    backbone: FrozenBackbone,
+    clips_cfg: ClipsConfig,
+    num_clips: int,
+    store: FrameStore,
+) -> dict:
+    """backbone.json's entries for ``backbone.store: recompute``: what :class:`~transmodal.features.cache.
+    FeatureStore` needs to encode a clip again (the backbone params, the frame store's folder) and the
+    SHA-256 of what the tokens are computed from (the frame store's and the checkpoint's files; the code that
+    reads and encodes them is a dependency of the stages that read the cache), so that backbone.json, and through it whatever DVC runs on it, changes whenever
+    the tokens would."""
+    import dataclasses
+
     return {
-        "clips": total,
-        "clips_per_split": {
-            split: int((clips["split"] == split).sum()) for split in ("train", "val", "test")
+        "clip_length": clips_cfg.length,
+        "num_clips": num_clips,
+        "clips_per_shard": backbone_cfg.clips_per_shard,
+        "num_shards": 0,
+        "store": "recompute",
+        "backbone_params": dataclasses.asdict(backbone_cfg),
+        "frames": Path(store.directory).as_posix(),
+        "inputs_sha256": {
+            "frames": folder_sha256(Path(store.directory)),
+            "checkpoint": folder_sha256(Path(backbone.folder)),
         },
-        "padded_clips": int(clips["padded"].sum()),
-        **sequence_coverage(index, store.videos, store.frames),
-        "clips_without_track": without_track,
-        "videos": int(clips["video_id"].nunique()),
-        "skipped_videos": len(skipped),
-        "skipped": skipped,
-        "shards": writer.num_shards,
-        "grid": list(grid),
-        "checkpoint": backbone_cfg.checkpoint,
-        "device": str(backbone.device),
-        "seconds": round(seconds, 3),
-        "clips_per_s": round(total / seconds, 3) if seconds > 0 else 0.0,
     }
+
+
+def folder_sha256(folder: Path, pattern: str = "*") -> str:
+    """SHA-256 of the files under ``folder`` matching ``pattern``: their relative paths and contents, in sorted
+    order (a file given instead of a folder: its own)."""
+    import hashlib
+
+    folder = Path(folder)
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob(pattern) if p.is_file())
+    total = hashlib.sha256()
+    for path in files:
+        total.update(path.relative_to(folder).as_posix().encode() + b"\0" if path != folder else b"")
+        with open(path, "rb") as file:
+            total.update(hashlib.file_digest(file, "sha256").digest())
+    return total.hexdigest()
+
+
+def encode_clips(
+    backbone: FrozenBackbone, store: FrameStore, clips: pd.DataFrame, kept: np.ndarray | None, batch_size: int
+) -> torch.Tensor:
+    """The token grids (n, G, K, D) float16 of planned clip rows (crop boxes and frames from clips.parquet),
+    in their order: what the features stage caches, computed on demand (``backbone.store: recompute``).
+
+    ``kept`` (n, G, K): each clip's kept patches when ``backbone.keep`` < 1, else None."""
+    out = torch.empty((len(clips), *backbone.grid, backbone.hidden_size), dtype=torch.float16)
+    share = _cpu_share(backbone)
+    batches = crop_batches(
+        store, clips, backbone.image_size, batch_size, backbone.host_normalizer, share,
+        pin_memory=backbone.host_normalizer is None,
+    )  # fmt: skip
+    done = 0
+    with contextlib.closing(batches):
+        for pixel_values in batches:
+            n = len(pixel_values)
+            with share.forward():
+                out[done : done + n] = backbone.forward(
+                    pixel_values, None if kept is None else kept[done : done + n]
+                )
+            done += n
+    return out
+
+
+def _cpu_share(backbone: FrozenBackbone) -> CpuShare:
+    """The preprocessing's share of the cores: on the CPU the forward takes torch's threads; on an
+    accelerator it needs about none."""
+    cores = available_cores()
+    during_forward = cores - torch.get_num_threads() if backbone.device.type == "cpu" else cores
+    return CpuShare(cores, during_forward)

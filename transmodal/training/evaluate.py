@@ -111,6 +111,7 @@ def evaluate_model(
 ) -> tuple[dict, dict[str, pd.DataFrame]]:
     """Metrics on ``split`` at every unit (see :func:`evaluate_logits`) and each unit's predictions."""
     torch_device = pick_device(device)
+    store.encode_on(torch_device.type)  # backbone.store: recompute: the backbone runs where the head does
     model, config = load_checkpoint(model_dir, torch_device)
     if "threads" in config["train"]:  # the count it trained with: on the CPU the logits depend on it too
         torch.set_num_threads(config["train"]["threads"])

@@ -169,6 +169,7 @@ def train_model(
     device = pick_device(train_cfg.device)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
+    store.encode_on(device.type)  # backbone.store: recompute: the backbone runs where the head trains
     model = build_model(store, model_cfg, selector_cfg).to(device)
     train = load_split(store, "train", model_cfg.pose_scores)
     val = load_split(store, "val", model_cfg.pose_scores)
