@@ -893,10 +893,12 @@ def test_a_finished_shard_cut_short_is_encoded_again(world, built, monkeypatch):
         assert (out / "features" / name).read_bytes() == (built["dir"] / name).read_bytes(), name
 
 
-def test_the_resume_key_holds_the_device_and_dtype_the_backbone_runs_in(world):
+def test_the_resume_key_holds_the_device_and_dtype_the_backbone_runs_in(world, monkeypatch):
     """backbone.device auto and precision fp16 resolve by machine: shards made on CUDA in fp16 must not be
     finished on a CPU in fp32 under the same key."""
     from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")  # none here
 
     from transmodal.io import digest
 
@@ -908,6 +910,40 @@ def test_the_resume_key_holds_the_device_and_dtype_the_backbone_runs_in(world):
         for device, dtype in (("cpu", torch.float32), ("cuda:0", torch.float16), ("cuda:0", torch.float32))
     }  # fmt: skip
     assert len(keys) == 3
+
+
+def test_the_resume_key_holds_the_gpu_and_its_libraries_and_opencv(world, monkeypatch):
+    """A run resumed on another GPU model, CUDA or cuDNN version, or with another OpenCV (it decodes the frames
+    again from the sources) computes other bits: its key differs; on the CPU the GPU is not asked about."""
+    from types import SimpleNamespace
+
+    import cv2
+
+    from transmodal.io import digest
+
+    clips = pd.DataFrame({"clip_id": ["a"], "frame_idx": [np.arange(LENGTH)]})
+
+    def key(device: str) -> str:
+        backbone = SimpleNamespace(device=device, dtype=torch.float16, folder=world["checkpoint"])
+        return digest(
+            store_module._resume_key(world["clips_cfg"], backbone_cfg(world), backbone, world["store"], clips)
+        )
+
+    gpu = {"name": "NVIDIA H100", "cuda": "12.8", "cudnn": 91000}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu["name"])
+    monkeypatch.setattr(torch.version, "cuda", gpu["cuda"])
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: gpu["cudnn"])
+    seen = {key("cuda:0")}
+    for field, other in (("name", "NVIDIA A100"), ("cuda", "12.4"), ("cudnn", 90100)):
+        gpu[field] = other
+        monkeypatch.setattr(torch.version, "cuda", gpu["cuda"])
+        seen.add(key("cuda:0"))
+    assert len(seen) == 4
+    cpu = key("cpu")
+    gpu["name"] = "changed"  # the CPU's key does not depend on a GPU
+    assert key("cpu") == cpu
+    monkeypatch.setattr(cv2, "__version__", "0.0.0")
+    assert key("cpu") != cpu
 
 
 def test_a_cache_whose_clip_table_is_another_runs_is_refused(built, tmp_path):

@@ -487,12 +487,14 @@ def _resume_key(
 ) -> dict:
     """Everything a token shard depends on: code, params, the device and dtype the backbone runs in (``auto``
     and ``fp16`` resolve by machine: a run resumed where there is no GPU must not finish a cache of CUDA
-    shards in fp32), torch's and transformers' versions, the checkpoint's files (where the hub id or folder
+    shards in fp32) and on CUDA the GPU model and the CUDA and cuDNN versions, torch's, transformers' and
+    OpenCV's versions, the checkpoint's files (where the hub id or folder
     resolved: a hub id's snapshot, not its name) and the frame files, the clips' frames and crop boxes (see
     :class:`~transmodal.io.Resumable`)."""
     import dataclasses
     import hashlib
 
+    import cv2  # decodes the frames again under frames.store: source
     import transformers
 
     here = Path(__file__).parent
@@ -514,12 +516,19 @@ def _resume_key(
         ),
         "clips": dataclasses.asdict(clips_cfg),
         "backbone": dataclasses.asdict(backbone_cfg),
-        "runs_on": [str(backbone.device), str(backbone.dtype)],
-        "versions": [torch.__version__, transformers.__version__],
+        "runs_on": [str(backbone.device), str(backbone.dtype), *_accelerator(torch.device(backbone.device))],
+        "versions": [torch.__version__, transformers.__version__, cv2.__version__],
         "checkpoint": _folder_signature(Path(backbone.folder)),
         "frames": _folder_signature(Path(getattr(store, "directory", ""))),
         "planned": planned.hexdigest(),
     }
+
+
+def _accelerator(device: torch.device) -> list:
+    """What else moves a token's bits on a GPU: its model and the CUDA and cuDNN versions (nothing on the CPU)."""
+    if device.type != "cuda":
+        return []
+    return [torch.cuda.get_device_name(device), torch.version.cuda, torch.backends.cudnn.version()]
 
 
 def build_features(
