@@ -563,19 +563,19 @@ def build_features(
         clips[KEPT_COLUMN] = list(kept.reshape(len(clips), kept.shape[1] * kept.shape[2]))
     total = len(clips)
     per_shard, cached = backbone_cfg.clips_per_shard, backbone_cfg.store == "tokens"
-    place = np.arange(total) if cached else np.full(total, -1)  # no shard, no offset when recomputed
-    clips["shard"] = (place // per_shard if cached else place).astype(np.int32)
-    clips["offset"] = (place % per_shard if cached else place).astype(np.int32)
+    row = np.arange(total)  # no shard, no offset when recomputed
+    clips["shard"] = np.where(cached, row // per_shard, -1).astype(np.int32)
+    clips["offset"] = np.where(cached, row % per_shard, -1).astype(np.int32)
     grid = (*backbone.grid, backbone.hidden_size)  # (G, P, D)
     if timings is not None:
         timings["setup"] = time.perf_counter() - started
     if not cached:  # backbone.store: recompute: training and evaluation encode the clips again
         if distributed.current().is_main:
+            # an interrupted tokens run's finished shards (up to the whole cache) are not needed any more
+            Resumable(features_dir, {"store": "recompute"}).discard()
             description = backbone.describe() | recompute_record(
                 backbone_cfg, backbone, clips_cfg, total, store
             )
-            # an interrupted tokens run's finished shards (up to the whole cache) are not needed any more
-            Resumable(features_dir, {"store": "recompute"}).discard()
             _publish(clips, classes, description, clips_path, features_dir, lambda tmp: None)
         shards = 0
     else:
