@@ -310,8 +310,9 @@ def ablation_markdown(table: dict[str, dict], backbone: dict, cfg: AblationConfi
         f"{confidence} interval that covers what training and what the test set can move: mean ± t x "
         "standard error, the error combining the spread of the seeds' accuracies and a bootstrap over whole "
         f"test videos ({cfg.bootstrap_resamples} resamples), t with Welch-Satterthwaite's degrees of freedom "
-        f"over the seeds. vs full: the difference and its {confidence} interval (both rows' seeds, the same "
-        "test videos), the value printed only when the interval excludes 0 (per comparison, uncorrected).",
+        f"over the seeds. vs full: the difference and its {confidence} interval (paired by seed, as seed s of "
+        "every row starts from the same draw, and by test unit), the value printed only when the interval "
+        "excludes 0 (per comparison, uncorrected).",
         "",
         f"FLOPs: FlopCounterMode, one clip, the head and the backbone (at this run's size and at the paper's, "
         "D=768 and 8 x 196 tokens; a variant with backbone.keep < 1 runs the encoder on its kept tokens only). "

@@ -7,9 +7,10 @@ every test unit right or wrong; accuracy is the mean over seeds and units, its s
 deviation. Two things move it: training (the seeds, a handful) and the test set (whole test videos,
 ``scipy.stats.bootstrap``'s standard error, ``ablation.bootstrap_resamples``). The interval is the mean ± t x
 the combined standard error, t with Welch-Satterthwaite's degrees of freedom over the seeds
-(``ablation.confidence``). A difference to ``full`` adds both rows' seed terms (independent trainings) and
-the test set's term of the per-unit differences (the same videos); it is printed only when its interval
-excludes 0, and "no difference" otherwise. Intervals are per comparison, not corrected for the number of
+(``ablation.confidence``). A difference to ``full`` pairs the rows seed by seed (seed s of every variant
+starts from the same draw: the shared modules' initial weights, the batch order, dropout), so its seed term
+is that of the per-seed differences, and its test set's term that of the per-unit differences (the same
+videos); it is printed only when its interval excludes 0, and "no difference" otherwise. Intervals are per comparison, not corrected for the number of
 rows.
 """
 
@@ -161,12 +162,18 @@ def accuracy_interval(correct: np.ndarray, videos: list[str], cfg: AblationConfi
 def difference_interval(
     correct: np.ndarray, full: np.ndarray, videos: list[str], cfg: AblationConfig
 ) -> tuple[float, float]:
-    """Interval of a row's accuracy minus ``full``'s: the two rows' seeds are independent trainings (seed s of
-    one has nothing to do with seed s of the other), so each adds its own seed term; both are scored on
-    the same test videos, so the test set's term is that of the per-unit difference (paired by unit)."""
+    """Interval of a row's accuracy minus ``full``'s, both (seeds, units) in ``ablation.seeds`` order. Seed s
+    of every variant trains from the same draw (``train.seed`` = s: the initial weights of the modules the
+    rows share, the batch order, dropout), so two rows' seed-s runs move together and the seed term is that
+    of the per-seed differences (paired by seed, seeds - 1 degrees of freedom); both are scored on the same
+    test videos, so the test set's term is that of the per-unit differences (paired by unit)."""
+    if correct.shape != full.shape:
+        raise ValueError(
+            f"a variant's results {correct.shape} and full's {full.shape} are not the same seeds and units"
+        )
     return t_interval(
         float(correct.mean() - full.mean()),
-        [_seed_term(correct), _seed_term(full)],
+        [_seed_term(correct - full)],
         video_variance(correct.mean(axis=0) - full.mean(axis=0), videos, cfg),
         cfg.confidence,
     )
