@@ -688,6 +688,51 @@ def test_lists_saved_by_a_windows_editor_and_upper_case_extensions_index_the_sam
     assert [str(messy / name) for name in extra] == [str(twice)]
 
 
+@pytest.mark.parametrize("dataset", ["kth", "ucf101", "hmdb51"])
+def test_the_files_a_mac_writes_beside_each_copied_file_are_skipped(tmp_path: Path, dataset):
+    """A Mac copying a dataset to a FAT or network drive writes ``._<name>`` beside each file (and
+    ``.DS_Store``, ``.Trashes``): none is a video, a class or a split file, so the index is the same; before,
+    HMDB51's ``._<class>_test_split1.txt`` became a class and its binary content failed the whole index."""
+    if dataset == "kth":
+        ids = [f"person{s:02d}_{a}_d1" for s in range(1, 26) for a in ("boxing", "running")]
+        make_tree = lambda root: make_kth_tree(  # noqa: E731
+            root, ids, "".join(f"{v}\tframes\t1-10, 11-20\n" for v in ids)
+        )
+        index_of = lambda root: index_kth(root, "paper")  # noqa: E731
+    elif dataset == "ucf101":
+        make_tree, index_of = make_ucf_tree, lambda root: index_ucf101(root, 1, 0.2, 0)
+    else:
+        make_tree, index_of = make_hmdb_tree, lambda root: index_hmdb51(root, 1, 0.2, 0)
+    expected, expected_summary = index_of(make_tree(tmp_path / "plain"))
+    copied = make_tree(tmp_path / "copied")
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02com.apple.quarantine"
+    for path in sorted(copied.rglob("*")):
+        if path.is_file():
+            (path.parent / f"._{path.name}").write_bytes(apple_double)
+    (copied / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (copied / ".Trashes" / "501").mkdir(parents=True)
+    (copied / ".Trashes" / "501" / "x.avi").write_bytes(b"old")
+    index, summary = index_of(copied)
+    pd.testing.assert_frame_equal(index, expected)
+    assert summary == expected_summary
+
+
+def test_an_hmdb51_list_names_a_file_whatever_form_its_letters_are_stored_in(tmp_path: Path):
+    """A list writes é as one letter, a disk formatted by an older Mac stores e and a combining accent: the
+    file is the one listed (indexed at its name on disk), not a missing video beside an unlisted one."""
+    composed, decomposed = "Caf\u00e9", "Cafe\u0301"
+    root = make_hmdb_tree(tmp_path / "hmdb")
+    video = sorted((root / "kick").glob("*.avi"))[0]
+    lists = sorted((root / "testTrainMulti_7030_splits").glob("kick_test_split*.txt"))
+    for path in lists:
+        path.write_text(path.read_text().replace(video.name, f"{composed}_{video.name}"), newline="")
+    video.rename(video.with_name(f"{decomposed}_{video.name}"))
+    index, summary = index_hmdb51(root, 1, 0.2, 0)
+    assert summary["listed_missing_on_disk"] == 0 and summary["unlisted_on_disk"] == 0
+    row = index.set_index("video_id").loc[f"{composed}_{video.stem}"]
+    assert row["path"] == f"kick/{decomposed}_{video.name}"  # read from the disk's name
+
+
 # ------------------------------------------------------------------------------------------ folder
 
 
@@ -1105,3 +1150,26 @@ def test_a_split_file_with_a_space_after_each_separator(tmp_path: Path):
         "clap/ann/take1.mp4": "train", "clap/bob/take1.mp4": "test", "jump/ann/take1.mp4": "train",
         "jump/bob/take1.mp4": "test",
     }  # fmt: skip
+
+
+def test_the_video_a_split_file_lists_is_indexed_beside_a_twin_of_another_suffix(tmp_path: Path):
+    """The phone's original ``take1.MOV`` kept beside its converted ``take1.mp4``, which splits.csv lists: the
+    listed one is indexed and the twin left out as such; before, ``.MOV`` (earlier in code-point order) was
+    indexed, reported as unlisted, and the listed video as missing. Without a listing the first is kept."""
+    root = make_folder_tree(tmp_path / "mine")
+    _touch(root / "clap" / "ann" / "take1.MOV")
+    (root / "splits.csv").write_text(
+        "path,split\nclap/ann/take1.mp4,train\njump/ann/take1.mp4,train\nclap/bob/take1.mp4,test\n"
+        "jump/bob/take1.mp4,test\n"
+    )
+    index, summary = index_folder(root, "file", 0.1, 0.2, 0)
+    assert index.set_index("path").loc["clap/ann/take1.mp4", "split"] == "train"
+    assert summary["listed_missing_on_disk"] == 0
+    assert "clap/ann/take1.MOV" not in summary["unlisted_on_disk_ids"]
+    assert summary["unrecognised_reasons"] == {
+        "a second file of one name (another suffix), not the one splits.csv lists": 1,
+        "not a video file name": 1,
+    }
+    index, summary = index_folder(root, "random", 0.1, 0.2, 0)
+    assert "clap/ann/take1.MOV" in set(index["path"]) and "clap/ann/take1.mp4" not in set(index["path"])
+    assert summary["unrecognised_reasons"]["a second file of one name (another suffix)"] == 1

@@ -115,19 +115,26 @@ def _check_root(root: Path) -> None:
         raise _root_error(root, "does not exist or is not a folder")
 
 
+def _hidden(name: str) -> bool:
+    """A hidden name (``.DS_Store``; ``._<name>``, the metadata a Mac writes beside each file it copies to
+    a FAT or network drive): never a video, a class or a split file of the datasets."""
+    return name.startswith(".")
+
+
 def _avi_files(folder: Path, pattern: str = "*") -> tuple[dict[str, str], list[str]]:
     """The ``.avi`` files matching ``pattern`` under ``folder``, whatever the case of their extension, by the
-    name the official lists give them (``.avi``) -> their path relative to ``folder`` as it is on disk, and
-    the paths left out because another case of the same name is there (the ``.avi`` one is indexed)."""
+    name the official lists give them (``.avi``, in Unicode's composed form, NFC, as the lists are read) ->
+    their path relative to ``folder`` as it is on disk, and the paths left out because another case of the
+    same name is there (the ``.avi`` one is indexed). Hidden names are skipped."""
     found: dict[str, str] = {}
     extra: list[str] = []
     for path in sorted(folder.glob(pattern)):
-        if path.suffix.lower() != ".avi" or not path.is_file():
-            continue
         rel = path.relative_to(folder).as_posix()
-        listed = rel[: -len(".avi")] + ".avi"
+        if path.suffix.lower() != ".avi" or any(map(_hidden, rel.split("/"))) or not path.is_file():
+            continue
+        listed = _nfc(rel[: -len(".avi")] + ".avi")
         if listed in found:
-            keep, drop = (rel, found[listed]) if rel == listed else (found[listed], rel)
+            keep, drop = (rel, found[listed]) if rel.endswith(".avi") else (found[listed], rel)
             found[listed] = keep
             extra.append(drop)
         else:
@@ -256,10 +263,10 @@ def index_kth(root: Path, split: str) -> tuple[pd.DataFrame, dict]:
     on_disk: dict[str, tuple[str, re.Match]] = {}
     unrecognised: list[str] = []
     reasons: dict[str, str] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)):
         action = folder.name
         for file in sorted(folder.iterdir()):
-            if file.suffix.lower() != ".avi":
+            if file.suffix.lower() != ".avi" or _hidden(file.name):
                 continue
             rel = f"{action}/{file.name}"
             match = _KTH_FILE.fullmatch(file.name)
@@ -369,7 +376,7 @@ def _parse_ucf_list(path: Path, classes: dict[str, int], has_labels: bool) -> li
         if len(parts) not in ((2,) if has_labels else (1, 2)):
             expected = "<Class>/<video>.avi <label>" if has_labels else "<Class>/<video>.avi"
             raise ListError(f"{path}:{number}: expected '{expected}': {line!r}")
-        rel_path = parts[0].replace("\\", "/")
+        rel_path = _nfc(parts[0].replace("\\", "/"))
         class_name, _, file_name = rel_path.partition("/")
         stem_match = _UCF_STEM.fullmatch(file_name.removesuffix(".avi"))
         if class_name not in classes or not file_name.endswith(".avi") or stem_match is None:
@@ -477,9 +484,10 @@ def _parse_hmdb_split(path: Path) -> dict[str, str]:
         parts = line.rsplit(None, 1)
         if len(parts) != 2 or parts[1] not in _HMDB_MARKS or not parts[0].endswith(".avi"):
             raise ListError(f"{path}:{number}: expected '<name>.avi <0|1|2>': {line!r}")
-        if parts[0] in marks:
+        name = _nfc(parts[0])  # as :func:`_avi_files` gives the names on disk
+        if name in marks:
             raise ListError(f"{path}:{number}: {parts[0]} is listed twice")
-        marks[parts[0]] = _HMDB_MARKS[parts[1]]
+        marks[name] = _HMDB_MARKS[parts[1]]
     return marks
 
 
@@ -495,7 +503,9 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
     _check_root(root)
     on_disk: dict[str, dict[str, str]] = {}  # class -> the listed file name (.avi) -> the name on disk
     same_name: list[str] = []  # a second file of one name (x.avi and x.AVI): not indexed, listed as unlisted
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != HMDB51_SPLITS):
+    for folder in sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name != HMDB51_SPLITS and not _hidden(p.name)
+    ):
         names, duplicates = _avi_files(folder)
         same_name += [f"{folder.name}/{name}" for name in duplicates]
         if names:
@@ -509,7 +519,9 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
     split_dir = root / HMDB51_SPLITS
     suffix = f"_test_split{split}.txt"
     listed_classes = (
-        {p.name.removesuffix(suffix) for p in split_dir.glob(f"*{suffix}")} if split_dir.is_dir() else set()
+        {p.name.removesuffix(suffix) for p in split_dir.glob(f"*{suffix}") if not _hidden(p.name)}
+        if split_dir.is_dir()
+        else set()
     )
     classes = sorted(set(on_disk) | listed_classes)
     classes_missing = sorted(listed_classes - set(on_disk))
@@ -728,7 +740,8 @@ def index_folder(
     """
     root = Path(root)
     _check_root(root)
-    videos, left_out = _folder_videos(root)
+    listed = _read_split_file(_folder_split_path(root)) if split == "file" else None
+    videos, left_out = _folder_videos(root, set() if listed is None else set(listed["path"]))
     if not videos:
         raise _root_error(
             root, f"has no videos in class folders (<class>/<video>, one of {', '.join(VIDEO_SUFFIXES)})"
@@ -749,7 +762,7 @@ def index_folder(
     group_of = {video_id: group for video_id, (_, _, group) in videos.items()}
     extra: dict = {}
     if split == "file":
-        index, extra = _folder_split_file(root, _frame(rows))
+        index, extra = _folder_split_file(root, _frame(rows), listed)
     elif split == "random":
         index = _frame(rows)
     else:
@@ -807,14 +820,18 @@ def index_folder(
     return index, summary
 
 
-def _folder_videos(root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
+def _folder_videos(
+    root: Path, listed: set[str] = frozenset()
+) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
     """video id -> (class, path relative to ``root``, group key) of every video under a class folder, and the
-    files left out -> why. Links are followed (each real folder once); hidden names are skipped."""
+    files left out -> why. Links are followed (each real folder once); hidden names are skipped. Of two
+    files of one name (``x.MOV`` and ``x.mp4``) the one whose path (NFC) is in ``listed`` (splits.csv's) is
+    indexed, else the first in code-point order."""
     candidates: list[tuple[str, Path, str]] = []  # (class, path, path relative to root), walk order
     left_out: dict[str, str] = {}
     folders = []
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
+        if _hidden(entry.name):
             continue
         if entry.is_dir():
             folders.append(entry)
@@ -857,10 +874,10 @@ def _folder_videos(root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[st
                 continue
             walked.add(real)
             links = {d for d in subdirs if os.path.islink(os.path.join(directory, d))}
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d not in links)
-            linked.extend((label, Path(directory) / d) for d in sorted(links) if not d.startswith("."))
+            subdirs[:] = sorted(d for d in subdirs if not _hidden(d) and d not in links)
+            linked.extend((label, Path(directory) / d) for d in sorted(links) if not _hidden(d))
             for name in sorted(files):
-                if name.startswith("."):
+                if _hidden(name):
                     continue
                 path = Path(directory) / name
                 rel = path.relative_to(root).as_posix()
@@ -913,8 +930,11 @@ def _folder_videos(root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[st
             continue
         stem = rel[: -len(path.suffix)]
         if (label, stem) in found:
-            left_out[rel] = "a second file of one name (another suffix)"
-            continue
+            twin = found[label, stem][1]
+            if _nfc(rel) not in listed or _nfc(twin) in listed:
+                left_out[rel] = "a second file of one name (another suffix)"
+                continue
+            left_out[twin] = "a second file of one name (another suffix), not the one splits.csv lists"
         inner = path.relative_to(root / label).parts
         group = f"{label}/{inner[0]}" if len(inner) > 1 else rel
         found[label, stem] = (label, rel, group)
@@ -953,12 +973,17 @@ def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
-def _folder_split_file(root: Path, index: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """The videos ``<root>/splits.csv`` lists, with its splits; what the file and the folder disagree on."""
+def _folder_split_path(root: Path) -> Path:
     path = root / FOLDER_SPLIT_FILE
     if not path.is_file():
         raise _split_file_error("file", path)
-    listed = _read_split_file(path)
+    return path
+
+
+def _folder_split_file(root: Path, index: pd.DataFrame, listed: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The videos ``listed`` (``<root>/splits.csv``, :func:`_read_split_file`) names, with their splits; what
+    the file and the folder disagree on."""
+    path = root / FOLDER_SPLIT_FILE
     # matched in one Unicode form: a name typed into a spreadsheet and the one a Mac wrote on disk differ
     split_of = dict(zip(listed["path"], listed["split"], strict=True))
     disk_names = index["path"].map(_nfc)
