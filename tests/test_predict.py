@@ -328,7 +328,7 @@ def _edit_config(change):
         ),
         (
             lambda d, t, v: (v, _broken_model(d, t, _edit_config(lambda c: c.pop("pipeline")))),
-            "has no pipeline",
+            "has no pipeline: not a folder the train stage wrote (an ablation variant's models record no",
         ),
         (
             lambda d, t, v: (
@@ -345,6 +345,15 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(model_dir, camera_video, tmp_
     assert code == 2
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")
+def test_device_cuda_without_one_names_the_flag(model_dir, camera_video, capsys):
+    code, out, err = run(
+        ["predict", str(camera_video), "--model", str(model_dir), "--device", "cuda"], capsys
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.strip().endswith("--device is cuda but no CUDA device is available; use --device auto or cpu")
 
 
 @pytest.mark.parametrize(
@@ -448,7 +457,9 @@ def test_a_model_folder_finds_its_project_s_checkpoints_from_any_folder(
     model = _broken_model(model_dir, tmp_path, _edit_config(relative))
     (project / "models" / "transmodal").symlink_to(model)  # the folder the train stage wrote
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    # another project's checkpoint of the same name in the working folder is not the model's (it was used)
+    (elsewhere / "models" / "tiny" / "detector").mkdir(parents=True)
+    (elsewhere / "models" / "tiny" / "detector" / "config.json").write_text("{}")
     monkeypatch.chdir(elsewhere)
     code, out, err = run(
         ["predict", str(camera_video), "--model", str(project / "models" / "transmodal")], capsys
@@ -639,6 +650,82 @@ def test_segments_give_every_window_once_with_its_frames(counts, capacity):
     assert segments.samples == samples.tolist()
     assert segments.frame_idx == (np.arange(len(counts)) * 3).tolist()
     assert (segments.count > 1) == (len(counts) > capacity)
+
+
+def test_a_segment_reserves_no_more_frames_than_the_header_announces_and_a_quarter():
+    """Half the machine's memory was reserved for any video: 11.4 GiB for 5 frames, which an address-space
+    limit refuses. With the header's count known, a segment holds that count and a quarter more (at least
+    two windows and steps); unknown (0), what the memory holds. Fewer reserved than decoded: more segments,
+    the same windows (the test above)."""
+    from transmodal.predict import Segments
+
+    frame = int(np.prod(_Stream.shape))
+    huge = 10**6 * frame
+    assert Segments(_Stream([1] * 5), 16, 8, huge, expected=5).reserved(frame) == 48
+    assert Segments(_Stream([1] * 100), 16, 8, huge, expected=100).reserved(frame) == 125
+    assert Segments(_Stream([1] * 100), 16, 8, huge).reserved(frame) == 10**6
+    assert Segments(_Stream([1] * 100), 16, 8, 60 * frame, expected=100).reserved(frame) == 60
+    segments = Segments(_Stream([1] * 100), 16, 8, huge, expected=60)  # a header short by 40 %
+    parts = list(segments)
+    assert segments.capacity == 75 and segments.count == 2
+    assert sum(len(clips) for _, clips in parts) == len(window_starts(100, 16, 8))
+
+
+def test_the_memory_for_frames_heeds_a_container_s_and_an_address_space_limit(tmp_path, monkeypatch):
+    """psutil gives the machine's available memory; a cgroup's limit (a container, a cluster job) and
+    ``ulimit -v`` are what the process may really fill."""
+    import resource
+
+    import psutil
+
+    from transmodal import predict
+
+    v2 = tmp_path / "v2"
+    (v2 / "job" / "step").mkdir(parents=True)
+    for folder, limit, usage in ((v2 / "job", "1000", "400"), (v2 / "job" / "step", "max", "100")):
+        (folder / "memory.max").write_text(limit + "\n")
+        (folder / "memory.current").write_text(usage + "\n")
+    (tmp_path / "self-v2").write_text("0::/job/step\n")
+    assert predict._cgroup_room(v2, tmp_path / "self-v2") == 600  # the job's, above the unlimited step
+    v1 = tmp_path / "v1" / "memory" / "a"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("2000\n")
+    (v1 / "memory.usage_in_bytes").write_text("500\n")
+    (tmp_path / "self-v1").write_text("7:cpu:/a\n5:memory:/a\n")
+    assert predict._cgroup_room(tmp_path / "v1", tmp_path / "self-v1") == 1500
+    (tmp_path / "self-none").write_text("0::/\n")
+    assert predict._cgroup_room(tmp_path / "empty", tmp_path / "self-none") is None
+
+    mapped = psutil.Process().memory_info().vms
+    monkeypatch.setattr(predict, "_cgroup_room", lambda: None)
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (mapped + 2**20, resource.RLIM_INFINITY))
+    assert predict.available_memory() <= 2**20
+
+
+def test_predict_runs_under_an_address_space_limit(model_dir, tmp_path):
+    """``ulimit -v`` (a cluster's ``h_vmem``) at 6 GiB: a 5-frame video reserved half the machine's memory
+    for its frames and died with a traceback; it is scored."""
+    import resource
+    import subprocess
+
+    video = tmp_path / "short.avi"
+    plain_video(video, 5, (160, 120))
+    limit = 6 * 2**30
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    command = "from transmodal.cli import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", command, "predict", str(video), "--model", str(model_dir), "--quiet"],
+        capture_output=True,
+        text=True,
+        preexec_fn=limited,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1. " in done.stdout and "Traceback" not in done.stderr
 
 
 def test_a_long_video_is_scored_a_segment_at_a_time(model_dir, tmp_path):

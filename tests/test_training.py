@@ -422,7 +422,6 @@ def test_the_intervals_hold_what_the_seeds_move_as_well_as_the_test_set():
     assert figures._spread({"accuracy_std": None}) == "n/a"
 
 
-
 def test_the_difference_to_full_pairs_the_runs_of_one_seed():
     """Seed s of every variant trains from the same draw (initial weights, batch order), so its runs move
     together: a row five points above full at each seed is a difference although both rows' seeds spread
@@ -439,6 +438,7 @@ def test_the_difference_to_full_pairs_the_runs_of_one_seed():
     assert low < 0 < high
     with pytest.raises(ValueError, match="not the same seeds and units"):
         ablation_table.difference_interval(variant[:2], full, videos, cfg)
+
 
 def _write_store(memory: MemoryStore, folder) -> FeatureStore:
     """The memory store as a real feature cache on disk (one shard), as the features stage writes it."""

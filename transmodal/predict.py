@@ -104,8 +104,9 @@ class ModelFolder:
         missing = [key for key in ("model", "classes", "backbone", "pipeline") if key not in config]
         if missing:
             raise PredictError(
-                f"--model {path}: {CONFIG_FILE} has no {', '.join(missing)} (written by an older train stage: "
-                "re-run `dvc repro train`)"
+                f"--model {path}: {CONFIG_FILE} has no {', '.join(missing)}: not a folder the train stage "
+                "wrote (an ablation variant's models record no detection and pose settings), or one an older "
+                "train stage wrote (re-run `dvc repro train`)"
             )
         classes, num_classes = config["classes"], config["model"].get("num_classes")
         if len(classes) != num_classes:
@@ -178,10 +179,11 @@ class ModelFolder:
 
     def local(self, checkpoint: str) -> str:
         """A recorded checkpoint that is a folder relative to the project the model was trained in
-        (``models/tiny/detector``), found from any working folder: as recorded when the working folder
-        holds it (the project itself), else in the first folder up from the model folder that does;
-        otherwise as recorded (a hub id, or a path that is not here)."""
-        if Path(checkpoint).is_absolute() or Path(checkpoint).is_dir():
+        (``models/tiny/detector``), found from any working folder: in the first folder up from the model
+        folder that holds it (the model's own project), else as recorded (a hub id, a path from the working
+        folder, or one that is not here). The working folder comes last: another project's
+        ``models/tiny`` there silently gave the model other weights than it was trained with."""
+        if Path(checkpoint).is_absolute():
             return checkpoint
         for base in (*self.path.absolute().parents, *self.path.resolve().parents):
             if (base / checkpoint / "config.json").is_file():
@@ -421,6 +423,57 @@ def read_header(path: Path) -> tuple[tuple[int, int], int, float]:
     return source, (reported if usable_fps(fps) else 0), fps
 
 
+def available_memory() -> int:
+    """Bytes this process may still fill: the machine's available memory, or less where a limit on the
+    process is tighter. psutil reads the machine's (``/proc/meminfo``), which a container's or a cluster
+    job's memory limit (a cgroup's ``memory.max``, less what the group uses) and an address-space limit
+    (``ulimit -v``, less what the process maps) do not show."""
+    import resource
+
+    import psutil
+
+    limits = [psutil.virtual_memory().available]
+    cgroup = _cgroup_room()
+    if cgroup is not None:
+        limits.append(cgroup)
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(max(soft - psutil.Process().memory_info().vms, 0))
+    return min(limits)
+
+
+def _cgroup_room(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """The least room (limit less usage) of this process's cgroup and those above it, in bytes; None
+    without a limit. cgroup v2 (``memory.max``, ``memory.current``) or v1's memory controller
+    (``memory.limit_in_bytes``, ``memory.usage_in_bytes``)."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    rooms = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, files = root, ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        folder = base / path.lstrip("/")
+        for group in (folder, *folder.parents):
+            try:
+                limit, usage = (int((group / name).read_text()) for name in files)
+            except (OSError, ValueError):  # no such file here, or "max": no limit at this level
+                pass
+            else:
+                rooms.append(max(limit - usage, 0))
+            if group == base:
+                break
+    return min(rooms) if rooms else None
+
+
 def check_segment(
     path: Path, size: tuple[int, int], frames: int, max_side: int, hint: str, reserve: int = 0
 ) -> int:
@@ -428,9 +481,7 @@ def check_segment(
     ``reserve``: explain's candidate windows), or :class:`PredictError` when not even ``frames`` of them
     (:meth:`Segments.least_frames`, or the whole video when shorter) fit; ``hint`` says what those frames
     are."""
-    import psutil
-
-    available = psutil.virtual_memory().available
+    available = available_memory()
     budget = int(MEMORY_SHARE * available) - reserve
     need = frames * _frame_bytes(size, max_side)
     if need > budget:
@@ -617,6 +668,7 @@ def predict_video(
             step,
             budget if max_bytes is None else max_bytes,
             itertools.chain([first], decoded),
+            expected=kept_expected,
         )
         parts = iter(segments)
         chain = _Chain.load(folder, device, detector, pose_model)
@@ -630,6 +682,11 @@ def predict_video(
                     part = next(parts, None)
                 except (_SizeChanged, cv2.error) as err:
                     raise PredictError(f"{video_path}: {_decode_failure(stream, err)}") from None
+                except MemoryError:  # the segment's buffer, where a limit refuses what was measured free
+                    raise PredictError(
+                        f"{video_path}: no memory for a segment of {segments.capacity} kept frames at "
+                        f"--max-side {max_side}; lower --max-side"
+                    ) from None
                 if part is None:
                     break
                 video, clips = part
@@ -758,11 +815,19 @@ class Segments:
     than a clip, the padded one. A video that fits in one segment is scored as a whole, as before."""
 
     def __init__(
-        self, stream: VideoStream, length: int, step: int, max_bytes: int, frames: Iterable | None = None
+        self,
+        stream: VideoStream,
+        length: int,
+        step: int,
+        max_bytes: int,
+        frames: Iterable | None = None,
+        expected: int = 0,
     ):
         """``frames``: the stream's kept frames (default: iterating ``stream``), e.g. with the first one
-        already decoded."""
+        already decoded. ``expected``: the kept frames the header announces (0: unknown); a segment then
+        holds at most those and a margin (:meth:`reserved`), not all ``max_bytes``."""
         self.stream, self.length, self.step, self.max_bytes = stream, length, step, max_bytes
+        self.expected = expected
         self.frames = stream if frames is None else frames
         self.samples: list[int] = []  # the frame number of each time sample so far
         self.frame_idx: list[int] = []  # the number of each kept frame so far
@@ -776,6 +841,18 @@ class Segments:
         """Kept frames a segment must hold: a window and a step carried over, and as many new."""
         return 2 * (length + step)
 
+    def reserved(self, frame_bytes: int) -> int:
+        """Kept frames a segment holds: what ``max_bytes`` holds, but no more than the header's count and a
+        quarter more (a count a little short, as a Matroska header's estimate can be, still gives one
+        segment; a header short by more gives several, said in predict's notes). A 5-frame video reserved
+        half the machine's memory, which an address-space limit (``ulimit -v``, a cluster's ``h_vmem``)
+        refuses."""
+        least = self.least_frames(self.length, self.step)
+        fits = max(self.max_bytes // frame_bytes, least)
+        if self.expected <= 0:
+            return fits
+        return min(fits, max(self.expected + self.expected // 4, least))
+
     def __iter__(self) -> Iterator[tuple[DecodedVideo, pd.DataFrame]]:
         buffer: np.ndarray | None = None
         numbers: list[int] = []  # the buffer's frames
@@ -783,7 +860,7 @@ class Segments:
         for number, frame, count in self.frames:
             if buffer is None:
                 self.shape = frame.shape
-                self.capacity = max(self.max_bytes // frame.nbytes, self.least_frames(self.length, self.step))
+                self.capacity = self.reserved(frame.nbytes)
                 # reserved whole, not grown: the pages a short video never writes are never committed, and
                 # no growing copy holds two buffers at once
                 buffer = np.empty((self.capacity, *frame.shape), np.uint8)
@@ -1041,6 +1118,11 @@ def _predict_from_args(args, explain: bool = False) -> tuple[Prediction, object]
     max_side = DEFAULT_MAX_SIDE if args.max_side is None else args.max_side
     if max_side < 64:
         raise PredictError(f"--max-side is {max_side}; it must be at least 64")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # the shared check would name the stages' device params
+            raise PredictError("--device is cuda but no CUDA device is available; use --device auto or cpu")
     try:
         with _loading_bars(not args.quiet):
             prediction, model = predict_video(

@@ -195,7 +195,7 @@ def plot_explanation(
         ax = axes[0, column]
         ax.imshow(crops[t])
         _skeleton(ax, xy[t], mask[t], size)
-        ax.set_title(f"group {g} (frames {t}-{t + tubelet_size - 1})", fontsize=7)
+        ax.set_title(f"group {g} (clip frames {t}-{t + tubelet_size - 1})", fontsize=7)
         dropped = np.flatnonzero(~np.asarray(explanation.kept[g], bool))
         dropped_any = dropped_any or dropped.size > 0
         for row, (name, heat) in enumerate(maps.items(), start=1):

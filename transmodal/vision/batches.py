@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from transmodal.background import prefetch
-from transmodal.data.frames import FrameStore
+from transmodal.data.frames import FrameStore, usable_fps
 
 
 @dataclass
@@ -56,7 +56,9 @@ def stored_videos(store: FrameStore) -> dict[str, VideoFrames]:
             frame_idx=frame_idx,
             width=int(width_all[first]),
             height=int(height_all[first]),
-            frame_rate=fps / stride if fps > 0 else 30.0,  # unknown fps: ByteTrack's own 30
+            # no usable rate (none, or a tick such as 1000 that a browser's recording states): ByteTrack's
+            # own 30; a tick taken as the rate kept lost tracks 33 times too long
+            frame_rate=fps / stride if usable_fps(fps) else 30.0,
         )
     return videos
 
