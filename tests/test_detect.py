@@ -593,6 +593,10 @@ def test_the_tracker_runs_at_the_rate_of_the_kept_frames():
     rates = {video_id: video.frame_rate for video_id, video in stored_videos(store).items()}
     assert rates["pal"] == 12.5 and rates["slow"] == 10.0
     assert rates["tick"] == rates["none"] == 30.0
+    # predict samples by timestamp and knows its rate: a tick header's kept frames come 12.5 a second
+    store.sampling_rate = 12.5
+    rates = {video_id: video.frame_rate for video_id, video in stored_videos(store).items()}
+    assert rates["tick"] == rates["none"] == 12.5 and rates["pal"] == 12.5 and rates["slow"] == 10.0
     assert rates["ntsc"] == pytest.approx(12.5, abs=0.1)
 
 

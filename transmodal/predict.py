@@ -130,6 +130,12 @@ class ModelFolder:
         return int(self.config["pipeline"]["frames"]["stride"])
 
     @property
+    def sampling_rate(self) -> float | None:
+        """Time samples a second, ``frames.reference_fps / frames.stride`` (None before time resampling)."""
+        reference = self.reference_fps
+        return None if reference is None else reference / self.stride
+
+    @property
     def reference_fps(self) -> float | None:
         """``frames.reference_fps`` (a model folder from before time resampling: None, every stride-th)."""
         return self.config["pipeline"]["frames"].get("reference_fps")
@@ -227,8 +233,9 @@ class MemoryFrameStore:
     """The kept frames of one decoded video behind :class:`~transmodal.data.frames.FrameStore`'s interface
     (``videos``, ``frames``, ``video_ids``, ``read``, ``iter_videos``), so the stages' code runs on it."""
 
-    def __init__(self, video: DecodedVideo):
-        self.video = video
+    def __init__(self, video: DecodedVideo, sampling_rate: float | None = None):
+        """``sampling_rate``: kept samples a second (the tracker's rate where the header gives none)."""
+        self.video, self.sampling_rate = video, sampling_rate
         _, height, width, _ = video.frames.shape
         self.videos = pd.DataFrame(
             {
@@ -428,18 +435,26 @@ def available_memory() -> int:
     process is tighter. psutil reads the machine's (``/proc/meminfo``), which a container's or a cluster
     job's memory limit (a cgroup's ``memory.max``, less what the group uses) and an address-space limit
     (``ulimit -v``, less what the process maps) do not show."""
-    import resource
-
     import psutil
 
     limits = [psutil.virtual_memory().available]
     cgroup = _cgroup_room()
     if cgroup is not None:
         limits.append(cgroup)
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        limits.append(max(soft - psutil.Process().memory_info().vms, 0))
+    address_space = address_space_limit()
+    if address_space is not None:
+        limits.append(max(address_space - psutil.Process().memory_info().vms, 0))
     return min(limits)
+
+
+def address_space_limit() -> int | None:
+    """The process's address-space limit (``ulimit -v``) in bytes; None without one (or on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _cgroup_room(
@@ -447,18 +462,24 @@ def _cgroup_room(
 ) -> int | None:
     """The least room (limit less usage) of this process's cgroup and those above it, in bytes; None
     without a limit. cgroup v2 (``memory.max``, ``memory.current``) or v1's memory controller
-    (``memory.limit_in_bytes``, ``memory.usage_in_bytes``)."""
+    (``memory.limit_in_bytes``, ``memory.usage_in_bytes``). The usage less the file cache the kernel drops
+    at the limit (``inactive_file`` in ``memory.stat``; v1 ``total_inactive_file``), as Docker and the
+    kubelet count it: a long-running container's usage sits near its limit with cache."""
     try:
         lines = membership.read_text().splitlines()
     except OSError:
         return None
     rooms = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         if controllers == "":
-            base, files = root, ("memory.max", "memory.current")
+            base, files, cache = root, ("memory.max", "memory.current"), "inactive_file"
         elif "memory" in controllers.split(","):
             base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            cache = "total_inactive_file"
         else:
             continue
         folder = base / path.lstrip("/")
@@ -468,10 +489,22 @@ def _cgroup_room(
             except (OSError, ValueError):  # no such file here, or "max": no limit at this level
                 pass
             else:
-                rooms.append(max(limit - usage, 0))
+                rooms.append(max(limit - max(usage - _stat(group / "memory.stat", cache), 0), 0))
             if group == base:
                 break
     return min(rooms) if rooms else None
+
+
+def _stat(path: Path, key: str) -> int:
+    """``key``'s value in a cgroup's ``memory.stat`` (0 when absent)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def check_segment(
@@ -565,7 +598,7 @@ class _Chain:
         from transmodal.vision.detect import run_detect
         from transmodal.vision.pose import run_pose
 
-        store = MemoryFrameStore(video)
+        store = MemoryFrameStore(video, self.folder.sampling_rate)
         tracks, detect_metrics = run_detect(store, self.detect_cfg, None, progress, self.detector)
         keypoints, _ = run_pose(store, tracks, self.pose_cfg, None, progress, self.estimator)
         planned, _ = plan_clips(clips, store.videos, tracks, keypoints, self.folder.crop_margin)
@@ -668,7 +701,8 @@ def predict_video(
             step,
             budget if max_bytes is None else max_bytes,
             itertools.chain([first], decoded),
-            expected=kept_expected,
+            # reserved, not committed: only an address-space limit counts what a buffer reserves
+            expected=kept_expected if address_space_limit() is not None else 0,
         )
         parts = iter(segments)
         chain = _Chain.load(folder, device, detector, pose_model)
@@ -842,11 +876,11 @@ class Segments:
         return 2 * (length + step)
 
     def reserved(self, frame_bytes: int) -> int:
-        """Kept frames a segment holds: what ``max_bytes`` holds, but no more than the header's count and a
-        quarter more (a count a little short, as a Matroska header's estimate can be, still gives one
-        segment; a header short by more gives several, said in predict's notes). A 5-frame video reserved
-        half the machine's memory, which an address-space limit (``ulimit -v``, a cluster's ``h_vmem``)
-        refuses."""
+        """Kept frames a segment holds: what ``max_bytes`` holds, but, given ``expected`` (predict does under an
+        address-space limit, ``ulimit -v`` or a cluster's ``h_vmem``, which counts reserved pages as used),
+        no more than the header's count and a quarter more (a count a little short, as a Matroska header's
+        estimate can be, still gives one segment; a header short by more gives several, said in predict's
+        notes). A 5-frame video reserved half the machine's memory, which such a limit refused."""
         least = self.least_frames(self.length, self.step)
         fits = max(self.max_bytes // frame_bytes, least)
         if self.expected <= 0:

@@ -32,7 +32,8 @@ class VideoFrames:
 
 
 def stored_videos(store: FrameStore) -> dict[str, VideoFrames]:
-    """Every video of the store (index order) with its kept frames, from the frame table (no pixel reads)."""
+    """Every video of the store (index order) with its kept frames, from the frame table (no pixel reads);
+    the tracker's rate is the kept frames' a second (the header's fps over their mean step)."""
     table = store.frames
     codes, uniques = pd.factorize(table["video_id"])
     # the rows of each video together, in table order (rows without a video_id, code -1, sort first: dropped)
@@ -42,6 +43,7 @@ def stored_videos(store: FrameStore) -> dict[str, VideoFrames]:
     starts = ends - counts
     all_frames = table["frame_idx"].to_numpy(np.int64)
     fps_all, width_all, height_all = (table[c].to_numpy() for c in ("fps", "width", "height"))
+    unknown_rate = getattr(store, "sampling_rate", None) or 30.0
     videos = {}
     for video_id in store.video_ids:
         k = uniques.get_loc(video_id)
@@ -56,9 +58,10 @@ def stored_videos(store: FrameStore) -> dict[str, VideoFrames]:
             frame_idx=frame_idx,
             width=int(width_all[first]),
             height=int(height_all[first]),
-            # no usable rate (none, or a tick such as 1000 that a browser's recording states): ByteTrack's
-            # own 30; a tick taken as the rate kept lost tracks 33 times too long
-            frame_rate=fps / stride if usable_fps(fps) else 30.0,
+            # no usable rate (none, or a tick such as 1000 that a browser's recording states; taken as the
+            # rate, it kept lost tracks 33 times too long): the store's sampling rate where it knows one
+            # (predict's, sampling by timestamp), else ByteTrack's own 30
+            frame_rate=fps / stride if usable_fps(fps) else unknown_rate,
         )
     return videos
 
