@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from transmodal.data.frames import FrameStore
-from transmodal.explain import explain_test_clips
+from transmodal.explain import explain_test_clips, heat_over_test_clips
 from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json, write_text
 from transmodal.params import section
@@ -16,6 +16,7 @@ from transmodal.stage import run_stage
 from transmodal.training.evaluate import PAPER_UNIT, evaluate_model, split_coverage
 from transmodal.training.figures import plot_confusion, plot_curves
 from transmodal.training.train import load_checkpoint
+from transmodal.vision.checkpoints import pick_device
 
 
 def main(params: dict) -> None:
@@ -44,8 +45,9 @@ def main(params: dict) -> None:
         f"({unit['count']} {PAPER_UNIT}s)"
     )
     plot_confusion(unit["confusion_matrix"], metrics["classes"], Path("metrics/confusion.png"), title)
-    model, config = load_checkpoint(Path("models/transmodal"))
+    model, config = load_checkpoint(Path("models/transmodal"), pick_device(cfg.device))
     tracks = pd.read_parquet("data/tracks.parquet")
+    metrics["heat_on_test_clips"] = heat_over_test_clips(model, store, tracks, cfg.batch_size)
     metrics["explained_clips"] = explain_test_clips(
         model,
         store,

@@ -61,14 +61,20 @@ def test_repro_produces_every_output_and_a_second_repro_does_nothing(project):
     # every indexed test video is scored here (none skipped), and the stage says how many were
     assert evaluation["test_videos_scored"] == evaluation["test_videos_indexed"] == evaluation["videos"]
     assert evaluation["test_videos_not_scored"] == []
-    # Figure 4's heat on the synthetic test clips: each map's mass in the person's box, against the box's
-    # share of the crop and of the frame (measured; on random backbones the maps are flat, decision 28)
+    # Figure 4's heat on the synthetic test clips: each map's heat (above its baseline) in the person's box,
+    # against the box's share of the crop and of the frame (measured, decision 28; None: no heat at all)
     assert len(evaluation["explained_clips"]) == 2
     for clip in evaluation["explained_clips"].values():
         assert len(clip["heat_in_box"]) == 3
         for heat in clip["heat_in_box"].values():
-            assert 0 <= heat["mass_in_box"] <= 1 and 0 < heat["box_share"] <= 1
+            assert heat["mass_in_box"] is None or 0 <= heat["mass_in_box"] <= 1
+            assert 0 < heat["box_share"] <= 1 and heat["baseline"]
             assert 0 < heat["box_share_of_frame"] < 1
+    # and over every test clip with a box: the mean mass against the mean share, and how many clips are above
+    assert len(evaluation["heat_on_test_clips"]) == 3
+    for heat in evaluation["heat_on_test_clips"].values():
+        assert 0 < heat["clips"] <= evaluation["clips"] and 0 <= heat["clips_above_share"] <= 1
+        assert 0 <= heat["mass_in_box"] <= 1 and 0 < heat["box_share"] <= 1
     complexity = json.loads((project / "metrics/train.json").read_text())["complexity"]
     assert complexity["paper_size"]["parameters"]["fusion"] == 9_454_080
     assert complexity["run_size"]["backbone"]["flops"] > 0 and complexity["run_size"]["flops"]["total"] > 0

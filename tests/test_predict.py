@@ -1106,6 +1106,98 @@ def test_heat_in_box():
     assert heat_in_box(off, boxes) == pytest.approx((0.0, 0.0))
 
 
+def test_the_heat_of_a_map_is_what_lies_above_its_baseline():
+    """L2 norms of about 6 varying by 2 put a mass near the box's share on any box, though the selector ranks a
+    group's patches by them: 8 on the person's 4 patches and 5 elsewhere was a mass of 0.34 against 0.25. The
+    heat is each group's scores above its least (all of it on the person), the own-frame share above the
+    uniform share (none when the attention is uniform), the pose tokens' attention as it is."""
+    from transmodal.explain import ClipExplanation, heat_in_box
+
+    boxes = np.tile([0.0, 0.0, 0.5, 0.5], (2, 1))  # the upper-left quarter: 4 of 16 patch centres
+    scores = np.full((2, 16), 5.0)
+    scores[:, [0, 1, 4, 5]] = 8.0
+    scores[1] += 1.0  # another group, another level: each is taken above its own least
+    attention = np.full((2, 16), 1 / 32)
+    explanation = ClipExplanation(
+        probabilities=np.full(6, 1 / 6),
+        group_index=np.arange(2),
+        kept=np.ones((2, 16), bool),
+        token_scores=scores,
+        rgb_to_pose=np.full((2, 16), 0.125),
+        pose_to_rgb=attention,
+    )
+    assert heat_in_box(scores, boxes)[0] == pytest.approx((32 + 36) / (92 + 108))  # as it is: 0.34
+    heat = explanation.heat(uniform_share=0.125)
+    values, baseline = heat["selector token scores"]
+    assert heat_in_box(values, boxes) == pytest.approx((1.0, 0.25)) and baseline == "each group's least score"
+    values, baseline = heat["RGB queries over pose (own-frame share)"]
+    assert (values == 0).all() and baseline == "the uniform share 0.125"
+    values, _ = heat["pose queries over RGB"]
+    assert heat_in_box(values, boxes) == pytest.approx((0.25, 0.25))
+
+
+def test_the_heat_over_the_test_clips_is_the_mean_over_those_with_a_box(monkeypatch):
+    """evaluate's summary of every test clip: one whose selector heat lies all on the person (the upper-left
+    quarter of its crop) and one with a fifth of its heat there give a mean mass of 0.6 against a share of
+    0.25, one clip in two above its share; a training clip and a test clip without a box are left out."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from transmodal import explain
+
+    on_person = np.zeros((8, 16))
+    on_person[:, [0, 1, 4, 5]] = 1.0
+    spread = np.ones((8, 16))
+    spread[:, 0] = 0.0  # each group's least, in the box: 3 of the 15 patches with heat are the person's
+    maps = [on_person, spread, on_person, on_person]
+
+    def explained(model, tokens, pose, kept, full):  # the clip's row number is in its tokens
+        return [
+            explain.ClipExplanation(np.ones(6) / 6, None, np.ones((8, 16), bool), maps[int(row)], None, None)
+            for row in tokens[:, 0, 0, 0].tolist()
+        ]
+
+    monkeypatch.setattr(explain, "explain_clips", explained)
+    clips = pd.DataFrame(
+        {
+            "video_id": ["a", "b", "c", "a"],
+            "split": ["test", "test", "test", "train"],
+            "frame_idx": [np.arange(16)] * 4,
+            **dict(zip(explain.CROP_COLUMNS, [0.0, 0.0, 100.0, 100.0], strict=True)),
+        }
+    )
+    store = SimpleNamespace(
+        clips=clips,
+        full_patches_per_group=None,
+        pose=lambda rows: (
+            np.zeros((len(rows), 16, 17, 2), np.float32),
+            np.ones((len(rows), 16, 17), np.float32),
+            np.ones((len(rows), 16, 17), bool),
+        ),
+        tokens=lambda rows: torch.stack([torch.full((8, 16, 32), float(row)) for row in rows]),
+        kept_patches=lambda rows: None,
+    )
+    tracks = pd.DataFrame(
+        {
+            "video_id": ["a"] * 16 + ["b"] * 16,  # video c has no box
+            "frame_idx": list(range(16)) * 2,
+            "is_primary": True,
+            **dict(zip(("x1", "y1", "x2", "y2"), [0.0, 0.0, 50.0, 50.0], strict=True)),
+        }
+    )
+    summary = explain.heat_over_test_clips(_head(), store, tracks, batch_size=2)
+    assert summary == {
+        "selector token scores": {
+            "clips": 2,
+            "mass_in_box": pytest.approx(0.6),
+            "box_share": pytest.approx(0.25),
+            "clips_above_share": 0.5,
+            "baseline": "each group's least score",
+        }
+    }
+
+
 def test_box_share_of_frame():
     import pandas as pd
 

@@ -13,8 +13,8 @@ Per clip, on the (G, P) token grid (G = frame groups of ``tubelet_size`` frames,
 
 With ``selector.position: before_fusion`` the fusion sees only the kept tokens, so both attention maps are
 NaN elsewhere. Without a pose stream (``model.use_pose: false``) they are absent; without a selector so are
-the scores. :func:`heat_in_box` measures how much of a map lies on the person: its mass inside a box
-against the box's share of the grid; :func:`box_share_of_frame` gives the share the same box has of the
+the scores. :func:`heat_in_box` measures how much of a map lies on the person: the mass of its heat (the map
+above its baseline, :meth:`ClipExplanation.heat`) inside a box against the box's share of the grid; :func:`box_share_of_frame` gives the share the same box has of the
 whole frame, the mass a map spread evenly over the frame would put on the person.
 """
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from transmodal.features.crops import CROP_COLUMNS
 from transmodal.model import TransModal
 
 
@@ -45,6 +46,27 @@ class ClipExplanation:
             "pose queries over RGB": self.pose_to_rgb,
         }
         return {name: value for name, value in named.items() if value is not None}
+
+    def heat(self, uniform_share: float) -> dict[str, tuple[np.ndarray, str]]:
+        """Each map above its baseline, clipped at 0, and what the baseline is: the selector's scores above
+        each group's least (L2 norms of about 6 varying by 2 put a flat-looking mass on any box, though the
+        selector ranks the patches in a group by them), the own-frame share above ``uniform_share`` (what
+        uniform attention gives, ``tubelet_size / T``), and the pose tokens' attention (a distribution) as
+        it is."""
+        baselines = {
+            "selector token scores": ("each group's least score", _group_minimum),
+            "RGB queries over pose (own-frame share)": (
+                f"the uniform share {uniform_share:.4g}",
+                lambda values: np.full_like(values, uniform_share),
+            ),
+            "pose queries over RGB": ("none (a distribution)", np.zeros_like),
+        }
+        out = {}
+        for name, values in self.maps().items():
+            said, baseline = baselines[name]
+            with np.errstate(invalid="ignore"):
+                out[name] = (np.clip(values - baseline(values), 0, None), said)
+        return out
 
 
 @contextmanager
@@ -155,6 +177,14 @@ def _explain(model: TransModal, tokens: torch.Tensor, pose: torch.Tensor) -> lis
     return explanations
 
 
+def _group_minimum(values: np.ndarray) -> np.ndarray:
+    """Each row's least finite value, broadcast over the row (NaN rows stay NaN)."""
+    out = np.full_like(values, np.nan)
+    finite = np.isfinite(values).any(axis=1)
+    out[finite] = np.nanmin(values[finite], axis=1, keepdims=True)
+    return out
+
+
 def _on_grid(values: torch.Tensor, positions: torch.Tensor, G: int, P: int) -> np.ndarray:
     grid = np.full(G * P, np.nan)
     grid[positions.numpy()] = values.numpy()
@@ -175,7 +205,8 @@ def heat_in_box(heat: np.ndarray, boxes: np.ndarray) -> tuple[float, float]:
     """(mass of ``heat`` on the patches whose centre lies in the box, the share of such patches).
 
     Args:
-        heat: (G, P) non-negative map (NaN = no value, left out).
+        heat: (G, P) non-negative map (NaN = no value, left out): a map above its baseline
+            (:meth:`ClipExplanation.heat`), since a large common offset puts the box's share on any box.
         boxes: (G, 4) x1, y1, x2, y2 per group in the crop's unit square (the person's box).
 
     A map that sits on the person has a mass above the box's share; a flat map has them equal.
@@ -235,15 +266,66 @@ def box_share_of_frame(
     return float(np.mean(shares)) if shares else float("nan")
 
 
+def heat_over_test_clips(model: TransModal, store, tracks, batch_size: int) -> dict[str, dict]:
+    """Per map, over every test clip with a box in some group: the mean of :func:`heat_in_box`'s mass (the
+    heat above the map's ``baseline``, :meth:`ClipExplanation.heat`) and of the box's share of the crop,
+    and the share of clips whose mass exceeds their box's share (``clips_above_share``; half for maps that
+    prefer the person no more than the background). Six drawn clips say little; this is the whole split."""
+    from transmodal.training.data import pose_input
+
+    clips = store.clips
+    test = np.flatnonzero((clips["split"] == "test").to_numpy())
+    primary = tracks[tracks["is_primary"].astype(bool)]
+    by_video = dict(tuple(primary.groupby("video_id", sort=False)))
+    none = primary.iloc[:0]
+    device = next(model.parameters()).device
+    uniform = model.tubelet_size / model.num_frames
+    found: dict[str, list[tuple[float, float]]] = {}
+    baselines: dict[str, str] = {}
+    for start in range(0, len(test), batch_size):
+        rows = test[start : start + batch_size].tolist()
+        xy, score, mask = store.pose(rows)
+        pose = pose_input(xy, score, mask, model.model_cfg.pose_scores).to(device)
+        tokens = store.tokens(rows).float().to(device)
+        explained = explain_clips(model, tokens, pose, store.kept_patches(rows), store.full_patches_per_group)
+        for where, explanation in zip(rows, explained, strict=True):
+            row = clips.iloc[where]
+            crop = np.asarray([row[c] for c in CROP_COLUMNS], np.float64)
+            boxes = boxes_in_crop(
+                by_video.get(row["video_id"], none), row["video_id"], np.asarray(row["frame_idx"]), crop,
+                model.tubelet_size,
+            )  # fmt: skip
+            usable = np.isfinite(boxes).all(axis=1)
+            if not usable.any():
+                continue
+            for name, (values, baseline) in explanation.heat(uniform).items():
+                mass, share = heat_in_box(values[usable], boxes[usable])
+                baselines[name] = baseline
+                if np.isfinite(mass) and np.isfinite(share):
+                    found.setdefault(name, []).append((mass, share))
+    summary = {}
+    for name, pairs in found.items():
+        mass, share = np.asarray(pairs).T
+        summary[name] = {
+            "clips": len(pairs),
+            "mass_in_box": float(mass.mean()),
+            "box_share": float(share.mean()),
+            "clips_above_share": float((mass > share).mean()),
+            "baseline": baselines[name],
+        }
+    return summary
+
+
 def explain_test_clips(
     model: TransModal, store, frames, tracks, classes: list[str], out_dir, count: int
 ) -> dict:
     """Figures 3 and 4 for the first test clip of each of the first ``count`` classes, into ``out_dir``;
-    returns, per clip, the label, prediction and each map's :func:`heat_in_box` on the primary track's box,
-    with the box's share of the crop (``box_share``) and of the whole frame (``box_share_of_frame``)."""
+    returns, per clip, the label, prediction and each map's :func:`heat_in_box` of its heat above its
+    ``baseline`` on the primary track's box, with the box's share of the crop (``box_share``) and of the whole
+    frame (``box_share_of_frame``)."""
     from pathlib import Path
 
-    from transmodal.features.crops import CROP_COLUMNS, crop_frames
+    from transmodal.features.crops import crop_frames
     from transmodal.io import atomic_dir
     from transmodal.training.data import pose_input
     from transmodal.training.figures import plot_explanation, plot_pose_track
@@ -278,9 +360,15 @@ def explain_test_clips(
             boxes = boxes_in_crop(tracks, row.video_id, wanted, crop, model.tubelet_size)
             of_frame = box_share_of_frame(tracks, row.video_id, wanted, pixels.shape[1:3], model.tubelet_size)
             heat = {}
-            for map_name, values in explanation.maps().items():
+            uniform = model.tubelet_size / model.num_frames
+            for map_name, (values, baseline) in explanation.heat(uniform).items():
                 usable = np.isfinite(boxes).all(axis=1)
                 mass, share = heat_in_box(values[usable], boxes[usable]) if usable.any() else (None, None)
-                heat[map_name] = {"mass_in_box": mass, "box_share": share, "box_share_of_frame": of_frame}
+                heat[map_name] = {
+                    "mass_in_box": None if mass is None or not np.isfinite(mass) else mass,  # no heat at all
+                    "box_share": share,
+                    "box_share_of_frame": of_frame,
+                    "baseline": baseline,
+                }
             report[row.clip_id] = {"label": row.label, "predicted": predicted, "heat_in_box": heat}
     return report
