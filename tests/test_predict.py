@@ -328,7 +328,7 @@ def _edit_config(change):
         ),
         (
             lambda d, t, v: (v, _broken_model(d, t, _edit_config(lambda c: c.pop("pipeline")))),
-            "has no pipeline: not a folder the train stage wrote (an ablation variant's models record no",
+            "has no pipeline: not a model folder the train or ablate stages wrote, or one an older version",
         ),
         (
             lambda d, t, v: (
@@ -1006,11 +1006,14 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def test_the_train_stage_lists_every_recorded_param():
-    """config.json's ``pipeline`` holds params the train stage must re-run for (dvc.yaml lists them)."""
+@pytest.mark.parametrize("stage", ["train", "ablate"])
+def test_the_train_stage_lists_every_recorded_param(stage):
+    """config.json's ``pipeline`` holds params the train stage (and each ablation variant's, for its seeds'
+    model folders) must re-run for (dvc.yaml lists them)."""
     from transmodal.training.train import PIPELINE_KEYS
 
-    listed = set(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"])
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    listed = set(stages[stage].get("do", stages[stage])["params"])
     for name, keys in PIPELINE_KEYS.items():
         for key in keys:
             assert f"{name}.{key}" in listed or name in listed, f"{name}.{key}"

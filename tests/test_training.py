@@ -27,7 +27,7 @@ from transmodal.training.evaluate import (
     video_level,
 )
 from transmodal.training.figures import ablation_markdown, plot_ablation
-from transmodal.training.train import deterministic_attention, load_checkpoint, train_model
+from transmodal.training.train import deterministic_attention, load_checkpoint, pipeline_record, train_model
 
 G, P, D, T, J = 8, 4, 16, 16, 17
 CLASSES = ["boxing", "walking", "running"]
@@ -478,6 +478,9 @@ def test_seeds_in_worker_processes_equal_seeds_in_one_process(params, tmp_path):
     for seed in (0, 1):
         model = f"seed-{seed}/model/model.safetensors"
         assert (tmp_path / "serial" / model).read_bytes() == (tmp_path / "parallel" / model).read_bytes()
+        # each seed's folder records the pipeline as train's does, so `transmodal predict --model` runs it
+        config = json.loads((tmp_path / "serial" / f"seed-{seed}/model/config.json").read_text())
+        assert config["pipeline"] == pipeline_record(params)
     assert serial["runs"][0]["predicted"] != serial["runs"][1]["predicted"] or (
         (tmp_path / "serial/seed-0" / "model/model.safetensors").read_bytes()
         != (tmp_path / "serial/seed-1" / "model/model.safetensors").read_bytes()

@@ -67,12 +67,14 @@ def run_script(folder: Path, stage: str, params: dict) -> subprocess.CompletedPr
     return subprocess.run(args, cwd=folder, env=_env(), capture_output=True, text=True, timeout=300)
 
 
-def write_backbone_record(folder: Path, patches_per_group: int) -> None:
-    """A data/features/backbone.json as the features stage writes it (only the keys validation reads)."""
+def write_backbone_record(folder: Path, patches_per_group: int, checkpoint: str | None = None) -> None:
+    """A data/features/backbone.json as the features stage writes it (only the keys validation reads), made
+    with ``checkpoint`` (default: params.yaml's)."""
     path = folder / FEATURES_BACKBONE
     path.parent.mkdir(parents=True)
     grid = [8, patches_per_group]
     record = {"model_type": "videomae", "num_frames": 16, "tubelet_size": 2, "grid": grid}
+    record["checkpoint"] = checkpoint or PARAMS["backbone"]["checkpoint"]
     path.write_text(json.dumps(record | {"patches_per_group": patches_per_group}))
 
 
@@ -177,7 +179,7 @@ def test_a_mistake_stops_the_stage_before_any_work(case, tmp_path, tiny_checkpoi
 
 def test_the_grid_of_the_feature_cache_comes_before_the_checkpoints(tmp_path, tiny_checkpoints):
     """backbone.json is what the head trains on: 4 patches there beat the 16 of the checkpoint's config."""
-    write_backbone_record(tmp_path, patches_per_group=4)
+    write_backbone_record(tmp_path, patches_per_group=4, checkpoint=tiny_checkpoints["backbone"])
     params = with_values(PARAMS, {"backbone.checkpoint": tiny_checkpoints["backbone"]})
     result = run_script(tmp_path, "train", params)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -186,6 +188,30 @@ def test_the_grid_of_the_feature_cache_comes_before_the_checkpoints(tmp_path, ti
         "expected 1 to 4" in result.stderr
     )
     assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_a_cache_of_another_backbone_or_keep_says_nothing_of_this_run_s_grid(
+    monkeypatch, tmp_path, tiny_checkpoints
+):
+    """The demo's cache (4 patches a group here) still on disk when a preset names another backbone: its grid
+    was read, and the preset's keep variants refused ("a frame has only 2 patch tokens") before the
+    features stage had made the preset's cache. Another checkpoint's or another keep's cache is skipped; the
+    checkpoint's own config gives the grid (16), and a hub id none."""
+    monkeypatch.chdir(tmp_path)
+    write_backbone_record(tmp_path, patches_per_group=4, checkpoint="models/tiny/other")
+    params = with_values(PARAMS, {"backbone.checkpoint": tiny_checkpoints["backbone"]})
+    validate_stage("train", params)  # top_k_tokens 12 of the checkpoint's 16
+    keep_50 = {
+        "ablation.variants": {"full": {}, "keep_50": {"backbone.keep": 0.5, "selector.top_k_tokens": 8}}
+    }
+    validate_stage("ablate_features@keep_50", with_values(params, keep_50))  # 8 of 16 x 0.5
+    with pytest.raises(ParamError, match=r"selector\.top_k_tokens is 12; a frame has only 8 patch tokens"):
+        validate_stage(
+            "train", with_values(params, {"backbone.keep": 0.5})
+        )  # this run's keep, not the cache's
+    validate_stage(
+        "train", with_values(params, {"backbone.checkpoint": "MCG-NJU/videomae-base-finetuned-kinetics"})
+    )
 
 
 # --- validate_stage in process ------------------------------------------------------------------------------
@@ -230,7 +256,9 @@ def test_a_hub_checkpoint_skips_the_grid_until_the_cache_exists(monkeypatch, tmp
     )
     validate_stage("train", params)
     validate_stage("features", params)  # num_frames of a hub checkpoint: checked when it loads
-    write_backbone_record(tmp_path, patches_per_group=196)
+    write_backbone_record(
+        tmp_path, patches_per_group=196, checkpoint="MCG-NJU/videomae-base-finetuned-kinetics"
+    )
     with pytest.raises(ParamError, match=r"selector\.top_k_tokens is 999; a frame has only 196 patch tokens"):
         validate_stage("train", params)
 

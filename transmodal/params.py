@@ -591,7 +591,19 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("model", "selector", "train", "frames", "clips", "detect", "pose", "compute"),
     "evaluate": ("eval",),
     "ablate_features": ("ablation", "clips", "backbone"),  # ablate_features@<variant>
-    "ablate": ("model", "selector", "train", "eval", "ablation", "clips", "backbone"),  # ablate@<variant>
+    # ablate@<variant>; frames, detect and pose recorded in each seed's model folder, as train records them
+    "ablate": (
+        "model",
+        "selector",
+        "train",
+        "eval",
+        "ablation",
+        "clips",
+        "backbone",
+        "frames",
+        "detect",
+        "pose",
+    ),
     "ablation": ("ablation", "backbone"),
 }
 """The sections of params.yaml each stage of dvc.yaml reads (``ablate@<variant>`` is ``ablate``)."""
@@ -670,8 +682,9 @@ def _videomae_value(config: dict, key: str) -> int | None:
 
 def _patches_per_group(params: dict, varied: dict | None = None) -> tuple[int, str] | None:
     """Patch tokens per frame group the head will see, and where that number comes from: the feature
-    cache's backbone.json when present (what the head trains on), else the backbone checkpoint's
-    config.json when it is a local VideoMAE folder; None when neither is known (a hub id).
+    cache's backbone.json when present and made with these params' checkpoint and keep (what the head
+    trains on), else the backbone checkpoint's config.json when it is a local VideoMAE folder; None when
+    neither is known (a hub id).
 
     ``varied``: an ablation variant's params. When it changes a ``backbone.keep*`` key the variant gets its
     own cache, of ``round(backbone.keep * P)`` patches a group, P being the backbone's whole grid."""
@@ -679,6 +692,13 @@ def _patches_per_group(params: dict, varied: dict | None = None) -> tuple[int, s
     if FEATURES_BACKBONE.is_file():
         try:
             record = json.loads(FEATURES_BACKBONE.read_text())
+            # a cache of another checkpoint or keep (the demo's, before a preset's features stage runs)
+            # says nothing of this run's grid: it was read, and a keep variant refused in a wrong line
+            if record.get("checkpoint") != _backbone_value(params, "backbone.checkpoint"):
+                raise ValueError("another backbone's cache")
+            keep = _backbone_value(params, "backbone.keep")
+            if not own_cache and record.get("keep", 1.0) != (1.0 if keep is None else keep):
+                raise ValueError("another keep's cache")
             if not own_cache:
                 return int(record["patches_per_group"]), str(FEATURES_BACKBONE)
             full = int(record.get("full_patches_per_group", record["patches_per_group"]))

@@ -104,9 +104,8 @@ class ModelFolder:
         missing = [key for key in ("model", "classes", "backbone", "pipeline") if key not in config]
         if missing:
             raise PredictError(
-                f"--model {path}: {CONFIG_FILE} has no {', '.join(missing)}: not a folder the train stage "
-                "wrote (an ablation variant's models record no detection and pose settings), or one an older "
-                "train stage wrote (re-run `dvc repro train`)"
+                f"--model {path}: {CONFIG_FILE} has no {', '.join(missing)}: not a model folder the train or "
+                "ablate stages wrote, or one an older version of them wrote (re-run `dvc repro`)"
             )
         classes, num_classes = config["classes"], config["model"].get("num_classes")
         if len(classes) != num_classes:

@@ -19,7 +19,7 @@ from transmodal.features.keep import own_features
 from transmodal.io import write_json
 from transmodal.params import AblationConfig, section, variant_params
 from transmodal.training.evaluate import PAPER_UNIT, UNITS, evaluate_model
-from transmodal.training.train import train_model
+from transmodal.training.train import pipeline_record, train_model
 from transmodal.vision.checkpoints import pick_device
 
 METRICS_FILE = "metrics.json"
@@ -40,7 +40,13 @@ def _run_seed(varied: dict, seed: int, store: FeatureStore, out_dir: Path, progr
     model_dir = seed_dir(out_dir, seed) / "model"
     train_cfg = dataclasses.replace(section(varied, "train"), seed=seed)
     train_metrics, _ = train_model(
-        store, section(varied, "model"), section(varied, "selector"), train_cfg, model_dir, progress=progress
+        store,
+        section(varied, "model"),
+        section(varied, "selector"),
+        train_cfg,
+        model_dir,
+        progress=progress,
+        pipeline=pipeline_record(varied),  # so `transmodal predict --model` runs a variant's model too
     )
     eval_cfg = section(varied, "eval")
     test, predictions = evaluate_model(model_dir, store, "test", eval_cfg.batch_size, eval_cfg.device)
