@@ -233,7 +233,7 @@ def test_a_variant_may_vary_the_keep_and_its_selector_is_checked_against_its_own
     params = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "params.yaml")))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "features").mkdir(parents=True)
-    record = {"patches_per_group": 196, "grid": [8, 196]}
+    record = {"patches_per_group": 196, "grid": [8, 196], "checkpoint": params["backbone"]["checkpoint"]}
     (tmp_path / "data" / "features" / "backbone.json").write_text(json.dumps(record))
     params["ablation"]["variants"] = {"full": {}, "keep_25": {"backbone.keep": 0.25}}
     validate_stage("ablate@keep_25", params)  # 49 patches >= top_k_tokens 12
