@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 
 from transmodal.data.frames import FrameStore
-from transmodal.features.keep import ABLATION_FEATURES, SHARED_FILE, own_features
+from transmodal.features.keep import ABLATION_FEATURES, ABLATION_PARTIAL, SHARED_FILE, own_features
 from transmodal.features.store import build_features
 from transmodal.io import write_json
 from transmodal.params import section, variant_params
@@ -33,6 +33,7 @@ def main(params: dict) -> None:
         section(params, "clips"),
         section(variant_params(params, variant), "backbone"),
         *own,
+        partial_dir=ABLATION_PARTIAL / variant,  # an interrupted run resumes: not inside out_dir
     )
 
 

@@ -1,5 +1,6 @@
 """Checkpoint resolution: local folder, then the Hugging Face cache, then the hub (never offline)."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -215,3 +216,22 @@ def test_every_loader_asks_for_its_revision_and_the_model_folder_records_them(mo
     params["pose"].update(checkpoint="org/vitpose", revision="r2")
     record = pipeline_record(params)
     assert (record["detect"]["revision"], record["pose"]["revision"]) == ("r1", "r2")
+
+
+def test_a_backbone_whose_processor_resizes_otherwise_is_refused(tiny_checkpoints, tmp_path):
+    """The crops are resized bilinearly, as VideoMAE's processors do: a checkpoint whose processor asks for
+    another filter (bicubic: resample 3) would see other pixels than it was trained on, said in one line."""
+    from transmodal.features.backbone import FrozenBackbone
+    from transmodal.params import BackboneConfig
+
+    folder = tmp_path / "bicubic"
+    shutil.copytree(tiny_checkpoints["backbone"], folder)
+    length = json.loads((folder / "config.json").read_text())["num_frames"]
+    FrozenBackbone(BackboneConfig(checkpoint=str(folder), device="cpu"), length)  # bilinear: loads
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    config["resample"] = 3
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError, match=r"resizes with filter BICUBIC \(preprocessor_config\.json resample 3\)"
+    ):
+        FrozenBackbone(BackboneConfig(checkpoint=str(folder), device="cpu"), length)

@@ -63,6 +63,33 @@ def test_two_processes_train_one_epoch_and_write_one_checkpoint(project):
     assert json.loads((project / "metrics" / "timings" / "train.json").read_text())["stage"] == "train"
 
 
+def test_each_rank_draws_its_own_dropout_masks(project, tmp_path):
+    """One seed on every rank dropped the same units of every rank's (different) clips at each step; one
+    process draws a mask per clip. The torch random state at each rank's first training dropout must differ
+    (the weights stay rank 0's: DDP copies them)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') is not None:\n"
+        "    import hashlib, torch, torch.nn.functional as F\n"
+        "    real = F.dropout\n"
+        "    def dropout(input, p=0.5, training=True, inplace=False):\n"
+        "        state = f\"dropout-rank-{os.environ['RANK']}\"\n"
+        "        if training and p > 0 and not os.path.exists(state):\n"
+        "            with open(state, 'w') as f:\n"
+        "                f.write(hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest())\n"
+        "        return real(input, p, training, inplace)\n"
+        "    F.dropout = dropout\n"
+    )
+    for rank in (0, 1):
+        (project / f"dropout-rank-{rank}").unlink(missing_ok=True)
+    done = train(project, hook)
+    assert done.returncode == 0, done.stderr[-3000:]
+    states = [(project / f"dropout-rank-{rank}").read_text() for rank in (0, 1)]
+    assert states[0] != states[1]
+
+
 def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_output(project, tmp_path):
     for output in ("models", "metrics"):
         shutil.rmtree(project / output, ignore_errors=True)

@@ -205,3 +205,64 @@ def test_an_error_on_the_temporary_names_the_output(tmp_path):
         write_json({"a": 1}, folder)
     assert error.value.filename == str(folder) and ".tmp" not in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # and no temporary left
+
+
+def _record_syncs(monkeypatch, output: Path) -> list[tuple[str, bool]]:
+    """Each path io syncs, with whether ``output`` existed under its final name at that moment."""
+    synced: list[tuple[str, bool]] = []
+    real = io._fsync
+
+    def record(path):
+        synced.append((Path(path).name, output.exists()))
+        real(path)
+
+    monkeypatch.setattr(io, "_fsync", record)
+    return synced
+
+
+def test_an_output_file_reaches_the_disk_before_it_takes_its_name(tmp_path, monkeypatch):
+    """A power cut after the rename must not leave an empty or cut file under the final name (a resumed
+    stage takes a part by its name): the temporary is synced before the rename, the folder after it."""
+    synced = _record_syncs(monkeypatch, tmp_path / "out.json")
+    write_json({"a": 1}, tmp_path / "out.json")
+    (temporary, before), (folder, after) = synced
+    assert temporary.startswith(".out.json.") and temporary.endswith(".tmp") and not before
+    assert folder == tmp_path.name and after
+
+
+def test_an_output_folder_reaches_the_disk_before_it_takes_its_name(tmp_path, monkeypatch):
+    synced = _record_syncs(monkeypatch, tmp_path / "out")
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "inner").mkdir()
+        (tmp / "inner" / "a.bin").write_bytes(b"x")
+        (tmp / "b.bin").write_bytes(b"y")
+    names = [name for name, _ in synced]
+    assert {"a.bin", "b.bin", "inner"} <= set(names[:-1])  # every file and folder inside, before the rename
+    assert not any(existed for _, existed in synced[:-1])
+    assert synced[-1] == (tmp_path.name, True)  # the parent, once the folder has its name
+
+
+def test_a_folder_that_cannot_be_synced_does_not_fail_a_write_that_succeeded(tmp_path, monkeypatch):
+    """A folder that may be written but not read (EACCES on open), or a file system that cannot sync a
+    folder (EINVAL): the output is in place, so the write succeeds; other errors still fail it."""
+    import errno
+
+    real_open = os.open
+
+    def no_folder_reads(path, flags, *args):
+        if Path(path).is_dir():
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(io.os, "open", no_folder_reads)
+    write_json({"a": 1}, tmp_path / "out.json")
+    assert (tmp_path / "out.json").read_text().startswith("{")
+
+    def disk_error(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(io.os, "open", real_open)
+    monkeypatch.setattr(io.os, "fsync", disk_error)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_json({"a": 2}, tmp_path / "again.json")
+    assert not (tmp_path / "again.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -288,3 +289,33 @@ def _first_build(world):  # noqa: F811
 
     _, features_dir, clips_path = build(world, "normalise")
     return features_dir, clips_path
+
+
+def test_a_variant_cache_keeps_its_finished_shards_outside_its_dvc_output(monkeypatch):
+    """DVC deletes ablate_features@<v>'s output before it runs the stage again: finished shards kept inside
+    it (the default ``.partial`` beside ``<v>/features``) would be gone, and an interrupted run could never
+    resume. The stage hands build_features a partial folder outside every output of the stage."""
+    import runpy
+    import sys
+
+    import yaml
+
+    import transmodal.data.frames as frames_module
+    import transmodal.features.store as store_module
+    from tests.conftest import REPO_ROOT
+    from transmodal.params import load_params
+
+    handed = {}
+    monkeypatch.setattr(store_module, "build_features", lambda *args, **kwargs: handed.update(kwargs))
+    monkeypatch.setattr(pd, "read_parquet", lambda path: path)
+    monkeypatch.setattr(frames_module, "FrameStore", lambda path: path)
+    monkeypatch.setattr(sys, "argv", ["stages/ablate_features.py", "keep_50"])
+    stage = runpy.run_path(str(REPO_ROOT / "stages" / "ablate_features.py"), run_name="ablate_features")
+    stage["main"](load_params(REPO_ROOT / "params.yaml"))
+
+    spec = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["ablate_features"]["do"]
+    outs = [Path(str(out).replace("${key}", "keep_50")) for out in spec["outs"]]
+    partial = Path(handed["partial_dir"])
+    default = Path("data/ablation_features/keep_50/.partial/features")  # Resumable's, without partial_dir
+    assert any(default.is_relative_to(out) for out in outs)  # the trap the stage avoids
+    assert not any(partial.is_relative_to(out) for out in outs), partial

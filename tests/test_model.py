@@ -130,6 +130,18 @@ def test_pose_encoder_uses_temporal_position():
     assert not torch.allclose(tokens[0, 0], tokens[0, 1])
 
 
+def test_pose_encoder_layer_is_pre_norm_with_the_fusion_s_ffn_ratio():
+    """Decision 5: x + SelfAttn(LN(x)), then x + FFN(LN(x)), FFN width mlp_ratio x D, no final norm."""
+    encoder = PoseEncoder(num_joints=J, in_channels=2, dim=D, num_frames=T, num_heads=4, mlp_ratio=2.0).eval()
+    x = torch.randn(2, T, D)
+    layer = encoder.layer
+    after_attn = x + layer.attn(layer.norm_attn(x))
+    expected = after_attn + layer.ffn(layer.norm_ffn(after_attn))
+    torch.testing.assert_close(layer(x), expected)
+    widths = [m.out_features for m in layer.ffn.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [2 * D, D]
+
+
 # --- Fusion ----------------------------------------------------------------------------------------------
 
 

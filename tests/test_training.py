@@ -218,6 +218,10 @@ def test_missing_joints_are_zeroed_and_scored_zero():
     assert torch.equal(plain[0, 0, 0], torch.full((2,), 0.5))
     scored = pose_input(xy, score * mask, mask, pose_scores=True)  # the clip plan's scores: 0 where masked
     assert scored.shape == (1, 2, 3, 3) and scored[0, 1, :, 2].eq(0).all() and scored[0, 0, 0, 2] == 0.9
+    # a masked joint holding NaN (no estimate) is zeroed too: NaN x 0 is NaN, and one NaN reaches every
+    # pose token, then every RGB token through the co-attention
+    xy[0, 0, 1] = np.nan
+    assert torch.equal(pose_input(xy, score, mask, pose_scores=False), plain)
 
 
 def test_macro_f1_averages_the_classes_present():

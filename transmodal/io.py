@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -96,6 +97,50 @@ def remove_unfinished() -> None:
         _remove(tmp)
 
 
+# what a file system that cannot sync says (a folder on some network mounts: EINVAL), and what opening a
+# folder that may be written but not read says: the write itself succeeded, so these are not an error
+CANNOT_SYNC = (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.ENOSYS, errno.EACCES, errno.EPERM)
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) from the page cache to the disk, where it can be."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as err:
+        if err.errno in CANNOT_SYNC:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in CANNOT_SYNC:
+            raise
+    finally:
+        os.close(fd)
+
+
+def sync_tree(path: str | Path) -> None:
+    """Put ``path`` on the disk: the file, or every file and folder under it."""
+    path = Path(path)
+    if not path.is_dir():
+        _fsync(path)
+        return
+    for folder, _, files in os.walk(path):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
+
+
+def durable_replace(source: str | Path, target: str | Path) -> None:
+    """``os.replace(source, target)`` that survives a power cut: ``source``'s content reaches the disk before
+    the rename, and the rename before this returns. Without the first sync a file system may commit the
+    rename first, and a crash then leaves an empty or cut file under the final name, which a resumed stage
+    would take as finished (frames' and features' parts are checked by name)."""
+    sync_tree(source)
+    os.replace(source, target)
+    _fsync(Path(target).parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -108,7 +153,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with _named_as(path, tmp):
             tmp.chmod(0o666 & ~UMASK)  # 0600 would hide the output from the group (a shared project)
             yield tmp
-            os.replace(tmp, path)
+            durable_replace(tmp, path)
     finally:
         _remove(tmp)
 
@@ -140,6 +185,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         tmp.chmod(0o777 & ~UMASK | tmp.stat().st_mode & stat.S_ISGID)  # a group folder's setgid bit stays
         yield tmp
+        sync_tree(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -148,6 +194,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         _remove(tmp)
 
@@ -211,7 +258,8 @@ def source_digest(*modules: str | Path) -> str:
 class Resumable:
     """Finished parts of one stage output that survive an interruption (Ctrl-C, a kill, a crash).
 
-    The parts live in ``<out_dir's parent>/.partial/<out_dir name>/<digest of key>/``: outside the output,
+    The parts live in ``<out_dir's parent>/.partial/<out_dir name>/<digest of key>/`` (or ``<base>/<digest>/``
+    where that parent lies inside a stage's output): outside the output,
     which DVC deletes before it re-runs a stage, and under a name that changes with anything that would
     change a part (``key``: params, inputs' signatures, the code's hash), so a part is reused only by the
     run that would have written the same bytes. Each part is written atomically; a part exists under its
@@ -219,11 +267,12 @@ class Resumable:
     this run's folder once the output is complete.
     """
 
-    def __init__(self, out_dir: str | Path, key: dict, clean: bool = True):
+    def __init__(self, out_dir: str | Path, key: dict, clean: bool = True, base: str | Path | None = None):
         """``clean``: remove other keys' parts and this key's leftover temporaries (one process of several
-        does it, before any of them writes)."""
+        does it, before any of them writes). ``base``: the folder of the parts when ``out_dir``'s parent is
+        itself inside a stage's output (the default, ``<parent>/.partial/<name>``, would then go with it)."""
         out_dir = Path(out_dir)
-        self.base = out_dir.parent / PARTIAL_DIR / out_dir.name
+        self.base = Path(base) if base is not None else out_dir.parent / PARTIAL_DIR / out_dir.name
         self.directory = self.base / digest(key)
         if not clean:
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from transmodal.io import write_json
+from transmodal.io import durable_replace, write_json
 from transmodal.params import KTH_ACTIONS
 
 DATASETS = ("kth", "ucf101", "hmdb51")
@@ -323,7 +323,7 @@ def _fetch(
             "download, run again to fetch it afresh or check the source"
         )
     _check_content(archive, part)
-    os.replace(part, path)
+    durable_replace(part, path)
     return received, sha256
 
 
@@ -494,7 +494,7 @@ def _unpack(archive: Archive, path: Path, root: Path, work: Path) -> list[str]:
         for entry in entries:
             target = root / entry.name
             _remove(target)
-            os.replace(entry, target)
+            durable_replace(entry, target)
         return [entry.name for entry in entries]
     except _Corrupt as exc:
         path.unlink(missing_ok=True)
@@ -611,7 +611,7 @@ def download(
             if archive.kind == "file":
                 target = root / archive.dest / archive.name if archive.dest else root / archive.name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target)
+                durable_replace(path, target)
                 placed = [target.relative_to(root).as_posix()]
             else:
                 placed = _unpack(archive, path, root, work)

@@ -57,7 +57,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from transmodal.data.coco import COCO_JOINTS, joint_columns
-from transmodal.io import atomic_dir, write_parquet
+from transmodal.io import atomic_dir, durable_replace, write_parquet
 from transmodal.params import KTH_ACTIONS, KTH_SCENARIOS, SynthConfig
 
 FPS = 25
@@ -181,7 +181,7 @@ def write_avi(frames: np.ndarray, path: Path, fps: float = float(FPS), fourcc: s
         for frame in frames:
             writer.write(np.ascontiguousarray(frame))
         writer.release()
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

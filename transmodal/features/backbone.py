@@ -13,7 +13,11 @@ import numpy as np
 import torch
 
 from transmodal.features.crops import PixelNormalizer
-from transmodal.params import BackboneConfig, check_clip_length  # torch-free: also checked at stage start
+from transmodal.params import (  # torch-free: checked at start
+    BackboneConfig,
+    CheckpointError,
+    check_clip_length,
+)
 from transmodal.stage import StageInputError
 from transmodal.vision.checkpoints import (
     hub_revision,
@@ -39,6 +43,28 @@ def processor_class():
     return VideoMAEImageProcessorPil
 
 
+BILINEAR = 2  # PIL's resampling filter number, as an image processor's ``resample`` names it
+
+
+def check_resample(processor, checkpoint: str) -> None:
+    """The crops are resized bilinearly (:func:`~transmodal.features.crops.resize_squares`), as every VideoMAE
+    checkpoint's processor resizes: a processor asking for another filter would see other pixels than it
+    was trained on, so it is refused rather than resized otherwise in silence."""
+    resample = getattr(processor, "resample", BILINEAR)
+    if resample is not None and int(resample) != BILINEAR:
+        from PIL import Image
+
+        try:
+            name = Image.Resampling(int(resample)).name
+        except ValueError:
+            name = str(resample)
+        raise CheckpointError(
+            f"backbone.checkpoint {checkpoint!r}: its image processor resizes with filter {name} "
+            f"(preprocessor_config.json resample {int(resample)}); the crops are resized bilinearly "
+            f"(resample {BILINEAR}), as VideoMAE's processors do"
+        )
+
+
 class FrozenBackbone:
     """A VideoMAEModel in eval mode with the checkpoint's own pixel normalisation.
 
@@ -62,6 +88,7 @@ class FrozenBackbone:
         config = self.model.config
         check_clip_length(clip_length, config.num_frames, cfg.checkpoint)
         self.processor = load_processor(processor_class(), self.folder, CHECKPOINT_PARAM)
+        check_resample(self.processor, cfg.checkpoint)
         self.normalizer = PixelNormalizer.from_processor(self.processor)
         self.model_type = config.model_type
         self.num_frames = int(config.num_frames)

@@ -56,6 +56,7 @@ from transmodal.features.crops import (
 from transmodal.io import (
     Resumable,
     atomic_dir,
+    durable_replace,
     file_signature,
     forget_unfinished,
     register_unfinished,
@@ -150,7 +151,7 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-            os.replace(self._tmp, self.directory / shard_name(self._shard))
+            durable_replace(self._tmp, self.directory / shard_name(self._shard))
             forget_unfinished(self._tmp)
 
     def close(self) -> None:
@@ -209,8 +210,9 @@ def _frame_lookup(
     wanted = (videos.get_indexer(video_ids).astype(np.int64) * span)[:, None] + frame_idx  # (N, T)
     pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
     hit = keys[pos] == wanted
-    values = table[list(columns)].to_numpy(np.float64)
-    out[hit] = values[keep[order[pos[hit]]]]
+    # only the rows found: converting the whole table (UCF101's keypoints: 1.2 M rows x 51 columns) cost
+    # about 0.5 GB once per chunk of clips
+    out[hit] = table[list(columns)].iloc[keep[order[pos[hit]]]].to_numpy(np.float64)
     return out
 
 
@@ -542,11 +544,14 @@ def build_features(
     clips_path: Path,
     progress: bool = True,
     timings: dict | None = None,
+    partial_dir: Path | None = None,
 ) -> dict:
     """Sample clips, crop them around the primary track, encode them with the frozen backbone, cache grids.
 
-    Writes ``features_dir`` (shards + backbone.json, appearing all at once) and ``clips_path``. Returns the
-    summary for ``metrics/features.json``. ``timings``, when given, receives the wall seconds of ``setup``
+    Writes ``features_dir`` (shards + backbone.json, appearing all at once) and ``clips_path``. Finished
+    shards of an interrupted run wait in ``partial_dir`` (default ``.partial/<name>`` beside
+    ``features_dir``, :class:`~transmodal.io.Resumable`), which must lie outside the stage's DVC outputs:
+    DVC deletes those before it runs a stage again. Returns the summary for ``metrics/features.json``. ``timings``, when given, receives the wall seconds of ``setup``
     (model load, clip sampling and planning), of the main loop's ``wait`` for pixel batches, ``forward`` and
     ``write``, and of ``finish`` (backbone.json, clips.parquet, the atomic rename).
     """
@@ -572,7 +577,7 @@ def build_features(
     if not cached:  # backbone.store: recompute: training and evaluation encode the clips again
         if distributed.current().is_main:
             # an interrupted tokens run's finished shards (up to the whole cache) are not needed any more
-            Resumable(features_dir, {"store": "recompute"}).discard()
+            Resumable(features_dir, {"store": "recompute"}, base=partial_dir).discard()
             description = backbone.describe() | recompute_record(
                 backbone_cfg, backbone, clips_cfg, total, store
             )
@@ -581,7 +586,7 @@ def build_features(
     else:
         description, shards = _encode(
             clips, kept, clips_cfg, backbone_cfg, backbone, store, features_dir, clips_path, classes,
-            progress, timings,
+            progress, timings, partial_dir,
         )  # fmt: skip
         if description is None:
             return {}  # another process of several: rank 0 assembles the output and reports
@@ -619,6 +624,7 @@ def _encode(
     classes: list[str],
     progress: bool,
     timings: dict | None,
+    partial_dir: Path | None = None,
 ) -> tuple[dict | None, int]:
     """Encode the planned clips into token shards and publish the cache (``backbone.store: tokens``).
 
@@ -628,7 +634,10 @@ def _encode(
     grid = (*backbone.grid, backbone.hidden_size)  # (G, P, D)
     world = distributed.current()
     parts = Resumable(
-        features_dir, _resume_key(clips_cfg, backbone_cfg, backbone, store, clips), clean=world.is_main
+        features_dir,
+        _resume_key(clips_cfg, backbone_cfg, backbone, store, clips),
+        clean=world.is_main,
+        base=partial_dir,
     )
     num_shards = -(-total // per_shard)
     # the shards an interrupted run left finished (rank 0's cleaning removes none of them), each whole (a
@@ -728,7 +737,7 @@ def _publish(
         with atomic_dir(features_dir) as tmp:
             write_json(description, tmp / BACKBONE_FILE)
             fill(tmp)
-        os.replace(staged, clips_path)
+        durable_replace(staged, clips_path)
     finally:
         staged.unlink(missing_ok=True)
         forget_unfinished(staged)

@@ -42,7 +42,10 @@ class SplitData:
 def pose_input(xy: np.ndarray, score: np.ndarray, mask: np.ndarray, pose_scores: bool) -> torch.Tensor:
     """The head's pose input (N, T, J, C) float32 from aligned keypoints: xy (N, T, J, 2) zeroed where
     ``mask`` (N, T, J) is False, then the score (N, T, J) as a third channel when ``pose_scores``."""
-    xy = torch.as_tensor(xy) * torch.as_tensor(mask)[..., None]
+    xy = torch.as_tensor(xy)
+    xy = torch.where(
+        torch.as_tensor(mask).bool()[..., None], xy, torch.zeros((), dtype=xy.dtype)
+    )  # NaN x 0 = NaN
     pose = torch.cat([xy, torch.as_tensor(score)[..., None]], dim=-1) if pose_scores else xy
     return pose.float().contiguous()
 
