@@ -23,6 +23,8 @@ def test_default_params_validate():
         ("selector.scoring", "magic", "selector.scoring"),
         ("selector.position", "anywhere", "selector.position"),
         ("frames.stride", 0, "frames.stride"),
+        ("frames.max_side", 10, "frames.max_side"),
+        ("frames.max_side", "big", "frames.max_side"),
         ("data.dataset", "kinetics", "data.dataset"),
         ("data.split", 4, "data.split"),
         ("train.lr", -1.0, "train.lr"),
@@ -102,3 +104,63 @@ def test_extraction_stages_do_not_depend_on_head_params():
     for name in ("synth", "checkpoints", "prepare", "frames", "detect", "pose", "features"):
         sections = {key.split(".")[0] for key in _stage_params(dvc["stages"][name])}
         assert not sections & {"model", "selector", "train", "eval", "ablation"}, name
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ({"keep_0.5": {"backbone.keep": 0.5}}, r"variant named 'keep_0\.5'; a name is letters, digits"),
+        ({3: {"model.use_pose": False}}, r"variant named 3; a name is letters"),
+        ({"a/b": {}}, r"variant named 'a/b'"),
+        ({"odd": {1: 2}}, r"ablation\.variants\.odd overrides 1; a key is a dotted name"),
+    ],
+)
+def test_a_variant_name_dvc_cannot_use_or_an_override_key_that_is_no_name_is_one_line(variants, message):
+    """DVC reads ``ablation.variants.keep_0.5`` as nested keys (its stage would fail after training), and a
+    name or key that is not a string was a TypeError / AttributeError traceback."""
+    params = copy.deepcopy(PARAMS)
+    params["ablation"]["variants"].update(variants)
+    with pytest.raises(ParamError, match=message):
+        section(params, "ablation")
+
+
+@pytest.mark.parametrize("value", [None, 3, "d1", [1, 2]])
+def test_synth_names_must_be_a_list_of_names(value):
+    params = copy.deepcopy(PARAMS)
+    params["synth"]["scenarios"] = value
+    with pytest.raises(ParamError, match=r"synth\.scenarios is .*; expected a list of names"):
+        section(params, "synth")
+
+
+def test_a_params_file_that_is_not_yaml_is_one_line_naming_its_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("selector:\n  top_k_frames: [4\n")
+    with pytest.raises(ParamError, match=rf"^{path}, line \d+: not valid YAML \("):
+        load_params(path)
+
+
+def test_a_misspelt_section_is_refused_when_a_stage_starts():
+    """``dvc exp run -S +selectr.top_k_frames=4`` adds a section no stage reads: the run would use the
+    defaults and say nothing."""
+    from transmodal.params import validate_stage
+
+    params = copy.deepcopy(PARAMS)
+    params["selectr"] = {"top_k_frames": 4}
+    with pytest.raises(ParamError, match=r"'selectr' is not a known section \(sections: synth, "):
+        validate_stage("prepare", params)
+
+
+def test_a_bad_compute_nnodes_stops_the_stage_before_its_work(tmp_path, monkeypatch, capsys):
+    """The stage's end reads compute.nnodes (which machine records the time): read unvalidated after the
+    work, a bad value failed the stage with a traceback once its outputs were written."""
+    from transmodal.stage import run_stage
+
+    params = copy.deepcopy(PARAMS)
+    params["compute"]["nnodes"] = "2"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    with pytest.raises(SystemExit) as exit_:
+        run_stage("checkpoints", ran.append)
+    assert exit_.value.code == 2 and ran == []
+    assert "compute.nnodes is '2'; expected an integer" in capsys.readouterr().err

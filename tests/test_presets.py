@@ -175,3 +175,46 @@ def test_a_preset_is_found_from_another_folder(tmp_path, monkeypatch):
     (target.parent / "params" / "paper-kth.yaml").write_text("train:\n  epochs: 7\n")
     main(["preset", "paper-kth", "--params", str(target)])
     assert yaml.safe_load(target.read_text())["train"]["epochs"] == 7
+
+
+def _custom_preset(tmp_path, text: str):
+    from transmodal.presets import apply_preset
+
+    (tmp_path / "custom.yaml").write_text(text)
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO_ROOT / "params.yaml").read_text())
+    skipped: list[str] = []
+    return target, skipped, lambda: apply_preset("custom", target, tmp_path, skipped=skipped)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # each section alone is valid; the train stage refuses 99 frames of a 16-frame clip
+        ("selector:\n  top_k_frames: 99\n", r"preset custom: .*selector\.top_k_frames is 99"),
+        # the override's section alone was checked, not the variant
+        ("ablation:\n  variants:\n    keep_50: {selector.top_k_tokens: x}\n", r"ablation\.variants\.keep_50"),
+        ("- a\n- b\n", r"preset: a preset must be a mapping of keys, not CommentedSeq"),
+        ("data:\n  root: {a: 1}\n", r"preset: data\.root is a value in params\.yaml, not a section"),
+    ],
+)
+def test_a_preset_whose_result_a_stage_would_refuse_leaves_params_yaml_alone(tmp_path, text, message):
+    from transmodal.params import ParamError
+
+    target, _, apply = _custom_preset(tmp_path, text)
+    with pytest.raises(ParamError, match=message):
+        apply()
+    assert target.read_text() == (REPO_ROOT / "params.yaml").read_text()
+
+
+def test_a_preset_leaves_out_a_variant_params_yaml_lacks_and_may_add_an_override(tmp_path):
+    """The variants are the user's: a removed keep_25 no longer stops paper-kth, and a variant that does not
+    set top_k_tokens gets the preset's."""
+    target, skipped, apply = _custom_preset(
+        tmp_path,
+        "ablation:\n  variants:\n    gone: {selector.top_k_tokens: 12}\n    no_pose: {selector.top_k_tokens: 6}\n",
+    )
+    apply()
+    variants = yaml.safe_load(target.read_text())["ablation"]["variants"]
+    assert skipped == ["ablation.variants.gone"] and "gone" not in variants
+    assert variants["no_pose"] == {"model.use_pose": False, "selector.top_k_tokens": 6}

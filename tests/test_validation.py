@@ -383,3 +383,22 @@ def test_a_missing_input_is_one_line_naming_it(stage, missing, tmp_path):
         -3000:
     ]
     assert "Traceback" not in result.stderr and f"`dvc repro {stage}`" in lines[-1]
+
+
+def test_the_commands_name_their_own_flags_and_skip_a_bad_timing_file(tmp_path, capsys):
+    """``transmodal synth --subjects 0`` named params.yaml's key, which the command does not read; a
+    timings file that is not a stage's record was a traceback."""
+    from transmodal.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["synth", str(tmp_path / "out"), "--subjects", "0", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1
+    assert "--subjects is 0; must be >= 1" in err[0] and "params.yaml" not in err[0]
+    timings = tmp_path / "timings"
+    timings.mkdir()
+    (timings / "frames.json").write_text('{"stage": "frames", "seconds": 4.2}')
+    (timings / "cut.json").write_text('{"stage": "fea')
+    main(["timings", "--dir", str(timings)])
+    out = capsys.readouterr().out
+    assert f"{timings / 'cut.json'}: not a stage timing" in out and "frames      4.2" in out

@@ -19,13 +19,19 @@ AGAIN = {
 def _synth(args: argparse.Namespace) -> None:
     from transmodal.data.synth import generate
 
-    cfg = SynthConfig(
-        seed=args.seed,
-        subjects=args.subjects,
-        scenarios=tuple(args.scenarios),
-        actions=tuple(args.actions),
-        frames_per_video=args.frames_per_video,
-    )
+    try:
+        cfg = SynthConfig(
+            seed=args.seed,
+            subjects=args.subjects,
+            scenarios=tuple(args.scenarios),
+            actions=tuple(args.actions),
+            frames_per_video=args.frames_per_video,
+        )
+    except ParamError as err:  # the command's flags, not params.yaml, gave the value
+        message = str(err).removeprefix("params.yaml: ")
+        for field in ("seed", "subjects", "scenarios", "actions", "frames_per_video"):
+            message = message.replace(f"synth.{field}", f"--{field.replace('_', '-')}")
+        raise ParamError(message) from None
     summary = generate(Path(args.out), cfg, progress=not args.quiet)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
@@ -44,8 +50,11 @@ def _timings(args: argparse.Namespace) -> None:
     folder = Path(args.dir) if args.dir else TIMINGS_DIR
     rows = []
     for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
-        data = json.loads(path.read_text())
-        rows.append((data["stage"], float(data["seconds"])))
+        try:
+            data = json.loads(path.read_text())
+            rows.append((str(data["stage"]), float(data["seconds"])))
+        except (ValueError, KeyError, TypeError):  # not a stage's record (edited, cut short by a full disk)
+            print(f'{path}: not a stage timing (expected {{"stage": ..., "seconds": ...}}); left out')
     if not rows:
         print(f"no stage timings under {folder}")
         return
@@ -94,8 +103,13 @@ def _preset(args: argparse.Namespace) -> None:
 
     from transmodal.presets import apply_preset, not_ready
 
-    changed = apply_preset(args.name, Path(args.params))
+    skipped: list[str] = []
+    changed = apply_preset(args.name, Path(args.params), skipped=skipped)
     print(f"{args.params}: preset {args.name} set {len(changed)} value(s): {', '.join(changed) or 'none'}")
+    for variant in skipped:
+        print(
+            f"preset: note: {variant} is not in {args.params}: its overrides were left out", file=sys.stderr
+        )
     print("undo with: git checkout " + args.params)
     params = yaml.safe_load(Path(args.params).read_text())
     for note in not_ready(params, Path(args.params).parent):
@@ -158,7 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     pred.add_argument("--device", default="auto", choices=DEVICES)
     pred.add_argument(
-        "--max-side", type=int, default=None, help="shrink larger frames to this side (default 1280)"
+        "--max-side",
+        type=int,
+        default=None,
+        help="shrink larger frames to this side (default: the model's frames.max_side, else 1280)",
     )
     pred.add_argument("--detector", default=None, help="RT-DETR checkpoint instead of the recorded one")
     pred.add_argument("--pose-model", default=None, help="ViTPose++ checkpoint instead of the recorded one")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,11 @@ class SynthConfig:
         s = "synth"
         _check_int(s, "seed", self.seed, 0)
         _check_int(s, "subjects", self.subjects, 1, 99)
-        object.__setattr__(self, "scenarios", tuple(self.scenarios))
-        object.__setattr__(self, "actions", tuple(self.actions))
+        for key in ("scenarios", "actions"):
+            values = getattr(self, key)
+            if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+                _fail(s, key, f"is {values!r}; expected a list of names")
+            object.__setattr__(self, key, tuple(values))
         if not self.scenarios:
             _fail(s, "scenarios", "is empty")
         for v in self.scenarios:
@@ -186,9 +190,12 @@ class FramesConfig:
     videos_per_shard: int = 64
     store: str = "pixels"
     by_time: bool = False
+    max_side: int | None = 1280
 
     def __post_init__(self):
         _check_int("frames", "stride", self.stride, 1, 64)
+        if self.max_side is not None:
+            _check_int("frames", "max_side", self.max_side, 64)
         _check_bool("frames", "by_time", self.by_time)
         if self.by_time and self.reference_fps is None:
             _fail("frames", "by_time", "is true but frames.reference_fps is null: time sampling needs a rate")
@@ -315,6 +322,7 @@ class BackboneConfig(RuntimeMixin):
 
 KEEP_BY = ("box", "joints")
 TOKEN_STORES = ("tokens", "recompute")  # backbone.store: the token grids cached | encoded again when read
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")  # ablation.variants names: DVC stage names, folder names
 BACKBONE_KEEP_KEYS = ("backbone.keep", "backbone.keep_margin", "backbone.keep_by")
 """The backbone params an ablation variant may vary: each variant that does gets its own feature cache."""
 
@@ -499,10 +507,23 @@ class AblationConfig:
         if "full" not in self.variants:
             _fail(s, "variants", "must contain 'full' (the reference row of the table)")
         for name, overrides in self.variants.items():
+            if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
+                _fail(
+                    s,
+                    "variants",
+                    f"has a variant named {name!r}; a name is letters, digits, _ and - (it names the DVC "
+                    "stages ablate@<name> and their folders, and DVC reads a dot as a nested key)",
+                )
             overrides = overrides or {}
             if not isinstance(overrides, dict):
                 _fail(s, f"variants.{name}", "must be a mapping of 'section.key: value' overrides")
             for key in overrides:
+                if not isinstance(key, str):
+                    _fail(
+                        s,
+                        f"variants.{name}",
+                        f"overrides {key!r}; a key is a dotted name like 'model.use_pose'",
+                    )
                 if key == "train.seed":
                     _fail(s, f"variants.{name}", "overrides 'train.seed'; the seeds are ablation.seeds")
                 if key.split(".")[0] not in ("model", "selector", "train") and key not in BACKBONE_KEEP_KEYS:
@@ -536,12 +557,39 @@ SECTIONS: dict[str, type] = {
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
-    """Read params.yaml as a plain dict."""
+    """Read params.yaml as a plain dict; a YAML syntax error is one line naming the file and the line."""
     with open(path) as f:
-        params = yaml.safe_load(f) or {}
+        try:
+            params = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+            raise ParamError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(params, dict):
         raise ParamError(f"{path}: expected a mapping of sections at the top level")
     return params
+
+
+def check_sections(params: dict) -> None:
+    """Every top-level key is a known section: a misspelt one (``selectr:``, or ``dvc exp run -S
+    +selectr.top_k_frames=4``) would otherwise be ignored and the stage run on the defaults."""
+    for name in params:
+        if name not in SECTIONS:
+            raise ParamError(
+                f"params.yaml: {name!r} is not a known section (sections: {', '.join(SECTIONS)})"
+            )
+
+
+def validate_all(params: dict) -> None:
+    """:func:`validate_stage` for every stage of the pipeline, each ablation variant's included: what a
+    params.yaml written for ``dvc repro`` must pass (``transmodal preset`` checks its result with it)."""
+    for stage in STAGE_SECTIONS:
+        if stage in ("ablate", "ablate_features"):
+            for variant in section(params, "ablation").variants:
+                validate_stage(f"{stage}@{variant}", params)
+        else:
+            validate_stage(stage, params)
 
 
 def section(params: dict, name: str):
@@ -775,6 +823,7 @@ def validate_stage(stage: str, params: dict) -> None:
     base, _, variant = stage.partition("@")
     if base not in STAGE_SECTIONS:
         raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(STAGE_SECTIONS)})")
+    check_sections(params)
     for name in STAGE_SECTIONS[base]:
         section(params, name)
 

@@ -8,10 +8,11 @@ would refuse. ``git checkout params.yaml`` returns to the demo.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 from transmodal.io import write_text
-from transmodal.params import SECTIONS, ParamError
+from transmodal.params import CheckpointError, ParamError
 
 PRESETS_DIR = Path("params")
 
@@ -34,20 +35,36 @@ def presets_dir_for(name: str, params_path: Path) -> Path:
     return next((folder for folder in folders if folder.is_dir()), PRESETS_DIR)
 
 
-def _merge(target, overrides, where: str) -> list[str]:
-    """Set every leaf of ``overrides`` in ``target`` (ruamel maps, comments kept); returns the dotted keys."""
+VARIANTS = "ablation.variants"
+
+
+def _merge(target, overrides, where: str, skipped: list[str]) -> list[str]:
+    """Set every leaf of ``overrides`` in ``target`` (ruamel maps, comments kept); returns the dotted keys.
+
+    Under ``ablation.variants`` the names are the user's: a variant params.yaml does not have is left out
+    (its name added to ``skipped``), and a variant's overrides may gain a key it did not set."""
+    if not isinstance(overrides, Mapping):
+        what = f"{where} in the preset" if where else "a preset"
+        raise ParamError(f"preset: {what} must be a mapping of keys, not {type(overrides).__name__}")
+    if not isinstance(target, Mapping):
+        raise ParamError(
+            f"preset: {where} is a value in params.yaml, not a section of keys the preset can set"
+        )
     changed = []
     for key, value in overrides.items():
         dotted = f"{where}.{key}" if where else str(key)
-        if key not in target:
+        if key not in target and where == VARIANTS:
+            skipped.append(dotted)
+            continue
+        if key not in target and not where.startswith(f"{VARIANTS}."):
             raise ParamError(f"preset: {dotted} is not a key of params.yaml")
         if isinstance(value, dict):
-            changed += _merge(target[key], value, dotted)
+            changed += _merge(target[key], value, dotted, skipped)
         else:
-            if target[key] != value:
+            if target.get(key, object()) != value:
                 changed.append(dotted)
             target[key] = value
-    pinned = target.get("revision") if hasattr(target, "get") else None
+    pinned = target.get("revision")
     if f"{where}.checkpoint" in changed and "revision" not in overrides and pinned is not None:
         target["revision"] = None  # a commit of the checkpoint it replaces: not one of the new one
         changed.append(f"{where}.revision")
@@ -55,13 +72,18 @@ def _merge(target, overrides, where: str) -> list[str]:
 
 
 def apply_preset(
-    name: str, params_path: Path = Path("params.yaml"), presets_dir: Path | None = None
+    name: str,
+    params_path: Path = Path("params.yaml"),
+    presets_dir: Path | None = None,
+    skipped: list[str] | None = None,
 ) -> list[str]:
     """Merge the preset into ``params_path``; returns the keys whose value changed. ``presets_dir`` None:
-    :func:`presets_dir_for`."""
+    :func:`presets_dir_for`. ``skipped`` receives the preset's ablation variants that params.yaml does not
+    have (left out). The result must pass every stage's validation, each variant's included, before it
+    replaces params.yaml."""
     from ruamel.yaml import YAML
 
-    from transmodal.params import section
+    from transmodal.params import validate_all
 
     presets_dir = presets_dir_for(name, params_path) if presets_dir is None else Path(presets_dir)
     path = Path(presets_dir) / f"{name}.yaml"
@@ -74,11 +96,11 @@ def apply_preset(
     yaml.Representer = _representer()  # `key: null` stays so, not `key:`
     params = _load(yaml, Path(params_path))
     preset = _load(yaml, path) or {}
-    changed = _merge(params, preset, "")
-    plain = YAML(typ="safe").load(_dump(yaml, params))
-    for name_ in SECTIONS:
-        if name_ in plain:
-            section(plain, name_)
+    changed = _merge(params, preset, "", skipped if skipped is not None else [])
+    try:
+        validate_all(YAML(typ="safe").load(_dump(yaml, params)))
+    except (ParamError, CheckpointError) as err:
+        raise type(err)(f"preset {name}: {err}; params.yaml is left as it was") from None
     write_text(_dump(yaml, params), params_path)
     return changed
 

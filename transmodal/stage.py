@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from transmodal.params import CheckpointError, ParamError, load_params, validate_stage
+from transmodal.params import CheckpointError, ParamError, load_params, section, validate_stage
 
 TIMINGS_DIR = Path("metrics/timings")
 PIPELINE_FOLDERS = (
@@ -118,6 +118,7 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     try:
         params = load_params(params_path)
         validate_stage(name, params)
+        elsewhere = other_machine(params)  # read now: a bad compute.nnodes fails before the work, not after
         if not is_worker():  # the process that launches torchrun's workers says it once
             for note in version_notes():
                 print(f"{name}: note: {note}", file=sys.stderr)
@@ -154,7 +155,7 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     seconds = time.perf_counter() - start
     if is_worker():  # a torchrun worker: the process that launched the workers reports
         return
-    if not other_machine(params):  # as the outputs, from the first machine only (a shared folder has one)
+    if not elsewhere:  # as the outputs, from the first machine only (a shared folder has one)
         write_json({"stage": name, "seconds": round(seconds, 2)}, TIMINGS_DIR / f"{name}.json")
     print(f"{name}: done in {seconds:.1f} s", file=sys.stderr)
 
@@ -162,7 +163,7 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
 def other_machine(params: dict) -> bool:
     """Whether this process launched a stage's workers on a machine other than the first of several
     (``compute.nnodes`` > 1 and NODE_RANK > 0): rank 0, which writes the outputs, runs on the first."""
-    nnodes = (params.get("compute") or {}).get("nnodes", 1)
+    nnodes = section(params, "compute").nnodes if "compute" in params else 1
     node_rank = os.environ.get("NODE_RANK", "0").strip()
     return (
         nnodes > 1 and node_rank.isdigit() and int(node_rank) > 0
