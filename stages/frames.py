@@ -26,6 +26,7 @@ def main(params: dict) -> None:
         reference_fps=frames.reference_fps,
         store=frames.store,
         by_time=frames.by_time,
+        max_side=frames.max_side,
     )
     write_json(summary, "metrics/frames.json")
 

@@ -607,7 +607,8 @@ def test_a_packet_that_does_not_decode_is_skipped_and_the_stream_goes_on(tmp_pat
     """OpenCV's grab() is False on a corrupt packet as at the end: the frames after it were lost (45 of 90
     kept). Now they are decoded and numbered as decoded; by timestamp (predict) each time sample still gets
     the frame nearest its time, checked against the number painted into the frame, the file reaches its
-    header's count (not truncated), and the frames past the gap are no sign of a variable rate."""
+    header's count by its timestamps (not truncated, with either sampling), and the frames past the gap are
+    no sign of a variable rate."""
     clean = tmp_path / "v.mp4"
     write_vfr(clean, [1 / 30] * 90)
     damaged = _garble_packet(clean, 45)  # a P-frame after the keyframe at 44
@@ -616,9 +617,9 @@ def test_a_packet_that_does_not_decode_is_skipped_and_the_stream_goes_on(tmp_pat
         "long run of other streams' packets); the frames after are numbered as decoded"
     )
 
-    video = decode_video(damaged, "v", 1)
-    assert video.frames_decoded == 89 and video.frame_idx.tolist() == list(range(89)) and video.truncated
-    assert video.reason.startswith(f"{said}; truncated: decoded 89 of the 90 frames")
+    video = decode_video(damaged, "v", 1)  # the timestamps reach the header's count: skipped, not cut
+    assert video.frames_decoded == 89 and video.frame_idx.tolist() == list(range(89)) and not video.truncated
+    assert video.reason == said
     timed = decode_video(damaged, "v", 1, reference_fps=30.0, by_time=True)
     assert timed.frame_idx.tolist() == list(range(89)) and not timed.truncated
     assert timed.reason == f"{said}, sampled by their timestamps"
@@ -631,13 +632,17 @@ def test_a_packet_that_does_not_decode_is_skipped_and_the_stream_goes_on(tmp_pat
 
 def test_a_matroska_count_from_its_duration_is_not_a_cut_when_the_rate_varies(tmp_path):
     """Matroska stores no frame count: OpenCV gives the duration times the first rate (118 for 1.5 s at 30
-    fps then 2.5 s at 10 fps, 70 frames). By timestamp the frames reach the end, so it is not truncated;
-    a Matroska file cut in half still is."""
+    fps then 2.5 s at 10 fps, 70 frames). By timestamp the frames reach the end, so it is not truncated,
+    with frames.by_time or without (without, it was: the count alone was compared); a Matroska file cut in
+    half still is, either way."""
     path = tmp_path / "phone.mkv"
     write_vfr(path, [1 / 30] * 45 + [1 / 10] * 25)
     video = decode_video(path, "v", 2, reference_fps=25.0, by_time=True)
     assert (video.frames_reported, video.frames_decoded) == (118, 70) and not video.truncated
     assert "truncated" not in video.reason and video.reason.startswith("variable frame rate: ")
+    video = decode_video(path, "v", 2, reference_fps=25.0)  # sampled by number: its timestamps say the same
+    assert (video.frames_reported, video.frames_decoded) == (118, 70) and not video.truncated
+    assert video.reason == ""
 
     long_last = tmp_path / "long-last.mp4"  # its header rate is 90 frames over 4.97 s: every frame decodes
     write_vfr(long_last, [1 / 30] * 89 + [2.0])
@@ -648,8 +653,9 @@ def test_a_matroska_count_from_its_duration_is_not_a_cut_when_the_rate_varies(tm
     write_vfr(whole, [1 / 30] * 90)
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    video = decode_video(cut, "v", 2, reference_fps=25.0, by_time=True)
-    assert video.truncated and 0 < video.frames_decoded < 90 and "truncated: decoded" in video.reason
+    for by_time in (True, False):
+        video = decode_video(cut, "v", 2, reference_fps=25.0, by_time=by_time)
+        assert video.truncated and 0 < video.frames_decoded < 90 and "truncated: decoded" in video.reason
 
 
 def test_non_square_pixels_are_stretched_for_predict_and_kept_for_the_frames_stage(tmp_path):
@@ -787,3 +793,124 @@ def test_the_frames_stage_samples_by_timestamp_with_by_time(video_tree, tmp_path
     for video_id in ("phone", "a"):
         for x, y in zip(source_store.read(video_id), timed_store.read(video_id), strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+def test_a_video_over_one_chunk_is_stored_in_chunks_and_reads_back_whole(video_tree, tmp_path, monkeypatch):
+    """Parquet refuses a value of 2 GiB or more: one compressed buffer per video stopped the stage at a minute
+    or so of 1080p. The pixels go in chunks of CHUNK_BYTES raw bytes (here 3 frames of 64 x 48)."""
+    import pyarrow.parquet as pq
+
+    import transmodal.data.frames as frames_module
+
+    root, index = video_tree
+    whole = extract_frames(index, root, tmp_path / "whole", stride=2, clip_length=16, videos_per_shard=2)
+    monkeypatch.setattr(frames_module, "CHUNK_BYTES", 3 * 64 * 48 * 3 + 5)
+    chunked = extract_frames(index, root, tmp_path / "chunked", stride=2, clip_length=16, videos_per_shard=2)
+    assert chunked == whole
+    shard = pq.ParquetFile(tmp_path / "chunked" / "shard-00000.parquet").metadata
+    # a video a row group, a chunk a row: a (20 frames) in 7, b (11) in 4
+    assert [shard.row_group(g).num_rows for g in range(shard.num_row_groups)] == [7, 4]
+    one, several = FrameStore(tmp_path / "whole"), FrameStore(tmp_path / "chunked")
+    for video_id in one.video_ids:
+        for left, right in zip(one.read(video_id), several.read(video_id), strict=True):
+            np.testing.assert_array_equal(left, right)
+
+
+def test_a_source_that_decodes_to_other_frame_numbers_is_refused(video_tree, tmp_path, monkeypatch):
+    """Another OpenCV or FFmpeg build may decode the same file to the same count and size but other frames
+    (a timestamp rounding, a damaged packet concealed): the re-decoded frame numbers must be the recorded
+    ones, else pose and features would pair rows with other frames."""
+    import transmodal.data.frames as frames_module
+
+    root, index = video_tree
+    extract_frames(
+        index, root, tmp_path / "source", stride=2, clip_length=16, videos_per_shard=2, store="source"
+    )
+    store = FrameStore(tmp_path / "source")
+    real = frames_module.decode_video
+
+    def shifted(*args, **kwargs):
+        video = real(*args, **kwargs)
+        video.frame_idx = video.frame_idx + 1  # same count, same pixels' shape
+        return video
+
+    monkeypatch.setattr(frames_module, "decode_video", shifted)
+    with pytest.raises(RuntimeError, match=r"a\.avi.*decodes to other frames than the frames stage recorded"):
+        store.read("a")
+
+
+def test_a_header_without_a_frame_count_is_said(tmp_path, monkeypatch):
+    """A live or browser recording (WebM from MediaRecorder) states no count: a cut one decoded silently
+    short. It cannot be checked, and the video's reason says so."""
+    import transmodal.data.frames as frames_module
+
+    path = tmp_path / "a.avi"
+    write_test_video(path, 12, seed=1)
+    real = frames_module.VideoStream.open
+
+    def no_count(self):
+        opened = real(self)
+        self.reported, self.clock = 0, None  # as OpenCV reads such a header
+        return opened
+
+    monkeypatch.setattr(frames_module.VideoStream, "open", no_count)
+    video = decode_video(path, "a", 2, reference_fps=25)
+    assert not video.truncated and "the header gives no frame count" in video.reason
+
+
+def test_frames_over_max_side_are_kept_shrunk_and_counted(video_tree, tmp_path):
+    """frames.max_side: a 4K phone video kept at the source's size held 25 MB a frame in every stage that
+    reads it; frames whose longer side exceeds it are kept shrunk to it (aspect kept), counted (not as an
+    odd video: a phone dataset would be all odd), and the source store decodes them again at that size."""
+    root, index = video_tree
+    summary = extract_frames(
+        index, root, tmp_path / "pixels", stride=2, clip_length=16, videos_per_shard=2, max_side=32
+    )
+    store = FrameStore(tmp_path / "pixels")
+    frame_idx, frames = store.read("a")
+    assert frames.shape == (20, 24, 32, 3)
+    first = _decode_all(root / "a.avi")[0]  # RGB 48 x 64
+    np.testing.assert_array_equal(frames[0], cv2.resize(first, (32, 24), interpolation=cv2.INTER_AREA))
+    table = store.videos.set_index("video_id")
+    assert (table.loc["a", "width"], table.loc["a", "height"]) == (32, 24)
+    assert table.loc["a", "shrunk"] and table.loc["a", "reason"] == ""
+    assert summary["max_side"] == 32 and summary["videos_shrunk"] == summary["videos_ok"] == 4
+    source = tmp_path / "source"
+    extract_frames(
+        index, root, source, stride=2, clip_length=16, videos_per_shard=2, max_side=32, store="source"
+    )
+    np.testing.assert_array_equal(FrameStore(source).read("a")[1], frames)
+    # at the source's size nothing is shrunk
+    whole = extract_frames(
+        index, root, tmp_path / "big", stride=2, clip_length=16, videos_per_shard=2, max_side=64
+    )
+    assert not FrameStore(tmp_path / "big").videos["shrunk"].any() and whole["videos_shrunk"] == 0
+
+
+def test_a_video_of_more_than_2_gib_compressed_is_written(tmp_path):
+    """Parquet refuses a value, and a data page, of 2 GiB or more: 9 chunks of 256 MiB (one buffer, written
+    9 times: 2.25 GiB on disk, 256 MiB in memory) go into one row group as 9 rows."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import transmodal.data.frames as frames_module
+
+    height, width = 720, 1280
+    step = frames_module.frames_per_chunk(height, width)
+    chunk = pa.py_buffer(np.zeros(frames_module.CHUNK_BYTES, np.uint8))
+    video = SimpleNamespace(
+        video_id="long",
+        frame_idx=np.arange(9 * step),
+        frames=np.broadcast_to(np.uint8(0), (9 * step, height, width, 3)),
+    )
+    path = tmp_path / "shard-00000.parquet"
+    try:
+        with frames_module._shard_writer(path) as writer:
+            frames_module._write_video(writer, video, [chunk] * 9)
+        meta = pq.ParquetFile(path).metadata
+        assert meta.num_row_groups == 1 and meta.row_group(0).num_rows == 9
+        assert meta.row_group(0).total_byte_size > 2**31
+    finally:
+        path.unlink(missing_ok=True)

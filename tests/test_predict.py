@@ -1342,3 +1342,26 @@ def test_a_backbone_snapshot_other_than_the_trained_one_is_said(model_dir, camer
     assert any(f"at revision {'4' * 40}; here it is revision ?" in note for note in prediction.notes)
     prediction, _ = predict_video(camera_video, model_dir, device="cpu", progress=False)
     assert not any("at revision" in note for note in prediction.notes)
+
+
+def test_predict_shrinks_frames_as_the_model_s_training_frames_were(model_dir, tmp_path, capsys):
+    """Without --max-side, predict keeps frames at the model folder's frames.max_side, the size the frames
+    stage kept its training frames at; --max-side still overrides it."""
+    trained_at_96 = _broken_model(model_dir, tmp_path, _edit_config(
+        lambda config: config["pipeline"]["frames"].update(max_side=96)
+    ))  # fmt: skip
+    path = tmp_path / "wide.avi"
+    plain_video(path, 2, (320, 240))
+    code, out, err = run(["predict", str(path), "--model", str(trained_at_96)], capsys)
+    assert code == 0, err
+    assert "frames shrunk from 320x240 to 96x72 (--max-side 96)" in out
+    code, out, err = run(["predict", str(path), "--model", str(trained_at_96), "--max-side", "160"], capsys)
+    assert code == 0, err
+    assert "frames shrunk from 320x240 to 160x120 (--max-side 160)" in out
+    (tmp_path / "null").mkdir()
+    at_source_size = _broken_model(model_dir, tmp_path / "null", _edit_config(
+        lambda config: config["pipeline"]["frames"].update(max_side=None)
+    ))  # fmt: skip
+    code, out, err = run(["predict", str(path), "--model", str(at_source_size)], capsys)
+    assert code == 0, err
+    assert "frames shrunk" not in out  # trained on frames at the source's size: run at it

@@ -55,7 +55,7 @@ from transmodal.data.frames import (
     unreadable,
     usable_fps,
 )
-from transmodal.io import forget_unfinished, register_unfinished
+from transmodal.io import durable_replace, forget_unfinished, register_unfinished
 from transmodal.params import BackboneConfig, CheckpointError, DetectConfig, ParamError, PoseConfig
 
 VIDEO_ID = "input"
@@ -138,6 +138,12 @@ class ModelFolder:
     def reference_fps(self) -> float | None:
         """``frames.reference_fps`` (a model folder from before time resampling: None, every stride-th)."""
         return self.config["pipeline"]["frames"].get("reference_fps")
+
+    @property
+    def max_side(self) -> int | None:
+        """``frames.max_side`` the training frames were kept at (None: at the source's size); a model folder
+        from before the param: :data:`DEFAULT_MAX_SIDE`, what predict used then."""
+        return self.config["pipeline"]["frames"].get("max_side", DEFAULT_MAX_SIDE)
 
     @property
     def clip_length(self) -> int:
@@ -518,13 +524,22 @@ def check_segment(
     need = frames * _frame_bytes(size, max_side)
     if need > budget:
         raise PredictError(
-            f"{path}: a segment of {frames} kept frames ({hint}) needs {need / 2**30:.2f} GiB at --max-side "
-            f"{max_side}, more than half the {available / 2**30:.2f} GiB available; lower --max-side"
+            f"{path}: a segment of {frames} kept frames ({hint}) needs {need / 2**30:.2f} GiB at "
+            f"{at_size(max_side)}, more than half the {available / 2**30:.2f} GiB available; lower --max-side"
         )
     return budget
 
 
-def _frame_bytes(size: tuple[int, int], max_side: int) -> int:
+def at_size(max_side: int | None) -> str:
+    """How the frames are sized, for a message: ``--max-side N``, or the source's size."""
+    return (
+        f"--max-side {max_side}"
+        if max_side is not None
+        else "the source's size (the model's frames.max_side)"
+    )
+
+
+def _frame_bytes(size: tuple[int, int], max_side: int | None) -> int:
     """Bytes of one decoded frame of ``size`` shrunk to ``max_side`` (as :func:`decode_video` shrinks it)."""
     width, height = shrunk_size(max(1, size[0]), max(1, size[1]), max_side)
     return width * height * 3
@@ -642,7 +657,7 @@ def predict_video(
     *,
     step: int | None = None,
     device: str = "auto",
-    max_side: int = DEFAULT_MAX_SIDE,
+    max_side: int | None = None,
     detector: str | None = None,
     pose_model: str | None = None,
     progress: bool = True,
@@ -654,7 +669,9 @@ def predict_video(
 
     The video is decoded once, a segment at a time (:class:`Segments`), so a video of any length fits:
     ``max_bytes`` is the pixels a segment may hold, by default half the available memory
-    (:data:`MEMORY_SHARE`), and a video that fits is one segment. ``explain_size`` (``explain``): keep the
+    (:data:`MEMORY_SHARE`), and a video that fits is one segment. ``max_side`` None: the model folder's
+    ``frames.max_side`` (the size its training frames were kept at; None there: the source's size).
+    ``explain_size`` (``explain``): keep the
     tokens and the crops, at that side, of ``window`` or, without one, of each class's surest window
     (:class:`Candidates`)."""
     from tqdm import tqdm
@@ -665,6 +682,8 @@ def predict_video(
     if step is not None and step < 1:
         raise PredictError(f"--step is {step}; it must be at least 1")
     step = step or max(1, length // 2)
+    if max_side is None:
+        max_side = folder.max_side  # None again for a model trained on frames at the source's size
     decoding = decode_args(video_path, folder.stride, max_side, folder.reference_fps)
     source_size, counted, fps = read_header(video_path)
     sampling = sample_step(fps, folder.stride, folder.reference_fps)
@@ -718,7 +737,7 @@ def predict_video(
                 except MemoryError:  # the segment's buffer, where a limit refuses what was measured free
                     raise PredictError(
                         f"{video_path}: no memory for a segment of {segments.capacity} kept frames at "
-                        f"--max-side {max_side}; lower --max-side"
+                        f"{at_size(max_side)}; lower --max-side"
                     ) from None
                 if part is None:
                     break
@@ -744,7 +763,7 @@ def predict_video(
     if segments.count > 1:
         notes.append(
             f"scored in {segments.count} segments of at most {segments.capacity} kept frames (what the memory "
-            f"for frames holds at --max-side {max_side}): each is tracked on its own, with its own primary "
+            f"for frames holds at {at_size(max_side)}): each is tracked on its own, with its own primary "
             "track, and every window lies in one segment"
         )
         if fallbacks:
@@ -756,7 +775,7 @@ def predict_video(
         notes.append("no person was detected: the whole frame is the crop (the pipeline's fallback box)")
     if source_size != size:
         notes.append(
-            f"frames shrunk from {source_size[0]}x{source_size[1]} to {size[0]}x{size[1]} (--max-side {max_side})"
+            f"frames shrunk from {source_size[0]}x{source_size[1]} to {size[0]}x{size[1]} ({at_size(max_side)})"
         )
     if len(samples) < length:  # a slow source's frame stands for several time samples
         notes.append(f"only {len(samples)} time samples, fewer than one clip ({length}): one window, padded")
@@ -1037,7 +1056,7 @@ def write_annotated(prediction: Prediction, out: Path) -> str:
                 "the annotated video came out incomplete (a full disk?), so it was not kept",
                 str(out),
             )
-        os.replace(tmp, out)
+        durable_replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
         forget_unfinished(tmp)
@@ -1148,8 +1167,8 @@ def explain_window(prediction: Prediction, model, window: int):
 def _predict_from_args(args, explain: bool = False) -> tuple[Prediction, object]:
     """:func:`predict_video` with the command's options; expected errors become :class:`PredictError` and
     the notes are printed."""
-    max_side = DEFAULT_MAX_SIDE if args.max_side is None else args.max_side
-    if max_side < 64:
+    max_side = args.max_side  # None: the model folder's frames.max_side
+    if max_side is not None and max_side < 64:
         raise PredictError(f"--max-side is {max_side}; it must be at least 64")
     if args.device == "cuda":
         import torch

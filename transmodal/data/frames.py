@@ -8,16 +8,19 @@ for variable-frame-rate files; a constant-rate file keeps the same frames.
 
 Layout of ``data/frames/``:
 - ``shard-NNNNN.parquet``: the decodable videos of index rows ``N * frames.videos_per_shard`` onwards, one
-  row (and one row group, so a video reads alone) per video: ``video_id``, ``frame_idx`` (list of original
-  0-based frame numbers kept), ``height``, ``width``, ``codec``, ``pixels`` (RGB uint8 T x H x W x 3,
-  compressed with ``codec`` (LZ4 frame): lossless, and compressed by the decode workers in parallel rather
-  than by the single Parquet writer). A shard whose videos all failed has no file.
+  row group per video (so a video reads alone), one row per chunk of its frames (:data:`CHUNK_BYTES` raw, in
+  order; one row for any video under it): ``video_id``, ``frame_idx`` (list of the chunk's original 0-based
+  frame numbers), ``height``, ``width``, ``codec``, ``pixels`` (the chunk's RGB uint8 frames x H x W x 3,
+  compressed with ``codec`` (LZ4 frame): lossless, compressed by the decode workers in parallel rather than
+  by the single Parquet writer; rows, not one value, since Parquet refuses a value, and a data page, of 2 GiB
+  or more). A shard whose videos all failed has no file.
 - ``videos.parquet``: one row per indexed video: ``video_id``, ``status`` (``ok`` | ``skipped``),
   ``reason`` (why it was skipped, or what is odd about a kept video: truncated, no frame rate),
   ``frames_decoded``, ``frames_reported`` (container header), ``frames_kept``, ``samples`` (time samples,
   ``frames_kept`` plus repeats when the video is slower than the sampling), ``step`` (source frames per
   sample), ``truncated`` (decoded fewer frames than the header announces; the decoded ones are kept),
-  ``width``, ``height``, ``fps``, ``short`` (fewer samples than one clip), ``shard``, ``row_group``; with
+  ``width``, ``height``, ``fps``, ``short`` (fewer samples than one clip), ``shard``, ``row_group``,
+  ``shrunk`` (kept smaller than the source: its longer side was over ``frames.max_side``); with
   ``frames.by_time`` also ``sample_idx`` (the frame number of each time sample).
 - ``frames.parquet``: the frame table, one row per kept frame: ``video_id``, ``frame_idx``, ``width``,
   ``height``, ``fps``.
@@ -63,6 +66,14 @@ SHARD_SCHEMA = pa.schema(
         ("pixels", pa.large_binary()),
     ]
 )
+CHUNK_BYTES = 256 * 2**20
+"""Raw bytes of the frames compressed together into one shard row: Parquet refuses a value, or a data page,
+of 2 GiB or more, which one compressed buffer (or one row) per video reached at a minute or so of 1080p."""
+
+
+def frames_per_chunk(height: int, width: int) -> int:
+    """Frames of ``height`` x ``width`` RGB compressed into one chunk (:data:`CHUNK_BYTES`, at least one)."""
+    return max(1, CHUNK_BYTES // (height * width * 3))
 
 
 # a header frame rate at or above this (or <= 0, NaN) is taken as missing: 1000 is the millisecond tick a
@@ -115,6 +126,7 @@ class DecodedVideo:
     step: float = 0.0  # source frames per time sample (sample_step)
     truncated: bool = False  # fewer frames decoded than the container header announces
     samples: np.ndarray | None = None  # frame number per time sample when sampled by timestamp (by_time)
+    shrunk: bool = False  # kept smaller than the source: its longer side was over max_side
 
     def sample_frames(self) -> np.ndarray:
         """The original frame number of each time sample (int64, nondecreasing)."""
@@ -360,11 +372,15 @@ class VideoStream:
         self.path, self.stride, self.max_side = Path(path), stride, max_side
         self.reference_fps, self.by_time, self.display_aspect = reference_fps, by_time, display_aspect
         self.reported, self.fps, self.decoded = 0, 0.0, 0
+        self.source_side = 0  # the header's longer side, before max_side
         self.step, self.aspect = float(stride), 1.0
         # grab() failures the stream went on after, and where the first was (frames decoded before it)
         self.skipped, self.first_skip = 0, None
         self.shape: tuple[int, ...] | None = None  # the first kept frame's
         self.timed: _ByTime | None = None
+        # without frames.by_time, the frames' timestamps only place the end of the stream, so that a count
+        # the header estimated (Matroska/WebM: duration x average rate) is not taken for a cut file
+        self.clock: _ByTime | None = None
         self.capture = None
 
     def open(self) -> bool:
@@ -375,6 +391,9 @@ class VideoStream:
         if not self.capture.isOpened():
             return False
         self.reported = max(int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        self.source_side = int(
+            max(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH), self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        )
         fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if np.isfinite(fps) else 0.0
         self.step = sample_step(self.fps, self.stride, self.reference_fps)
@@ -384,6 +403,8 @@ class VideoStream:
         if self.by_time and self.reference_fps is not None and 0.0 < self.fps <= MAX_FPS:
             # the timestamps give the times, so a millisecond tick (1000) is a unit they can be read in
             self.timed = _ByTime(self.stride * self.fps / self.reference_fps, self.fps)
+        elif self.reported > 0 and usable_fps(self.fps):
+            self.clock = _ByTime(self.step, self.fps)
         return True
 
     def close(self) -> None:
@@ -405,7 +426,7 @@ class VideoStream:
         return frame
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray, int]]:
-        capture, timed, step = self.capture, self.timed, self.step
+        capture, timed, step, clock = self.capture, self.timed, self.step, self.clock
         max_side, aspect = self.max_side, self.aspect
         sample, pending = 0, None  # pending: the last frame while ``timed`` waits for the next timestamp
         while (failed := _grab(capture)) is not None:
@@ -425,9 +446,15 @@ class VideoStream:
                 if pending is None:
                     timed.places.pop()
                     break
-            elif decoded == int(np.floor(sample * step + 0.5)):
+                self.decoded += 1
+                continue
+            if clock is not None:
+                clock.place(decoded, capture.get(cv2.CAP_PROP_POS_MSEC))
+            if decoded == int(np.floor(sample * step + 0.5)):
                 frame = _retrieve(capture, max_side, aspect)
                 if frame is None:
+                    if clock is not None:
+                        clock.places.pop()  # not a decoded frame
                     break
                 count = 0
                 while int(np.floor(sample * step + 0.5)) <= decoded:  # samples this frame is nearest to
@@ -461,8 +488,11 @@ class VideoStream:
             )
         # by timestamp, frames that reach the header's count are not a cut file though fewer decoded (skipped
         # packets; a Matroska/WebM count is the duration times an average rate): the span only clears the flag
+        clock = timed if timed is not None else self.clock
         truncated = bool(
-            reported and decoded < reported and (timed is None or timed.span() < reported - TIME_SNAP)
+            reported
+            and decoded < reported
+            and (clock is None or not clock.places or clock.span() < reported - TIME_SNAP)
         )
         if truncated:
             notes.append(
@@ -482,6 +512,8 @@ class VideoStream:
             )
         if timed is not None and (note := timed.note(decoded)):
             notes.append(note)
+        if not reported:
+            notes.append("the header gives no frame count: a cut file cannot be told from a whole one")
         return "; ".join(notes), truncated
 
 
@@ -500,9 +532,10 @@ def decode_video(
     time (:func:`sample_step`). ``by_time`` (predict, and the frames stage with ``frames.by_time``): match the time samples to frames by
     each frame's timestamp (:class:`_ByTime`), not by its number at the header's rate, so a
     variable-frame-rate file is sampled evenly in time; the same frames for a constant-rate one. Every frame
-    is then converted (the choice waits for the next frame's timestamp). ``max_side`` (predict only; the
-    frames stage keeps the source size): kept frames whose longer side exceeds it are shrunk to it (area
-    resampling, aspect kept) as they are decoded, so a 4K video holds a quarter of the memory. The kept
+    is then converted (the choice waits for the next frame's timestamp). ``max_side`` (``frames.max_side``,
+    predict's ``--max-side``): kept frames whose longer side exceeds it are shrunk to it (area resampling,
+    aspect kept) as they are decoded, so a 4K video holds a ninth of the memory at 1280 (``shrunk``). The
+    kept
     frames are held once (:class:`_KeptFrames`); predict, which holds a segment at a time, iterates
     :class:`VideoStream` with the same arguments. ``display_aspect`` (predict only; the frames stage keeps the stored pixels): a
     stream whose pixels are not square (anamorphic: a sample aspect ratio other than 1) is stretched to the
@@ -540,9 +573,10 @@ def decode_video(
     reason, truncated = stream.notes()
     frame_idx = np.asarray(kept.numbers, np.int32)
     frames = kept.array[: len(frame_idx)]  # a header that announced more frames: its tail is never touched
+    shrunk = max_side is not None and max(frames.shape[1:3]) < stream.source_side
     samples = np.asarray(stream.timed.samples, np.int64) if stream.timed is not None else None
     return DecodedVideo(
-        video_id, frames, frame_idx, decoded, reported, fps, reason, stream.step, truncated, samples
+        video_id, frames, frame_idx, decoded, reported, fps, reason, stream.step, truncated, samples, shrunk
     )
 
 
@@ -571,14 +605,15 @@ def _decode_and_compress(
     reference_fps: float | None,
     compress: bool = True,
     by_time: bool = False,
-) -> tuple[DecodedVideo, pa.Buffer | None]:
+    max_side: int | None = None,
+) -> tuple[DecodedVideo, list[pa.Buffer] | None]:
     """Decode one video and compress its kept frames (both release the GIL, so workers run in parallel);
     without ``compress`` (``frames.store: source``) only the decoding, for the tables, and the pixels go.
-    ``by_time``: ``frames.by_time`` (:func:`decode_video`)."""
-    video = decode_video(path, video_id, stride, reference_fps=reference_fps, by_time=by_time)
+    ``by_time``, ``max_side``: ``frames.by_time``, ``frames.max_side`` (:func:`decode_video`)."""
+    video = decode_video(path, video_id, stride, max_side, reference_fps=reference_fps, by_time=by_time)
     if video.frames is None:
         return video, None
-    pixels = pa.Codec(PIXEL_CODEC).compress(np.ascontiguousarray(video.frames)) if compress else None
+    pixels = _compressed(video.frames) if compress else None
     # from here on the tables need the frame numbers and the shape, not the raw pixels: a view of one zero
     # byte keeps the shape, so a video waiting for its shard holds only its compressed pixels
     video.frames = np.broadcast_to(np.uint8(0), video.frames.shape)
@@ -592,6 +627,7 @@ def _decoded_in_order(
     workers: int,
     compress: bool = True,
     by_time: bool = False,
+    max_side: int | None = None,
 ) -> Iterator:
     """``_decode_and_compress`` over ``jobs`` on a thread pool, results in job order, few videos in flight."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -600,7 +636,14 @@ def _decoded_in_order(
             for path, video_id in jobs:
                 pending.append(
                     pool.submit(
-                        _decode_and_compress, path, video_id, stride, reference_fps, compress, by_time
+                        _decode_and_compress,
+                        path,
+                        video_id,
+                        stride,
+                        reference_fps,
+                        compress,
+                        by_time,
+                        max_side,
                     )
                 )
                 if len(pending) > 2 * workers:
@@ -614,7 +657,7 @@ def _decoded_in_order(
 
 VIDEO_COLUMNS = (
     "video_id", "status", "reason", "frames_decoded", "frames_reported", "frames_kept", "samples", "step",
-    "truncated", "width", "height", "fps", "short", "shard", "row_group",
+    "truncated", "width", "height", "fps", "short", "shard", "row_group", "shrunk",
 )  # fmt: skip
 FRAME_COLUMNS = ("video_id", "frame_idx", "width", "height", "fps")
 
@@ -632,21 +675,31 @@ def _shard_writer(path: Path) -> Iterator[pq.ParquetWriter]:
         yield writer
 
 
-def _write_video(writer: pq.ParquetWriter, video: DecodedVideo, pixels: pa.Buffer | None) -> None:
-    """One decoded video as one row group of its shard."""
+def _compressed(frames: np.ndarray) -> list[pa.Buffer]:
+    """``frames`` (T, H, W, 3) compressed in chunks of :func:`frames_per_chunk` frames."""
+    codec, step = pa.Codec(PIXEL_CODEC), frames_per_chunk(*frames.shape[1:3])
+    return [
+        codec.compress(np.ascontiguousarray(frames[start : start + step]))
+        for start in range(0, len(frames), step)
+    ]
+
+
+def _write_video(writer: pq.ParquetWriter, video: DecodedVideo, pixels: list[pa.Buffer]) -> None:
+    """One decoded video as one row group of its shard, a row per compressed chunk of :func:`_compressed`."""
     _, h, w, _ = video.frames.shape
+    step, n = frames_per_chunk(h, w), len(pixels)
     table = pa.table(
         {
-            "video_id": [video.video_id],
-            "frame_idx": [video.frame_idx.tolist()],
-            "height": [h],
-            "width": [w],
-            "codec": [PIXEL_CODEC],
-            "pixels": _blob(pixels),
+            "video_id": [video.video_id] * n,
+            "frame_idx": [video.frame_idx[k * step : (k + 1) * step].tolist() for k in range(n)],
+            "height": [h] * n,
+            "width": [w] * n,
+            "codec": [PIXEL_CODEC] * n,
+            "pixels": pa.chunked_array([_blob(data) for data in pixels], pa.large_binary()),
         },
         schema=SHARD_SCHEMA,
     )
-    writer.write_table(table)  # one call -> one row group per video
+    writer.write_table(table, row_group_size=n)  # one call, one row group a video
 
 
 def _video_row(video: DecodedVideo, shard: int, row_group: int, clip_length: int) -> dict:
@@ -663,6 +716,7 @@ def _video_row(video: DecodedVideo, shard: int, row_group: int, clip_length: int
         "samples": len(samples),
         "step": float(video.step),
         "truncated": video.truncated,
+        "shrunk": video.shrunk,
         "width": w,
         "height": h,
         "fps": video.fps,
@@ -686,6 +740,7 @@ def extract_frames(
     reference_fps: float | None = None,
     store: str = "pixels",
     by_time: bool = False,
+    max_side: int | None = None,
 ) -> dict:
     """Decode every video of ``index`` (columns video_id, path) under ``root`` into ``out_dir``.
 
@@ -698,7 +753,9 @@ def extract_frames(
     instead (module docstring). ``by_time`` (``frames.by_time``): the time samples are matched to frames by
     their timestamps (:class:`_ByTime`), so a variable-frame-rate file is sampled evenly in time, and
     ``videos.parquet`` gets each video's ``sample_idx`` (the frame number of each sample); a constant-rate
-    file keeps the same frames either way. Returns the summary written to ``metrics/frames.json``.
+    file keeps the same frames either way. ``max_side`` (``frames.max_side``): frames whose longer side
+    exceeds it are kept shrunk to it (None: at the source's size). Returns the summary written to
+    ``metrics/frames.json``.
     """
     if store not in FRAME_STORES:
         raise ValueError(f"frames.store must be one of {FRAME_STORES}, not {store!r}")
@@ -716,6 +773,7 @@ def extract_frames(
             "videos_per_shard": videos_per_shard,
             "store": store,
             **({"by_time": True} if by_time else {}),
+            **({"max_side": max_side} if max_side is not None else {}),
             "videos": [(vid, str(path), file_signature(path)) for path, vid in jobs],
         },
     )
@@ -730,6 +788,7 @@ def extract_frames(
         workers,
         compress=keep_pixels,
         by_time=by_time,
+        max_side=max_side,
     )
     with (
         contextlib.closing(decoded),
@@ -761,7 +820,7 @@ def extract_frames(
         else pd.DataFrame(columns=[*VIDEO_COLUMNS, "frame_idx", "sample_idx"])
     )
     columns = [*VIDEO_COLUMNS, "sample_idx"] if by_time else list(VIDEO_COLUMNS)
-    videos = table[columns].astype({"truncated": bool, "short": bool})
+    videos = table[columns].astype({"truncated": bool, "short": bool, "shrunk": bool})
     ok = table[table["status"] == "ok"]
     frames = pd.DataFrame(
         {
@@ -781,7 +840,9 @@ def extract_frames(
         write_parquet(videos, tmp / "videos.parquet")
         write_parquet(frames, tmp / "frames.parquet")
         if not keep_pixels:
-            write_parquet(_sources(jobs, ok["video_id"], stride, reference_fps, by_time), tmp / SOURCES_FILE)
+            write_parquet(
+                _sources(jobs, ok["video_id"], stride, reference_fps, by_time, max_side), tmp / SOURCES_FILE
+            )
     parts.discard()
     skipped = videos[videos["status"] == "skipped"]
     flagged = videos[(videos["status"] == "ok") & (videos["reason"] != "")]
@@ -791,12 +852,14 @@ def extract_frames(
         "videos_skipped": int(len(skipped)),
         "videos_short": int(videos["short"].sum()),
         "videos_truncated": int(videos["truncated"].sum()),
+        "videos_shrunk": int(videos["shrunk"].sum()),
         "videos_resampled": int(((videos["status"] == "ok") & (videos["step"] != float(stride))).sum()),
         "frames_kept": int(videos["frames_kept"].sum()),
         "stride": stride,
         "reference_fps": reference_fps,
         "store": store,
         **({"by_time": True} if by_time else {}),
+        "max_side": max_side,
         "skipped": [
             {"video_id": v, "reason": r} for v, r in zip(skipped["video_id"], skipped["reason"], strict=True)
         ],
@@ -810,10 +873,15 @@ SOURCES_FILE = "sources.parquet"
 
 
 def _sources(
-    jobs: list[tuple[Path, str]], decoded, stride: int, reference_fps: float | None, by_time: bool = False
+    jobs: list[tuple[Path, str]],
+    decoded,
+    stride: int,
+    reference_fps: float | None,
+    by_time: bool = False,
+    max_side: int | None = None,
 ) -> pd.DataFrame:
     """``sources.parquet`` of ``frames.store: source``: where each decoded video is read from again (and,
-    with ``frames.by_time``, a ``by_time`` column: how)."""
+    with ``frames.by_time`` or ``frames.max_side``, a ``by_time`` or ``max_side`` column: how)."""
     path_of = {video_id: path for path, video_id in jobs}
     paths = [path_of[video_id] for video_id in decoded]
     table = pd.DataFrame(
@@ -829,6 +897,8 @@ def _sources(
     )
     if by_time:
         table["by_time"] = True
+    if max_side is not None:
+        table["max_side"] = max_side
     return table
 
 
@@ -878,6 +948,8 @@ class FrameStore:
                     ok["video_id"], ok["frames_kept"], ok["height"], ok["width"], strict=True
                 )
             }
+            by_video = self.frames.groupby("video_id", sort=False)["frame_idx"]
+            self._frame_idx = {v: idx.to_numpy(np.int64) for v, idx in by_video}
 
     @property
     def video_ids(self) -> list[str]:
@@ -898,14 +970,21 @@ class FrameStore:
         shard, group = self._where[video_id]
         with pq.ParquetFile(self.directory / f"shard-{shard:05d}.parquet", pre_buffer=False) as file:
             table = file.read_row_group(group)
-        frame_idx = np.asarray(table.column("frame_idx")[0].as_py(), dtype=np.int64)
+        counts = table.column("frame_idx").combine_chunks().value_lengths().to_numpy()
+        frame_idx = table.column("frame_idx").combine_chunks().flatten().to_numpy().astype(np.int64)
         h, w = table.column("height")[0].as_py(), table.column("width")[0].as_py()
-        shape = (len(frame_idx), h, w, 3)
         codec = pa.Codec(table.column("codec")[0].as_py())
-        pixels = codec.decompress(
-            table.column("pixels")[0].as_buffer(), decompressed_size=int(np.prod(shape))
-        )
-        return frame_idx, np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
+        chunks = table.column("pixels")
+        shape = (len(frame_idx), h, w, 3)
+        if len(chunks) == 1:  # the whole video (any video under CHUNK_BYTES): no copy
+            pixels = codec.decompress(chunks[0].as_buffer(), decompressed_size=int(np.prod(shape)))
+            return frame_idx, np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
+        frames = np.empty(shape, np.uint8)
+        for chunk, start, count in zip(chunks, np.cumsum(counts) - counts, counts, strict=True):
+            part = frames[start : start + count]
+            pixels = codec.decompress(chunk.as_buffer(), decompressed_size=part.nbytes)
+            part[...] = np.frombuffer(pixels, dtype=np.uint8).reshape(part.shape)
+        return frame_idx, frames
 
     def _decode_source(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         source = self.sources.loc[video_id]
@@ -919,13 +998,25 @@ class FrameStore:
         video = None
         if same:
             by_time = bool(source.get("by_time", False))
+            max_side = source.get("max_side")
             video = decode_video(
-                path, video_id, int(source["stride"]), reference_fps=reference_fps, by_time=by_time
+                path,
+                video_id,
+                int(source["stride"]),
+                None if max_side is None or pd.isna(max_side) else int(max_side),
+                reference_fps=reference_fps,
+                by_time=by_time,
             )
-        if video is None or video.frames is None or video.frames.shape != self._shape[video_id]:
+        if (
+            video is None
+            or video.frames is None
+            or video.frames.shape != self._shape[video_id]
+            or not np.array_equal(video.frame_idx, self._frame_idx[video_id])
+        ):
             raise RuntimeError(
-                f"{path}: the source video of {video_id!r} is missing or changed since the frames stage "
-                f"recorded it (frames.store: source reads it again); re-run `dvc repro frames`"
+                f"{path}: the source video of {video_id!r} is missing or changed, or decodes to other frames "
+                f"than the frames stage recorded (another OpenCV or FFmpeg build?; frames.store: source reads "
+                f"it again); re-run `dvc repro frames`"
             )
         return video.frame_idx.astype(np.int64), video.frames
 

@@ -32,7 +32,7 @@ CONFIG_FILE = "config.json"
 # The params upstream of the feature cache that `transmodal predict` needs to run the same chain on a new
 # video, recorded in the model folder's config.json under "pipeline" (dvc.yaml lists them under train).
 PIPELINE_KEYS: dict[str, tuple[str, ...]] = {
-    "frames": ("stride", "reference_fps"),
+    "frames": ("stride", "reference_fps", "max_side"),
     "clips": ("length", "crop_margin"),
     "detect": (
         "source",
@@ -189,6 +189,9 @@ def train_model(
         sampler = DistributedSampler(
             range(len(train)), world.size, world.rank, shuffle=True, seed=train_cfg.seed
         )
+        # the weights are rank 0's (DDP copied them); from here on each rank draws its own dropout masks,
+        # as one process draws one per clip (with one seed every rank dropped the same units)
+        torch.manual_seed(int(np.random.SeedSequence([train_cfg.seed, world.rank]).generate_state(1)[0]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.epochs)
     generator = torch.Generator().manual_seed(train_cfg.seed)
