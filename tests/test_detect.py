@@ -619,6 +619,40 @@ def test_frame_batches_span_videos_in_order_and_every_batch_but_the_last_is_full
     assert any(len({piece.video_id for piece in batch}) > 1 for batch in batches)  # a batch spans videos
 
 
+@pytest.mark.parametrize("per_unit", [1, 2, 64])
+def test_frame_batches_of_videos_stored_in_chunks_are_the_same_batches(
+    dataset, tmp_path, monkeypatch, per_unit
+):
+    """Videos are read a stored chunk at a time: with chunks of 3 frames every batch holds the same frames
+    (video, position, pixels) as with each video in one chunk, and units still end their batches."""
+    import transmodal.data.frames as frames_module
+
+    store, _ = dataset
+    index = pd.DataFrame(
+        {"video_id": [*SPECS, "empty"], "path": [f"{name}.avi" for name in [*SPECS, "empty"]]}
+    )
+    monkeypatch.setattr(frames_module, "CHUNK_BYTES", 3 * HEIGHT * WIDTH * 3)
+    extract_frames(
+        index, store.directory.parent / "videos", tmp_path / "chunked", stride=STRIDE, clip_length=4,
+        videos_per_shard=2, progress=False,
+    )  # fmt: skip
+    chunked = FrameStore(tmp_path / "chunked")
+    assert len(list(chunked.iter_chunks("solo"))) > 2
+
+    def frames_of(batch):
+        rows = [(p.video_id, p.start + k, p.frame_idx[k]) for p in batch for k in range(len(p.frame_idx))]
+        return rows, np.concatenate([p.frames for p in batch])
+
+    ids = store.video_ids
+    whole = list(iter_frame_batches(store, ids, 5, per_unit))
+    pieces = list(iter_frame_batches(chunked, ids, 5, per_unit))
+    assert len(pieces) == len(whole)
+    for ours, theirs in zip(pieces, whole, strict=True):
+        (rows, pixels), (expected_rows, expected) = frames_of(ours), frames_of(theirs)
+        assert rows == expected_rows
+        np.testing.assert_array_equal(pixels, expected)
+
+
 def test_pipelined_launches_the_next_batch_before_finishing_one():
     events = []
     pipelined(

@@ -236,7 +236,7 @@ class ModelFolder:
 
 class MemoryFrameStore:
     """The kept frames of one decoded video behind :class:`~transmodal.data.frames.FrameStore`'s interface
-    (``videos``, ``frames``, ``video_ids``, ``read``, ``iter_videos``), so the stages' code runs on it."""
+    (``videos``, ``frames``, ``video_ids``, ``read``, ``iter_chunks``), so the stages' code runs on it."""
 
     def __init__(self, video: DecodedVideo, sampling_rate: float | None = None):
         """``sampling_rate``: kept samples a second (the tracker's rate where the header gives none)."""
@@ -270,11 +270,14 @@ class MemoryFrameStore:
     def __contains__(self, video_id: str) -> bool:
         return video_id == self.video.video_id
 
-    def read(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def read(
+        self, video_id: str, first: int | None = None, last: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The whole video: it is in memory (``first``/``last`` may ask for less, never for more)."""
         return self.video.frame_idx.astype(np.int64), self.video.frames
 
-    def iter_videos(self, video_ids=None):
-        yield self.video.video_id, *self.read(self.video.video_id)
+    def iter_chunks(self, video_id: str, first: int | None = None, last: int | None = None):
+        yield self.read(video_id)
 
 
 # ----------------------------------------------------------------------------------------------------------

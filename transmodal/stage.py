@@ -99,7 +99,7 @@ def interruption(interrupt: KeyboardInterrupt) -> tuple[int, str]:
 
 
 class StageInputError(RuntimeError):
-    """Bad input that stops a stage before any work (the message is one line and names what to fix)."""
+    """Bad input that stops a stage (the message is one line and names what to fix)."""
 
 
 def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path = "params.yaml") -> None:

@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 from transmodal.io import Resumable, atomic_dir, file_signature, source_digest, write_parquet
 from transmodal.params import FRAME_STORES
+from transmodal.stage import StageInputError
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -127,6 +128,7 @@ class DecodedVideo:
     truncated: bool = False  # fewer frames decoded than the container header announces
     samples: np.ndarray | None = None  # frame number per time sample when sampled by timestamp (by_time)
     shrunk: bool = False  # kept smaller than the source: its longer side was over max_side
+    pixels: list[pa.Buffer] | None = None  # decode_video(pixels="lz4"): the kept frames' compressed chunks
 
     def sample_frames(self) -> np.ndarray:
         """The original frame number of each time sample (int64, nondecreasing)."""
@@ -156,6 +158,57 @@ class _KeptFrames:
         self.array = _room_for(self.array, n, frame.shape, self.expected)
         cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=self.array[n])
         self.numbers.append(number)
+
+    def finish(self) -> np.ndarray:
+        """The kept frames (T, H, W, 3) RGB; a header that announced more frames: its tail is never touched."""
+        return self.array[: len(self.numbers)]
+
+
+class _ChunkedFrames:
+    """The kept frames for the frames stage, held a chunk at a time: every :func:`frames_per_chunk` frames
+    are compressed (``compress``; LZ4 frame, one buffer a chunk) as soon as they are decoded, so a worker
+    holds one chunk of raw frames (:data:`CHUNK_BYTES`), not the whole video. Without ``compress``
+    (``frames.store: source``) only their numbers and size are kept."""
+
+    def __init__(self, expected: int, compress: bool):
+        self.expected = expected
+        self.codec = pa.Codec(PIXEL_CODEC) if compress else None
+        self.shape: tuple[int, ...] | None = None  # a frame's
+        self.array: np.ndarray | None = None
+        self.numbers: list[int] = []
+        self.held = 0  # frames of ``array`` not yet compressed
+        self.pixels: list[pa.Buffer] = []
+
+    def add(self, frame: np.ndarray, number: int) -> None:
+        """Keep ``frame`` (BGR, as OpenCV gives it) as source frame ``number``."""
+        self.numbers.append(number)
+        self.shape = frame.shape
+        if self.codec is None:
+            return
+        if self.array is None:
+            self.per_chunk = frames_per_chunk(*frame.shape[:2])
+            self.array = np.empty((min(max(self.expected, 1), self.per_chunk), *frame.shape), np.uint8)
+        elif self.held == self.per_chunk:
+            self._flush()
+        elif self.held == len(self.array):  # the header announced fewer frames: grown, up to one chunk
+            grown = np.empty((min(2 * self.held, self.per_chunk), *frame.shape), np.uint8)
+            grown[: self.held] = self.array
+            self.array = grown
+        cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=self.array[self.held])
+        self.held += 1
+
+    def _flush(self) -> None:
+        if self.held:
+            self.pixels.append(self.codec.compress(self.array[: self.held]))
+        self.held = 0
+
+    def finish(self) -> np.ndarray:
+        """The last chunk compressed; a read-only view of one zero byte in the kept frames' shape (the
+        tables need the shape, not the pixels)."""
+        if self.codec is not None:
+            self._flush()
+        self.array = None
+        return np.broadcast_to(np.uint8(0), (len(self.numbers), *(self.shape or (0, 0, 3))))
 
 
 TIME_SNAP = 0.25  # frames: a timestamp this close to its frame's place on the header's grid is taken as on it
@@ -525,6 +578,7 @@ def decode_video(
     reference_fps: float | None = None,
     by_time: bool = False,
     display_aspect: bool = False,
+    pixels: str = "frames",
 ) -> DecodedVideo:
     """Decode all frames of ``path`` and keep the time samples of :func:`sample_numbers`.
 
@@ -537,7 +591,9 @@ def decode_video(
     aspect kept) as they are decoded, so a 4K video holds a ninth of the memory at 1280 (``shrunk``). The
     kept
     frames are held once (:class:`_KeptFrames`); predict, which holds a segment at a time, iterates
-    :class:`VideoStream` with the same arguments. ``display_aspect`` (predict only; the frames stage keeps the stored pixels): a
+    :class:`VideoStream` with the same arguments. ``pixels`` (the frames stage): ``"lz4"`` compresses the
+    kept frames a chunk at a time as they are decoded into ``DecodedVideo.pixels`` and ``"none"`` drops them
+    (:class:`_ChunkedFrames`); ``frames`` is then a view of one zero byte in their shape. ``display_aspect`` (predict only; the frames stage keeps the stored pixels): a
     stream whose pixels are not square (anamorphic: a sample aspect ratio other than 1) is stretched to the
     size a player shows (:func:`display_size`) before ``max_side`` applies, so a person is not squeezed.
 
@@ -557,7 +613,10 @@ def decode_video(
             return DecodedVideo(
                 video_id, None, empty, 0, 0, 0.0, "not a readable video (OpenCV cannot open it)"
             )
-        kept = _KeptFrames(stream.expected)
+        if pixels == "frames":
+            kept = _KeptFrames(stream.expected)
+        else:
+            kept = _ChunkedFrames(stream.expected, compress=pixels == PIXEL_CODEC)
         for number, frame, _ in stream:
             kept.add(frame, number)
     except _SizeChanged as err:
@@ -572,11 +631,22 @@ def decode_video(
         return DecodedVideo(video_id, None, empty, decoded, reported, fps, stream.nothing_decoded())
     reason, truncated = stream.notes()
     frame_idx = np.asarray(kept.numbers, np.int32)
-    frames = kept.array[: len(frame_idx)]  # a header that announced more frames: its tail is never touched
+    frames = kept.finish()
     shrunk = max_side is not None and max(frames.shape[1:3]) < stream.source_side
     samples = np.asarray(stream.timed.samples, np.int64) if stream.timed is not None else None
     return DecodedVideo(
-        video_id, frames, frame_idx, decoded, reported, fps, reason, stream.step, truncated, samples, shrunk
+        video_id,
+        frames,
+        frame_idx,
+        decoded,
+        reported,
+        fps,
+        reason,
+        stream.step,
+        truncated,
+        samples,
+        shrunk,
+        getattr(kept, "pixels", None) if pixels == PIXEL_CODEC else None,
     )
 
 
@@ -606,18 +676,20 @@ def _decode_and_compress(
     compress: bool = True,
     by_time: bool = False,
     max_side: int | None = None,
-) -> tuple[DecodedVideo, list[pa.Buffer] | None]:
-    """Decode one video and compress its kept frames (both release the GIL, so workers run in parallel);
-    without ``compress`` (``frames.store: source``) only the decoding, for the tables, and the pixels go.
-    ``by_time``, ``max_side``: ``frames.by_time``, ``frames.max_side`` (:func:`decode_video`)."""
-    video = decode_video(path, video_id, stride, max_side, reference_fps=reference_fps, by_time=by_time)
-    if video.frames is None:
-        return video, None
-    pixels = _compressed(video.frames) if compress else None
-    # from here on the tables need the frame numbers and the shape, not the raw pixels: a view of one zero
-    # byte keeps the shape, so a video waiting for its shard holds only its compressed pixels
-    video.frames = np.broadcast_to(np.uint8(0), video.frames.shape)
-    return video, pixels
+) -> DecodedVideo:
+    """Decode one video, its kept frames compressed a chunk at a time as they are decoded (both release the
+    GIL, so workers run in parallel) into ``pixels``; without ``compress`` (``frames.store: source``) only
+    the decoding, for the tables, and the pixels go. ``by_time``, ``max_side``: ``frames.by_time``,
+    ``frames.max_side`` (:func:`decode_video`)."""
+    return decode_video(
+        path,
+        video_id,
+        stride,
+        max_side,
+        reference_fps=reference_fps,
+        by_time=by_time,
+        pixels=PIXEL_CODEC if compress else "none",
+    )
 
 
 def _decoded_in_order(
@@ -675,17 +747,8 @@ def _shard_writer(path: Path) -> Iterator[pq.ParquetWriter]:
         yield writer
 
 
-def _compressed(frames: np.ndarray) -> list[pa.Buffer]:
-    """``frames`` (T, H, W, 3) compressed in chunks of :func:`frames_per_chunk` frames."""
-    codec, step = pa.Codec(PIXEL_CODEC), frames_per_chunk(*frames.shape[1:3])
-    return [
-        codec.compress(np.ascontiguousarray(frames[start : start + step]))
-        for start in range(0, len(frames), step)
-    ]
-
-
 def _write_video(writer: pq.ParquetWriter, video: DecodedVideo, pixels: list[pa.Buffer]) -> None:
-    """One decoded video as one row group of its shard, a row per compressed chunk of :func:`_compressed`."""
+    """One decoded video as one row group of its shard, a row per compressed chunk of :class:`_ChunkedFrames`."""
     _, h, w, _ = video.frames.shape
     step, n = frames_per_chunk(h, w), len(pixels)
     table = pa.table(
@@ -802,13 +865,14 @@ def extract_frames(
             with contextlib.ExitStack() as shard:
                 writer = None
                 for _ in chunks[n]:
-                    video, pixels = next(decoded)
+                    video = next(decoded)
                     if video.frames is not None and keep_pixels:
                         if writer is None:
                             writer = shard.enter_context(
                                 _shard_writer(shard.enter_context(parts.writing(_shard_name(n))))
                             )
-                        _write_video(writer, video, pixels)
+                        _write_video(writer, video, video.pixels)
+                        video.pixels = None
                     rows.append(_video_row(video, n, group, clip_length))
                     group += video.frames is not None
                     bar.update(1)
@@ -907,6 +971,9 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
+READ_BUFFER = 2**20  # bytes: FrameStore reads a shard through a buffer of this size, a row at a time
+
+
 def _shard_name(n: int) -> str:
     return f"shard-{n:05d}.parquet"
 
@@ -924,10 +991,11 @@ def _blob(data: pa.Buffer) -> pa.LargeBinaryArray:
 class FrameStore:
     """Read access to ``data/frames/``: ``store.read(video_id) -> (frame_idx (T,), frames (T, H, W, 3) uint8 RGB)``.
 
-    ``read`` may be called from several threads: each call opens the shard, reads its one row group and closes
-    it, so nothing of a video read stays in memory after the call (a reader kept open per shard holds on to
-    its last row group: memory then grows with the number of shards). The decompression (most of the cost,
-    GIL released) runs in parallel. A store written with
+    ``read`` may be called from several threads: each call opens the shard, streams its video's rows and
+    closes it, so nothing of a video read stays in memory after the call (a reader kept open per shard holds
+    on to its last row group: memory then grows with the number of shards). The decompression (most of the
+    cost, GIL released) runs in parallel. :meth:`iter_chunks` gives a video a stored chunk at a time, for a
+    caller that need not hold it whole (the detect and pose stages). A store written with
     ``frames.store: source`` decodes the video from its source file instead (module docstring).
     """
 
@@ -939,15 +1007,13 @@ class FrameStore:
         self._where = {
             v: (int(s), int(g)) for v, s, g in zip(ok["video_id"], ok["shard"], ok["row_group"], strict=True)
         }
+        self._shape = {
+            v: (int(t), int(h), int(w), 3)
+            for v, t, h, w in zip(ok["video_id"], ok["frames_kept"], ok["height"], ok["width"], strict=True)
+        }
         self.sources: pd.DataFrame | None = None
         if (self.directory / SOURCES_FILE).exists():
             self.sources = pd.read_parquet(self.directory / SOURCES_FILE).set_index("video_id")
-            self._shape = {
-                v: (int(t), int(h), int(w), 3)
-                for v, t, h, w in zip(
-                    ok["video_id"], ok["frames_kept"], ok["height"], ok["width"], strict=True
-                )
-            }
             by_video = self.frames.groupby("video_id", sort=False)["frame_idx"]
             self._frame_idx = {v: idx.to_numpy(np.int64) for v, idx in by_video}
 
@@ -959,32 +1025,68 @@ class FrameStore:
     def __contains__(self, video_id: str) -> bool:
         return video_id in self._where
 
-    def read(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """All kept frames of one video: original frame numbers (T,) and pixels (T, H, W, 3) uint8 RGB."""
+    def read(
+        self, video_id: str, first: int | None = None, last: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Kept frames of one video: original frame numbers (T,) and pixels (T, H, W, 3) uint8 RGB; all of
+        them, or with ``first``/``last`` (original frame numbers) only the stored chunks that hold frames
+        between the two (more frames than asked for, never fewer): a run of a long video's clips reads its
+        part of the video, not the whole."""
+        whole, shape = first is None and last is None, self._shape[video_id]
+        frames = None  # the whole video, filled a chunk at a time: each chunk decompressed, copied, let go
+        numbers, parts, start = [], [], 0
+        for frame_idx, part in self.iter_chunks(video_id, first, last):
+            if len(part) == shape[0]:  # one chunk (any video under CHUNK_BYTES): the whole video, no copy
+                return frame_idx, part
+            numbers.append(frame_idx)
+            if not whole:
+                parts.append(part)
+                continue
+            if frames is None:
+                frames = np.empty(shape, np.uint8)
+            frames[start : start + len(part)] = part
+            start += len(part)
+        if not whole:  # the few chunks that hold the frames asked for
+            frames = (
+                np.concatenate(parts)
+                if len(parts) > 1
+                else parts[0]
+                if parts
+                else np.empty((0, *shape[1:]), np.uint8)
+            )
+        return (np.concatenate(numbers) if numbers else np.zeros(0, np.int64)), frames
+
+    def iter_chunks(
+        self, video_id: str, first: int | None = None, last: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One video's kept frames a stored chunk (:data:`CHUNK_BYTES` raw) at a time, in order, as
+        ``(frame_idx (n,), frames (n, H, W, 3))``; with ``first``/``last`` only the chunks holding frames
+        between the two (the chunks before them are read off the disk but not decompressed). The shard is streamed a row at a time (Parquet's buffered reads): a long video is
+        never in memory whole, raw or compressed (reading a row group holds it compressed, and more). A
+        ``frames.store: source`` store decodes the whole video once and yields it as one chunk."""
         if video_id not in self._where:
             raise KeyError(
                 f"video {video_id!r} has no decoded frames (see {self.directory / 'videos.parquet'})"
             )
         if self.sources is not None:
-            return self._decode_source(video_id)
+            yield self._decode_source(video_id)
+            return
         shard, group = self._where[video_id]
-        with pq.ParquetFile(self.directory / f"shard-{shard:05d}.parquet", pre_buffer=False) as file:
-            table = file.read_row_group(group)
-        counts = table.column("frame_idx").combine_chunks().value_lengths().to_numpy()
-        frame_idx = table.column("frame_idx").combine_chunks().flatten().to_numpy().astype(np.int64)
-        h, w = table.column("height")[0].as_py(), table.column("width")[0].as_py()
-        codec = pa.Codec(table.column("codec")[0].as_py())
-        chunks = table.column("pixels")
-        shape = (len(frame_idx), h, w, 3)
-        if len(chunks) == 1:  # the whole video (any video under CHUNK_BYTES): no copy
-            pixels = codec.decompress(chunks[0].as_buffer(), decompressed_size=int(np.prod(shape)))
-            return frame_idx, np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
-        frames = np.empty(shape, np.uint8)
-        for chunk, start, count in zip(chunks, np.cumsum(counts) - counts, counts, strict=True):
-            part = frames[start : start + count]
-            pixels = codec.decompress(chunk.as_buffer(), decompressed_size=part.nbytes)
-            part[...] = np.frombuffer(pixels, dtype=np.uint8).reshape(part.shape)
-        return frame_idx, frames
+        with pq.ParquetFile(
+            self.directory / _shard_name(shard), pre_buffer=False, buffer_size=READ_BUFFER
+        ) as file:
+            for row in file.iter_batches(batch_size=1, row_groups=[group], use_threads=False):
+                frame_idx = row.column("frame_idx").flatten().to_numpy().astype(np.int64)
+                if last is not None and frame_idx[0] > last:
+                    break  # the chunks hold increasing frame numbers: none after this one is wanted
+                if first is not None and frame_idx[-1] < first:
+                    continue  # read off the disk (a row at a time), not decompressed
+                h, w = row.column("height")[0].as_py(), row.column("width")[0].as_py()
+                shape = (len(frame_idx), h, w, 3)
+                pixels = pa.Codec(row.column("codec")[0].as_py()).decompress(
+                    row.column("pixels")[0].as_buffer(), decompressed_size=math.prod(shape)
+                )
+                yield frame_idx, np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
 
     def _decode_source(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         source = self.sources.loc[video_id]
@@ -1013,15 +1115,9 @@ class FrameStore:
             or video.frames.shape != self._shape[video_id]
             or not np.array_equal(video.frame_idx, self._frame_idx[video_id])
         ):
-            raise RuntimeError(
+            raise StageInputError(
                 f"{path}: the source video of {video_id!r} is missing or changed, or decodes to other frames "
                 f"than the frames stage recorded (another OpenCV or FFmpeg build?; frames.store: source reads "
                 f"it again); re-run `dvc repro frames`"
             )
         return video.frame_idx.astype(np.int64), video.frames
-
-    def iter_videos(self, video_ids: list[str] | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-        """Yield ``(video_id, frame_idx, frames)`` one video at a time (memory stays at one video)."""
-        for video_id in video_ids if video_ids is not None else self.video_ids:
-            frame_idx, frames = self.read(video_id)
-            yield video_id, frame_idx, frames

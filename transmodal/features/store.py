@@ -350,14 +350,18 @@ def crop_video(
     size: int,
     share: CpuShare | None = None,
 ) -> np.ndarray:
-    """Read one video and crop its clips: (n, T, S, S, 3) uint8 for ``clip_frames`` (n,) and ``boxes`` (n, 4).
+    """Read one video (the stored chunks that hold the clips' frames) and crop its clips: (n, T, S, S, 3)
+    uint8 for ``clip_frames`` (n,) and ``boxes`` (n, 4).
 
     A clip's frames that the previous clip already cropped with the same box (overlapping windows, a box
     capped at the frame) are copied from it rather than resized again.
     """
     share = share or CpuShare(1, 1)
+    # the stored chunks holding these clips' frames: a run of a long video's clips reads its part of it
+    first = min((int(np.min(wanted)) for wanted in clip_frames if len(wanted)), default=None)
+    last = max((int(np.max(wanted)) for wanted in clip_frames if len(wanted)), default=None)
     with share.step():
-        frame_idx, frames = store.read(video_id)
+        frame_idx, frames = store.read(video_id, first, last)
     length = len(clip_frames[0]) if len(clip_frames) else 0
     crops = np.empty((len(clip_frames), length, size, size, 3), np.uint8)
     previous: tuple | None = None  # (box, {position: crop}) of the previous clip

@@ -96,29 +96,48 @@ def iter_frame_batches(
 ) -> Iterator[list[FramePiece]]:
     """Kept frames of ``video_ids`` in order, in batches of ``batch_size`` frames that may span videos of one
     unit (``per_unit`` consecutive videos of the list) but never two units: each unit's last batch may be
-    short. Videos are decoded ahead on a thread (:func:`~transmodal.background.prefetch`), two at
-    most, while the caller works on the current batch.
+    short. Videos are read a stored chunk at a time and decompressed ahead on a thread
+    (:func:`~transmodal.background.prefetch`: two chunks waiting, a third being read), while the caller
+    works on the current batch.
     """
     ends = {unit[-1] for unit in video_units(list(video_ids), per_unit)}
     batch: list[FramePiece] = []
     filled = 0
-    for video_id, frame_idx, frames in prefetch(store.iter_videos(video_ids), depth=2, name="frames"):
+    for video_id, offset, frame_idx, frames, last in prefetch(
+        _chunks(store, video_ids), depth=2, name="frames"
+    ):
         start = 0
         while start < len(frame_idx):
             take = min(batch_size - filled, len(frame_idx) - start)
             batch.append(
-                FramePiece(video_id, start, frame_idx[start : start + take], frames[start : start + take])
+                FramePiece(
+                    video_id, offset + start, frame_idx[start : start + take], frames[start : start + take]
+                )
             )
             filled += take
             start += take
             if filled == batch_size:
                 yield batch
                 batch, filled = [], 0
-        if video_id in ends and batch:
+        if last and video_id in ends and batch:
             yield batch
             batch, filled = [], 0
     if batch:
         yield batch
+
+
+def _chunks(
+    store: FrameStore, video_ids: list[str]
+) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, bool]]:
+    """``(video_id, position of the chunk's first frame among the video's kept frames, frame_idx, frames,
+    whether it is the video's last chunk)`` for each stored chunk of ``video_ids`` in order: a long video is
+    read a chunk (:data:`~transmodal.data.frames.CHUNK_BYTES` raw) at a time, not held whole."""
+    kept = store.frames["video_id"].value_counts()  # the frame table: a video's last chunk ends its count
+    for video_id in video_ids:
+        offset = 0
+        for frame_idx, frames in store.iter_chunks(video_id):
+            yield video_id, offset, frame_idx, frames, offset + len(frame_idx) == kept[video_id]
+            offset += len(frame_idx)
 
 
 def pipelined(batches: Iterable, launch, finish) -> None:
