@@ -235,3 +235,50 @@ def test_a_backbone_whose_processor_resizes_otherwise_is_refused(tiny_checkpoint
         CheckpointError, match=r"resizes with filter BICUBIC \(preprocessor_config\.json resample 3\)"
     ):
         FrozenBackbone(BackboneConfig(checkpoint=str(folder), device="cpu"), length)
+
+
+@pytest.mark.parametrize("stage", ["detect", "pose", "backbone"])
+def test_a_damaged_weights_file_or_config_is_one_line(tiny_checkpoints, tmp_path, stage):
+    """A copy of the model cache cut short (the documented way to an offline machine): safetensors' own
+    error, and a config.json that is not JSON, were tracebacks; now one line naming the param."""
+    from transformers import RTDetrForObjectDetection, VitPoseForPoseEstimation
+
+    from transmodal.params import DetectConfig
+    from transmodal.vision.detect import PersonDetector
+
+    model_cls = {
+        "detect": RTDetrForObjectDetection, "pose": VitPoseForPoseEstimation, "backbone": VideoMAEModel
+    }[stage]  # fmt: skip
+    folder = tmp_path / stage
+    shutil.copytree(tiny_checkpoints["detector" if stage == "detect" else stage], folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    param = f"{stage}.checkpoint"
+    with pytest.raises(CheckpointError, match=rf"^params.yaml: {param} is .*: cannot load as") as error:
+        load_model(model_cls, str(folder), param, torch.device("cpu"), torch.float32)
+    assert "\n" not in str(error.value)
+    if stage == "detect":
+        (folder / "config.json").write_text('{"model_type": "rt_det')
+        with pytest.raises(CheckpointError, match=r"detect.checkpoint is .*: no readable config\.json"):
+            PersonDetector.from_config(DetectConfig(source="model", checkpoint=str(folder), device="cpu"))
+        (folder / "config.json").write_text("[1, 2]")  # JSON, but not a model's config
+        with pytest.raises(CheckpointError, match=r"detect.checkpoint is .*: model_type None is not RT-DETR"):
+            PersonDetector.from_config(DetectConfig(source="model", checkpoint=str(folder), device="cpu"))
+
+
+def test_a_pose_processor_that_does_not_crop_the_box_is_refused(tiny_checkpoints, tmp_path):
+    """The heatmaps are mapped back through the box's crop at the processor's size: a processor that does
+    not crop (do_affine_transform false) gave keypoints in the wrong place, silently."""
+    from transmodal.params import PoseConfig
+    from transmodal.vision.pose_estimator import PoseEstimator
+
+    folder = tmp_path / "pose"
+    shutil.copytree(tiny_checkpoints["pose"], folder)
+    PoseEstimator.from_config(PoseConfig(source="model", checkpoint=str(folder), device="cpu"))  # loads
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    config["do_affine_transform"] = False
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError, match=r"^params.yaml: pose.checkpoint is '.*pose': .*do_affine_transform: true"
+    ):
+        PoseEstimator.from_config(PoseConfig(source="model", checkpoint=str(folder), device="cpu"))

@@ -93,12 +93,15 @@ def cached_snapshot(checkpoint: str, revision: str | None = None) -> str | None:
 
 def load_model(model_cls, checkpoint: str, param: str, device: torch.device, dtype: torch.dtype):
     """``model_cls.from_pretrained`` on the resolved checkpoint, in eval mode, on ``device`` in ``dtype``."""
+    from safetensors import SafetensorError
+
     folder = resolve_checkpoint(checkpoint, param)
     try:
         model = model_cls.from_pretrained(folder, dtype=dtype)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # a cut or damaged file: SafetensorError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"params.yaml: {param} is {checkpoint!r}: cannot load as {model_cls.__name__} ({err})"
+            f"params.yaml: {param} is {checkpoint!r}: cannot load as {model_cls.__name__} ({first})"
         ) from None
     return model.to(device).eval()
 

@@ -78,7 +78,13 @@ class PersonDetector:
         from transformers import AutoImageProcessor, RTDetrForObjectDetection, RTDetrV2ForObjectDetection
 
         folder = checkpoints.resolve_checkpoint(cfg.checkpoint, "detect.checkpoint", cfg.revision)
-        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+        try:
+            config = json.loads((Path(folder) / "config.json").read_text())
+        except (OSError, ValueError) as err:  # a missing or damaged config.json (a cut copy of the cache)
+            raise CheckpointError(
+                f"params.yaml: detect.checkpoint is {cfg.checkpoint!r}: no readable config.json ({err})"
+            ) from None
+        model_type = config.get("model_type") if isinstance(config, dict) else None
         model_cls = {"rt_detr": RTDetrForObjectDetection, "rt_detr_v2": RTDetrV2ForObjectDetection}.get(
             model_type
         )

@@ -41,6 +41,12 @@ class PoseEstimator:
         self.revision: str | None = None  # from_config: the hub commit of a hub id
         self.dtype = next(model.parameters()).dtype
         self._fast = self._fast_preprocess_spec(processor)
+        if self._fast is None:  # the heatmaps are mapped back through a crop of the box at a fixed size
+            raise CheckpointError(
+                f"params.yaml: pose.checkpoint is {model.name_or_path!r}: its preprocessor_config.json must "
+                "crop each person's box (do_affine_transform: true) to a fixed size (size with height and "
+                "width), as ViTPose's do"
+            )
 
     @classmethod
     def from_config(cls, cfg: PoseConfig) -> PoseEstimator:
@@ -95,14 +101,6 @@ class PoseEstimator:
         count = sum(len(piece) for piece in pieces)
         if count != len(boxes):
             raise ValueError(f"{count} frames but {len(boxes)} boxes: one box per frame")
-        if self._fast is None:
-            coco = xyxy_to_coco(boxes)
-            pixel_values = self.processor(
-                images=[frame for piece in pieces for frame in piece],
-                boxes=[[box.tolist()] for box in coco],
-                return_tensors="pt",
-            )["pixel_values"]
-            return pixel_values.to(self.device, self.dtype)
         spec = self._fast
         out = torch.empty((count, 3, *spec["size"]), dtype=self.dtype, device=self.device)
         weight, bias = spec["weight"].to(self.device), spec["bias"].to(self.device)
