@@ -138,7 +138,7 @@ def test_the_weights_do_not_depend_on_the_process_thread_count(params, tmp_path)
             torch.set_num_threads(before_eval)
             metrics, _ = evaluate_model(tmp_path / name, store, "test", 4)
             scores[name] = metrics
-            assert torch.get_num_threads() == threads
+            assert torch.get_num_threads() == before_eval  # restored: the stage's figures run the backbone
     finally:
         torch.set_num_threads(before)
     assert weights["a"] == weights["b"]
@@ -353,7 +353,22 @@ def test_ablation_table_reads_only_the_variants_params_name(params, tmp_path, mo
     (tmp_path / "old").mkdir()
     write_json({**stale, "variant": "old"}, tmp_path / "old/metrics.json")
     monkeypatch.setattr(ablation_table, "backbone_latency", lambda *a, **k: {"median_ms": 10.0})
-    table = ablation_table.aggregate(params, store, tmp_path)
+    timed_on, measure = [], ablation_table.measure_ms
+
+    def measure_ms(*args, **kwargs):  # the head is timed on the threads it runs on in evaluate and predict
+        timed_on.append(torch.get_num_threads())
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(ablation_table, "measure_ms", measure_ms)
+    before = torch.get_num_threads()
+    torch.set_num_threads(params["train"]["threads"] + 1)
+    try:
+        table = ablation_table.aggregate(params, store, tmp_path)
+    finally:
+        torch.set_num_threads(before)
+    assert timed_on == [params["train"]["threads"]] * 2
+    threads = params["train"]["threads"]
+    assert table["full"]["device"] == f"cpu (backbone {threads + 1} threads, head {threads})"
     markdown = ablation_markdown(table, store.backbone, section(params, "ablation"))
     assert list(table) == ["full", "no_pose"] and "old" not in markdown
     full, no_pose = table["full"], table["no_pose"]
@@ -522,3 +537,46 @@ def test_training_curves_png_is_deterministic(tmp_path):
     assert (tmp_path / "d.png").read_bytes() != data
     plot_curves(history, tmp_path / "e.png", "curves", 2, label_smoothing=0.1)  # said in the legend
     assert (tmp_path / "e.png").read_bytes() != data
+
+
+@pytest.mark.parametrize(("clips", "world"), [(464, 3), (10, 4), (12, 4), (2, 3)])
+def test_an_epochs_loss_and_accuracy_count_each_clip_once_under_ddp(clips, world):
+    """DistributedSampler pads every rank's share to one count by repeating clips: 464 clips on 3 processes
+    trained on 465, and the epoch's loss and accuracy counted the repeated clip twice. Each rank counts the
+    first positions of its share that are its own; together they are every clip once."""
+    from torch.utils.data import DistributedSampler
+
+    generator = torch.Generator().manual_seed(0)
+    order, counted = train_module.epoch_order(clips, 1, generator)
+    assert counted == clips and sorted(order.tolist()) == list(range(clips))
+    shares = []
+    for rank in range(world):
+        sampler = DistributedSampler(range(clips), world, rank, shuffle=True, seed=0)
+        order, counted = train_module.epoch_order(clips, 3, generator, sampler)
+        assert len(order) == -(-clips // world)  # padded: every rank the same count
+        shares += order[:counted].tolist()
+    assert sorted(shares) == list(range(clips))
+
+
+def test_a_ranks_padded_last_clips_are_left_out_of_the_epochs_sums():
+    """The last batch of a rank's share may end in DistributedSampler's repeats: its first ``counted`` clips
+    go into the sums with their own loss; a whole batch adds its mean loss times its size, as the Python
+    sums of ``loss.item() * n`` did, bit for bit."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
+    loss = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    loss_sum, correct = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.int64)
+    train_module.add_to_sums(loss_sum, correct, loss, logits, labels, 4, 0.1)
+    assert float(loss_sum) == loss.item() * 4
+    assert int(correct) == int((logits.argmax(-1) == labels).sum())
+    train_module.add_to_sums(loss_sum, correct, loss, logits, labels, 3, 0.1)  # the 4th clip is a repeat
+    own = F.cross_entropy(logits[:3], labels[:3], label_smoothing=0.1, reduction="sum")
+    assert float(loss_sum) == pytest.approx(loss.item() * 4 + own.item(), rel=1e-6)
+    assert int(correct) == int(
+        (logits.argmax(-1) == labels).sum() + (logits[:3].argmax(-1) == labels[:3]).sum()
+    )
+    before = (float(loss_sum), int(correct))
+    train_module.add_to_sums(loss_sum, correct, loss, logits, labels, 0, 0.1)  # a batch of repeats only
+    assert (float(loss_sum), int(correct)) == before

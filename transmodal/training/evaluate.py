@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from transmodal.features.cache import FeatureStore
 from transmodal.training.data import SplitData, load_split
-from transmodal.training.train import load_checkpoint, predict
+from transmodal.training.train import load_checkpoint, predict, trained_threads
 from transmodal.vision.checkpoints import pick_device
 
 UNITS = {
@@ -113,13 +113,14 @@ def evaluate_model(
     torch_device = pick_device(device)
     store.encode_on(torch_device.type)  # backbone.store: recompute: the backbone runs where the head does
     model, config = load_checkpoint(model_dir, torch_device)
-    if "threads" in config["train"]:  # the count it trained with: on the CPU the logits depend on it too
-        torch.set_num_threads(config["train"]["threads"])
     classes = config["classes"]
     data = load_split(store, split, model.model_cfg.pose_scores)
     if len(data) == 0:
         raise ValueError(f"no {split} clips in the feature cache")
-    logits = predict(model, data, batch_size, torch_device)
+    # the count it trained with (on the CPU the logits depend on it too), for the head only: the process's
+    # count is restored after (the evaluate stage's figures run the backbone on all of them)
+    with trained_threads(config["train"].get("threads")):
+        logits = predict(model, data, batch_size, torch_device)
     metrics, predictions = evaluate_logits(logits, data, classes)
     return {"split": split, **metrics, "classes": classes}, predictions
 

@@ -28,7 +28,7 @@ from transmodal.params import AblationConfig, BackboneConfig, kept_count, sectio
 from transmodal.training.ablation import METRICS_FILE, seed_dir, variant_store
 from transmodal.training.evaluate import PAPER_UNIT
 from transmodal.training.latency import measure_ms
-from transmodal.training.train import load_checkpoint, model_size
+from transmodal.training.train import load_checkpoint, model_size, trained_threads
 from transmodal.vision.checkpoints import load_model, pick_device, resolve_checkpoint
 
 LATENCY_BATCH = 4  # the paper reports ms per batch of 4
@@ -258,14 +258,18 @@ def aggregate(
             row["delta_vs_full"] = float(correct.mean() - full_correct.mean())
             row["delta_interval"] = [d_low, d_high]
             row["delta_significant"] = bool(d_low > 0 or d_high < 0)
-        model, _ = load_checkpoint(seed_dir(ablation_dir / variant, cfg.seeds[0]) / "model", device)
+        model, config = load_checkpoint(seed_dir(ablation_dir / variant, cfg.seeds[0]) / "model", device)
         tokens, pose = inputs[model.model_cfg.pose_scores]
 
         @torch.inference_mode()
         def forward(model=model, tokens=tokens, pose=pose):
             return model(tokens, pose).logits
 
-        head = measure_ms(forward, device, cfg.latency_warmup, cfg.latency_repeats)
+        # on the thread count the head runs on in evaluate and predict (train.threads), the backbone's on the
+        # process's, as predict runs them
+        head_threads = config["train"].get("threads")
+        with trained_threads(head_threads):
+            head = measure_ms(forward, device, cfg.latency_warmup, cfg.latency_repeats)
         row.update(_complexity(model, variant_cache))
         row["backbone_keep"] = record.get("keep", 1.0)
         row.update(
@@ -277,14 +281,17 @@ def aggregate(
                 "backbone_latency_ms": backbone["median_ms"],
                 "latency_batch": LATENCY_BATCH,
                 "latency_repeats": cfg.latency_repeats,
-                "device": _device_name(device),
+                "device": _device_name(device, head_threads),
             }
         )
         table[variant] = row
     return table
 
 
-def _device_name(device: torch.device) -> str:
+def _device_name(device: torch.device, head_threads: int | None = None) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    if head_threads and head_threads != threads:
+        return f"cpu (backbone {threads} threads, head {head_threads})"
+    return f"cpu ({threads} threads)"

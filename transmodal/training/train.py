@@ -133,8 +133,51 @@ def predict(model: TransModal, data: SplitData, batch_size: int, device: torch.d
     for start in range(0, len(data), batch_size):
         positions = np.arange(start, min(start + batch_size, len(data)))
         tokens, pose, _ = data.batch(positions)
-        outputs.append(model(tokens.to(device), pose.to(device)).logits.float().cpu())
-    return torch.cat(outputs) if outputs else torch.zeros(0, model.num_classes)
+        outputs.append(model(to_device(tokens, device), to_device(pose, device)).logits.float())
+    return torch.cat(outputs).cpu() if outputs else torch.zeros(0, model.num_classes)  # one wait, at the end
+
+
+def epoch_order(clips: int, epoch: int, generator: torch.Generator, sampler=None) -> tuple[np.ndarray, int]:
+    """This process's clip positions for one epoch and how many of the first ones are its own: all of them
+    in one process (a permutation drawn from ``generator``); under DDP the ``DistributedSampler``'s share,
+    whose last position may repeat a clip of another rank's share (the sampler pads every rank to one count:
+    the step trains on it, the epoch's loss and accuracy leave it out)."""
+    if sampler is None:
+        return torch.randperm(clips, generator=generator).numpy(), clips
+    sampler.set_epoch(epoch)
+    order = np.fromiter(sampler, dtype=np.int64)
+    # the sampler's list: the clips, then (drop_last False) repeats up to total_size; rank r takes r, r + W, ...
+    return order, len(range(sampler.rank, min(clips, sampler.total_size), sampler.num_replicas))
+
+
+@torch.no_grad()
+def add_to_sums(
+    loss_sum: torch.Tensor,
+    correct: torch.Tensor,
+    loss: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    counted: int,
+    label_smoothing: float,
+) -> None:
+    """Add a step's first ``counted`` clips to the epoch's sums (in place, on the device): the summed loss
+    (float64, as ``loss.item() * n`` summed in Python, bit for bit) and the right answers. All of them: the
+    batch's mean ``loss`` times their count; fewer (the last of a rank's share under DDP): their own."""
+    if counted == len(labels):
+        loss_sum += loss.detach().double() * counted
+        correct += (logits.argmax(-1) == labels).sum()
+    elif counted > 0:
+        kept, targets = logits[:counted].detach(), labels[:counted]
+        loss_sum += F.cross_entropy(kept, targets, label_smoothing=label_smoothing, reduction="sum").double()
+        correct += (kept.argmax(-1) == targets).sum()
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; to a GPU through pinned memory without waiting, so the host reads the next
+    batch while the device trains on this one (a copy from pageable memory waits for the device)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def sync_token_norm(model: TransModal, device: torch.device) -> TransModal:
@@ -201,25 +244,24 @@ def train_model(
     epochs = tqdm(range(1, train_cfg.epochs + 1), desc="train", unit="epoch", disable=not shown)
     for epoch in epochs:
         net.train()
-        if sampler is None:
-            order = torch.randperm(len(train), generator=generator).numpy()
-        else:  # this rank's share of the epoch (padded to an equal count on every rank)
-            sampler.set_epoch(epoch)
-            order = np.fromiter(sampler, dtype=np.int64)
-        loss_sum, correct = 0.0, 0
+        order, seen = epoch_order(len(train), epoch, generator, sampler)
+        # the epoch's sums stay on the device: one wait for it an epoch, not two a step (a step's .item()
+        # made the host wait for the device before it read the next batch); float64 as the Python sums were
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         for start in range(0, len(order), train_cfg.batch_size):
             positions = order[start : start + train_cfg.batch_size]
-            tokens, pose, labels = train.batch(positions)
-            tokens, pose, labels = tokens.to(device), pose.to(device), labels.to(device)
+            tokens, pose, labels = (to_device(t, device) for t in train.batch(positions))
             with deterministic_attention(device):
                 logits = net(tokens, pose).logits  # (B, classes)
                 loss = F.cross_entropy(logits, labels, label_smoothing=train_cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()
-            loss_sum += loss.item() * len(positions)
-            correct += int((logits.argmax(-1) == labels).sum())
-        seen = len(order)
+            # DistributedSampler's padding repeats clips: they train, the epoch's sums leave them out
+            counted = min(len(positions), seen - start)
+            add_to_sums(loss_sum, correct, loss, logits, labels, counted, train_cfg.label_smoothing)
+        loss_sum, correct = float(loss_sum), int(correct)
         if sampler is not None:  # every rank's sums: the epoch's loss and accuracy over all of them
             loss_sum, correct, seen = distributed.sum_over_ranks([loss_sum, correct, seen], device)
         row = {
