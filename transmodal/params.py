@@ -556,16 +556,22 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def yaml_error_line(err: Exception, path: str | Path) -> str:
+    """A YAML syntax error (PyYAML's or ruamel's, which carry the same marks) as one line naming the file,
+    the line and the problem."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    return f"{where}: not valid YAML ({problem})"
+
+
 def load_params(path: str | Path = "params.yaml") -> dict:
     """Read params.yaml as a plain dict; a YAML syntax error is one line naming the file and the line."""
     with open(path) as f:
         try:
             params = yaml.safe_load(f) or {}
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-            problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
-            raise ParamError(f"{where}: not valid YAML ({problem})") from None
+            raise ParamError(yaml_error_line(err, path)) from None
     if not isinstance(params, dict):
         raise ParamError(f"{path}: expected a mapping of sections at the top level")
     return params

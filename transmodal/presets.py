@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from transmodal.io import write_text
-from transmodal.params import CheckpointError, ParamError
+from transmodal.params import CheckpointError, ParamError, yaml_error_line
 
 PRESETS_DIR = Path("params")
 
@@ -112,10 +112,7 @@ def _load(yaml, path: Path):
     try:
         return yaml.load(path.read_text())
     except YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
-        raise ParamError(f"{where}: not valid YAML ({problem})") from None
+        raise ParamError(yaml_error_line(err, path)) from None
 
 
 def not_ready(params: dict, project: Path = Path(".")) -> list[str]:
