@@ -14,6 +14,8 @@ DISAGREEMENTS = {
     "unlisted_on_disk": "videos on disk are in no split file (left out)",
     "unrecognised": "files on disk are not named as the dataset names its videos (left out)",
     "classes_without_test": "classes have no test videos (one group only, or none marked test in splits.csv)",
+    "names_without_source": "HMDB51 names give no source video (each is its own group when val is drawn)",
+    "videos_without_sequences": "KTH videos have no line in 00sequences.txt (each is scored as one sequence)",
 }
 
 

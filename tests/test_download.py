@@ -414,6 +414,31 @@ def test_failed_extraction_leaves_no_tree_and_no_marker(server, tmp_path):
     assert set(ucf_videos()) <= tree(tmp_path)
 
 
+def test_an_archive_that_fails_twice_with_the_same_bytes_is_kept(server, tmp_path):
+    """libarchive refuses some valid RAR4 files: deleting the archive after each failed unpack had every run
+    download the same gigabytes again. The second failure of the same bytes keeps the file and says how to
+    unpack it by hand; a run that unpacks it clears the record."""
+    whole = rar4(ucf_videos())
+    second = whole.index(video("ApplyEyeMakeup12"))
+    sources = ucf_sources(server, videos=whole[: second + 100])  # the server's bytes never unpack
+    work = tmp_path / WORK_DIR
+    with pytest.raises(DownloadError, match=r"deleted .*UCF101\.rar, run again to download it afresh"):
+        download("ucf101", tmp_path, progress=False, sources=sources)
+    assert not (work / "UCF101.rar").exists()
+    with pytest.raises(
+        DownloadError,
+        match=r"the same bytes \(sha256 [0-9a-f]{16}\.\.\.\) failed to unpack .* is kept; unpack it by hand",
+    ) as error:
+        download("ucf101", tmp_path, progress=False, sources=sources)
+    assert "\n" not in str(error.value) and "`unrar x` or `7z x`" in str(error.value)
+    assert (work / "UCF101.rar").is_file()  # kept: the next run unpacks it without downloading
+    server.files["/UCF101.rar"] = whole  # another source: other bytes, which unpack
+    (work / "UCF101.rar").unlink()
+    download("ucf101", tmp_path, progress=False, sources=sources)
+    assert set(ucf_videos()) <= tree(tmp_path)
+    assert not (work / "UCF101.rar.unpack-failed").exists()
+
+
 def test_rerun_after_interrupted_extraction_redoes_it(server, tmp_path):
     sources = ucf_sources(server)
     work = tmp_path / WORK_DIR

@@ -489,6 +489,7 @@ def test_the_prepare_stage_says_what_the_folder_and_the_lists_disagree_on(
 
     shutil.rmtree(hmdb_root / "kick")
     (hmdb_root / "kick_ball" / "extra_kick_ball_f_cm_np1_ba_med_0.avi").touch()
+    (hmdb_root / "kick_ball" / "renamed.avi").touch()  # no source in its name: a group of its own, said
     spec = importlib.util.spec_from_file_location("prepare_stage", REPO / "stages" / "prepare.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
@@ -503,8 +504,19 @@ def test_the_prepare_stage_says_what_the_folder_and_the_lists_disagree_on(
         "on disk (metrics/prepare.json: listed_missing_on_disk)",
         "prepare: note: 1 classes have a split file but no videos on disk (metrics/prepare.json: "
         "classes_missing_on_disk)",
-        "prepare: note: 1 videos on disk are in no split file (left out) (metrics/prepare.json: unlisted_on_disk)",
+        "prepare: note: 2 videos on disk are in no split file (left out) (metrics/prepare.json: unlisted_on_disk)",
+        "prepare: note: 1 HMDB51 names give no source video (each is its own group when val is drawn) "
+        "(metrics/prepare.json: names_without_source)",
     ]
+
+
+def test_hmdb51_without_its_split_files_names_the_missing_folder(hmdb_root: Path):
+    """The videos' archive unpacked without test_train_splits.rar: the error blamed data.split."""
+    shutil.rmtree(hmdb_root / "testTrainMulti_7030_splits")
+    with pytest.raises(
+        ParamError, match=r"data.root is .* has no testTrainMulti_7030_splits/ folder .*download hmdb51"
+    ):
+        index_hmdb51(hmdb_root, 1, 0.34, seed=0)
 
 
 def test_hmdb51_malformed_split_line(hmdb_root: Path):

@@ -25,6 +25,8 @@ every folder of ``<root>`` holding videos for a class, ignores it):
 - ``<name>.done``: JSON marker (url, bytes, sha256, what was placed), written after the move; a re-run skips
   the file without contacting the server. Without it a re-run redoes the extraction (and the download, if
   the archive is gone).
+- ``<name>.unpack-failed``: JSON (sha256) of a download that did not unpack and was deleted; when the file
+  fetched again has the same bytes and fails again, it is kept and the error says to unpack it by hand.
 
 Archives are read with libarchive (PyPI ``libarchive-c`` over the system ``libarchive.so.13``), which
 detects zip, RAR and RAR5 from the content. Members are written by this module, not by libarchive: absolute
@@ -458,8 +460,14 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _unpack(archive: Archive, path: Path, root: Path, work: Path) -> list[str]:
-    """Unpack ``path`` into a temporary tree, then move the tree's top-level entries into ``root``."""
+def _unpack(archive: Archive, path: Path, root: Path, work: Path, sha256: str) -> list[str]:
+    """Unpack ``path`` into a temporary tree, then move the tree's top-level entries into ``root``.
+
+    An archive that does not unpack is deleted to be fetched afresh, once: when the bytes fetched again
+    (the same ``sha256``, recorded in ``<name>.unpack-failed``) fail again, the file is most likely whole and
+    libarchive cannot read it (it has open reports of valid RAR4 files it refuses), so it is kept and the
+    message says how to unpack it by hand, rather than each run downloading gigabytes to delete them."""
+    failed = work / f"{archive.name}.unpack-failed"
     tmp = work / f"extract-{archive.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # what an interrupted run left
     tree = tmp / "tree"
@@ -495,8 +503,16 @@ def _unpack(archive: Archive, path: Path, root: Path, work: Path) -> list[str]:
             target = root / entry.name
             _remove(target)
             durable_replace(entry, target)
+        failed.unlink(missing_ok=True)
         return [entry.name for entry in entries]
     except _Corrupt as exc:
+        if (_read_marker(failed) or {}).get("sha256") == sha256:
+            raise DownloadError(
+                f"{exc}; the same bytes (sha256 {sha256[:16]}...) failed to unpack after a fresh download, so "
+                f"the file is likely whole and this libarchive cannot read it: {path} is kept; unpack it by "
+                f"hand into {root} (`unrar x` or `7z x`), or {ANOTHER_SOURCE.replace('NAME', archive.name)}"
+            ) from None
+        write_json({"sha256": sha256}, failed)
         path.unlink(missing_ok=True)
         raise DownloadError(f"{exc}; deleted {path}, run again to download it afresh") from None
     except OSError as exc:
@@ -614,7 +630,7 @@ def download(
                 durable_replace(path, target)
                 placed = [target.relative_to(root).as_posix()]
             else:
-                placed = _unpack(archive, path, root, work)
+                placed = _unpack(archive, path, root, work, sha256)
             record = {
                 "name": archive.name,
                 "url": archive.url,

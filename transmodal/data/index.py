@@ -517,6 +517,12 @@ def index_hmdb51(root: Path, split: int, val_fraction: float, seed: int) -> tupl
     # the classes are those of the split files as well as the folders: a class whose folder is missing or
     # empty (an inner archive that did not extract) keeps its label index, its videos counted as missing
     split_dir = root / HMDB51_SPLITS
+    if not split_dir.is_dir():  # the videos' archive alone: no split is usable, whatever data.split says
+        raise _root_error(
+            root,
+            f"has no {HMDB51_SPLITS}/ folder (the official split files): unpack test_train_splits.rar "
+            "there, or run `transmodal download hmdb51 ROOT`",
+        )
     suffix = f"_test_split{split}.txt"
     listed_classes = (
         {p.name.removesuffix(suffix) for p in split_dir.glob(f"*{suffix}") if not _hidden(p.name)}
