@@ -360,6 +360,10 @@ def _write_tick_webm(path: Path, frames: int, fps: int) -> np.ndarray:
 
 
 def test_a_header_giving_the_millisecond_tick_as_its_rate_is_no_rate(tmp_path):
+    _tick_header_sampling(tmp_path)
+
+
+def _tick_header_sampling(tmp_path):
     """2 s at 30 fps under a 1000 fps header: taken at its word, sampling by frame number kept 1 frame in 80
     (one frame of the 60) and the header's count (1968 frames) made the file look cut. The tick is no rate:
     one frame in ``stride`` is kept, said so; by timestamp the samples are 0.08 s apart."""
@@ -378,6 +382,57 @@ def test_a_header_giving_the_millisecond_tick_as_its_rate_is_no_rate(tmp_path):
     got = times[timed.sample_frames()]
     assert np.abs(got - wanted[: len(got)]).max() <= 0.5 / 30 + 1e-6  # each the frame nearest its time
     assert "no usable frame rate" not in timed.reason
+    return path, timed
+
+
+def test_a_header_giving_a_finer_tick_as_its_rate_is_sampled_by_timestamp_too(tmp_path, monkeypatch):
+    """An MPEG-TS header's 90000 fps is a tick as well: by timestamp, the file is sampled as under a 1000 fps
+    header (its timestamps read in milliseconds), not one frame in ``stride`` (a 60 fps phone file at 30 Hz
+    then, clips of half the time), and the note names the header's rate."""
+    from transmodal.data import frames
+
+    path, ticked = _tick_header_sampling(tmp_path)
+    opened = frames.cv2.VideoCapture
+
+    class HeaderRate:
+        def __init__(self, *args):
+            self.capture = opened(*args)
+
+        def __getattr__(self, name):
+            return getattr(self.capture, name)
+
+        def get(self, prop):
+            return 90000.0 if prop == cv2.CAP_PROP_FPS else self.capture.get(prop)
+
+    monkeypatch.setattr(frames.cv2, "VideoCapture", HeaderRate)
+    timed = decode_video(path, "v", stride=2, reference_fps=25.0, by_time=True)
+    np.testing.assert_array_equal(timed.sample_frames(), ticked.sample_frames())
+    assert "no usable frame rate" not in timed.reason and "header's 90000 fps grid" in timed.reason
+
+
+@pytest.mark.parametrize("header", [1000.0, 90000.0])
+def test_a_tick_header_without_usable_timestamps_keeps_a_frame_a_reference_frame_apart(
+    tmp_path, monkeypatch, header
+):
+    """Under a tick the timestamps are read in milliseconds, and a frame without a usable one (a raw stream
+    reads 0 throughout) went one millisecond after the one before: 60 frames spanned 60 ms, one sample. It
+    goes a frame at the reference rate on (40 ms at 25 fps), so the file is sampled as if at that rate."""
+    from transmodal.data import frames
+
+    path = tmp_path / "browser.webm"
+    _write_tick_webm(path, 60, 30)
+    stamps = _Timestamps([0.0] * 60)
+
+    def opened(*args):
+        capture = stamps(*args)
+        real = capture.get
+        capture.get = lambda prop: header if prop == cv2.CAP_PROP_FPS else real(prop)
+        return capture
+
+    monkeypatch.setattr(frames.cv2, "VideoCapture", opened)
+    timed = decode_video(path, "v", stride=2, reference_fps=25.0, by_time=True)
+    assert timed.sample_frames().tolist() == list(range(0, 60, 2))  # as one frame in stride
+    assert "59 frame(s) repeat the timestamp before" in timed.reason
 
 
 class _Timestamps:
@@ -582,7 +637,7 @@ def test_a_decode_worker_holds_one_chunk_of_raw_frames_not_the_video(tmp_path, m
     monkeypatch.setattr(frames_module, "CHUNK_BYTES", 3 * frame_bytes)
     tracemalloc.start()
     try:
-        video = frames_module._decode_and_compress(tmp_path / "long.avi", "long", 1, None)
+        video = decode_video(tmp_path / "long.avi", "long", 1, pixels=frames_module.PIXEL_CODEC)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -593,7 +648,7 @@ def test_a_decode_worker_holds_one_chunk_of_raw_frames_not_the_video(tmp_path, m
     stored = b"".join(codec.decompress(chunk, decompressed_size=3 * frame_bytes) for chunk in video.pixels)
     assert stored == whole.frames.tobytes()
     np.testing.assert_array_equal(video.frame_idx, whole.frame_idx)
-    dropped = frames_module._decode_and_compress(tmp_path / "long.avi", "long", 1, None, compress=False)
+    dropped = decode_video(tmp_path / "long.avi", "long", 1, pixels="none")
     assert dropped.pixels is None and dropped.frames.shape == (30, 240, 320, 3)
 
 

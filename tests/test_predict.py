@@ -949,7 +949,8 @@ def test_what_the_decoding_found_odd_is_said_and_the_annotated_video_plays_at_a_
     model_dir, tmp_path, monkeypatch
 ):
     """A cut file and a header without a usable frame rate: predict says so (as the frames stage records it),
-    and --out writes the kept frames at 25 fps / stride, not at the header's 90000 fps."""
+    and --out writes the kept frames at 25 fps / stride, not at the header's 90000 fps (a tick: the frames
+    are sampled by their timestamps)."""
     from transmodal.data import frames
     from transmodal.predict import predict_video, write_annotated
 
@@ -980,7 +981,9 @@ def test_what_the_decoding_found_odd_is_said_and_the_annotated_video_plays_at_a_
     monkeypatch.setattr(frames.cv2, "VideoCapture", HeaderRate)
     prediction, _ = predict_video(fast, model_dir, device="cpu", progress=False)
     assert prediction.fps == pytest.approx(90000.0)
-    assert any("no usable frame rate in the header (90000)" in note for note in prediction.notes)
+    # a tick, read in milliseconds: the 25 fps frames sampled by their timestamps, one in 2
+    assert any("off the header's 90000 fps grid" in note for note in prediction.notes), prediction.notes
+    assert prediction.samples.tolist() == list(range(0, 20, 2))
     out = tmp_path / "fast-annotated.avi"
     write_annotated(prediction, out)
     monkeypatch.undo()

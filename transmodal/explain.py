@@ -344,8 +344,8 @@ def explain_test_clips(
             tokens = store.tokens([where]).float().to(device)
             kept = store.kept_patches([where])  # None unless the backbone dropped tokens
             (explanation,) = explain_clips(model, tokens, pose, kept, store.full_patches_per_group)
-            frame_idx, pixels = frames.read(row.video_id)
             wanted = np.asarray(row.frame_idx, np.int64)
+            frame_idx, pixels = frames.read(row.video_id, int(wanted.min()), int(wanted.max()))
             crop = np.asarray([getattr(row, c) for c in CROP_COLUMNS], np.float64)
             crops = crop_frames(
                 pixels, tuple(int(v) for v in crop), size, np.searchsorted(frame_idx, wanted).tolist()

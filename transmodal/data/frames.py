@@ -82,6 +82,11 @@ def frames_per_chunk(height: int, width: int) -> int:
 MAX_FPS = 1000.0
 
 
+def _rate(fps: float) -> str:
+    """A header's frame rate as a note says it: 29.97, 23.98, 1000, 90000."""
+    return f"{fps:.4g}" if fps < MAX_FPS else f"{fps:.0f}"
+
+
 def usable_fps(fps: float) -> bool:
     """Whether a header's frame rate can be sampled by (:data:`MAX_FPS`)."""
     return 0.0 < fps < MAX_FPS
@@ -159,9 +164,10 @@ class _KeptFrames:
         cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=self.array[n])
         self.numbers.append(number)
 
-    def finish(self) -> np.ndarray:
-        """The kept frames (T, H, W, 3) RGB; a header that announced more frames: its tail is never touched."""
-        return self.array[: len(self.numbers)]
+    def finish(self) -> tuple[np.ndarray, None]:
+        """The kept frames (T, H, W, 3) RGB (a header that announced more frames: its tail is never
+        touched), and no compressed pixels."""
+        return self.array[: len(self.numbers)], None
 
 
 class _ChunkedFrames:
@@ -202,13 +208,14 @@ class _ChunkedFrames:
             self.pixels.append(self.codec.compress(self.array[: self.held]))
         self.held = 0
 
-    def finish(self) -> np.ndarray:
-        """The last chunk compressed; a read-only view of one zero byte in the kept frames' shape (the
-        tables need the shape, not the pixels)."""
+    def finish(self) -> tuple[np.ndarray, list[pa.Buffer] | None]:
+        """A read-only view of one zero byte in the kept frames' shape (the tables need the shape, not the
+        pixels), and the compressed chunks, the last one included (None without ``compress``)."""
         if self.codec is not None:
             self._flush()
         self.array = None
-        return np.broadcast_to(np.uint8(0), (len(self.numbers), *(self.shape or (0, 0, 3))))
+        frames = np.broadcast_to(np.uint8(0), (len(self.numbers), *(self.shape or (0, 0, 3))))
+        return frames, self.pixels if self.codec is not None else None
 
 
 TIME_SNAP = 0.25  # frames: a timestamp this close to its frame's place on the header's grid is taken as on it
@@ -232,10 +239,18 @@ class _ByTime:
     :data:`TIME_CUT` s (a pause in a motion-triggered recording, joined files, a garbage value), is a cut:
     the frame goes one header frame after the one before and the clock restarts from it. So one bad value
     costs at most one frame's worth of time, and a video's samples stay within what its frames can span.
+    Under a tick (a header rate of :data:`MAX_FPS` or more, read in milliseconds) one frame is ``frame``,
+    a frame at the reference rate: a millisecond would give a file without timestamps one sample.
     """
 
-    def __init__(self, step: float, fps: float):
+    def __init__(
+        self, step: float, fps: float, header_fps: float | None = None, frame: float = UNUSABLE_STEP
+    ):
         self.step, self.fps = step, fps
+        self.header_fps = fps if header_fps is None else header_fps  # as the note says it
+        self.frame = (
+            frame  # "one frame on", in places: a header frame, or a tick's frame at the reference rate
+        )
         self.anchor: tuple[float, float] | None = None  # (place, timestamp in ms) the clock runs from
         self.last_ms: float | None = None  # the last usable timestamp
         self.places: list[float] = []  # place of each frame seen, in header frames, increasing
@@ -254,12 +269,12 @@ class _ByTime:
             since = msec - self.last_ms if self.last_ms is not None else math.nan
             if not math.isfinite(since) or since == 0.0:  # repeated, or none: one frame on, same clock
                 self.repeated += 1
-                place = last + UNUSABLE_STEP
+                place = last + self.frame
                 if self.anchor is None and math.isfinite(msec):
                     self.anchor, self.last_ms = (place, msec), msec
             elif since < 0.0 or since > TIME_CUT * 1000.0:  # a cut: one frame on, the clock restarts here
                 self.cuts += 1
-                place = last + UNUSABLE_STEP
+                place = last + self.frame
                 self.anchor, self.last_ms = (place, msec), msec
             else:
                 anchor_place, anchor_ms = self.anchor
@@ -300,7 +315,7 @@ class _ByTime:
         parts = []
         if self.off_grid:
             parts.append(
-                f"variable frame rate: {self.off_grid} of {decoded} frames are off the header's {self.fps:.4g} "
+                f"variable frame rate: {self.off_grid} of {decoded} frames are off the header's {_rate(self.header_fps)} "
                 "fps grid (a varying or mislabelled rate); sampled by each frame's timestamp"
             )
         if self.repeated:
@@ -453,9 +468,12 @@ class VideoStream:
         self.aspect = sample_aspect(self.capture) if self.display_aspect else 1.0
         if self.fps >= MAX_FPS:  # a tick, not a rate: the count derived from it is none either
             self.reported = 0
-        if self.by_time and self.reference_fps is not None and 0.0 < self.fps <= MAX_FPS:
-            # the timestamps give the times, so a millisecond tick (1000) is a unit they can be read in
-            self.timed = _ByTime(self.stride * self.fps / self.reference_fps, self.fps)
+        if self.by_time and self.reference_fps is not None and self.fps > 0.0:
+            # the timestamps give the times, so a millisecond tick (1000) is a unit they can be read in; a
+            # finer tick (an MPEG-TS header's 90000) is read in milliseconds too
+            unit = min(self.fps, MAX_FPS)
+            frame = UNUSABLE_STEP if unit < MAX_FPS else MAX_FPS / self.reference_fps
+            self.timed = _ByTime(self.stride * unit / self.reference_fps, unit, self.fps, frame)
         elif self.reported > 0 and usable_fps(self.fps):
             self.clock = _ByTime(self.step, self.fps)
         return True
@@ -631,7 +649,7 @@ def decode_video(
         return DecodedVideo(video_id, None, empty, decoded, reported, fps, stream.nothing_decoded())
     reason, truncated = stream.notes()
     frame_idx = np.asarray(kept.numbers, np.int32)
-    frames = kept.finish()
+    frames, stored = kept.finish()
     shrunk = max_side is not None and max(frames.shape[1:3]) < stream.source_side
     samples = np.asarray(stream.timed.samples, np.int64) if stream.timed is not None else None
     return DecodedVideo(
@@ -646,7 +664,7 @@ def decode_video(
         truncated,
         samples,
         shrunk,
-        getattr(kept, "pixels", None) if pixels == PIXEL_CODEC else None,
+        stored,
     )
 
 
@@ -668,30 +686,6 @@ def _room_for(kept: np.ndarray | None, n: int, shape: tuple[int, ...], expected:
 PIXEL_CODEC = "lz4"  # LZ4 frame: ~2.5x smaller than raw on KTH-like frames, several times faster than zstd
 
 
-def _decode_and_compress(
-    path: Path,
-    video_id: str,
-    stride: int,
-    reference_fps: float | None,
-    compress: bool = True,
-    by_time: bool = False,
-    max_side: int | None = None,
-) -> DecodedVideo:
-    """Decode one video, its kept frames compressed a chunk at a time as they are decoded (both release the
-    GIL, so workers run in parallel) into ``pixels``; without ``compress`` (``frames.store: source``) only
-    the decoding, for the tables, and the pixels go. ``by_time``, ``max_side``: ``frames.by_time``,
-    ``frames.max_side`` (:func:`decode_video`)."""
-    return decode_video(
-        path,
-        video_id,
-        stride,
-        max_side,
-        reference_fps=reference_fps,
-        by_time=by_time,
-        pixels=PIXEL_CODEC if compress else "none",
-    )
-
-
 def _decoded_in_order(
     jobs: list[tuple[Path, str]],
     stride: int,
@@ -701,21 +695,24 @@ def _decoded_in_order(
     by_time: bool = False,
     max_side: int | None = None,
 ) -> Iterator:
-    """``_decode_and_compress`` over ``jobs`` on a thread pool, results in job order, few videos in flight."""
+    """:func:`decode_video` over ``jobs`` on a thread pool, results in job order, few videos in flight: the
+    kept frames compressed a chunk at a time as they are decoded (both release the GIL, so workers run in
+    parallel); without ``compress`` (``frames.store: source``) only the decoding, for the tables.
+    ``by_time``, ``max_side``: ``frames.by_time``, ``frames.max_side``."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
         try:
             for path, video_id in jobs:
                 pending.append(
                     pool.submit(
-                        _decode_and_compress,
+                        decode_video,
                         path,
                         video_id,
                         stride,
-                        reference_fps,
-                        compress,
-                        by_time,
                         max_side,
+                        reference_fps=reference_fps,
+                        by_time=by_time,
+                        pixels=PIXEL_CODEC if compress else "none",
                     )
                 )
                 if len(pending) > 2 * workers:
@@ -1032,28 +1029,20 @@ class FrameStore:
         them, or with ``first``/``last`` (original frame numbers) only the stored chunks that hold frames
         between the two (more frames than asked for, never fewer): a run of a long video's clips reads its
         part of the video, not the whole."""
-        whole, shape = first is None and last is None, self._shape[video_id]
-        frames = None  # the whole video, filled a chunk at a time: each chunk decompressed, copied, let go
-        numbers, parts, start = [], [], 0
+        shape = self._shape[video_id]
+        numbers, parts, frames, start = [], [], None, 0
         for frame_idx, part in self.iter_chunks(video_id, first, last):
-            if len(part) == shape[0]:  # one chunk (any video under CHUNK_BYTES): the whole video, no copy
+            if len(part) == shape[0]:  # the whole video in one chunk: as decompressed, no copy
                 return frame_idx, part
             numbers.append(frame_idx)
-            if not whole:
+            if first is None and last is None:  # the whole video: each chunk copied into place, let go
+                frames = np.empty(shape, np.uint8) if frames is None else frames
+                frames[start : start + len(part)] = part
+                start += len(part)
+            else:  # a range: its few chunks, joined below
                 parts.append(part)
-                continue
-            if frames is None:
-                frames = np.empty(shape, np.uint8)
-            frames[start : start + len(part)] = part
-            start += len(part)
-        if not whole:  # the few chunks that hold the frames asked for
-            frames = (
-                np.concatenate(parts)
-                if len(parts) > 1
-                else parts[0]
-                if parts
-                else np.empty((0, *shape[1:]), np.uint8)
-            )
+        if frames is None:
+            frames = np.concatenate(parts) if parts else np.empty((0, *shape[1:]), np.uint8)
         return (np.concatenate(numbers) if numbers else np.zeros(0, np.int64)), frames
 
     def iter_chunks(
