@@ -11,6 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from transmodal import io
 from transmodal.io import atomic_dir, write_json, write_parquet
@@ -70,6 +72,8 @@ def test_outputs_get_the_permissions_the_umask_gives_not_the_temporary_files(tmp
         write_parquet(pd.DataFrame({"x": [1.0]}), tmp_path / "table.parquet")
         with atomic_dir(tmp_path / "model") as folder:
             (folder / "weights.bin").write_bytes(b"0")
+            (folder / "part").mkdir(mode=0o700)
+            save_file({"w": torch.zeros(2)}, str(folder / "part" / "model.safetensors"))  # creates it 0600
     finally:
         os.umask(old)
     assert io.UMASK == umask
@@ -77,6 +81,8 @@ def test_outputs_get_the_permissions_the_umask_gives_not_the_temporary_files(tmp
     assert _mode(tmp_path / "table.parquet") == 0o666 & ~umask
     assert _mode(tmp_path / "model") == 0o777 & ~umask
     assert _mode(tmp_path / "model" / "weights.bin") == 0o666 & ~umask
+    assert _mode(tmp_path / "model" / "part") == 0o777 & ~umask
+    assert _mode(tmp_path / "model" / "part" / "model.safetensors") == 0o666 & ~umask
 
 
 def test_an_output_folder_in_a_group_folder_keeps_its_setgid_bit(tmp_path):

@@ -131,6 +131,21 @@ def sync_tree(path: str | Path) -> None:
         _fsync(Path(folder))
 
 
+def _open_to_the_umask(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the read and write bits the umask allows: a library may
+    create its files 0600 (safetensors' ``save_file`` does), which would hide a model's weights from the
+    group of a shared project while the ``config.json`` beside them is readable."""
+    for parent, folders, files in os.walk(folder):
+        for name, allowed in [*((f, 0o777) for f in folders), *((f, 0o666) for f in files)]:
+            entry = Path(parent) / name
+            mode = entry.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            wanted = mode & 0o7777 | allowed & ~UMASK
+            if wanted != mode & 0o7777:
+                entry.chmod(wanted)
+
+
 def durable_replace(source: str | Path, target: str | Path) -> None:
     """``os.replace(source, target)`` that survives a power cut: ``source``'s content reaches the disk before
     the rename, and the rename before this returns. Without the first sync a file system may commit the
@@ -185,6 +200,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         tmp.chmod(0o777 & ~UMASK | tmp.stat().st_mode & stat.S_ISGID)  # a group folder's setgid bit stays
         yield tmp
+        _open_to_the_umask(tmp)
         sync_tree(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
