@@ -15,7 +15,7 @@ from transmodal.params import section
 from transmodal.stage import run_stage
 from transmodal.training.evaluate import PAPER_UNIT, evaluate_model, split_coverage
 from transmodal.training.figures import plot_confusion, plot_curves
-from transmodal.training.train import load_checkpoint
+from transmodal.training.train import load_checkpoint, trained_threads
 from transmodal.vision.checkpoints import pick_device
 
 
@@ -47,16 +47,17 @@ def main(params: dict) -> None:
     plot_confusion(unit["confusion_matrix"], metrics["classes"], Path("metrics/confusion.png"), title)
     model, config = load_checkpoint(Path("models/transmodal"), pick_device(cfg.device))
     tracks = pd.read_parquet("data/tracks.parquet")
-    metrics["heat_on_test_clips"] = heat_over_test_clips(model, store, tracks, cfg.batch_size)
-    metrics["explained_clips"] = explain_test_clips(
-        model,
-        store,
-        frames,
-        tracks,
-        metrics["classes"],
-        Path("metrics/explain"),
-        cfg.explain_clips,
-    )
+    with trained_threads(config["train"].get("threads")):  # the head's logits, as evaluate_model's
+        metrics["heat_on_test_clips"] = heat_over_test_clips(model, store, tracks, cfg.batch_size)
+        metrics["explained_clips"] = explain_test_clips(
+            model,
+            store,
+            frames,
+            tracks,
+            metrics["classes"],
+            Path("metrics/explain"),
+            cfg.explain_clips,
+        )
     history = pd.read_csv("metrics/train_curve.csv")
     plot_curves(
         history,

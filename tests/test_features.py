@@ -641,6 +641,25 @@ def test_recomputed_tokens_equal_the_cached_ones(world, built):
     for mine, theirs in zip(recomputed.pose(rows), cached.pose(rows), strict=True):
         np.testing.assert_array_equal(mine, theirs)
     assert recomputed.tokens([]).shape == (0, *cached.grid)
+    # the backbone runs on its own thread count, not on the head's (train.threads, set around it)
+    import transmodal.features.store as store_module
+
+    seen, encode = [], store_module.encode_clips
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return encode(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        threaded = FeatureStore(features_dir, clips_path, backbone_threads=2)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(store_module, "encode_clips", counting)
+            assert torch.equal(threaded.tokens(rows), cached.tokens(rows))
+        assert seen == [2] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_training_on_a_recomputed_cache_gives_the_cached_caches_model(world, built, tmp_path):

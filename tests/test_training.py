@@ -134,6 +134,7 @@ def test_the_weights_do_not_depend_on_the_process_thread_count(params, tmp_path)
             params["train"]["threads"] = threads
             torch.set_num_threads(before_train)
             _train(store, params, tmp_path / name)
+            assert torch.get_num_threads() == before_train  # restored for what the caller runs next
             weights[name] = (tmp_path / name / "model.safetensors").read_bytes()
             torch.set_num_threads(before_eval)
             metrics, _ = evaluate_model(tmp_path / name, store, "test", 4)
@@ -144,6 +145,51 @@ def test_the_weights_do_not_depend_on_the_process_thread_count(params, tmp_path)
     assert weights["a"] == weights["b"]
     assert scores["a"] == scores["b"]
     assert weights["a"] != weights["c"]  # the count matters at this size, so the first check can fail
+
+
+def test_training_leaves_the_deterministic_kernel_flags_as_it_found_them(params, tmp_path):
+    """Training asks torch for deterministic kernels; the caller's later work (the ablation's evaluations, a
+    recomputed backbone's Conv3d on cuDNN, a notebook) runs with its own flags again."""
+    store = MemoryStore({"train": 8, "val": 4, "test": 4}, patches=16, dim=64)
+    params["train"]["epochs"] = 1
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    try:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+        _train(store, params, tmp_path / "model")
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+
+
+def test_a_damaged_or_mismatched_model_folder_is_one_line(params, tmp_path):
+    """Weights cut short (a full disk, a copy stopped), weights of another model, a config.json edited into
+    something else: the evaluate and ablate stages and `transmodal predict` say so in one line, naming the
+    folder, where they printed safetensors' or torch's traceback."""
+    from transmodal.params import CheckpointError
+
+    store = MemoryStore({"train": 8, "val": 4, "test": 4}, patches=16, dim=64)
+    params["train"]["epochs"] = 1
+    _train(store, params, tmp_path / "model")
+    load_checkpoint(tmp_path / "model")  # whole, it loads
+    weights, config = tmp_path / "model" / "model.safetensors", tmp_path / "model" / "config.json"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:5000])
+    with pytest.raises(CheckpointError, match=r"model: cannot load the model \(SafetensorError: .*damaged"):
+        load_checkpoint(tmp_path / "model")
+    weights.write_bytes(whole)
+    other = json.loads(config.read_text())
+    other["model"]["num_classes"] += 1
+    config.write_text(json.dumps(other))
+    with pytest.raises(
+        CheckpointError, match=r"\(RuntimeError: size mismatch for .*damaged or not the model"
+    ):
+        load_checkpoint(tmp_path / "model")
+    config.write_text("[]")
+    with pytest.raises(CheckpointError, match=r"\(TypeError: .*config.json is not one the train or ablate"):
+        load_checkpoint(tmp_path / "model")
 
 
 def _fused_attention_enabled() -> tuple[bool, bool, bool, bool]:

@@ -84,7 +84,9 @@ class FeatureStore:
     requested rows (contiguous runs as one slice).
     """
 
-    def __init__(self, features_dir: str | Path, clips_parquet: str | Path):
+    def __init__(
+        self, features_dir: str | Path, clips_parquet: str | Path, backbone_threads: int | None = None
+    ):
         self.directory = Path(features_dir)
         self.clips_path = Path(clips_parquet)
         table = pq.read_table(clips_parquet)
@@ -107,6 +109,9 @@ class FeatureStore:
         self.recomputed = self.backbone.get("store") == "recompute"  # backbone.store: no shards
         self._encoder = None  # (FrozenBackbone, FrameStore) once a recomputed cache is read (not thread-safe)
         self._device: str | None = None  # where a recomputed cache's backbone runs: the head's device
+        # a recomputed cache's backbone runs on the process's CPU threads (as the features stage), not on
+        # the head's ``train.threads`` that training and evaluation set around it
+        self.backbone_threads = backbone_threads or torch.get_num_threads()
 
     def encode_on(self, device: str) -> None:
         """Run the backbone of a recomputed cache on ``device`` (cpu | cuda: the device the head trains or is
@@ -143,13 +148,18 @@ class FeatureStore:
                 )
             self._encoder = backbone, FrameStore(self.backbone["frames"])
         backbone, frames = self._encoder
-        return encode_clips(
-            backbone,
-            frames,
-            self.clips.iloc[rows],
-            self.kept_patches(rows),
-            self.backbone["backbone_params"]["batch_size"],
-        )
+        head_threads = torch.get_num_threads()
+        torch.set_num_threads(self.backbone_threads)
+        try:
+            return encode_clips(
+                backbone,
+                frames,
+                self.clips.iloc[rows],
+                self.kept_patches(rows),
+                self.backbone["backbone_params"]["batch_size"],
+            )
+        finally:
+            torch.set_num_threads(head_threads)
 
     def __len__(self) -> int:
         return len(self.clips)

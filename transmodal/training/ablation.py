@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from transmodal.features.cache import FeatureStore
 from transmodal.features.keep import own_features
+from transmodal.features.store import available_cores
 from transmodal.io import write_json
 from transmodal.params import AblationConfig, section, variant_params
 from transmodal.training.evaluate import PAPER_UNIT, UNITS, evaluate_model
@@ -66,8 +66,10 @@ def _run_seed(varied: dict, seed: int, store: FeatureStore, out_dir: Path, progr
 
 
 def _seed_worker(varied: dict, seed: int, features_dir: Path, clips_path: Path, out_dir: Path):
-    """:func:`_run_seed` in a worker process, on its own store handle (training sets ``train.threads``)."""
-    return _run_seed(varied, seed, FeatureStore(features_dir, clips_path), out_dir, progress=False)
+    """:func:`_run_seed` in a worker process, on its own store handle (training sets ``train.threads``; a
+    recomputed cache's backbone keeps to them too, as the workers share the cores)."""
+    store = FeatureStore(features_dir, clips_path, backbone_threads=section(varied, "train").threads)
+    return _run_seed(varied, seed, store, out_dir, progress=False)
 
 
 def worker_count(cfg: AblationConfig, device: torch.device, threads: int = 1) -> int:
@@ -79,11 +81,6 @@ def worker_count(cfg: AblationConfig, device: torch.device, threads: int = 1) ->
     if device.type != "cpu":
         return 1
     return max(1, min(len(cfg.seeds), available_cores() // threads))
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_variant(

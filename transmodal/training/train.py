@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from transmodal import distributed
 from transmodal.features.cache import FeatureStore
 from transmodal.io import atomic_dir
 from transmodal.model import TransModal, parameter_counts
-from transmodal.params import ModelConfig, SelectorConfig, TrainConfig
+from transmodal.params import CheckpointError, ModelConfig, SelectorConfig, TrainConfig
 from transmodal.training.data import SplitData, load_split
 from transmodal.vision.checkpoints import pick_device
 
@@ -72,6 +73,27 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+def leaves_torch_settings_as_found(function):
+    """Restore the process's CPU thread count and deterministic-kernel flags after ``function``: training
+    sets them (``train.threads``, :func:`seed_everything`), and a caller (a notebook, the ablation's later
+    evaluations, a recomputed backbone) would otherwise run on one thread and deterministic cuDNN."""
+
+    @functools.wraps(function)
+    def restoring(*args, **kwargs):
+        threads = torch.get_num_threads()
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+    return restoring
 
 
 def deterministic_attention(device: torch.device) -> contextlib.AbstractContextManager:
@@ -191,6 +213,7 @@ def sync_token_norm(model: TransModal, device: torch.device) -> TransModal:
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
+@leaves_torch_settings_as_found
 def train_model(
     store: FeatureStore,
     model_cfg: ModelConfig,
@@ -325,12 +348,36 @@ def save_checkpoint(state: dict[str, torch.Tensor], config: dict, out_dir: Path)
 
 
 def load_checkpoint(model_dir: Path, device: torch.device | str = "cpu") -> tuple[TransModal, dict]:
-    """Rebuild the model from its own config.json and load the weights (strict)."""
+    """Rebuild the model from its own config.json and load the weights (strict). A config.json that is not
+    the train stage's, weights that are damaged (cut short) or not the config's model: one line
+    (:class:`CheckpointError`) naming the folder."""
+    from safetensors import SafetensorError
+
     model_dir = Path(model_dir)
-    config = json.loads((model_dir / CONFIG_FILE).read_text())
-    model = TransModal.from_config_dict(config["model"])
-    model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)), strict=True)
+    try:
+        config = json.loads((model_dir / CONFIG_FILE).read_text())
+        model = TransModal.from_config_dict(config["model"])
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"{model_dir}: cannot load the model ({_first_line(err)}); {CONFIG_FILE} is not one the train or "
+            "ablate stages wrote (re-run the stage that wrote it)"
+        ) from None
+    try:
+        model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)), strict=True)
+    except (SafetensorError, RuntimeError) as err:  # a strict load of other weights: a RuntimeError
+        raise CheckpointError(
+            f"{model_dir}: cannot load the model ({_first_line(err)}); {WEIGHTS_FILE} is damaged or not the "
+            f"model {CONFIG_FILE} describes (re-run the stage that wrote it)"
+        ) from None
     return model.to(device).eval(), config
+
+
+def _first_line(err: Exception) -> str:
+    """The exception's type and the first line of its message that says something (torch's strict load
+    opens with "Error(s) in loading state_dict for TransModal:" and names the keys after it)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = next((line for line in lines if not line.endswith(":")), lines[0] if lines else "")
+    return f"{type(err).__name__}: {said}" if said else type(err).__name__
 
 
 @contextlib.contextmanager
