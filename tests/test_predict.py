@@ -20,7 +20,7 @@ import yaml
 from tests.conftest import REPO_ROOT, write_vfr
 from transmodal.cli import main
 from transmodal.params import BackboneConfig, ModelConfig, SelectorConfig, TrainConfig
-from transmodal.predict import window_starts
+from transmodal.predict import Prediction, window_starts
 
 CLASSES = ["boxing", "handclapping", "handwaving", "jogging", "running", "walking"]
 
@@ -337,11 +337,16 @@ def _edit_config(change):
             ),
             "names 6 classes but the head has 4 outputs",
         ),
+        (
+            lambda d, t, v: (v, _broken_model(d, t, lambda f: _write(f / "model.safetensors", b"\0" * 99))),
+            "cannot load the model (SafetensorError: ",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_a_non_zero_exit(model_dir, camera_video, tmp_path, capsys, make, message):
     video, model = make(model_dir, tmp_path, camera_video)
-    code, out, err = run(["predict", str(video), "--model", str(model)], capsys)
+    kept = _write(tmp_path / "out.json", b"{}")  # an output of an earlier run: still the input's error
+    code, out, err = run(["predict", str(video), "--model", str(model), "--json", str(kept)], capsys)
     assert code == 2
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -372,6 +377,12 @@ def test_device_cuda_without_one_names_the_flag(model_dir, camera_video, capsys)
             "use a .mp4 or .avi",
         ),
         ("predict", lambda t, v: ["--out", str(_folder(t / "d.mp4"))], "is a folder; give a file name"),
+        # the video under another name (a hard link here; a case-insensitive file system's Mine.avi)
+        (
+            "predict",
+            lambda t, v: ["--out", str(_linked(v, t / "Mine.avi"))],
+            "--out {t}/Mine.avi is the input",
+        ),
         ("predict", lambda t, v: ["--json", str(_write(t / "f", b"") / "x.json")], "is a file, not a folder"),
         ("explain", lambda t, v: ["--out", str(t / "heat.pdf")], "--out {t}/heat.pdf: use a .png file name"),
         (
@@ -403,6 +414,67 @@ def test_outputs_that_would_replace_the_video_or_each_other_are_refused_before_a
 def _folder(path: Path) -> Path:
     path.mkdir()
     return path
+
+
+def _linked(video: Path, path: Path) -> Path:
+    path.hardlink_to(video)
+    return path
+
+
+def _held_and_detected() -> Prediction:
+    """20 kept frames (0, 2, ..., 38) in two windows; the primary box detected up to frame 22, held after
+    (interpolated); the pose scored 0.9 on the detected frames and 0.1 on the held ones."""
+    import pandas as pd
+
+    from transmodal.data.coco import joint_columns
+
+    frames = np.arange(0, 40, 2)
+    held = frames >= 24
+    tracks = pd.DataFrame(
+        {"video_id": "v", "frame_idx": frames, "track_id": 1, "x1": 10.0, "y1": 8.0, "x2": 40.0, "y2": 44.0,
+         "score": np.where(held, 0.0, 0.9), "is_primary": True, "interpolated": held, "fallback": False}
+    )  # fmt: skip
+    keypoints = pd.DataFrame({"video_id": "v", "frame_idx": frames})
+    joints = np.linspace(12, 38, 17)
+    for name, values in (("x", joints), ("y", joints)):
+        for column, value in zip(joint_columns(name), values, strict=True):
+            keypoints[column] = value
+    for column in joint_columns("score"):
+        keypoints[column] = np.where(held, 0.1, 0.9)
+    windows = pd.DataFrame({"frame_idx": [frames[:16].tolist(), frames[4:].tolist()], "padded": False})
+    return Prediction(
+        video=Path("v.avi"), classes=["a", "b"], frame_idx=frames, fps=25.0, size=(64, 48),
+        source_size=(64, 48), windows=windows, logits=np.zeros((2, 2), np.float32), tracks=tracks,
+        keypoints=keypoints, notes=[], fallback=False,
+    )  # fmt: skip
+
+
+def test_each_window_says_in_how_many_of_its_frames_the_person_was_detected():
+    """A box held over the frames after the person left looks like a detection in the timeline and on
+    --out: the share is in --json, a low one is said, and --out draws held boxes grey and no joint the pose
+    model scored below DRAW_MIN_SCORE."""
+    from transmodal.predict import _Annotator, detection_notes
+
+    prediction = _held_and_detected()
+    summary = prediction.summary()
+    # window 0: frames 0..30, detected 0..22 (12 of 16); window 1: frames 8..38, detected 8..22 (8 of 16)
+    assert [w["detected_share"] for w in summary["windows"]] == [0.75, 0.5]
+    assert summary["detected_share"] == 0.6
+    assert detection_notes(prediction, 0) == []  # 60 %: not low
+    prediction.tracks.loc[prediction.tracks["frame_idx"] >= 12, "interpolated"] = True
+    low, others = detection_notes(prediction, 2)
+    assert low.startswith("the person was detected in 30% of the kept frames")
+    assert others.startswith("2 other track(s)")
+    prediction.fallback = True  # a segment fell back to the whole frame: the others' share is said still
+    assert detection_notes(prediction, 0) == [low]
+
+    draw, frame = _Annotator(prediction), np.zeros((48, 64, 3), np.uint8)
+    detected, held = draw(0, frame), draw(15, frame)  # frames 0 and 30
+    orange, grey = np.array([0, 200, 255]), np.array([160, 160, 160])
+    assert (detected == orange).all(axis=-1).any() and not (detected == grey).all(axis=-1).any()
+    assert (held == grey).all(axis=-1).any() and not (held == orange).all(axis=-1).any()
+    joint = np.array([255, 80, 80])  # the joints' dots (BGR)
+    assert (detected == joint).all(axis=-1).any() and not (held == joint).all(axis=-1).any()
 
 
 def test_an_annotated_video_that_came_out_incomplete_is_not_kept(
@@ -571,12 +643,13 @@ def test_quiet_hides_the_weight_loading_bars_and_leaves_them_on_after(model_dir,
 
 def test_explain_on_a_window_the_video_does_not_have_is_one_line(model_dir, camera_video, tmp_path, capsys):
     heat = tmp_path / "heat.png"
-    for window, message in (
-        (5, "--window is 5; this video has windows 0..1"),
-        (-1, "--window is -1; it must be"),
+    for window, step, message in (
+        (5, [], "--window is 5; this video has windows 0..1"),
+        (5, ["--step", "2"], "--window is 5; this video has windows 0..2"),  # numbered as predict's timeline
+        (-1, [], "--window is -1; it must be"),
     ):
-        argv = ["explain", str(camera_video), "--model", str(model_dir), "--out", str(heat), "--window"]
-        code, out, err = run([*argv, str(window)], capsys)
+        argv = ["explain", str(camera_video), "--model", str(model_dir), "--out", str(heat), *step]
+        code, out, err = run([*argv, "--window", str(window)], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not heat.exists()
 
 

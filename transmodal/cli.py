@@ -190,8 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     expl.add_argument("--pose-out", default=None, help="the pose-track PNG (Figure 3)")
     expl.add_argument("--model", default="models/transmodal")
     expl.add_argument(
-        "--window", type=int, default=None, help="default: the window most sure of the video's label"
+        "--window",
+        type=int,
+        default=None,
+        help="a window of predict's timeline (the same --step); default: the one most sure of the label",
     )
+    expl.add_argument("--step", type=int, default=None, help="as for predict: its windows are numbered so")
     expl.add_argument("--device", default="auto", choices=DEVICES)
     expl.add_argument("--max-side", type=int, default=None, help="as for predict")
     expl.add_argument("--detector", default=None, help="RT-DETR checkpoint instead of the recorded one")

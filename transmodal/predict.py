@@ -12,8 +12,11 @@ that chain comes from the model folder's ``config.json`` (``pipeline``, recorded
 Windows. The video is scored with a sliding window of ``clips.length`` consecutive kept frames, ``step``
 kept frames apart (default: half a clip); the last window is moved back to end on the last kept frame, so
 every frame is covered. A video shorter than one clip gives one window padded with its last frame (as the
-pipeline pads). The video-level result is the mean of the windows' logits, as ``evaluate`` scores a video
-from its clips (:func:`~transmodal.training.evaluate.mean_logits_by_unit`).
+pipeline pads). The video-level result is the mean of the windows' logits, the rule by which ``evaluate``
+scores a video from its clips (:func:`~transmodal.training.evaluate.mean_logits_by_unit`); ``evaluate``
+takes a few clips of a video (``clips.per_video_test``, or one a KTH sequence), predict every window, so the
+two results on one video differ a little. Each window's ``detected_share`` is the share of its frames where
+the person was detected, not held or interpolated from the frames around (decision 16).
 
 Memory. The kept frames are held a segment at a time (:class:`Segments`): a video whose frames pass half the
 available memory is scored in segments, each tracked on its own, with the windows of the whole video;
@@ -69,6 +72,10 @@ WRITERS = {
     ".avi": (("MJPG", "Motion JPEG"), ("XVID", "MPEG-4 Part 2")),
 }
 HALF_PRECISIONS = {"float16": "fp16", "bfloat16": "bf16"}  # backbone.json's model_dtype -> backbone.precision
+
+
+LOW_DETECTED_SHARE = 0.5  # a video whose person was detected in fewer of its kept frames: said
+DRAW_MIN_SCORE = 0.3  # --out: joints the pose model scored lower are not drawn (a guess, not a position)
 
 
 class PredictError(RuntimeError):
@@ -371,8 +378,16 @@ class Prediction:
         mean = mean_logits_by_unit(torch.from_numpy(self.logits), [VIDEO_ID] * len(self.logits))
         return softmax(mean.to_numpy()[0])
 
+    def detected_frames(self) -> np.ndarray:
+        """The kept frames whose primary box the detector found (not held, interpolated or the fallback)."""
+        tracks = self.tracks
+        found = tracks["is_primary"].astype(bool) & ~tracks["interpolated"].astype(bool)
+        found &= ~tracks["fallback"].astype(bool)
+        return np.unique(tracks.loc[found, "frame_idx"].to_numpy(np.int64))
+
     def summary(self) -> dict:
         probabilities = softmax(self.logits)
+        detected = self.detected_frames()
         timeline = []
         for n, (row, probs) in enumerate(
             zip(self.windows.itertuples(index=False), probabilities, strict=True)
@@ -383,6 +398,7 @@ class Prediction:
                     "start_frame": int(row.frame_idx[0]),
                     "end_frame": int(row.frame_idx[-1]),
                     "padded": bool(row.padded),
+                    "detected_share": float(np.isin(np.asarray(row.frame_idx), detected).mean()),
                     "top5": top_k(probs, self.classes),
                 }
             )
@@ -393,9 +409,12 @@ class Prediction:
             "size": list(self.size),
             "source_size": list(self.source_size),
             "person_found": not self.fallback,
+            "detected_share": float(np.isin(self.frame_idx, detected).mean()) if len(self.frame_idx) else 0.0,
             "segments": self.segments,
             "notes": list(self.notes),
-            "aggregation": "mean of the windows' logits, then softmax (as evaluate scores a video)",
+            # evaluate averages the same way over its own clips of a video (clips.per_video_test of them, or
+            # one a KTH sequence); predict over every window, so the two results differ a little
+            "aggregation": "mean of the windows' logits, then softmax (evaluate's rule, over every window)",
             "video_top5": top_k(self.video_probabilities(), self.classes),
             "windows": timeline,
         }
@@ -807,7 +826,32 @@ def predict_video(
         segments=segments.count,
         decode_args=decoding,
     )
+    others = max(
+        part["tracks"].loc[~part["tracks"]["is_primary"].astype(bool), "track_id"].nunique()
+        for part in results
+    )
+    notes.extend(detection_notes(prediction, others))
     return prediction, chain.model
+
+
+def detection_notes(prediction: Prediction, others: int) -> list[str]:
+    """What the tracking leaves unsaid: a person detected in few of the kept frames (the others cropped on
+    a held or interpolated box), and ``others`` tracks (the most in one segment) beside the primary one."""
+    notes = []
+    detected = float(np.isin(prediction.frame_idx, prediction.detected_frames()).mean())
+    if detected < LOW_DETECTED_SHARE and detected > 0.0:  # none: the fallback box's note says so
+        notes.append(
+            f"the person was detected in {detected:.0%} of the kept frames; the others are cropped on the box "
+            "held or interpolated from the frames around (each window's detected_share in --json; --out "
+            "draws those boxes grey)"
+        )
+    if others:
+        notes.append(
+            f"{others} other track(s) (other people, or false detections) beside the primary one"
+            + (" in a segment" if prediction.segments > 1 else "")
+            + ": the windows follow the primary track only"
+        )
+    return notes
 
 
 def _decode_failure(stream: VideoStream, err: Exception) -> str:
@@ -981,15 +1025,22 @@ def frame_labels(prediction: Prediction) -> list[str]:
 
 
 def draw_frame(
-    frame: np.ndarray, box: np.ndarray | None, joints: np.ndarray | None, label: str
+    frame: np.ndarray,
+    box: np.ndarray | None,
+    joints: np.ndarray | None,
+    label: str,
+    detected: bool = True,
 ) -> np.ndarray:
-    """One kept frame (H, W, 3) RGB with the primary box, the COCO skeleton and the label, as BGR."""
+    """One kept frame (H, W, 3) RGB with the primary box (grey where it was not ``detected``: held,
+    interpolated or the whole-frame fallback), the COCO skeleton (the joints given: finite ones are drawn)
+    and the label, as BGR."""
     image = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
     scale = max(image.shape[:2]) / 480
     thick = max(1, round(2 * scale))
     if box is not None and np.isfinite(box).all():
         x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(image, (x1, y1), (x2, y2), (0, 200, 255), thick)
+        colour, width = ((0, 200, 255), thick) if detected else ((160, 160, 160), max(1, thick // 2))
+        cv2.rectangle(image, (x1, y1), (x2, y2), colour, width)
     if joints is not None:
         for a, b in COCO_LIMBS:
             pa, pb = joints[a], joints[b]
@@ -1132,19 +1183,23 @@ class _Annotator:
         self.primary = tracks[tracks["is_primary"].astype(bool)].set_index("frame_idx")
         self.keypoints = prediction.keypoints.set_index("frame_idx")
         self.labels = frame_labels(prediction)
-        self.xs, self.ys = joint_columns("x"), joint_columns("y")
+        self.xs, self.ys, self.scores = joint_columns("x"), joint_columns("y"), joint_columns("score")
 
     def __call__(self, position: int, frame: np.ndarray) -> np.ndarray:
         """Kept frame ``position``, ``frame`` (RGB), drawn."""
         frame_no = self.prediction.frame_idx[position]
-        box = None
+        box, detected, fallback = None, False, False
         if frame_no in self.primary.index:
-            box = self.primary.loc[frame_no, ["x1", "y1", "x2", "y2"]].to_numpy(float)
+            row = self.primary.loc[frame_no]
+            box = row[["x1", "y1", "x2", "y2"]].to_numpy(float)
+            fallback = bool(row["fallback"])
+            detected = not (bool(row["interpolated"]) or fallback)
         joints = None
-        if frame_no in self.keypoints.index:
+        if frame_no in self.keypoints.index and not fallback:  # no skeleton on a whole-frame guess
             row = self.keypoints.loc[frame_no]
             joints = np.stack([row[self.xs].to_numpy(float), row[self.ys].to_numpy(float)], axis=1)
-        return draw_frame(frame, box, joints, self.labels[position])
+            joints[~(row[self.scores].to_numpy(float) >= DRAW_MIN_SCORE)] = np.nan
+        return draw_frame(frame, box, joints, self.labels[position], detected)
 
 
 def explain_window(prediction: Prediction, model, window: int):
@@ -1241,7 +1296,10 @@ def check_outputs(video: str, outputs: dict[str, str | None], suffixes: dict[str
         if allowed and path.suffix.lower() not in allowed:
             raise PredictError(f"{flag} {out}: use a {' or '.join(allowed)} file name")
         real = os.path.realpath(path)
-        if real == os.path.realpath(video):
+        # the same file under another name too: a case-insensitive file system (macOS: Clip.mp4 is clip.mp4)
+        # or a hard link, which realpath does not tell
+        same = path.exists() and os.path.exists(video) and os.path.samefile(path, video)
+        if real == os.path.realpath(video) or same:
             raise PredictError(f"{flag} {out} is the input video; give the output another name")
         if real in given:
             raise PredictError(f"{flag} {out} is also {given[real]}'s file; give each output its own name")
