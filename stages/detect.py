@@ -6,11 +6,13 @@ tracks its units of videos and rank 0 merges them and writes the outputs."""
 from transmodal.data.annotations import load_annotations
 from transmodal.data.frames import FrameStore
 from transmodal.distributed import launch, process_group
-from transmodal.io import write_json, write_parquet
+from transmodal.io import discard_parts, write_json, write_parquet
 from transmodal.params import section
 from transmodal.stage import run_stage
 from transmodal.vision.checkpoints import pick_device
 from transmodal.vision.detect import run_detect
+
+PARTS = "data/.partial/detect"  # the units of videos an interrupted run finished (outside DVC's outputs)
 
 
 def main(params: dict) -> None:
@@ -22,11 +24,16 @@ def main(params: dict) -> None:
     annotations = load_annotations(data.root_path(), cfg.source, "detect.source")
     with process_group(pick_device(cfg.device).type) as world:
         tracks, metrics = run_detect(
-            FrameStore("data/frames"), cfg, annotations, videos_per_unit=compute.videos_per_unit
+            FrameStore("data/frames"),
+            cfg,
+            annotations,
+            parts_dir=PARTS,
+            videos_per_unit=compute.videos_per_unit,
         )
     if world.is_main:
         write_parquet(tracks, "data/tracks.parquet")
         write_json({**metrics, "source": cfg.source, "processes": world.size}, "metrics/detect.json")
+        discard_parts(PARTS)  # the output is complete
 
 
 if __name__ == "__main__":

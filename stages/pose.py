@@ -8,11 +8,13 @@ import pandas as pd
 from transmodal.data.annotations import load_annotations
 from transmodal.data.frames import FrameStore
 from transmodal.distributed import launch, process_group
-from transmodal.io import write_json, write_parquet
+from transmodal.io import discard_parts, write_json, write_parquet
 from transmodal.params import section
 from transmodal.stage import run_stage
 from transmodal.vision.checkpoints import pick_device
 from transmodal.vision.pose import run_pose
+
+PARTS = "data/.partial/pose"  # the units of videos an interrupted run finished (outside DVC's outputs)
 
 
 def main(params: dict) -> None:
@@ -25,11 +27,13 @@ def main(params: dict) -> None:
     tracks = pd.read_parquet("data/tracks.parquet")
     with process_group(pick_device(cfg.device).type) as world:
         keypoints, metrics = run_pose(
-            FrameStore("data/frames"), tracks, cfg, annotations, videos_per_unit=compute.videos_per_unit
-        )
+            FrameStore("data/frames"), tracks, cfg, annotations, parts_dir=PARTS,
+            videos_per_unit=compute.videos_per_unit,
+        )  # fmt: skip
     if world.is_main:
         write_parquet(keypoints, "data/keypoints.parquet")
         write_json({**metrics, "source": cfg.source, "processes": world.size}, "metrics/pose.json")
+        discard_parts(PARTS)  # the output is complete
 
 
 if __name__ == "__main__":

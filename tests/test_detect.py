@@ -669,3 +669,64 @@ def test_pipelined_launches_the_next_batch_before_finishing_one():
         ("finish", 2, 20),
     ]
     pipelined(iter([]), None, None)  # no batches: nothing called
+
+
+class Interrupted(Exception):
+    pass
+
+
+def count_forwards(model, stop: int | None = None) -> list[int]:
+    """Count ``model``'s forward calls (the batch sizes), and fail the ``stop``-th as a killed run would."""
+    calls: list[int] = []
+    forward = type(model).forward
+
+    def counted(pixel_values):
+        calls.append(len(pixel_values))
+        if len(calls) == stop:
+            raise Interrupted
+        return forward(model, pixel_values)
+
+    model.forward = counted
+    return calls
+
+
+def test_an_interrupted_run_resumes_from_its_finished_units(dataset, tiny_checkpoints, tmp_path, capsys):
+    """The units of videos an interrupted detect finished are read back, only the others are detected, and the
+    tracks and counts are those of a run that was never interrupted."""
+    store, _ = dataset
+    cfg = DetectConfig(
+        source="model", checkpoint=tiny_checkpoints["detector"], score_threshold=0.0, low_score_threshold=0.0,
+        track_activation_threshold=0.0, batch_size=4, device="cpu",
+    )  # fmt: skip
+    cfg = replace(cfg, person_label=tiny_detector_favourite_label(cfg, store))
+    detector = PersonDetector.from_config(cfg)
+    whole_calls = count_forwards(detector)
+    whole, whole_metrics = run_detect(store, cfg, None, progress=False, detector=detector, videos_per_unit=1)
+    parts = tmp_path / "partial" / "detect"
+    count_forwards(detector, stop=len(whole_calls))  # killed in its last batch
+    with pytest.raises(Interrupted):
+        run_detect(store, cfg, None, progress=False, detector=detector, parts_dir=parts, videos_per_unit=1)
+    finished = list(parts.rglob("unit-*.parquet"))
+    assert 0 < len(finished) < whole_metrics["videos"]  # one unit a video
+    calls = count_forwards(detector)
+    tracks, metrics = run_detect(
+        store, cfg, None, progress=True, detector=detector, parts_dir=parts, videos_per_unit=1
+    )
+    assert f"detect: resuming, {len(finished)} of" in capsys.readouterr().out
+    assert 0 < sum(calls) < sum(whole_calls)  # only the frames of the units left
+    pd.testing.assert_frame_equal(tracks, whole)
+    assert metrics["detections"] == whole_metrics["detections"] > 0
+    # a unit in the middle missing (under torchrun: a killed process's): only its videos are detected again
+    (parts_folder,) = {path.parent for path in parts.rglob("unit-*.parquet")}
+    (parts_folder / "unit-00001.parquet").unlink()
+    calls = count_forwards(detector)
+    tracks, _ = run_detect(
+        store, cfg, None, progress=False, detector=detector, parts_dir=parts, videos_per_unit=1
+    )
+    assert 0 < sum(calls) < sum(whole_calls)
+    pd.testing.assert_frame_equal(tracks, whole)
+    # another param is another key: nothing of the other run's is taken
+    calls = count_forwards(detector)
+    run_detect(store, replace(cfg, batch_size=5), None, progress=False, detector=detector, parts_dir=parts,
+               videos_per_unit=1)  # fmt: skip
+    assert sum(calls) == sum(whole_calls)

@@ -1,4 +1,5 @@
-"""compute.nproc: the train stage under torchrun (2 CPU processes, gloo), and a failing rank."""
+"""compute.nproc: the stages under torchrun (2 CPU processes, gloo), a failing rank, and the units of videos
+shared out by detect and pose."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from test_features import build, world  # noqa: F401  (the module fixture)
 
 from transmodal import distributed
 from transmodal.distributed import World, torchrun_command
+from transmodal.io import digest
 from transmodal.params import ComputeConfig, ParamError
+from transmodal.vision.batches import FinishedUnits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,27 +162,42 @@ def test_more_processes_than_gpus_is_refused_before_torchrun_starts(monkeypatch)
     distributed.check_gpus(ComputeConfig(nproc=2), "cuda", "train.device")
 
 
-def test_no_rank_writes_its_next_part_before_rank_0_has_cleared_the_parts_folder(tmp_path, monkeypatch):
-    # detect gathers twice in a row: a rank that went on to write its second part while rank 0 removed the
-    # emptied folder lost the file it was creating (FileNotFoundError). Every rank passes the same barriers,
-    # so rank 0 must have cleared the folder before one that every rank waits at after its part is read.
-    parts = tmp_path / "parts" / "detect"
+def test_units_are_shared_out_by_rank_and_rank_0_gathers_every_part(tmp_path, monkeypatch):
+    """Detect and pose under torchrun: every world-size-th unit of videos to a process, each unit's part
+    written when its last video is in, and rank 0 reads those it did not compute after a barrier; no process
+    writes before the barrier that follows rank 0's cleaning of the parts folder, and all name the folder by
+    rank 0's key (another machine's GPU or file times would give another)."""
+    parts = tmp_path / "partial" / "detect"
+    key = {"params": 1}
+    stale = parts / "an-older-key"
+    stale.mkdir(parents=True)
     events = []
     monkeypatch.setattr(
-        distributed, "barrier", lambda: events.append("folder" if parts.exists() else "no folder")
+        distributed, "barrier", lambda: events.append(sorted(p.name for p in parts.iterdir()))
     )
-    table = pd.DataFrame({"video_id": ["a"], "boxes": [1]})
-    assert distributed.gather_tables(table, parts, "detect", World(rank=1, size=2)) is None
-    rank_1 = events[:]
-    events.clear()
-    got = distributed.gather_tables(table, parts, "detect", World(rank=0, size=2))
-    assert len(got) == 2 and all(part.equals(table) for part in got)
-    assert events == [
-        "folder",
-        "no folder",
-    ]  # rank 0: reads after the first barrier, clears before the second
-    assert len(rank_1) == len(events)  # and rank 1 waits at that second barrier too before it returns
-    assert not (tmp_path / "parts").exists()
+    monkeypatch.setattr(distributed, "from_rank_0", lambda obj: key)  # rank 0's key, broadcast
+    videos = ["a", "b", "c", "d", "e"]  # units of two: [a, b], [c, d], [e]
+
+    def table(video):
+        frame = pd.DataFrame({"video_id": [video], "boxes": [len(video)]})
+        frame.attrs["boxes"] = 1
+        return frame
+
+    rank_1 = FinishedUnits(videos, 2, parts, lambda: {"params": "rank 1's own"}, World(rank=1, size=2))
+    assert rank_1.videos() == ["c", "d"]
+    assert events == [["an-older-key", digest(key)]]  # rank 1 cleans nothing and takes rank 0's key
+    rank_0 = FinishedUnits(videos, 2, parts, lambda: key, World(rank=0, size=2))
+    assert events[1] == [digest(key)]  # rank 0 removed the other key before the barrier
+    assert rank_0.videos() == ["a", "b", "e"]
+    for video in ("d", "c"):  # in any order
+        rank_1.add(video, table(video))
+    for video in ("a", "b", "e"):
+        rank_0.add(video, table(video))
+    assert rank_1.others() is None  # waits until every process has written
+    got = list(rank_0.others())  # the unit rank 1 computed, read back; its own it has
+    assert [list(t["video_id"]) for t in got] == [["c", "d"]] and got[0].attrs["boxes"] == 2  # summed
+    with pytest.raises(ValueError, match="parts_dir"):
+        FinishedUnits(videos, 2, None, lambda: key, World(rank=0, size=2))
 
 
 def test_torchrun_gets_the_cores_over_nproc_as_omp_threads_unless_the_user_set_them(monkeypatch):
@@ -203,19 +221,26 @@ def test_torchrun_gets_the_cores_over_nproc_as_omp_threads_unless_the_user_set_t
     assert seen == [("4", True), ("1", True), ("3", True)]
 
 
-def test_rank_0_removes_the_parts_a_killed_run_with_more_processes_left(tmp_path, monkeypatch):
-    parts = tmp_path / "parts" / "detect"
-    parts.mkdir(parents=True)
-    stale = pd.DataFrame({"video_id": ["old"], "boxes": [9]})
-    for name in ("detect-00002.parquet", "detect-00003.parquet", "detect-videos-00002.parquet"):
-        stale.to_parquet(parts / name)
-    (parts / "notes.txt").write_text("not a part")
+def test_a_run_resumed_with_another_number_of_processes_takes_the_finished_units(tmp_path, monkeypatch):
+    """A unit's part does not depend on which process wrote it: a run of two processes killed after rank 1
+    finished its unit is resumed by one process, which computes only the units left."""
+    parts = tmp_path / "partial" / "pose"
     monkeypatch.setattr(distributed, "barrier", lambda: None)
-    table = pd.DataFrame({"video_id": ["a"], "boxes": [1]})
-    table.to_parquet(parts / "detect-00001.parquet")  # rank 1's part of this run
-    got = distributed.gather_tables(table, parts, "detect", World(rank=0, size=2))
-    assert len(got) == 2 and all(part.equals(table) for part in got)  # the stale parts are not read
-    assert sorted(p.name for p in parts.iterdir()) == ["detect-videos-00002.parquet", "notes.txt"]
+    videos = ["a", "b", "c", "d", "e"]
+    monkeypatch.setattr(distributed, "from_rank_0", lambda obj: {"k": 1})
+    killed = FinishedUnits(videos, 2, parts, lambda: {"k": 1}, World(rank=1, size=2))
+    for video in ("c", "d"):
+        killed.add(video, pd.DataFrame({"row": [ord(video)]}))
+    (killed.directory / ".unit-00002.parquet.x.tmp").write_bytes(b"cut")  # a part being written when killed
+    resumed = FinishedUnits(videos, 2, parts, lambda: {"k": 1}, World())
+    assert resumed.done == [1] and resumed.videos() == ["a", "b", "e"]
+    assert not list(resumed.directory.glob("*.tmp"))
+    for video in resumed.videos():
+        resumed.add(video, pd.DataFrame({"row": [ord(video)]}))
+    assert [list(t["row"]) for t in resumed.others()] == [[99, 100]]  # the part of the killed run
+    assert sorted(p.name for p in resumed.directory.iterdir()) == [f"unit-0000{i}.parquet" for i in range(3)]
+    other = FinishedUnits(videos, 3, parts, lambda: {"k": 1, "videos_per_unit": 3}, World())  # another key
+    assert other.done == [] and [p.name for p in parts.iterdir()] == [other.directory.name]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from transmodal import io
-from transmodal.io import atomic_dir, write_json, write_parquet
+from transmodal.io import atomic_dir, discard_parts, write_json, write_parquet
 
 
 def encodings(path) -> dict[str, set[str]]:
@@ -272,3 +272,16 @@ def test_a_folder_that_cannot_be_synced_does_not_fail_a_write_that_succeeded(tmp
     with pytest.raises(OSError, match="Input/output error"):
         write_json({"a": 2}, tmp_path / "again.json")
     assert not (tmp_path / "again.json").exists()
+
+
+def test_discarding_a_stages_parts_removes_every_key_and_the_emptied_partial_folders(tmp_path):
+    data = tmp_path / "data"
+    for key in ("a1", "b2"):  # this run's key and an older one
+        (data / ".partial" / "ablate" / "full" / "seed-0" / key).mkdir(parents=True)
+        (data / ".partial" / "ablate" / "full" / "seed-0" / key / "state.pt").write_bytes(b"x")
+    (data / ".partial" / "ablate" / "no_pose").mkdir()  # another variant's, still running
+    discard_parts(data / ".partial" / "ablate" / "full")
+    assert sorted(p.name for p in (data / ".partial" / "ablate").iterdir()) == ["no_pose"]
+    discard_parts(data / ".partial" / "ablate" / "no_pose")
+    assert sorted(p.name for p in data.iterdir()) == []  # .partial went with its last part
+    assert tmp_path.is_dir()  # nothing above .partial

@@ -14,7 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.test_detect import GAP_ABSENT_KEPT, MIXED_SIZES, build_mixed_size_dataset
+from tests.test_detect import (
+    GAP_ABSENT_KEPT,
+    MIXED_SIZES,
+    Interrupted,
+    build_mixed_size_dataset,
+    count_forwards,
+)
 from transmodal.data.coco import joint_columns
 from transmodal.data.frames import FrameStore
 from transmodal.params import CheckpointError, DetectConfig, ParamError, PoseConfig
@@ -428,3 +434,32 @@ def test_dataset_index_beyond_the_experts_names_the_param(tiny_checkpoints, tmp_
         PoseEstimator.from_config(
             PoseConfig(source="model", checkpoint=folder, dataset_index=3, device="cpu")
         )
+
+
+def test_an_interrupted_run_resumes_from_its_finished_units(
+    dataset, gt_tracks, tiny_checkpoints, tmp_path, capsys
+):
+    """The units of videos an interrupted pose run finished are read back, only the others are estimated,
+    and the keypoints are those of a run that was never interrupted; other tracks are another key."""
+    store, _ = dataset
+    cfg = PoseConfig(source="model", checkpoint=tiny_checkpoints["pose"], batch_size=4, device="cpu")
+    estimator = PoseEstimator.from_config(cfg)
+    tracks = gt_tracks[0]
+    whole_calls = count_forwards(estimator)
+    whole, _ = run_pose(store, tracks, cfg, None, progress=False, estimator=estimator, videos_per_unit=1)
+    parts = tmp_path / "partial" / "pose"
+    count_forwards(estimator, stop=len(whole_calls))  # killed in its last batch
+    with pytest.raises(Interrupted):
+        run_pose(store, tracks, cfg, None, False, estimator, parts_dir=parts, videos_per_unit=1)
+    finished = list(parts.rglob("unit-*.parquet"))
+    assert 0 < len(finished) < tracks["video_id"].nunique()  # one unit a video
+    calls = count_forwards(estimator)
+    keypoints, _ = run_pose(store, tracks, cfg, None, True, estimator, parts_dir=parts, videos_per_unit=1)
+    assert f"pose: resuming, {len(finished)} of" in capsys.readouterr().out
+    assert 0 < sum(calls) < sum(whole_calls)
+    pd.testing.assert_frame_equal(keypoints, whole)
+    moved = tracks.copy()
+    moved["x1"] += 1.0  # other crops
+    calls = count_forwards(estimator)
+    run_pose(store, moved, cfg, None, False, estimator, parts_dir=parts, videos_per_unit=1)
+    assert sum(calls) == sum(whole_calls)

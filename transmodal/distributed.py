@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -188,39 +187,17 @@ def sum_over_ranks(values: list[float], device) -> list[float]:
     return tensor.tolist()
 
 
+def from_rank_0(obj):
+    """Rank 0's ``obj`` on every rank (what the others pass is ignored): a resume key, so that every process
+    of a run names its parts alike though a machine's GPU or its files' times differ."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     import torch.distributed as dist
 
     dist.barrier()
-
-
-def gather_tables(table, parts_dir, name: str, world: World):
-    """Every rank's ``table`` (a DataFrame), in rank order, on rank 0 (None on the others).
-
-    Each rank writes ``parts_dir/<name>-<rank>.parquet`` atomically; after a barrier rank 0 reads them all
-    and removes them (with any part of a rank a killed run with more processes left; then the folder, once
-    empty), and a second barrier holds the other ranks until it has:
-    a rank's next gather would otherwise write its part into the folder rank 0 is removing. A rank that
-    failed before writing never reaches the barrier, and torchrun stops the rest: nothing is merged."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from transmodal.io import write_parquet
-
-    parts = Path(parts_dir)
-    write_parquet(table, parts / f"{name}-{world.rank:05d}.parquet")
-    barrier()
-    tables = None
-    if world.is_main:
-        paths = [parts / f"{name}-{rank:05d}.parquet" for rank in range(world.size)]
-        tables = [pd.read_parquet(path) for path in paths]
-        # this run's parts, and those of ranks a killed run with more processes left behind
-        for path in parts.glob(f"{name}-*.parquet"):
-            if re.fullmatch(rf"{re.escape(name)}-\d{{5}}\.parquet", path.name):
-                path.unlink()
-        for folder in (parts, parts.parent):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty
-    barrier()
-    return tables

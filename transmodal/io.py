@@ -266,9 +266,33 @@ def file_signature(path: str | Path) -> list:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def folder_signature(folder: Path) -> list:
+    """Names and signatures of the files in a folder (a checkpoint, the frame store), sorted; the folder's
+    name when it is not a folder."""
+    if not folder.is_dir():
+        return [str(folder)]
+    return [
+        (p.relative_to(folder).as_posix(), file_signature(p))
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    ]
+
+
 def source_digest(*modules: str | Path) -> str:
     """Hash of source files, so that finished parts of an older version of the code are never reused."""
     return hashlib.sha256(b"".join(Path(m).read_bytes() for m in modules)).hexdigest()[:16]
+
+
+def discard_parts(base: str | Path) -> None:
+    """Remove the finished parts of every key under ``base`` (a :class:`Resumable`'s), and ``.partial`` when
+    that leaves it empty: the output they were for is complete."""
+    base = Path(base)
+    shutil.rmtree(base, ignore_errors=True)
+    for folder in base.parents:  # up to .partial itself (else the parent alone), each only when empty
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+        if folder.name == PARTIAL_DIR or PARTIAL_DIR not in base.parts:
+            break
 
 
 class Resumable:

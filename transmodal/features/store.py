@@ -57,7 +57,7 @@ from transmodal.io import (
     Resumable,
     atomic_dir,
     durable_replace,
-    file_signature,
+    folder_signature,
     forget_unfinished,
     register_unfinished,
     source_digest,
@@ -66,6 +66,7 @@ from transmodal.io import (
 )
 from transmodal.params import BackboneConfig, ClipsConfig
 from transmodal.stage import StageInputError
+from transmodal.vision.checkpoints import accelerator
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
 
@@ -477,17 +478,6 @@ def crop_batches(
         yield batch[:filled]
 
 
-def _folder_signature(folder: Path) -> list:
-    """Names and signatures of the files in a folder (a checkpoint, the frame store), sorted."""
-    if not folder.is_dir():
-        return [str(folder)]
-    return [
-        (p.relative_to(folder).as_posix(), file_signature(p))
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    ]
-
-
 def _resume_key(
     clips_cfg: ClipsConfig, backbone_cfg: BackboneConfig, backbone: FrozenBackbone, store, clips: pd.DataFrame
 ) -> dict:
@@ -522,19 +512,12 @@ def _resume_key(
         ),
         "clips": dataclasses.asdict(clips_cfg),
         "backbone": dataclasses.asdict(backbone_cfg),
-        "runs_on": [str(backbone.device), str(backbone.dtype), *_accelerator(torch.device(backbone.device))],
+        "runs_on": [str(backbone.device), str(backbone.dtype), *accelerator(torch.device(backbone.device))],
         "versions": [torch.__version__, transformers.__version__, cv2.__version__],
-        "checkpoint": _folder_signature(Path(backbone.folder)),
-        "frames": _folder_signature(Path(getattr(store, "directory", ""))),
+        "checkpoint": folder_signature(Path(backbone.folder)),
+        "frames": folder_signature(Path(getattr(store, "directory", ""))),
         "planned": planned.hexdigest(),
     }
-
-
-def _accelerator(device: torch.device) -> list:
-    """What else moves a token's bits on a GPU: its model and the CUDA and cuDNN versions (nothing on the CPU)."""
-    if device.type != "cuda":
-        return []
-    return [torch.cuda.get_device_name(device), torch.version.cuda, torch.backends.cudnn.version()]
 
 
 def build_features(
@@ -637,12 +620,10 @@ def _encode(
     total, per_shard = len(clips), backbone_cfg.clips_per_shard
     grid = (*backbone.grid, backbone.hidden_size)  # (G, P, D)
     world = distributed.current()
-    parts = Resumable(
-        features_dir,
-        _resume_key(clips_cfg, backbone_cfg, backbone, store, clips),
-        clean=world.is_main,
-        base=partial_dir,
-    )
+    key = _resume_key(clips_cfg, backbone_cfg, backbone, store, clips)
+    if world.size > 1:  # every process names its shards by rank 0's key (another GPU gives another)
+        key = distributed.from_rank_0(key)
+    parts = Resumable(features_dir, key, clean=world.is_main, base=partial_dir)
     num_shards = -(-total // per_shard)
     # the shards an interrupted run left finished (rank 0's cleaning removes none of them), each whole (a
     # shard renamed just before a power cut may not have reached the disk); every process reads this list

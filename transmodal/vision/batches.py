@@ -8,7 +8,7 @@ computes the next batch while the host finishes the current one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,17 +78,13 @@ class FramePiece:
 
 VIDEOS_PER_UNIT = 64
 """``compute.videos_per_unit``'s default: batches restart every this many videos, so that the processes of a
-torchrun world, each given whole units (:func:`my_units`), batch a unit's frames exactly as one process does."""
+torchrun world, each given whole units (:class:`FinishedUnits`), batch a unit's frames exactly as one process
+does, and an interrupted run resumes at a unit."""
 
 
 def video_units(video_ids: list[str], per_unit: int = VIDEOS_PER_UNIT) -> list[list[str]]:
     """Consecutive runs of ``per_unit`` videos (the last may be shorter)."""
     return [video_ids[i : i + per_unit] for i in range(0, len(video_ids), per_unit)]
-
-
-def my_units(video_ids: list[str], rank: int, world_size: int, per_unit: int = VIDEOS_PER_UNIT) -> list[str]:
-    """The videos of one process of a torchrun world: its units (every world-size-th, by position), in order."""
-    return [video for unit in video_units(video_ids, per_unit)[rank::world_size] for video in unit]
 
 
 def iter_frame_batches(
@@ -168,3 +164,115 @@ def size_hw(size) -> tuple[int, int] | None:
     if height is None and isinstance(size, dict):
         height, width = size.get("height"), size.get("width")
     return (int(height), int(width)) if height and width else None
+
+
+class FinishedUnits:
+    """The units of videos (:func:`video_units`) of a detect or pose run, and the parts of those finished.
+
+    With ``parts_dir`` (the stages': ``data/.partial/<stage>``) a unit's results (one table for its videos,
+    in unit order; ``attrs`` hold its counts) are written as a Parquet part in a
+    :class:`~transmodal.io.Resumable` folder when its last video is in (:meth:`add`). A run with the same key
+    (``key()``: everything a unit's results depend on; rank 0's under torchrun) takes the parts an interrupted
+    run finished and computes only the other units: batches restart at every unit, so those are the bytes
+    of the whole run. Under torchrun the units left are shared out every world-size-th, and rank 0 reads
+    the parts it did not compute (:meth:`others`): a part does not depend on which process wrote it, so a
+    run resumed with another ``compute.nproc`` takes it too. Without ``parts_dir`` (one process: predict, the
+    benchmarks) nothing is written and every unit is computed.
+    """
+
+    def __init__(self, video_ids: list[str], per_unit: int, parts_dir, key: Callable[[], dict], world):
+        self.units = video_units(video_ids, per_unit)
+        self._world = world
+        self._parts = None
+        self.done: list[int] = []
+        if parts_dir is None:
+            if world.size > 1:
+                raise ValueError("several processes share their results through parts_dir: give one")
+        else:
+            from transmodal import distributed
+            from transmodal.io import Resumable
+
+            # rank 0 removes other keys' parts and this key's unfinished temporaries; every process lists
+            # the finished parts (rank 0's cleaning removes none), then waits, so all share out the same
+            # units and no temporary is written before the cleaning is over
+            named = key() if world.size == 1 else distributed.from_rank_0(key() if world.is_main else None)
+            self._parts = Resumable(parts_dir, named, clean=world.is_main, base=parts_dir)
+            self.done = [i for i in range(len(self.units)) if self._parts.has(self._name(i))]
+            if world.size > 1:
+                distributed.barrier()
+        done = set(self.done)
+        todo = [i for i in range(len(self.units)) if i not in done]
+        self._mine = todo[world.rank :: world.size]
+        self._unit_of = {video: i for i in self._mine for video in self.units[i]}
+        self._pending: dict[int, dict[str, pd.DataFrame]] = {i: {} for i in self._mine}
+        self.directory = None if self._parts is None else self._parts.directory
+
+    @staticmethod
+    def _name(unit: int) -> str:
+        return f"unit-{unit:05d}.parquet"
+
+    def videos(self) -> list[str]:
+        """This process's videos to compute: those of its units left, in order (whole units, so batching
+        them per unit gives the batches of the whole run)."""
+        return [video for unit in self._mine for video in self.units[unit]]
+
+    def add(self, video_id: str, table: pd.DataFrame) -> None:
+        """One video's results, in any order; the unit's part is written once its last video is in (in
+        unit order, its counts in ``attrs`` summed). Nothing is kept in memory: the caller has the values."""
+        if self._parts is None:
+            return
+        unit = self._unit_of[video_id]
+        pending = self._pending[unit]
+        pending[video_id] = table
+        if len(pending) < len(self.units[unit]):
+            return
+        tables = [pending[video] for video in self.units[unit]]
+        del self._pending[unit]
+        merged = pd.concat(tables, ignore_index=True)
+        merged.attrs = {k: sum(t.attrs.get(k, 0) for t in tables) for k in tables[0].attrs}
+        with self._parts.writing(self._name(unit)) as tmp:
+            merged.to_parquet(tmp, index=False)
+
+    def others(self) -> Iterator[pd.DataFrame] | None:
+        """On rank 0, once every process has written its parts: the tables of the units it did not compute
+        itself (finished by an interrupted run or by another process), read one at a time in unit order.
+        None on the other processes."""
+        if self._world.size > 1:
+            from transmodal.distributed import barrier
+
+            barrier()  # every process has written its parts
+            if not self._world.is_main:
+                return None
+        mine = set(self._mine)
+        return (
+            pd.read_parquet(self._parts.path(self._name(i))) for i in range(len(self.units)) if i not in mine
+        )
+
+
+def unit_key(params: dict, model, store: FrameStore, units: list[list[str]], code: list, **inputs) -> dict:
+    """What a unit of detect or pose results depends on (:class:`FinishedUnits`): the stage's ``code``
+    with the frame reading and checkpoint loading, its ``params`` (those that change a unit's results), the
+    device and dtype the model runs in (and on CUDA the GPU and its libraries), numpy's, torch's,
+    transformers' and OpenCV's versions, the checkpoint's and the frame store's files, the units of videos,
+    and the stage's other ``inputs``."""
+    from pathlib import Path
+
+    import cv2  # decodes the frames again under frames.store: source
+    import transformers
+
+    from transmodal.io import digest, folder_signature, source_digest
+    from transmodal.vision.checkpoints import accelerator
+
+    here = Path(__file__).parent
+    return {
+        "code": source_digest(
+            *code, here / "batches.py", here / "checkpoints.py", here.parent / "data" / "frames.py"
+        ),
+        "params": params,
+        "runs_on": [str(model.device), str(model.dtype), *accelerator(torch.device(model.device))],
+        "versions": [np.__version__, torch.__version__, transformers.__version__, cv2.__version__],
+        "checkpoint": folder_signature(Path(model.folder)) if model.folder else None,
+        "frames": folder_signature(Path(store.directory)),
+        "units": digest(units),
+        **inputs,
+    }

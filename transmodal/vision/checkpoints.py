@@ -133,3 +133,11 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def accelerator(device: torch.device) -> list:
+    """What else moves a model's output bits on a GPU: its model and the CUDA and cuDNN versions (nothing on
+    the CPU); part of the resume keys of the features, detect and pose stages."""
+    if device.type != "cuda":
+        return []
+    return [torch.cuda.get_device_name(device), torch.version.cuda, torch.backends.cudnn.version()]

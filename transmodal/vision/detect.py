@@ -8,8 +8,10 @@ through the same primary-track rule and gap filling.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,14 +27,16 @@ from transmodal.params import CheckpointError, DetectConfig, ParamError
 from transmodal.vision import checkpoints
 from transmodal.vision.batches import (
     VIDEOS_PER_UNIT,
+    FinishedUnits,
     FramePiece,
     VideoFrames,
     frames_to_tensor,
     iter_frame_batches,
-    my_units,
     pipelined,
     size_hw,
     stored_videos,
+    unit_key,
+    video_units,
 )
 from transmodal.vision.quality import detection_quality
 from transmodal.vision.track import (
@@ -43,6 +47,13 @@ from transmodal.vision.track import (
     track_video,
 )
 
+TABLE_DTYPES = {
+    "frame_idx": np.int64,
+    "track_id": np.int64,
+    **dict.fromkeys(BOX_COLUMNS, np.float64),
+    "score": np.float64,
+}
+"""The dtypes of :func:`~transmodal.vision.track.track_video`'s rows."""
 PIL_BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, as stored in preprocessor_config.json
 
 
@@ -69,6 +80,7 @@ class PersonDetector:
         self.score_threshold = score_threshold
         self.device = device
         self.revision: str | None = None  # from_config: the hub commit of a hub id
+        self.folder: str | None = None  # from_config: where the checkpoint's files are
         self.dtype = next(model.parameters()).dtype
         self._fast = self._fast_preprocess_spec(processor)
 
@@ -102,6 +114,7 @@ class PersonDetector:
             model, processor, person_label_id(model.config, cfg.person_label), cfg.low_score_threshold, device
         )
         detector.revision = checkpoints.hub_revision(folder)  # the hub commit; None for a local folder
+        detector.folder = folder
         return detector
 
     @staticmethod
@@ -210,11 +223,14 @@ def _model_tracks(
     detector: PersonDetector,
     cfg: DetectConfig,
     progress: bool,
+    units: FinishedUnits,
     videos_per_unit: int = VIDEOS_PER_UNIT,
 ) -> tuple[dict[str, DetectedRows], int]:
-    """Detect persons in every kept frame and track them: video_id -> detected track rows, and the number
-    of person boxes scored ``detect.score_threshold`` or more. A video is tracked as soon as its last frame is detected, so on a GPU the tracking
-    of one video overlaps the detection of the next."""
+    """Detect persons in every kept frame of ``videos`` and track them: video_id -> detected track rows, and
+    the number of person boxes scored ``detect.score_threshold`` or more. Each video's rows also go to
+    ``units`` as a table (video_id, frame_idx, track_id, boxes, score; its box count in ``attrs["boxes"]``).
+    A video is tracked as soon as its last frame is detected, so on a GPU the tracking of one video overlaps
+    the detection of the next."""
     pending = {v: ([None] * len(info.frame_idx), [None] * len(info.frame_idx)) for v, info in videos.items()}
     missing = {v: len(info.frame_idx) for v, info in videos.items()}
     tracked: dict[str, DetectedRows] = {}
@@ -240,11 +256,15 @@ def _model_tracks(
             if missing[piece.video_id] == 0:
                 boxes, scores = pending.pop(piece.video_id)
                 # boxes at or above detect.score_threshold (the low ones only extend tracks)
-                counts["boxes"] += sum(int((s >= cfg.score_threshold).sum()) for s in scores)
+                found = sum(int((s >= cfg.score_threshold).sum()) for s in scores)
+                counts["boxes"] += found
                 video = videos[piece.video_id]
-                tracked[piece.video_id] = DetectedRows.from_table(
-                    track_video(boxes, scores, video.frame_idx, cfg, video.frame_rate)
-                )
+                table = track_video(boxes, scores, video.frame_idx, cfg, video.frame_rate)
+                table = table.astype(TABLE_DTYPES)  # a video without rows too (its columns: object)
+                tracked[piece.video_id] = DetectedRows.from_table(table)
+                table.insert(0, "video_id", piece.video_id)
+                table.attrs["boxes"] = found
+                units.add(piece.video_id, table)
         bar.update(len(sizes))
 
     with tqdm(total=total, desc="detect+track", unit="frame", disable=not progress) as bar:
@@ -258,30 +278,34 @@ def _model_tracks(
     return tracked, counts["boxes"]
 
 
-def _gather_tracks(detected: dict[str, DetectedRows], boxes: int, parts_dir, world):
-    """Every rank's detected rows, on rank 0 (None on the others): video_id -> rows, and the box count."""
-    tables = []
-    for video_id, rows in detected.items():
-        table = pd.DataFrame(rows.boxes, columns=list(BOX_COLUMNS))
-        table.insert(0, "track_id", rows.track_id)
-        table.insert(0, "frame_idx", rows.frame_idx)
-        table.insert(0, "video_id", video_id)
-        table["score"] = rows.score
-        tables.append(table)
-    mine = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["video_id"])
-    counts = pd.DataFrame({"video_id": list(detected), "boxes": boxes})  # this rank's videos, its box count
-    parts = distributed.gather_tables(mine, parts_dir, "detect", world)
-    totals = distributed.gather_tables(counts, parts_dir, "detect-videos", world)
-    if parts is None:
+def _resume_key(cfg: DetectConfig, detector, store, videos: dict, per_unit: int) -> dict:
+    """What a unit of detected rows depends on (see :func:`~transmodal.vision.batches.unit_key`), with the
+    tracker's packages. Not ``stitch_tracks`` (applied after the units are merged), ``source`` or
+    ``device`` (the device the model resolved to is in the key)."""
+    from importlib.metadata import version
+
+    here = Path(__file__).parent
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("stitch_tracks", "source", "device")}
+    code = [here / "detect.py", here / "track.py", here / "quality.py"]  # track_video uses quality.box_iou
+    return unit_key(
+        params, detector, store, video_units(list(videos), per_unit), code,
+        tracker=[version("trackers"), version("supervision")],
+    )  # fmt: skip
+
+
+def _merged_tracks(
+    units: FinishedUnits, tracked: dict[str, DetectedRows], boxes: int
+) -> tuple[dict[str, DetectedRows], int] | None:
+    """This process's tracked videos with the rows of every other unit, and the box count, on rank 0 (None on
+    the others)."""
+    others = units.others()
+    if others is None:
         return None
-    merged: dict[str, DetectedRows] = {}
-    for table, videos in zip(parts, totals, strict=True):
-        groups = dict(list(table.groupby("video_id", sort=False))) if len(table) else {}
-        for video_id in videos["video_id"]:
-            rows = groups.get(video_id, table.iloc[0:0])
-            merged[video_id] = DetectedRows.from_table(rows.reset_index(drop=True))
-    boxes_total = int(sum(int(videos["boxes"].iloc[0]) for videos in totals if len(videos)))
-    return merged, boxes_total
+    for table in others:
+        for video_id, rows in table.groupby("video_id", sort=False):
+            tracked[video_id] = DetectedRows.from_table(rows.reset_index(drop=True))
+        boxes += int(table.attrs["boxes"])
+    return tracked, boxes
 
 
 def run_detect(
@@ -290,14 +314,17 @@ def run_detect(
     annotations: pd.DataFrame | None,
     progress: bool = True,
     detector: PersonDetector | None = None,
-    parts_dir: str = "data/.partial/detect",
+    parts_dir: str | Path | None = None,
     videos_per_unit: int = VIDEOS_PER_UNIT,
 ) -> tuple[pd.DataFrame, dict]:
     """Tracks of every stored video and the detect metrics (for ``metrics/detect.json``).
 
-    Under torchrun (``compute.nproc`` x ``compute.nnodes`` > 1, source ``model``) each process detects and
-    tracks its units of videos (:func:`~transmodal.vision.batches.my_units`), writes its rows to
-    ``parts_dir``, and rank 0 merges them and returns the result; the other ranks return (None, None).
+    With source ``model`` the videos are detected and tracked by units of ``videos_per_unit``
+    (:class:`~transmodal.vision.batches.FinishedUnits`). Each finished unit's rows are kept in ``parts_dir``
+    (the stage's: ``data/.partial/detect``; None keeps them in memory), so a run interrupted after hours
+    starts at its first unfinished unit and gives the same bytes. Under torchrun (``compute.nproc`` x
+    ``compute.nnodes`` > 1, which needs ``parts_dir``) each process takes every world-size-th unit left, and
+    rank 0 merges the parts and returns the result; the other ranks return (None, None).
 
     ``annotations`` is the dataset's ground truth or None; ``source: annotations`` requires it, and whenever
     given it scores the tracks (adds the keys of :func:`~transmodal.vision.quality.detection_quality`).
@@ -324,21 +351,24 @@ def run_detect(
             score_threshold=cfg.score_threshold,
             low_score_threshold=cfg.low_score_threshold,
         )
-        # detected track rows per video (frame_idx, track_id, boxes, score)
+        # detected track rows per video (frame_idx, track_id, boxes, score), by units of videos: those an
+        # interrupted run finished are read back, the others computed (under torchrun shared out by unit)
         world = distributed.current()
-        if world.size == 1:
-            detected_by_video, detections = _model_tracks(
-                store, videos, detector, cfg, progress, videos_per_unit
+        key = functools.partial(_resume_key, cfg, detector, store, videos, videos_per_unit)
+        units = FinishedUnits(list(videos), videos_per_unit, parts_dir, key, world)
+        if units.done and progress and world.is_main:
+            print(
+                f"detect: resuming, {len(units.done)} of {len(units.units)} units of videos already done "
+                f"in {units.directory}"
             )
-        else:  # this process's units of videos; rank 0 merges every rank's rows in video order
-            mine = {v: videos[v] for v in my_units(list(videos), world.rank, world.size, videos_per_unit)}
-            detected_by_video, detections = _model_tracks(
-                store, mine, detector, cfg, progress and world.is_main, videos_per_unit
-            )
-            merged = _gather_tracks(detected_by_video, detections, parts_dir, world)
-            if merged is None:
-                return None, None  # not rank 0: rank 0 finishes the stage
-            detected_by_video, detections = merged
+        mine = {v: videos[v] for v in units.videos()}
+        tracked, boxes = _model_tracks(
+            store, mine, detector, cfg, progress and world.is_main, units, videos_per_unit
+        )
+        merged = _merged_tracks(units, tracked, boxes)
+        if merged is None:
+            return None, None  # not rank 0: rank 0 finishes the stage
+        detected_by_video, detections = merged
     else:
         detected_by_video = ground_truth_tracks(annotations)
         detections = 0

@@ -9,8 +9,11 @@ contract in docs/data-contracts.md) and the metrics written to ``metrics/pose.js
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,12 +25,14 @@ from transmodal.data.frames import FrameStore
 from transmodal.params import ParamError, PoseConfig
 from transmodal.vision.batches import (
     VIDEOS_PER_UNIT,
+    FinishedUnits,
     FramePiece,
     VideoFrames,
     iter_frame_batches,
-    my_units,
     pipelined,
     stored_videos,
+    unit_key,
+    video_units,
 )
 from transmodal.vision.pose_estimator import PoseEstimator
 from transmodal.vision.quality import FrameKeys, lookup, pose_quality
@@ -137,6 +142,21 @@ def ground_truth_keypoints(annotations: pd.DataFrame, layout: KeptLayout) -> tup
     return xy, scores
 
 
+def _resume_key(cfg: PoseConfig, estimator, store, videos: dict, per_unit: int, tracks: pd.DataFrame) -> dict:
+    """What a unit of keypoints depends on (see :func:`~transmodal.vision.batches.unit_key`), with the
+    detect stage's tracks (their primary boxes are the crops). Not ``source`` or ``device`` (the device the
+    model resolved to is in the key)."""
+    import hashlib
+
+    here = Path(__file__).parent
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("source", "device")}
+    code = [here / f"{name}.py" for name in ("pose", "pose_crop", "pose_decode", "pose_estimator")]
+    hashed = pd.util.hash_pandas_object(tracks, index=False).to_numpy()
+    tracks_digest = hashlib.sha256(hashed.tobytes() + str(list(tracks.columns)).encode()).hexdigest()
+    units = video_units(list(videos), per_unit)
+    return unit_key(params, estimator, store, units, code, tracks=tracks_digest)
+
+
 def run_pose(
     store: FrameStore,
     tracks: pd.DataFrame,
@@ -144,14 +164,17 @@ def run_pose(
     annotations: pd.DataFrame | None,
     progress: bool = True,
     estimator: PoseEstimator | None = None,
-    parts_dir: str = "data/.partial/pose",
+    parts_dir: str | Path | None = None,
     videos_per_unit: int = VIDEOS_PER_UNIT,
 ) -> tuple[pd.DataFrame, dict]:
     """Keypoints of every kept frame of every stored video and the pose metrics (for ``metrics/pose.json``).
 
-    Under torchrun (``compute.nproc`` x ``compute.nnodes`` > 1, source ``model``) each process runs the model
-    on its units of videos (:func:`~transmodal.vision.batches.my_units`), writes its keypoints to
-    ``parts_dir``, and rank 0 merges them and returns the result; the other ranks return (None, None).
+    With source ``model`` the videos are estimated by units of ``videos_per_unit``
+    (:class:`~transmodal.vision.batches.FinishedUnits`). Each finished unit's keypoints are kept in
+    ``parts_dir`` (the stage's: ``data/.partial/pose``; None keeps them in memory), so an interrupted run
+    starts at its first unfinished unit and gives the same bytes. Under torchrun (``compute.nproc`` x
+    ``compute.nnodes`` > 1, which needs ``parts_dir``) each process takes every world-size-th unit left, and
+    rank 0 merges the parts and returns the result; the other ranks return (None, None).
 
     ``tracks`` is the detect stage's table (its primary rows give the boxes). ``annotations`` is the dataset's
     ground truth or None; ``source: annotations`` requires it, and whenever given it scores the keypoints
@@ -217,37 +240,48 @@ def run_pose(
             outputs = estimator.forward(estimator.preprocess(frames, boxes))
             return rows, estimator.decode(outputs, boxes)
 
+        world = distributed.current()
+        key = functools.partial(_resume_key, cfg, estimator, store, videos, videos_per_unit, tracks)
+        units = FinishedUnits(list(videos), videos_per_unit, parts_dir, key, world)
+        shown = progress and world.is_main
+        if units.done and shown:
+            print(
+                f"pose: resuming, {len(units.done)} of {len(units.units)} units of videos already done "
+                f"in {units.directory}"
+            )
+        mine = units.videos()
+        left = {v: len(videos[v].frame_idx) for v in mine}  # frames not yet finished, per video
+
         def finish(batch: list[FramePiece], launched) -> None:
             if launched is not None:
                 rows, decoded = launched
                 all_xy[rows], all_scores[rows] = (t.cpu().numpy() for t in decoded)  # waits for the device
+            for piece in batch:
+                left[piece.video_id] -= len(piece.frame_idx)
+                if left[piece.video_id] == 0 and units.directory is not None:  # its keypoints are all in
+                    units.add(piece.video_id, rows_table(piece.video_id))
             bar.update(sum(len(piece.frame_idx) for piece in batch))
 
-        world = distributed.current()
-        mine = list(videos)
-        if world.size > 1:
-            mine = my_units(mine, world.rank, world.size, videos_per_unit)
-        shown = progress and world.is_main
-        frames = sum(len(videos[v].frame_idx) for v in mine)  # this process's share
-        with tqdm(total=frames, desc="pose", unit="frame", disable=not shown) as bar:
-            pipelined(iter_frame_batches(store, mine, cfg.batch_size, videos_per_unit), launch, finish)
-        if world.size > 1:  # rank 0 takes every rank's rows (their videos' layout rows) in rank order
-            done = np.concatenate(
-                [np.arange(first_row[v], first_row[v] + len(videos[v].frame_idx)) for v in mine] or [[]]
-            ).astype(np.int64)
-            part = pd.DataFrame(
-                np.concatenate([all_xy[done].reshape(len(done), -1), all_scores[done]], axis=1)
+        def rows_table(video_id: str) -> pd.DataFrame:
+            """A video's layout rows and their keypoints and scores (``row``, then J x 2 + J values)."""
+            rows = np.arange(first_row[video_id], first_row[video_id] + len(videos[video_id].frame_idx))
+            table = pd.DataFrame(
+                np.concatenate([all_xy[rows].reshape(len(rows), -1), all_scores[rows]], axis=1)
             )
-            part.columns = [str(c) for c in part.columns]
-            part.insert(0, "row", done)
-            parts = distributed.gather_tables(part, parts_dir, "pose", world)
-            if parts is None:
-                return None, None  # not rank 0: rank 0 finishes the stage
-            for table in parts:
-                rows = table["row"].to_numpy(np.int64)
-                values = table.drop(columns="row").to_numpy(np.float64)
-                all_xy[rows] = values[:, : NUM_JOINTS * 2].reshape(len(rows), NUM_JOINTS, 2)
-                all_scores[rows] = values[:, NUM_JOINTS * 2 :]
+            table.columns = [str(c) for c in table.columns]
+            table.insert(0, "row", rows.astype(np.int64))
+            return table
+
+        with tqdm(total=sum(left.values()), desc="pose", unit="frame", disable=not shown) as bar:
+            pipelined(iter_frame_batches(store, mine, cfg.batch_size, videos_per_unit), launch, finish)
+        others = units.others()  # on rank 0: the units it did not compute, read back
+        if others is None:
+            return None, None  # not rank 0: rank 0 finishes the stage
+        for table in others:
+            rows = table["row"].to_numpy(np.int64)
+            values = table.drop(columns="row").to_numpy(np.float64)
+            all_xy[rows] = values[:, : NUM_JOINTS * 2].reshape(len(rows), NUM_JOINTS, 2)
+            all_scores[rows] = values[:, NUM_JOINTS * 2 :]
 
     if videos:
         keypoints = keypoint_table(layout.video_id, layout.frame_idx, all_xy, all_scores)

@@ -39,6 +39,7 @@ class PoseEstimator:
         self.dataset_index = dataset_index
         self.device = device
         self.revision: str | None = None  # from_config: the hub commit of a hub id
+        self.folder: str | None = None  # from_config: where the checkpoint's files are
         self.dtype = next(model.parameters()).dtype
         self._fast = self._fast_preprocess_spec(processor)
         if self._fast is None:  # the heatmaps are mapped back through a crop of the box at a fixed size
@@ -71,6 +72,7 @@ class PoseEstimator:
         processor = checkpoints.load_processor(AutoImageProcessor, folder, "pose.checkpoint")
         estimator = cls(model, processor, cfg.dataset_index, device)
         estimator.revision = checkpoints.hub_revision(folder)  # the hub commit; None for a local folder
+        estimator.folder = folder
         return estimator
 
     @staticmethod
