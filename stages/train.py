@@ -7,11 +7,13 @@ from pathlib import Path
 
 from transmodal.distributed import launch, process_group
 from transmodal.features.cache import FeatureStore
-from transmodal.io import write_json, write_text
+from transmodal.io import discard_parts, write_json, write_text
 from transmodal.params import section
 from transmodal.stage import run_stage
 from transmodal.training.train import complexity_report, pipeline_record, train_model
 from transmodal.vision.checkpoints import pick_device
+
+PARTS = Path("data/.partial/train")  # the training state after the last epoch of an interrupted run
 
 
 def main(params: dict) -> None:
@@ -25,12 +27,14 @@ def main(params: dict) -> None:
     pipeline = pipeline_record(params)
     with process_group(pick_device(train_cfg.device).type) as world:
         metrics, history = train_model(
-            store, model_cfg, selector_cfg, train_cfg, Path("models/transmodal"), pipeline=pipeline
-        )
+            store, model_cfg, selector_cfg, train_cfg, Path("models/transmodal"), pipeline=pipeline,
+            resume_dir=PARTS,
+        )  # fmt: skip
     if world.is_main:
         write_text(history.to_csv(index=False, float_format="%.6g"), "metrics/train_curve.csv")
         metrics["complexity"] = complexity_report(store, model_cfg, selector_cfg)
         write_json(metrics, "metrics/train.json")
+        discard_parts(PARTS)  # the outputs are complete
 
 
 if __name__ == "__main__":

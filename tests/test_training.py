@@ -14,7 +14,7 @@ from tests.conftest import REPO_ROOT
 from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json
 from transmodal.model import attention
-from transmodal.params import ParamError, load_params, section
+from transmodal.params import CheckpointError, ParamError, load_params, section
 from transmodal.training import ablation, figures
 from transmodal.training import table as ablation_table
 from transmodal.training import train as train_module
@@ -92,14 +92,15 @@ def params():
     return p
 
 
-def _train(store, params, out_dir):
+def _train(store, params, out_dir, resume_dir=None, progress=False):
     return train_model(
         store,
         section(params, "model"),
         section(params, "selector"),
         section(params, "train"),
         out_dir,
-        progress=False,
+        progress=progress,
+        resume_dir=resume_dir,
     )
 
 
@@ -119,6 +120,58 @@ def test_training_is_deterministic_and_checkpoint_rebuilds_the_model(params, tmp
     model, config = load_checkpoint(tmp_path / "a")
     assert config["classes"] == CLASSES and config["best_epoch"] == metrics_a["best_epoch"]
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == metrics_a["parameters"]["total"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_training_goes_on_after_its_last_epoch_and_ends_with_the_same_bytes(
+    params, tmp_path, monkeypatch, capsys
+):
+    """The state after each epoch (weights, AdamW's moments, the schedule, the random generators that order
+    the clips and draw the dropout masks, the history and the best epoch) is kept; a run killed in epoch 3
+    of 4 trains epochs 3 and 4 only and writes the weights and history of a run never interrupted."""
+    store = MemoryStore({"train": 24, "val": 6, "test": 6})
+    store.directory, store.clips_path = tmp_path / "features", tmp_path / "clips.parquet"
+    params["train"]["epochs"] = 4
+    assert params["model"]["dropout"] > 0  # the dropout masks come from the generator that is restored
+    whole_metrics, whole_history = _train(store, params, tmp_path / "whole")
+    validations = []
+    validate = train_module.predict
+
+    def counted(*args, **kwargs):  # one validation an epoch
+        validations.append(1)
+        if len(validations) == stop:
+            raise Interrupted
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "predict", counted)
+    resume = tmp_path / "partial" / "train"
+    stop = 3
+    with pytest.raises(Interrupted):
+        _train(store, params, tmp_path / "killed", resume_dir=resume)
+    assert not (tmp_path / "killed").exists() and len(list(resume.rglob("state.pt"))) == 1
+    validations.clear()
+    stop = None
+    (state,) = resume.rglob("state.pt")
+    kept = state.read_bytes()
+    state.write_bytes(kept[: len(kept) // 2])  # cut short: one line naming the file, not a traceback
+    with pytest.raises(CheckpointError, match=r"state\.pt: the training state .* remove it"):
+        _train(store, params, tmp_path / "resumed", resume_dir=resume)
+    state.write_bytes(kept)
+    validations.clear()
+    metrics, history = _train(store, params, tmp_path / "resumed", resume_dir=resume, progress=True)
+    assert "train: resuming after epoch 2 of 4" in capsys.readouterr().out
+    assert len(validations) == 2  # epochs 3 and 4
+    pd.testing.assert_frame_equal(history, whole_history)
+    assert metrics == whole_metrics
+    weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("whole", "resumed")]
+    assert weights[0] == weights[1]
+    params["train"]["lr"] = 2e-4  # another param: another key, nothing taken
+    validations.clear()
+    _train(store, params, tmp_path / "other", resume_dir=resume)
+    assert len(validations) == 4
 
 
 def test_the_weights_do_not_depend_on_the_process_thread_count(params, tmp_path):
@@ -538,8 +591,10 @@ def test_seeds_in_worker_processes_equal_seeds_in_one_process(params, tmp_path):
     finally:
         torch.set_num_threads(before)
     params["ablation"]["workers"] = 2
-    parallel = ablation.run_variant(params, "full", store, tmp_path / "parallel", progress=False)
+    resume = tmp_path / "partial"  # as the stage runs it: each seed keeps its state after every epoch
+    parallel = ablation.run_variant(params, "full", store, tmp_path / "parallel", False, resume)
     assert parallel == serial
+    assert sorted(p.relative_to(resume).parts[0] for p in resume.rglob("state.pt")) == ["seed-0", "seed-1"]
     for seed in (0, 1):
         model = f"seed-{seed}/model/model.safetensors"
         assert (tmp_path / "serial" / model).read_bytes() == (tmp_path / "parallel" / model).read_bytes()

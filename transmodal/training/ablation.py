@@ -35,8 +35,11 @@ def seed_dir(out_dir: Path, seed: int) -> Path:
     return Path(out_dir) / f"seed-{seed}"
 
 
-def _run_seed(varied: dict, seed: int, store: FeatureStore, out_dir: Path, progress: bool) -> dict:
-    """Train and evaluate one seed of a variant; its model goes to ``out_dir/seed-<seed>/model``."""
+def _run_seed(
+    varied: dict, seed: int, store: FeatureStore, out_dir: Path, progress: bool, resume_dir: Path | None
+) -> dict:
+    """Train and evaluate one seed of a variant; its model goes to ``out_dir/seed-<seed>/model``, its
+    training state after each epoch to ``resume_dir/seed-<seed>`` (none when None)."""
     model_dir = seed_dir(out_dir, seed) / "model"
     train_cfg = dataclasses.replace(section(varied, "train"), seed=seed)
     train_metrics, _ = train_model(
@@ -47,6 +50,7 @@ def _run_seed(varied: dict, seed: int, store: FeatureStore, out_dir: Path, progr
         model_dir,
         progress=progress,
         pipeline=pipeline_record(varied),  # so `transmodal predict --model` runs a variant's model too
+        resume_dir=None if resume_dir is None else seed_dir(resume_dir, seed),
     )
     eval_cfg = section(varied, "eval")
     test, predictions = evaluate_model(model_dir, store, "test", eval_cfg.batch_size, eval_cfg.device)
@@ -65,11 +69,13 @@ def _run_seed(varied: dict, seed: int, store: FeatureStore, out_dir: Path, progr
     }
 
 
-def _seed_worker(varied: dict, seed: int, features_dir: Path, clips_path: Path, out_dir: Path):
+def _seed_worker(
+    varied: dict, seed: int, features_dir: Path, clips_path: Path, out_dir: Path, resume_dir: Path | None
+):
     """:func:`_run_seed` in a worker process, on its own store handle (training sets ``train.threads``; a
     recomputed cache's backbone keeps to them too, as the workers share the cores)."""
     store = FeatureStore(features_dir, clips_path, backbone_threads=section(varied, "train").threads)
-    return _run_seed(varied, seed, store, out_dir, progress=False)
+    return _run_seed(varied, seed, store, out_dir, False, resume_dir)
 
 
 def worker_count(cfg: AblationConfig, device: torch.device, threads: int = 1) -> int:
@@ -84,20 +90,28 @@ def worker_count(cfg: AblationConfig, device: torch.device, threads: int = 1) ->
 
 
 def run_variant(
-    params: dict, variant: str, store: FeatureStore, out_dir: Path, progress: bool = True
+    params: dict,
+    variant: str,
+    store: FeatureStore,
+    out_dir: Path,
+    progress: bool = True,
+    resume_dir: Path | None = None,
 ) -> dict:
-    """Train and evaluate one variant for every seed into ``out_dir`` (seed-<s>/model/, metrics.json)."""
+    """Train and evaluate one variant for every seed into ``out_dir`` (seed-<s>/model/, metrics.json); with
+    ``resume_dir`` each seed's training goes on from its last epoch after an interruption."""
     varied = variant_params(params, variant)
     cfg = section(params, "ablation")
     train_cfg = section(varied, "train")
     workers = worker_count(cfg, pick_device(train_cfg.device), train_cfg.threads)
     if workers == 1:
-        runs = [_run_seed(varied, seed, store, out_dir, progress) for seed in cfg.seeds]
+        runs = [_run_seed(varied, seed, store, out_dir, progress, resume_dir) for seed in cfg.seeds]
     else:
         by_seed = {}
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = {
-                pool.submit(_seed_worker, varied, seed, store.directory, store.clips_path, out_dir): seed
+                pool.submit(
+                    _seed_worker, varied, seed, store.directory, store.clips_path, out_dir, resume_dir
+                ): seed
                 for seed in cfg.seeds
             }
             done = tqdm(

@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from transmodal import distributed
 from transmodal.features.cache import FeatureStore
-from transmodal.io import atomic_dir
+from transmodal.io import Resumable, atomic_dir, file_signature, folder_signature, source_digest
 from transmodal.model import TransModal, parameter_counts
 from transmodal.params import CheckpointError, ModelConfig, SelectorConfig, TrainConfig
 from transmodal.training.data import SplitData, load_split
-from transmodal.vision.checkpoints import pick_device
+from transmodal.vision.checkpoints import accelerator, pick_device
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -222,12 +222,19 @@ def train_model(
     out_dir: Path,
     progress: bool = True,
     pipeline: dict | None = None,
+    resume_dir: Path | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Train, select the epoch with the best validation accuracy, save it to ``out_dir``.
 
     Returns (metrics, per-epoch history). The checkpoint is ``model.safetensors`` + ``config.json``
     (everything needed to rebuild the model without params.yaml; ``pipeline``, from :func:`pipeline_record`,
     adds the upstream params a new video is processed with).
+
+    With ``resume_dir`` (the train stage's: ``data/.partial/train``) the training state is written there
+    after every epoch but the last (:class:`TrainingState`), and a run with the same params, features, code
+    and device starts after the last epoch written: the weights, the optimizer's and the schedule's state,
+    every random generator (each process's, under DDP), the history and the best epoch so far. It ends with
+    the bytes of a run never interrupted.
     """
     seed_everything(train_cfg.seed)
     torch.set_num_threads(train_cfg.threads)
@@ -262,9 +269,24 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.epochs)
     generator = torch.Generator().manual_seed(train_cfg.seed)
 
-    history, best_state, best_key = [], None, None
+    history, best_state, best_key, best_epoch = [], None, None, None
     shown = progress and world.is_main
-    epochs = tqdm(range(1, train_cfg.epochs + 1), desc="train", unit="epoch", disable=not shown)
+    state = None
+    if resume_dir is not None:
+        key = _resume_key(store, model_cfg, selector_cfg, train_cfg, device, world)
+        if world.size > 1:  # every process names the state by rank 0's key (another GPU gives another)
+            key = distributed.from_rank_0(key)
+        state = TrainingState(resume_dir, key, model, optimizer, scheduler, generator, device, world)
+        if state.resumed:
+            history, best_key, best_epoch, best_state = state.restore()
+            if shown:
+                print(
+                    f"train: resuming after epoch {len(history)} of {train_cfg.epochs} from {state.directory}"
+                )
+    epochs = tqdm(
+        range(len(history) + 1, train_cfg.epochs + 1),
+        desc="train", unit="epoch", disable=not shown, initial=len(history), total=train_cfg.epochs,
+    )  # fmt: skip
     for epoch in epochs:
         net.train()
         order, seen = epoch_order(len(train), epoch, generator, sampler)
@@ -306,6 +328,8 @@ def train_model(
         if best_key is None or key > best_key:
             best_key, best_state = key, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             best_epoch = epoch
+        if state is not None and epoch < train_cfg.epochs:  # the last epoch goes on to the checkpoint
+            state.save(history, best_key, best_epoch, best_state)
         epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row.get('val_acc', math.nan):.3f}")
 
     config = {
@@ -338,6 +362,112 @@ def train_model(
         "global_batch_size": train_cfg.batch_size * world.size,
     }
     return metrics, pd.DataFrame(history)
+
+
+def _resume_key(
+    store: FeatureStore,
+    model_cfg: ModelConfig,
+    selector_cfg: SelectorConfig,
+    train_cfg: TrainConfig,
+    device: torch.device,
+    world,
+) -> dict:
+    """What an epoch's training state depends on: the params, the code of the head and its training, the
+    feature cache's files, the device (on CUDA the GPU and its libraries), torch's version and the number
+    of processes (each has its own random generator)."""
+    here = Path(__file__).parent
+    code = [here / "train.py", here / "data.py", here.parent / "features" / "cache.py"]
+    code.append(here.parent / "distributed.py")  # sums each epoch's loss and accuracy over the processes
+    return {
+        "code": source_digest(*code, *sorted((here.parent / "model").glob("*.py"))),
+        "params": [asdict(model_cfg), asdict(selector_cfg), asdict(train_cfg)],
+        "runs_on": [str(device), *accelerator(device)],
+        "versions": [torch.__version__],
+        "processes": world.size,
+        "features": [folder_signature(store.directory), file_signature(store.clips_path)],
+    }
+
+
+class TrainingState:
+    """The training state after an epoch, kept outside the stage's output (:class:`~transmodal.io.Resumable`)
+    so that an interrupted run goes on from there. One file, written atomically by rank 0 with every
+    process's random generators (gathered), so the processes of a resumed DDP run start from one epoch.
+    Loaded with ``weights_only`` (no pickle code runs)."""
+
+    FILE = "state.pt"
+
+    def __init__(self, resume_dir, key, model, optimizer, scheduler, generator, device, world):
+        self._parts = Resumable(resume_dir, key, clean=world.is_main, base=resume_dir)
+        if world.size > 1:
+            distributed.barrier()  # rank 0 has cleaned the folder before anyone reads or writes
+        self.directory = self._parts.directory
+        self.resumed = self._parts.has(self.FILE)
+        if world.size > 1:  # rank 0 decides: a process that saw no file would run other epochs, other calls
+            self.resumed = distributed.from_rank_0(self.resumed)
+        self._model, self._optimizer, self._scheduler, self._generator = (
+            model,
+            optimizer,
+            scheduler,
+            generator,
+        )
+        self._device, self._world = device, world
+
+    def _random_state(self) -> dict:
+        state = {"cpu": torch.get_rng_state()}
+        if self._device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self._device)
+        return state
+
+    def save(self, history: list[dict], best_key, best_epoch: int, best_state: dict) -> None:
+        randoms = [self._random_state()]
+        if self._world.size > 1:
+            randoms = [None] * self._world.size
+            import torch.distributed as dist
+
+            dist.all_gather_object(randoms, self._random_state())
+        if not self._world.is_main:
+            return
+        state = {
+            "model": self._model.state_dict(),
+            "optimizer": self._optimizer.state_dict(),
+            "scheduler": self._scheduler.state_dict(),
+            "generator": self._generator.get_state(),
+            "random": randoms,
+            "history": history,
+            # the best epoch's weights, unless they are this epoch's (a quarter of the file at most epochs)
+            "best": {
+                "key": list(best_key),
+                "epoch": best_epoch,
+                "state": None if best_epoch == len(history) else best_state,
+            },
+        }
+        with self._parts.writing(self.FILE) as tmp:
+            torch.save(state, tmp)
+
+    def restore(self) -> tuple[list[dict], tuple, int, dict]:
+        """Load the state into the model, optimizer, schedule and generators; (history, best key, best epoch,
+        best weights)."""
+        path = self._parts.path(self.FILE)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a damaged file (a disk that filled, a copy cut short): said, then removed
+            raise CheckpointError(
+                f"{path}: the training state of the interrupted run cannot be read ({_first_line(err)}); "
+                "remove it to train from epoch 1"
+            ) from None
+        self._model.load_state_dict(state["model"])
+        self._optimizer.load_state_dict(state["optimizer"])
+        self._scheduler.load_state_dict(state["scheduler"])
+        self._generator.set_state(state["generator"])
+        mine = state["random"][self._world.rank]
+        torch.set_rng_state(mine["cpu"])
+        if "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"], self._device)
+        best = state["best"]
+        weights = best["state"]
+        if weights is None:  # the last epoch saved was the best
+            weights = {k: v.detach().cpu().clone() for k, v in self._model.state_dict().items()}
+        return state["history"], tuple(best["key"]), best["epoch"], weights
 
 
 def save_checkpoint(state: dict[str, torch.Tensor], config: dict, out_dir: Path) -> None:
