@@ -35,6 +35,7 @@ bench-real: setup
 	$(BIN)/python benchmarks/real_size.py
 	$(BIN)/python benchmarks/keep.py
 	$(BIN)/python benchmarks/disk.py
+	$(BIN)/python benchmarks/train_state.py
 
 clean:
 	rm -rf data models metrics/timings

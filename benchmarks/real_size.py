@@ -20,7 +20,9 @@ Each stage runs in its own subprocess, model loaded once, and is timed two ways:
 
 - stage: the stage code end to end as its script runs it: open the FrameStore, read the input tables, read
   and decode the frames, batching, pre-processing, forward, post-processing, ByteTrack (detect), the output
-  table and its Parquet file (features: ``build_features`` whole, which loads its model itself);
+  table and its Parquet file (detect and pose: also their resume key and each unit of videos written as a
+  part, removed after the run as the stages remove them; features: ``build_features`` whole, which loads
+  its model itself);
 - bare: only the model forward (``PersonDetector.forward``, ``PoseEstimator.forward``,
   ``FrozenBackbone.forward``) on tensors made beforehand in the stage's batch shapes, with as many torch
   threads as the stage's forward uses. Detect and pose: copies of the stage's own inputs, recorded in its
@@ -70,7 +72,7 @@ from transmodal.data.frames import FrameStore, extract_frames
 from transmodal.data.synth import VideoSpec, render_video, write_avi
 from transmodal.features.backbone import FrozenBackbone
 from transmodal.features.store import build_features
-from transmodal.io import write_parquet
+from transmodal.io import discard_parts, write_parquet
 from transmodal.params import BackboneConfig, ClipsConfig, DetectConfig, PoseConfig
 from transmodal.vision.detect import PersonDetector, run_detect
 from transmodal.vision.pose import run_pose
@@ -286,6 +288,7 @@ def child(stage: str, work: Path, args: argparse.Namespace) -> dict:
         FrozenBackbone.host_normalizer = property(lambda self: self.normalizer)
     data, checkpoint = work / stage, str(work / "checkpoints" / stage)
     out = work / "out" / stage
+    parts = work / "partial" / stage  # detect and pose write each unit of videos there, as their stages do
     started = time.perf_counter()
     notes: dict = {}
     if stage == "detect":
@@ -296,9 +299,10 @@ def child(stage: str, work: Path, args: argparse.Namespace) -> dict:
 
         def run_stage(cfg: DetectConfig = cfg) -> dict:
             tracks, metrics = run_detect(
-                FrameStore(data / "frames"), cfg, None, progress=False, detector=model
+                FrameStore(data / "frames"), cfg, None, progress=False, detector=model, parts_dir=parts
             )
             write_parquet(tracks, out / "tracks.parquet")
+            discard_parts(parts)  # as the stage does: the next run computes every unit again
             return metrics
 
     elif stage == "pose":
@@ -308,9 +312,16 @@ def child(stage: str, work: Path, args: argparse.Namespace) -> dict:
         def run_stage(cfg: PoseConfig = cfg) -> dict:
             tracks = pd.read_parquet(data / "tracks.parquet")
             keypoints, metrics = run_pose(
-                FrameStore(data / "frames"), tracks, cfg, None, progress=False, estimator=model
+                FrameStore(data / "frames"),
+                tracks,
+                cfg,
+                None,
+                progress=False,
+                estimator=model,
+                parts_dir=parts,
             )
             write_parquet(keypoints, out / "keypoints.parquet")
+            discard_parts(parts)
             return metrics
 
     else:

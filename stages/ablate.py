@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transmodal.features.cache import FeatureStore
 from transmodal.features.keep import ABLATION_FEATURES
-from transmodal.io import discard_parts
+from transmodal.io import discard_parts, stage_parts
 from transmodal.stage import run_stage
 from transmodal.training.ablation import run_variant, variant_store
 
@@ -17,7 +17,7 @@ def main(params: dict) -> None:
     variant = sys.argv[1]
     shared = FeatureStore(Path("data/features"), Path("data/clips.parquet"))
     store = variant_store(params, variant, ABLATION_FEATURES / variant, shared)
-    parts = Path("data/.partial/ablate") / variant  # each seed's training state after its last epoch
+    parts = stage_parts("ablate") / variant  # each seed's training state after its last epoch
     run_variant(params, variant, store, Path("data/ablation") / variant, resume_dir=parts)
     discard_parts(parts)  # the output is complete
 

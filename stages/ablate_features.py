@@ -12,7 +12,7 @@ import pandas as pd
 from transmodal.data.frames import FrameStore
 from transmodal.features.keep import ABLATION_FEATURES, ABLATION_PARTIAL, SHARED_FILE, own_features
 from transmodal.features.store import build_features
-from transmodal.io import write_json
+from transmodal.io import discard_parts, write_json
 from transmodal.params import section, variant_params
 from transmodal.stage import run_stage
 
@@ -24,7 +24,12 @@ def main(params: dict) -> None:
     if own is None:
         why = "the variant changes no backbone.keep* key: it trains on the features stage's cache"
         write_json({"variant": variant, "features": "data/features", "why": why}, out_dir / SHARED_FILE)
-        return
+    else:
+        encode(params, variant, own)
+    discard_parts(ABLATION_PARTIAL / variant)  # complete (or shared): the shards of an earlier own cache go
+
+
+def encode(params: dict, variant: str, own: tuple) -> None:
     build_features(  # its counts are the features stage's (metrics/features.json): the same clips
         pd.read_parquet("data/index.parquet"),
         FrameStore("data/frames"),

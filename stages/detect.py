@@ -6,13 +6,13 @@ tracks its units of videos and rank 0 merges them and writes the outputs."""
 from transmodal.data.annotations import load_annotations
 from transmodal.data.frames import FrameStore
 from transmodal.distributed import launch, process_group
-from transmodal.io import discard_parts, write_json, write_parquet
+from transmodal.io import discard_parts, stage_parts, write_json, write_parquet
 from transmodal.params import section
 from transmodal.stage import run_stage
 from transmodal.vision.checkpoints import pick_device
 from transmodal.vision.detect import run_detect
 
-PARTS = "data/.partial/detect"  # the units of videos an interrupted run finished (outside DVC's outputs)
+PARTS = stage_parts("detect")  # the units of videos an interrupted run finished (outside DVC's outputs)
 
 
 def main(params: dict) -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from transmodal.distributed import launch, process_group
 from transmodal.features.cache import FeatureStore
-from transmodal.io import discard_parts, write_json, write_text
+from transmodal.io import discard_parts, stage_parts, write_json, write_text
 from transmodal.params import section
 from transmodal.stage import run_stage
 from transmodal.training.train import complexity_report, pipeline_record, train_model
 from transmodal.vision.checkpoints import pick_device
 
-PARTS = Path("data/.partial/train")  # the training state after the last epoch of an interrupted run
+PARTS = stage_parts("train")  # the training state after the last epoch of an interrupted run
 
 
 def main(params: dict) -> None:

@@ -73,3 +73,30 @@ def test_decode_by_time_benchmark_runs_and_keeps_the_same_frames():
     assert done.returncode == 0, done.stderr[-2000:]  # it asserts that both modes keep the same frames
     assert "30 frames of 160x120 at 30 fps, 13 kept" in done.stdout
     assert "ratio by_time / by_number: " in done.stdout
+
+
+def test_train_state_benchmark_saves_and_restores_the_paper_size_state(tmp_path):
+    out = tmp_path / "train_state.json"
+    script = REPO_ROOT / "benchmarks" / "train_state.py"
+    command = [
+        sys.executable,
+        str(script),
+        "--batch",
+        "1",
+        "--classes",
+        "6",
+        "--repeats",
+        "1",
+        "--json",
+        str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert 10e6 < report["parameters"] < 20e6  # the head at D=768, 8 x 196 tokens
+    this, earlier = report["save"]["best is this epoch"], report["save"]["best is an earlier epoch"]
+    # the weights and AdamW's two moments in float32; an earlier best epoch adds its weights
+    assert 12 * report["parameters"] < this["bytes"] < 13 * report["parameters"]
+    assert earlier["bytes"] - this["bytes"] > 3.9 * report["parameters"]
+    assert this["median_s"] > 0 and report["step_s"] > 0 and report["restore_s"] > 0
+    assert "of a UCF101 epoch" in done.stdout

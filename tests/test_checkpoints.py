@@ -282,3 +282,39 @@ def test_a_pose_processor_that_does_not_crop_the_box_is_refused(tiny_checkpoints
         CheckpointError, match=r"^params.yaml: pose.checkpoint is '.*pose': .*do_affine_transform: true"
     ):
         PoseEstimator.from_config(PoseConfig(source="model", checkpoint=str(folder), device="cpu"))
+
+
+def test_the_resume_keys_hold_the_cpu_and_its_vector_unit(tmp_path, monkeypatch):
+    """On the CPU, torch's kernels follow the vector unit (AVX2, AVX512) and the matrix libraries the processor's
+    model: parts finished on one CPU type are not taken by a run on another (detect and pose units, the training state; features: tests/test_features.py)."""
+    from types import SimpleNamespace
+
+    from transmodal.io import digest
+    from transmodal.params import ModelConfig, SelectorConfig, TrainConfig
+    from transmodal.training.train import _resume_key
+    from transmodal.vision import checkpoints
+    from transmodal.vision.batches import unit_key
+    from transmodal.vision.checkpoints import accelerator
+
+    model = SimpleNamespace(device="cpu", dtype=torch.float32, folder=None)
+    store = SimpleNamespace(directory=tmp_path, clips_path=tmp_path / "clips.parquet")
+    cpu = torch.device("cpu")
+
+    def keys() -> tuple[str, str]:
+        unit = unit_key({"batch_size": 4}, model, store, [["a"]], [])
+        train = _resume_key(
+            store, ModelConfig(), SelectorConfig(), TrainConfig(), cpu, SimpleNamespace(size=1)
+        )
+        return digest(unit), digest(train)
+
+    assert accelerator(cpu) == [checkpoints.cpu_model(), torch.backends.cpu.get_cpu_capability()]
+    assert checkpoints.cpu_model()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(checkpoints, "cpu_model", lambda: "AMD EPYC 7B13")
+    avx2 = keys()
+    assert keys() == avx2
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    avx512 = keys()
+    assert avx512[0] != avx2[0] and avx512[1] != avx2[1]
+    monkeypatch.setattr(checkpoints, "cpu_model", lambda: "Intel Xeon Platinum 8480+")  # same width
+    assert set(keys()).isdisjoint({*avx512, *avx2})

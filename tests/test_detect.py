@@ -725,6 +725,14 @@ def test_an_interrupted_run_resumes_from_its_finished_units(dataset, tiny_checkp
     )
     assert 0 < sum(calls) < sum(whole_calls)
     pd.testing.assert_frame_equal(tracks, whole)
+    # a finished part damaged since (a copy cut short): one line naming it, before any frame is detected
+    damaged = parts_folder / "unit-00002.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:-20])
+    (parts_folder / "unit-00001.parquet").unlink()  # a unit left to detect: it is not detected first
+    calls = count_forwards(detector)
+    with pytest.raises(CheckpointError, match=r"unit-00002\.parquet: a unit of videos the interrupted run "):
+        run_detect(store, cfg, None, progress=False, detector=detector, parts_dir=parts, videos_per_unit=1)
+    assert sum(calls) == 0
     # another param is another key: nothing of the other run's is taken
     calls = count_forwards(detector)
     run_detect(store, replace(cfg, batch_size=5), None, progress=False, detector=detector, parts_dir=parts,

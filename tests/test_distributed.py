@@ -51,6 +51,17 @@ def train(project: Path, extra_path: Path | None = None, stage: str = "train") -
     )  # fmt: skip
 
 
+def rank_1_hook(tmp_path: Path, body: str) -> Path:
+    """A folder whose ``sitecustomize.py`` runs ``body`` (indented code that may use ``train``, the module
+    transmodal.training.train) in torchrun's rank 1 only, for :func:`train`'s ``extra_path``."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\nif os.environ.get('RANK') == '1':\n    import transmodal.training.train as train\n" + body
+    )
+    return hook
+
+
 def test_two_processes_train_one_epoch_and_write_one_checkpoint(project):
     done = train(project)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -96,15 +107,11 @@ def test_each_rank_draws_its_own_dropout_masks(project, tmp_path):
 def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_output(project, tmp_path):
     for output in ("models", "metrics"):
         shutil.rmtree(project / output, ignore_errors=True)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import os\n"
-        "if os.environ.get('RANK') == '1':\n"
-        "    import transmodal.training.train as train\n"
+    hook = rank_1_hook(
+        tmp_path,
         "    def fail(*args, **kwargs):\n"
         "        raise RuntimeError('rank 1 failed on purpose')\n"
-        "    train.predict = fail  # in the last epoch's validation: rank 0 goes on to its barrier\n"
+        "    train.predict = fail  # in the last epoch's validation: rank 0 goes on to its barrier\n",
     )
     done = train(project, hook)
     assert done.returncode != 0
@@ -112,6 +119,44 @@ def test_a_failing_rank_ends_the_run_with_its_error_and_leaves_no_output(project
         "rank 1 failed on purpose" in done.stderr and "torchrun or one of its workers failed" in done.stderr
     )
     assert not (project / "models").exists() and not (project / "metrics" / "train.json").exists()
+
+
+def test_a_training_stopped_on_two_processes_goes_on_from_its_last_epoch_with_the_same_bytes(
+    project, tmp_path
+):
+    """Rank 1 fails in epoch 3 of 3: the rerun on two processes starts after epoch 2 (rank 0 decides, every
+    rank takes its own generator back) and ends with the weights and curve of a run never stopped."""
+    root = tmp_path / "project"
+    shutil.copytree(project / "data", root / "data")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 3
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    outputs = ("models/transmodal/model.safetensors", "metrics/train_curve.csv")
+    done = train(root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole = {name: (root / name).read_bytes() for name in outputs}
+    for output in ("models", "metrics"):
+        shutil.rmtree(root / output)
+    hook = rank_1_hook(
+        tmp_path,
+        "    real_order, real_sums, epochs = train.epoch_order, train.add_to_sums, []\n"
+        "    def order(size, epoch, *args):\n"
+        "        epochs.append(epoch)\n"
+        "        return real_order(size, epoch, *args)\n"
+        "    def sums(*args):\n"  # after epoch 3's first step: rank 0 has saved epoch 2's state by then
+        "        if epochs[-1] == 3:\n"
+        "            raise RuntimeError('rank 1 stopped in epoch 3')\n"
+        "        return real_sums(*args)\n"
+        "    train.epoch_order, train.add_to_sums = order, sums\n",
+    )
+    done = train(root, hook)
+    assert done.returncode != 0 and "rank 1 stopped in epoch 3" in done.stderr
+    assert len(list((root / "data" / ".partial" / "train").rglob("state.pt"))) == 1
+    done = train(root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train: resuming after epoch 2 of 3" in done.stdout
+    assert {name: (root / name).read_bytes() for name in outputs} == whole
+    assert not (root / "data" / ".partial").exists()
 
 
 def test_torchrun_command_one_machine_and_several(monkeypatch):
@@ -175,7 +220,9 @@ def test_units_are_shared_out_by_rank_and_rank_0_gathers_every_part(tmp_path, mo
     monkeypatch.setattr(
         distributed, "barrier", lambda: events.append(sorted(p.name for p in parts.iterdir()))
     )
-    monkeypatch.setattr(distributed, "from_rank_0", lambda obj: key)  # rank 0's key, broadcast
+    # what rank 0 broadcasts to each process: its key, then its word on the finished parts (none damaged)
+    broadcast = iter([key, None, key, None])
+    monkeypatch.setattr(distributed, "from_rank_0", lambda obj: next(broadcast))
     videos = ["a", "b", "c", "d", "e"]  # units of two: [a, b], [c, d], [e]
 
     def table(video):
@@ -227,7 +274,8 @@ def test_a_run_resumed_with_another_number_of_processes_takes_the_finished_units
     parts = tmp_path / "partial" / "pose"
     monkeypatch.setattr(distributed, "barrier", lambda: None)
     videos = ["a", "b", "c", "d", "e"]
-    monkeypatch.setattr(distributed, "from_rank_0", lambda obj: {"k": 1})
+    broadcast = iter([{"k": 1}, None])  # rank 0's key, then its word on the finished parts (none damaged)
+    monkeypatch.setattr(distributed, "from_rank_0", lambda obj: next(broadcast))
     killed = FinishedUnits(videos, 2, parts, lambda: {"k": 1}, World(rank=1, size=2))
     for video in ("c", "d"):
         killed.add(video, pd.DataFrame({"row": [ord(video)]}))

@@ -939,6 +939,7 @@ def test_the_resume_key_holds_the_gpu_and_its_libraries_and_opencv(world, monkey
     import cv2
 
     from transmodal.io import digest
+    from transmodal.vision import checkpoints
 
     clips = pd.DataFrame({"clip_id": ["a"], "frame_idx": [np.arange(LENGTH)]})
 
@@ -961,6 +962,12 @@ def test_the_resume_key_holds_the_gpu_and_its_libraries_and_opencv(world, monkey
     cpu = key("cpu")
     gpu["name"] = "changed"  # the CPU's key does not depend on a GPU
     assert key("cpu") == cpu
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "another width")
+    assert key("cpu") != cpu  # another vector unit or processor: other kernels, other last bits
+    cpu = key("cpu")
+    monkeypatch.setattr(checkpoints, "cpu_model", lambda: "another processor")
+    assert key("cpu") != cpu
+    cpu = key("cpu")
     monkeypatch.setattr(cv2, "__version__", "0.0.0")
     assert key("cpu") != cpu
 

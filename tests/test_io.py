@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from transmodal import io
-from transmodal.io import atomic_dir, discard_parts, write_json, write_parquet
+from transmodal.io import atomic_dir, discard_parts, discard_parts_except, write_json, write_parquet
 
 
 def encodings(path) -> dict[str, set[str]]:
@@ -145,7 +145,47 @@ def test_an_interrupted_stage_removes_its_unfinished_temporaries(tmp_path, monke
         run_stage("synth", body)
     assert stop.value.code == 130
     assert list(out.iterdir()) == []
-    assert "synth: interrupted; nothing it was writing looks complete" in capsys.readouterr().err
+    assert (
+        capsys.readouterr().err == "synth: interrupted; nothing it was writing looks complete. Run it again\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "part"),
+    [
+        ("detect", "data/.partial/detect/k1/unit-00000.parquet"),
+        ("ablate@keep_50", "data/.partial/ablate/keep_50/seed-0/k1/state.pt"),
+        ("ablate_features@keep_50", "data/.partial/ablation_features/keep_50/k1/shard-00000.safetensors"),
+    ],
+)
+def test_an_interrupted_stage_says_whether_it_kept_what_it_finished(
+    stage, part, tmp_path, monkeypatch, capsys
+):
+    """The line names the folder of the finished parts only when there is one: not before the first part is
+    finished (a temporary is no part), nor for another variant's parts."""
+    from transmodal.stage import run_stage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+
+    def body(params):
+        raise KeyboardInterrupt
+
+    def said(name: str = stage) -> str:
+        with pytest.raises(SystemExit) as stop:
+            run_stage(name, body)
+        assert stop.value.code == 130
+        return capsys.readouterr().err
+
+    part = Path(part)
+    (part.parent / "other-key").mkdir(parents=True)
+    (part.parent / f".{part.name}.abc.tmp").write_bytes(b"x")  # a part being written when it stopped
+    assert said().endswith("looks complete. Run it again\n")
+    part.write_bytes(b"x")
+    kept = Path(*part.parts[: 4 if "@" in stage else 3])
+    assert said().endswith(f"Run it again: the same run resumes from what it finished, kept in {kept}\n")
+    if "@" in stage:  # another variant's parts are not this one's
+        assert said(stage.replace("keep_50", "full")).endswith("looks complete. Run it again\n")
 
 
 @pytest.mark.parametrize(
@@ -285,3 +325,17 @@ def test_discarding_a_stages_parts_removes_every_key_and_the_emptied_partial_fol
     discard_parts(data / ".partial" / "ablate" / "no_pose")
     assert sorted(p.name for p in data.iterdir()) == []  # .partial went with its last part
     assert tmp_path.is_dir()  # nothing above .partial
+    (data / ".partial" / "detect" / "k").mkdir(parents=True)
+    discard_parts(data / ".partial")  # every stage's parts: the folder above stays, though empty
+    assert data.is_dir() and list(data.iterdir()) == []
+
+
+def test_the_parts_of_variants_no_longer_listed_are_discarded(tmp_path):
+    base = tmp_path / "data" / ".partial" / "ablate"
+    for variant in ("full", "no_pose", "renamed"):
+        (base / variant / "seed-0" / "k").mkdir(parents=True)
+    discard_parts_except(base, {"full": {}, "no_pose": {}})
+    assert sorted(p.name for p in base.iterdir()) == ["full", "no_pose"]  # listed: kept for their rerun
+    discard_parts_except(base, {})
+    assert list((tmp_path / "data").iterdir()) == []  # .partial went with its last part
+    discard_parts_except(base, {})  # nothing left: no error

@@ -38,7 +38,16 @@ def project(tmp_path_factory) -> Path:
 
 
 def test_repro_produces_every_output_and_a_second_repro_does_nothing(project):
+    # what an interrupted run of a variant since removed from params.yaml kept: the ablation stage removes it
+    removed = (
+        "data/.partial/ablate/removed/seed-0/k1/state.pt",
+        "data/.partial/ablation_features/removed/k1/a",
+    )
+    for part in removed:
+        (project / part).parent.mkdir(parents=True)
+        (project / part).write_bytes(b"x")
     dvc(project, "repro")
+    assert not (project / "data/.partial").exists()  # and every stage removed its own once complete
     for path in (
         "data/index.parquet",
         "data/frames/videos.parquet",

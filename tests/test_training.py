@@ -579,7 +579,7 @@ def _write_store(memory: MemoryStore, folder) -> FeatureStore:
     return FeatureStore(folder, folder / "clips.parquet")
 
 
-def test_seeds_in_worker_processes_equal_seeds_in_one_process(params, tmp_path):
+def test_seeds_in_worker_processes_equal_seeds_in_one_process(params, tmp_path, capfd):
     # large enough that the thread count changes the weights (the workers and this process differ in it)
     memory = MemoryStore({"train": 12, "val": 3, "test": 6}, patches=16, dim=64)
     store = _write_store(memory, tmp_path / "features")
@@ -595,6 +595,15 @@ def test_seeds_in_worker_processes_equal_seeds_in_one_process(params, tmp_path):
     parallel = ablation.run_variant(params, "full", store, tmp_path / "parallel", False, resume)
     assert parallel == serial
     assert sorted(p.relative_to(resume).parts[0] for p in resume.rglob("state.pt")) == ["seed-0", "seed-1"]
+    capfd.readouterr()
+    # run again on the states left (the stage discards them; here they stay): each worker goes on from its
+    # seed's last epoch, says so under the variant's and seed's name, and ends with the same results
+    again = ablation.run_variant(params, "full", store, tmp_path / "again", False, resume)
+    assert again == serial
+    said = capfd.readouterr().out
+    epochs = params["train"]["epochs"]
+    for seed in (0, 1):
+        assert f"ablate@full seed {seed}: resuming after epoch {epochs - 1} of {epochs}" in said
     for seed in (0, 1):
         model = f"seed-{seed}/model/model.safetensors"
         assert (tmp_path / "serial" / model).read_bytes() == (tmp_path / "parallel" / model).read_bytes()

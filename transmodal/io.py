@@ -283,16 +283,35 @@ def source_digest(*modules: str | Path) -> str:
     return hashlib.sha256(b"".join(Path(m).read_bytes() for m in modules)).hexdigest()[:16]
 
 
+def stage_parts(name: str) -> Path:
+    """``data/.partial/<name>``: where a stage keeps the finished parts of an interrupted run (a
+    :class:`Resumable`'s ``base``), outside its DVC outputs, which DVC deletes before it runs the stage."""
+    return Path("data") / PARTIAL_DIR / name
+
+
 def discard_parts(base: str | Path) -> None:
     """Remove the finished parts of every key under ``base`` (a :class:`Resumable`'s), and ``.partial`` when
-    that leaves it empty: the output they were for is complete."""
+    that leaves it empty: the output they were for is complete. Nothing above ``.partial`` is touched (a
+    ``base`` outside any ``.partial``: its parent, when emptied)."""
     base = Path(base)
     shutil.rmtree(base, ignore_errors=True)
+    if base.name == PARTIAL_DIR:  # the parts of every stage: the folder that holds it stays
+        return
     for folder in base.parents:  # up to .partial itself (else the parent alone), each only when empty
         with contextlib.suppress(OSError):
             folder.rmdir()
         if folder.name == PARTIAL_DIR or PARTIAL_DIR not in base.parts:
             break
+
+
+def discard_parts_except(base: str | Path, names) -> None:
+    """:func:`discard_parts` of every folder under ``base`` whose name is not in ``names`` (the ablation
+    stage's: the folders of variants no longer in ``ablation.variants``, which have no stage left to remove
+    them)."""
+    base = Path(base)
+    for folder in sorted(base.iterdir()) if base.is_dir() else []:
+        if folder.name not in names:
+            discard_parts(folder)
 
 
 class Resumable:

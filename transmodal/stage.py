@@ -19,6 +19,7 @@ PIPELINE_FOLDERS = (
     "metrics/",
 )  # where the stages' outputs live (a missing one: dvc repro)
 CONSTRAINTS = Path("constraints.txt")
+PARTS_FOLDER = {"ablate_features": "ablation_features"}  # data/.partial/<this>, when not the stage's name
 # The packages whose version can change an output's bytes: the decoder, the models, the array and file formats.
 # (trackers and supervision: ByteTrack's tracks; scipy: the synthetic set and the bootstrap intervals)
 OUTPUT_PACKAGES = (
@@ -140,14 +141,12 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
         print(f"{name}: error: {os_error_line(err)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as interrupt:
-        # Outputs appear only once complete; frames and features keep their finished shards (data/.partial/).
+        # Outputs appear only once complete; what a stage finished waits in data/.partial/ for the rerun.
         remove_unfinished()
         code, how = interruption(interrupt)
-        print(
-            f"{name}: {how}; nothing it was writing looks complete. Run it again (frames and features "
-            "resume from their finished shards)",
-            file=sys.stderr,
-        )
+        kept = kept_parts(name)
+        again = f": the same run resumes from what it finished, kept in {kept}" if kept else ""
+        print(f"{name}: {how}; nothing it was writing looks complete. Run it again{again}", file=sys.stderr)
         sys.exit(code)
     except BaseException:
         remove_unfinished()  # a half-written temporary never outlives the stage, whatever stopped it
@@ -158,6 +157,20 @@ def run_stage(name: str, body: Callable[[dict], None], params_path: str | Path =
     if not elsewhere:  # as the outputs, from the first machine only (a shared folder has one)
         write_json({"stage": name, "seconds": round(seconds, 2)}, TIMINGS_DIR / f"{name}.json")
     print(f"{name}: done in {seconds:.1f} s", file=sys.stderr)
+
+
+def kept_parts(name: str) -> Path | None:
+    """The folder in which stage ``name`` (``ablate@full``: a variant's) keeps what it finished for the run
+    again (:class:`~transmodal.io.Resumable`), when it holds a finished part: a stage that keeps nothing
+    (synth, evaluate, detect with ``source: annotations``) or was stopped before its first part has none."""
+    from transmodal.io import stage_parts
+
+    stage, _, variant = name.partition("@")
+    folder = stage_parts(PARTS_FOLDER.get(stage, stage)) / variant
+    if not folder.is_dir():
+        return None
+    finished = any(path.is_file() and not path.name.startswith(".") for path in folder.rglob("*"))
+    return folder if finished else None  # a temporary (".<name>.<random>.tmp") is no finished part
 
 
 def other_machine(params: dict) -> bool:

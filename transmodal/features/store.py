@@ -483,7 +483,8 @@ def _resume_key(
 ) -> dict:
     """Everything a token shard depends on: code, params, the device and dtype the backbone runs in (``auto``
     and ``fp16`` resolve by machine: a run resumed where there is no GPU must not finish a cache of CUDA
-    shards in fp32) and on CUDA the GPU model and the CUDA and cuDNN versions, torch's, transformers' and
+    shards in fp32), on CUDA the GPU model and the CUDA and cuDNN versions, on the CPU the processor and its
+    vector unit, torch's, transformers' and
     OpenCV's versions, the checkpoint's files (where the hub id or folder
     resolved: a hub id's snapshot, not its name) and the frame files, the clips' frames and crop boxes (see
     :class:`~transmodal.io.Resumable`)."""

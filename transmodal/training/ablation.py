@@ -36,7 +36,13 @@ def seed_dir(out_dir: Path, seed: int) -> Path:
 
 
 def _run_seed(
-    varied: dict, seed: int, store: FeatureStore, out_dir: Path, progress: bool, resume_dir: Path | None
+    variant: str,
+    varied: dict,
+    seed: int,
+    store: FeatureStore,
+    out_dir: Path,
+    progress: bool,
+    resume_dir: Path | None,
 ) -> dict:
     """Train and evaluate one seed of a variant; its model goes to ``out_dir/seed-<seed>/model``, its
     training state after each epoch to ``resume_dir/seed-<seed>`` (none when None)."""
@@ -51,6 +57,7 @@ def _run_seed(
         progress=progress,
         pipeline=pipeline_record(varied),  # so `transmodal predict --model` runs a variant's model too
         resume_dir=None if resume_dir is None else seed_dir(resume_dir, seed),
+        name=f"ablate@{variant} seed {seed}",
     )
     eval_cfg = section(varied, "eval")
     test, predictions = evaluate_model(model_dir, store, "test", eval_cfg.batch_size, eval_cfg.device)
@@ -70,12 +77,18 @@ def _run_seed(
 
 
 def _seed_worker(
-    varied: dict, seed: int, features_dir: Path, clips_path: Path, out_dir: Path, resume_dir: Path | None
+    variant: str,
+    varied: dict,
+    seed: int,
+    features_dir: Path,
+    clips_path: Path,
+    out_dir: Path,
+    resume_dir: Path | None,
 ):
     """:func:`_run_seed` in a worker process, on its own store handle (training sets ``train.threads``; a
     recomputed cache's backbone keeps to them too, as the workers share the cores)."""
     store = FeatureStore(features_dir, clips_path, backbone_threads=section(varied, "train").threads)
-    return _run_seed(varied, seed, store, out_dir, False, resume_dir)
+    return _run_seed(variant, varied, seed, store, out_dir, False, resume_dir)
 
 
 def worker_count(cfg: AblationConfig, device: torch.device, threads: int = 1) -> int:
@@ -104,13 +117,20 @@ def run_variant(
     train_cfg = section(varied, "train")
     workers = worker_count(cfg, pick_device(train_cfg.device), train_cfg.threads)
     if workers == 1:
-        runs = [_run_seed(varied, seed, store, out_dir, progress, resume_dir) for seed in cfg.seeds]
+        runs = [_run_seed(variant, varied, seed, store, out_dir, progress, resume_dir) for seed in cfg.seeds]
     else:
         by_seed = {}
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = {
                 pool.submit(
-                    _seed_worker, varied, seed, store.directory, store.clips_path, out_dir, resume_dir
+                    _seed_worker,
+                    variant,
+                    varied,
+                    seed,
+                    store.directory,
+                    store.clips_path,
+                    out_dir,
+                    resume_dir,
                 ): seed
                 for seed in cfg.seeds
             }

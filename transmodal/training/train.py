@@ -25,7 +25,7 @@ from transmodal.io import Resumable, atomic_dir, file_signature, folder_signatur
 from transmodal.model import TransModal, parameter_counts
 from transmodal.params import CheckpointError, ModelConfig, SelectorConfig, TrainConfig
 from transmodal.training.data import SplitData, load_split
-from transmodal.vision.checkpoints import accelerator, pick_device
+from transmodal.vision.checkpoints import accelerator, first_line, pick_device
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -223,6 +223,7 @@ def train_model(
     progress: bool = True,
     pipeline: dict | None = None,
     resume_dir: Path | None = None,
+    name: str = "train",
 ) -> tuple[dict, pd.DataFrame]:
     """Train, select the epoch with the best validation accuracy, save it to ``out_dir``.
 
@@ -234,7 +235,8 @@ def train_model(
     after every epoch but the last (:class:`TrainingState`), and a run with the same params, features, code
     and device starts after the last epoch written: the weights, the optimizer's and the schedule's state,
     every random generator (each process's, under DDP), the history and the best epoch so far. It ends with
-    the bytes of a run never interrupted.
+    the bytes of a run never interrupted, and says so in a line that starts with ``name`` (printed by the
+    main process even with ``progress`` off: an ablation seed's worker shows no bar but says it resumed).
     """
     seed_everything(train_cfg.seed)
     torch.set_num_threads(train_cfg.threads)
@@ -279,9 +281,10 @@ def train_model(
         state = TrainingState(resume_dir, key, model, optimizer, scheduler, generator, device, world)
         if state.resumed:
             history, best_key, best_epoch, best_state = state.restore()
-            if shown:
+            if world.is_main:
                 print(
-                    f"train: resuming after epoch {len(history)} of {train_cfg.epochs} from {state.directory}"
+                    f"{name}: resuming after epoch {len(history)} of {train_cfg.epochs} from {state.directory}",
+                    flush=True,  # a seed's worker process: its stdout may be a pipe, held until it exits
                 )
     epochs = tqdm(
         range(len(history) + 1, train_cfg.epochs + 1),
@@ -373,7 +376,7 @@ def _resume_key(
     world,
 ) -> dict:
     """What an epoch's training state depends on: the params, the code of the head and its training, the
-    feature cache's files, the device (on CUDA the GPU and its libraries), torch's version and the number
+    feature cache's files, the device (on CUDA the GPU and its libraries, on the CPU the processor), torch's version and the number
     of processes (each has its own random generator)."""
     here = Path(__file__).parent
     code = [here / "train.py", here / "data.py", here.parent / "features" / "cache.py"]
@@ -452,7 +455,7 @@ class TrainingState:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a damaged file (a disk that filled, a copy cut short): said, then removed
             raise CheckpointError(
-                f"{path}: the training state of the interrupted run cannot be read ({_first_line(err)}); "
+                f"{path}: the training state of the interrupted run cannot be read ({first_line(err)}); "
                 "remove it to train from epoch 1"
             ) from None
         self._model.load_state_dict(state["model"])
@@ -489,25 +492,17 @@ def load_checkpoint(model_dir: Path, device: torch.device | str = "cpu") -> tupl
         model = TransModal.from_config_dict(config["model"])
     except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
         raise CheckpointError(
-            f"{model_dir}: cannot load the model ({_first_line(err)}); {CONFIG_FILE} is not one the train or "
+            f"{model_dir}: cannot load the model ({first_line(err)}); {CONFIG_FILE} is not one the train or "
             "ablate stages wrote (re-run the stage that wrote it)"
         ) from None
     try:
         model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)), strict=True)
     except (SafetensorError, RuntimeError) as err:  # a strict load of other weights: a RuntimeError
         raise CheckpointError(
-            f"{model_dir}: cannot load the model ({_first_line(err)}); {WEIGHTS_FILE} is damaged or not the "
+            f"{model_dir}: cannot load the model ({first_line(err)}); {WEIGHTS_FILE} is damaged or not the "
             f"model {CONFIG_FILE} describes (re-run the stage that wrote it)"
         ) from None
     return model.to(device).eval(), config
-
-
-def _first_line(err: Exception) -> str:
-    """The exception's type and the first line of its message that says something (torch's strict load
-    opens with "Error(s) in loading state_dict for TransModal:" and names the keys after it)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    said = next((line for line in lines if not line.endswith(":")), lines[0] if lines else "")
-    return f"{type(err).__name__}: {said}" if said else type(err).__name__
 
 
 @contextlib.contextmanager

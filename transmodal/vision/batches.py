@@ -169,7 +169,7 @@ def size_hw(size) -> tuple[int, int] | None:
 class FinishedUnits:
     """The units of videos (:func:`video_units`) of a detect or pose run, and the parts of those finished.
 
-    With ``parts_dir`` (the stages': ``data/.partial/<stage>``) a unit's results (one table for its videos,
+    With ``parts_dir`` (the stages': :func:`~transmodal.io.stage_parts`) a unit's results (one table for its videos,
     in unit order; ``attrs`` hold its counts) are written as a Parquet part in a
     :class:`~transmodal.io.Resumable` folder when its last video is in (:meth:`add`). A run with the same key
     (``key()``: everything a unit's results depend on; rank 0's under torchrun) takes the parts an interrupted
@@ -198,6 +198,15 @@ class FinishedUnits:
             named = key() if world.size == 1 else distributed.from_rank_0(key() if world.is_main else None)
             self._parts = Resumable(parts_dir, named, clean=world.is_main, base=parts_dir)
             self.done = [i for i in range(len(self.units)) if self._parts.has(self._name(i))]
+            # a damaged part is said now, not after the other units are computed; rank 0 reads the footers
+            # and every process stops with its line (none waits at the barrier for one that stopped)
+            damaged = self._damaged() if world.is_main else None
+            if world.size > 1:
+                damaged = distributed.from_rank_0(damaged)
+            if damaged:
+                from transmodal.params import CheckpointError
+
+                raise CheckpointError(damaged)
             if world.size > 1:
                 distributed.barrier()
         done = set(self.done)
@@ -244,15 +253,40 @@ class FinishedUnits:
             if not self._world.is_main:
                 return None
         mine = set(self._mine)
+        return (self._read(i) for i in range(len(self.units)) if i not in mine)
+
+    def _damaged(self) -> str | None:
+        """The error line of the first finished part whose Parquet footer cannot be read, None when all can."""
+        import pyarrow.parquet as pq
+
+        for unit in self.done:
+            try:
+                pq.read_metadata(self._parts.path(self._name(unit)))
+            except (OSError, ValueError) as err:
+                return self._unreadable(unit, err)
+        return None
+
+    def _read(self, unit: int) -> pd.DataFrame:
+        try:
+            return pd.read_parquet(self._parts.path(self._name(unit)))
+        except (OSError, ValueError) as err:  # damaged after its footer was read (a disk error)
+            from transmodal.params import CheckpointError
+
+            raise CheckpointError(self._unreadable(unit, err)) from None
+
+    def _unreadable(self, unit: int, err: Exception) -> str:
+        from transmodal.vision.checkpoints import first_line
+
         return (
-            pd.read_parquet(self._parts.path(self._name(i))) for i in range(len(self.units)) if i not in mine
+            f"{self._parts.path(self._name(unit))}: a unit of videos the interrupted run finished cannot be "
+            f"read ({first_line(err)}); remove {self._parts.directory} to compute every unit again"
         )
 
 
 def unit_key(params: dict, model, store: FrameStore, units: list[list[str]], code: list, **inputs) -> dict:
     """What a unit of detect or pose results depends on (:class:`FinishedUnits`): the stage's ``code``
     with the frame reading and checkpoint loading, its ``params`` (those that change a unit's results), the
-    device and dtype the model runs in (and on CUDA the GPU and its libraries), numpy's, torch's,
+    device and dtype the model runs in (on CUDA the GPU and its libraries, on the CPU the processor and its vector unit), numpy's, torch's,
     transformers' and OpenCV's versions, the checkpoint's and the frame store's files, the units of videos,
     and the stage's other ``inputs``."""
     from pathlib import Path

@@ -64,9 +64,8 @@ def resolve_checkpoint(checkpoint: str, param: str, revision: str | None = None)
     try:
         return snapshot_download(checkpoint, revision=revision)
     except (HfHubHTTPError, OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"params.yaml: {param} is {checkpoint!r}{at}: download failed ({first_line}); {hint}"
+            f"params.yaml: {param} is {checkpoint!r}{at}: download failed ({first_line(err)}); {hint}"
         ) from None
 
 
@@ -99,9 +98,8 @@ def load_model(model_cls, checkpoint: str, param: str, device: torch.device, dty
     try:
         model = model_cls.from_pretrained(folder, dtype=dtype)
     except (OSError, ValueError, KeyError, SafetensorError) as err:  # a cut or damaged file: SafetensorError
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"params.yaml: {param} is {checkpoint!r}: cannot load as {model_cls.__name__} ({first})"
+            f"params.yaml: {param} is {checkpoint!r}: cannot load as {model_cls.__name__} ({first_line(err)})"
         ) from None
     return model.to(device).eval()
 
@@ -136,8 +134,34 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def accelerator(device: torch.device) -> list:
-    """What else moves a model's output bits on a GPU: its model and the CUDA and cuDNN versions (nothing on
-    the CPU); part of the resume keys of the features, detect and pose stages."""
-    if device.type != "cuda":
-        return []
-    return [torch.cuda.get_device_name(device), torch.version.cuda, torch.backends.cudnn.version()]
+    """What else moves a model's output bits: on a GPU its model and the CUDA and cuDNN versions; on the CPU
+    the processor's model and the vector instructions torch's own kernels were picked for (AVX2, AVX512:
+    another width sums in another order; the matrix libraries pick their code by the processor's model).
+    Part of the resume keys of the detect, pose, features and train stages."""
+    if device.type == "cuda":
+        return [torch.cuda.get_device_name(device), torch.version.cuda, torch.backends.cudnn.version()]
+    if device.type == "cpu":
+        return [cpu_model(), torch.backends.cpu.get_cpu_capability()]
+    return []
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux: ``/proc/cpuinfo``; elsewhere what :mod:`platform` says)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def first_line(err: Exception) -> str:
+    """The exception's type and the first line of its message that says something (torch's strict load
+    opens with "Error(s) in loading state_dict for TransModal:" and names the keys after it): the part of a
+    one-line error that says what the library found."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = next((line for line in lines if not line.endswith(":")), lines[0] if lines else "")
+    return f"{type(err).__name__}: {said}" if said else type(err).__name__
