@@ -19,7 +19,7 @@ Timed, each ``--repeats`` times after one untimed round, medians reported:
   run reads once).
 
 Reported: the times, the state's size on the disk, and each save in training steps (save / step). An epoch
-of UCF101's split 1 at the paper setup is 34,332 training clips (4 a video; the README's count), 34,332 / B
+of UCF101's split 1 at the paper setup is 34,332 training clips (4 a video, as the README estimates them), 34,332 / B
 steps, so the share of an epoch a save takes is (save / step) / (34,332 / B). The state goes to a temporary folder (``--dir`` to put it
 on the disk the data lives on), removed afterwards.
 """
