@@ -309,6 +309,14 @@ def test_the_resume_keys_hold_the_cpu_and_its_vector_unit(tmp_path, monkeypatch)
 
     assert accelerator(cpu) == [checkpoints.cpu_model(), torch.backends.cpu.get_cpu_capability()]
     assert checkpoints.cpu_model()
+    # ARM Linux has no model name: the implementer and part of each core type name the processor
+    neoverse = "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n\n" * 2
+    graviton3 = neoverse.replace("0xd0c", "0xd40")
+    big_little = neoverse + neoverse.replace("0xd0c", "0xd05")
+    named = [checkpoints.cpu_model(text) for text in (neoverse, graviton3, big_little)]
+    assert len(set(named)) == 3 and "implementer 0x41 part 0xd0c" in named[0]
+    assert "part 0xd05" in named[2] and "part 0xd0c" in named[2]
+    assert checkpoints.cpu_model("model name\t: AMD EPYC 7B13\n" * 2) == "AMD EPYC 7B13"
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     monkeypatch.setattr(checkpoints, "cpu_model", lambda: "AMD EPYC 7B13")
     avx2 = keys()

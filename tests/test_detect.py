@@ -429,6 +429,39 @@ def test_stitching_joins_the_crossings_of_one_person():
     assert set(stitched.loc[~stitched["is_primary"], "track_id"]) == {2}
 
 
+def test_stitching_refuses_a_track_of_another_height():
+    """The height gate: of two tracks whose spans fall in the primary track's gaps, the one of about the
+    primary's median height (80 px against 60 px, 1.33x) is stitched; the one a third of it (a false detection
+    or a person far behind) is not at the default factor 2, and is at factor 3. Heights compare either way."""
+
+    def track(track_id, frames, height, score=0.9):
+        frames = np.asarray(frames)
+        boxes = {"x1": 10.0 + frames, "y1": 10.0, "x2": 40.0 + frames, "y2": 10.0 + height}
+        return pd.DataFrame({"frame_idx": frames, "track_id": track_id, **boxes, "score": score})
+
+    detected = pd.concat(
+        [
+            track(0, range(0, 20, 2), 60.0),  # the primary (the best value)
+            track(1, range(24, 30, 2), 20.0),  # 3x smaller
+            track(2, range(32, 38, 2), 80.0, score=0.8),  # 1.33x larger
+        ],
+        ignore_index=True,
+    )
+    assert stitch_tracks(detected, primary_id=0) == [0, 2]
+    assert stitch_tracks(detected, primary_id=0, max_scale=3.0) == [0, 1, 2]
+    assert stitch_tracks(detected, primary_id=0, max_scale=1.2) == [0]
+    assert stitch_tracks(detected, primary_id=0, max_scale=None) == [0, 1, 2]  # null: no gate
+    # the same gate seen from the small track: the primary is 3x larger
+    assert stitch_tracks(detected, primary_id=1, max_scale=2.0) == [1]
+    kept = np.arange(0, 40, 2)
+    table, _ = finalize_video_tracks("v", detected, kept, WIDTH, HEIGHT, stitch=True)
+    primary = table[table["is_primary"]].set_index("frame_idx")
+    assert set(primary["track_id"]) == {0, 2} and (table.loc[~table["is_primary"], "track_id"] == 1).all()
+    with pytest.raises(ParamError, match=r"detect\.stitch_max_scale.*is 0\.5"):
+        DetectConfig(stitch_max_scale=0.5)
+    assert DetectConfig(stitch_max_scale=None).stitch_max_scale is None
+
+
 @pytest.mark.parametrize("stitch", [True, False])
 def test_stitch_tracks_param_joins_a_re_entering_walker(dataset, stitch):
     """detect.stitch_tracks through run_detect: the runner of "gap" leaves (frames 37-44) and comes back under
@@ -458,6 +491,31 @@ def test_stitch_tracks_param_joins_a_re_entering_walker(dataset, stitch):
         )
         assert (gap.loc[~gap["is_primary"], "track_id"] == 7).sum() == len(second)
     assert metrics["primary_frames_detected"] == 12 + 12 + len(first) + (len(second) if stitch else 0)
+    if stitch:
+        assert metrics["stitched_tracks"] == 1 and metrics["stitch_refused_tracks"] == 0
+    else:
+        assert "stitched_tracks" not in metrics and "stitch_max_scale" not in metrics
+
+
+def test_a_re_entry_of_another_height_is_refused_and_counted(dataset):
+    """Through run_detect: the return of "gap" drawn at a quarter of the runner's height (the boxes shrunk
+    about their centre) is not stitched, and metrics/detect.json counts it with the video's name."""
+    store, annotations = dataset
+    re_entry = (annotations["video_id"] == "gap") & (annotations["frame_idx"] >= 46)
+    shrunk = annotations.assign(person=annotations["person"].where(~re_entry, 7))
+    middle = (shrunk["y1"] + shrunk["y2"]) / 2
+    quarter = (shrunk["y2"] - shrunk["y1"]) / 8
+    shrunk.loc[re_entry, "y1"] = middle[re_entry] - quarter[re_entry]
+    shrunk.loc[re_entry, "y2"] = middle[re_entry] + quarter[re_entry]
+    tracks, metrics = run_detect(store, DetectConfig(source="annotations"), shrunk, progress=False)
+    gap = tracks[tracks["video_id"] == "gap"]
+    assert set(gap.loc[gap["is_primary"], "track_id"]) == {0}
+    assert (gap.loc[~gap["is_primary"], "track_id"] == 7).all() and (~gap["is_primary"]).sum() == 9
+    assert metrics["stitched_tracks"] == 0 and metrics["stitch_max_scale"] == 2.0
+    assert metrics["stitch_refused_tracks"] == 1 and metrics["stitch_refused_examples"] == ["gap"]
+    allowed = DetectConfig(source="annotations", stitch_max_scale=4.5)
+    tracks, metrics = run_detect(store, allowed, shrunk, progress=False)
+    assert metrics["stitched_tracks"] == 1 and metrics["stitch_refused_tracks"] == 0
 
 
 # ----------------------------------------------------------------------------------------------------------

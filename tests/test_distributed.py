@@ -51,15 +51,23 @@ def train(project: Path, extra_path: Path | None = None, stage: str = "train") -
     )  # fmt: skip
 
 
+def startup_hook(tmp_path: Path, code: str) -> Path:
+    """A folder whose ``sitecustomize.py`` runs ``code`` when a process of the stage starts, for
+    :func:`train`'s ``extra_path`` (written again on each call)."""
+    folder = tmp_path / "hook"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(code)
+    return folder
+
+
 def rank_1_hook(tmp_path: Path, body: str) -> Path:
-    """A folder whose ``sitecustomize.py`` runs ``body`` (indented code that may use ``train``, the module
-    transmodal.training.train) in torchrun's rank 1 only, for :func:`train`'s ``extra_path``."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import os\nif os.environ.get('RANK') == '1':\n    import transmodal.training.train as train\n" + body
+    """:func:`startup_hook` running ``body`` (indented code that may use ``train``, the module
+    transmodal.training.train) in torchrun's rank 1 only."""
+    return startup_hook(
+        tmp_path,
+        "import os\nif os.environ.get('RANK') == '1':\n    import transmodal.training.train as train\n"
+        + body,
     )
-    return hook
 
 
 def test_two_processes_train_one_epoch_and_write_one_checkpoint(project):
@@ -81,9 +89,8 @@ def test_each_rank_draws_its_own_dropout_masks(project, tmp_path):
     """One seed on every rank dropped the same units of every rank's (different) clips at each step; one
     process draws a mask per clip. The torch random state at each rank's first training dropout must differ
     (the weights stay rank 0's: DDP copies them)."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
+    hook = startup_hook(
+        tmp_path,
         "import os\n"
         "if os.environ.get('RANK') is not None:\n"
         "    import hashlib, torch, torch.nn.functional as F\n"
@@ -94,7 +101,7 @@ def test_each_rank_draws_its_own_dropout_masks(project, tmp_path):
         "            with open(state, 'w') as f:\n"
         "                f.write(hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest())\n"
         "        return real(input, p, training, inplace)\n"
-        "    F.dropout = dropout\n"
+        "    F.dropout = dropout\n",
     )
     for rank in (0, 1):
         (project / f"dropout-rank-{rank}").unlink(missing_ok=True)
@@ -344,25 +351,24 @@ def test_a_failing_rank_leaves_no_features(extraction, tmp_path):
     for output in ("data/features", "data/clips.parquet", "metrics"):
         path = extraction / output
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
+    failing = startup_hook(
+        tmp_path,
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
         "    from transmodal.features.backbone import FrozenBackbone\n"
         "    def fail(self, *args, **kwargs):\n"
         "        raise RuntimeError('rank 1 failed on purpose')\n"
-        "    FrozenBackbone.forward = fail\n"
+        "    FrozenBackbone.forward = fail\n",
     )
-    done = train(extraction, hook, stage="features")
+    done = train(extraction, failing, stage="features")
     assert done.returncode != 0 and "rank 1 failed on purpose" in done.stderr
     assert not (extraction / "data" / "features").exists()
     assert not (extraction / "data" / "clips.parquet").exists()
     assert not (extraction / "metrics" / "features.json").exists()
 
 
-def test_detect_and_pose_on_two_processes_are_byte_identical_to_one(extraction, tiny_checkpoints, world):  # noqa: F811
-    """source: model (the tiny RT-DETR and ViTPose++) with one video a unit, so both processes get videos."""
+def model_params(extraction: Path, tiny_checkpoints, world) -> dict:  # noqa: F811
+    """``extraction``'s params with detect and pose on the tiny RT-DETR and ViTPose++, one video a unit."""
     params = yaml.safe_load((extraction / "params.yaml").read_text())
     params["data"]["root"] = str(world["root"])  # its videos; no annotations.parquet there
     params["detect"].update(
@@ -370,6 +376,12 @@ def test_detect_and_pose_on_two_processes_are_byte_identical_to_one(extraction, 
     )
     params["pose"].update(source="model", checkpoint=tiny_checkpoints["pose"], device="cpu", batch_size=4)
     params["compute"]["videos_per_unit"] = 1
+    return params
+
+
+def test_detect_and_pose_on_two_processes_are_byte_identical_to_one(extraction, tiny_checkpoints, world):  # noqa: F811
+    """source: model (the tiny RT-DETR and ViTPose++) with one video a unit, so both processes get videos."""
+    params = model_params(extraction, tiny_checkpoints, world)
     results = {}
     for nproc in (1, 2):
         params["compute"]["nproc"] = nproc
@@ -389,6 +401,68 @@ def test_detect_and_pose_on_two_processes_are_byte_identical_to_one(extraction, 
     for stage in ("detect", "pose"):
         metrics = json.loads((extraction / "metrics" / f"{stage}.json").read_text())
         assert metrics["processes"] == 2 and metrics["source"] == "model"
+
+
+def test_a_damaged_part_stops_both_processes_with_rank_0_s_line(
+    extraction,
+    tiny_checkpoints,
+    world,  # noqa: F811
+    tmp_path,
+):
+    """A finished unit part cut short after an interrupted run: rank 0 reads its footer when the run starts
+    and rank 1, which never opens it, stops on the line rank 0 sends (it does not wait at a barrier for a rank
+    that has stopped). Both raise it (each process notes it in a file: torchrun stops the others once one
+    has failed, before they print); the stage writes nothing."""
+    params = model_params(extraction, tiny_checkpoints, world)
+    params["compute"]["nproc"] = 1
+    (extraction / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for name in ("tracks.parquet", "keypoints.parquet"):
+        (extraction / "data" / name).unlink(missing_ok=True)
+    stopping = startup_hook(
+        tmp_path,
+        "import transmodal.vision.batches as batches\n"
+        "add = batches.FinishedUnits.add\n"
+        "def stop_after_a_part(self, video_id, table):\n"
+        "    add(self, video_id, table)\n"
+        "    if any(self._parts.directory.glob('unit-*.parquet')):\n"
+        "        raise RuntimeError('stopped after the first unit')\n"
+        "batches.FinishedUnits.add = stop_after_a_part\n",
+    )
+    stopped = train(extraction, stopping, stage="detect")
+    assert stopped.returncode != 0 and "stopped after the first unit" in stopped.stderr
+    parts = sorted((extraction / "data" / ".partial" / "detect").rglob("unit-*.parquet"))
+    assert len(parts) == 1
+    parts[0].write_bytes(parts[0].read_bytes()[:-20])  # the footer cut off
+    params["compute"]["nproc"] = 2
+    (extraction / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    said = tmp_path / "said"
+    said.mkdir()
+    noting = startup_hook(
+        tmp_path,
+        "import os, time\n"
+        "import transmodal.vision.batches as batches\n"
+        "from transmodal.params import CheckpointError\n"
+        "start = batches.FinishedUnits.__init__\n"
+        "def noting(self, *args, **kwargs):\n"
+        "    try:\n"
+        "        start(self, *args, **kwargs)\n"
+        "    except CheckpointError as err:\n"
+        "        rank = os.environ['RANK']\n"
+        f"        open(os.path.join({str(said)!r}, 'rank-' + rank), 'w').write(str(err))\n"
+        "        if rank == '0':\n"
+        "            time.sleep(5)  # torchrun stops the others when one fails: rank 1 has its turn first\n"
+        "        raise\n"
+        "batches.FinishedUnits.__init__ = noting\n",
+    )
+    done = train(extraction, noting, stage="detect")
+    assert done.returncode != 0 and "cannot be read" in done.stderr, done.stderr[-3000:]
+    lines = {path.name: path.read_text() for path in said.iterdir()}
+    assert set(lines) == {"rank-0", "rank-1"}, done.stderr[-3000:]  # rank 1 had not waited at a barrier
+    assert lines["rank-0"] == lines["rank-1"] and lines["rank-0"].startswith(
+        f"{parts[0].relative_to(extraction)}: "
+    )
+    assert not (extraction / "data" / "tracks.parquet").exists()
+    shutil.rmtree(extraction / "data" / ".partial")
 
 
 def _alive(pid: int) -> bool:
@@ -411,16 +485,15 @@ def test_sigterm_to_the_stage_stops_torchrun_and_its_workers_and_writes_nothing(
     signum = signal.Signals[signum]
     for output in ("models", "metrics"):
         shutil.rmtree(project / output, ignore_errors=True)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
+    hook = startup_hook(
+        tmp_path,
         "import os, time\n"
         "if os.environ.get('TORCHELASTIC_RUN_ID'):\n"
         "    import transmodal.training.train as train\n"
         "    def hang(*args, **kwargs):\n"
         f"        open({str(tmp_path)!r} + '/worker-' + os.environ['RANK'], 'w').write(str(os.getpid()))\n"
         "        time.sleep(300)\n"
-        "    train.train_model = hang\n"
+        "    train.train_model = hang\n",
     )
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(hook)]), "OMP_NUM_THREADS": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):

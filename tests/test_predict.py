@@ -959,6 +959,24 @@ def test_the_recorded_revisions_are_loaded(model_dir, tmp_path):
     assert plain.detect_config("cpu", None).revision is None and plain.backbone_config("cpu").revision is None
 
 
+def test_a_folder_from_before_a_detect_key_tracks_as_it_was_trained(model_dir, tmp_path):
+    """A model folder recorded before ``detect.low_score_threshold`` and ``detect.stitch_max_scale`` runs
+    predict's tracking as its training data was tracked: no low boxes, stitching without the height gate.
+    A folder that records them keeps them."""
+    from transmodal.predict import ModelFolder
+
+    def older(config):
+        for key in ("low_score_threshold", "stitch_max_scale"):
+            del config["pipeline"]["detect"][key]
+
+    before = ModelFolder.open(_broken_model(model_dir, tmp_path, _edit_config(older))).detect_config(
+        "cpu", None
+    )
+    assert before.low_score_threshold == before.score_threshold and before.stitch_max_scale is None
+    current = ModelFolder.open(model_dir).detect_config("cpu", None)
+    assert current.stitch_max_scale == 2.0 and current.low_score_threshold == 0.1
+
+
 def test_predict_loads_the_backbone_commit_the_features_were_made_with(model_dir, tmp_path, monkeypatch):
     """backbone.json records the commit the features stage loaded: where the cache holds it, predict loads
     that one, whatever main names now; where it does not, the pinned revision (a note says they differ)."""

@@ -283,10 +283,14 @@ def source_digest(*modules: str | Path) -> str:
     return hashlib.sha256(b"".join(Path(m).read_bytes() for m in modules)).hexdigest()[:16]
 
 
-def stage_parts(name: str) -> Path:
-    """``data/.partial/<name>``: where a stage keeps the finished parts of an interrupted run (a
-    :class:`Resumable`'s ``base``), outside its DVC outputs, which DVC deletes before it runs the stage."""
-    return Path("data") / PARTIAL_DIR / name
+PARTS_FOLDER = {"ablate_features": "ablation_features"}  # data/.partial/<this>, when not the stage's name
+
+
+def stage_parts(stage: str) -> Path:
+    """``data/.partial/<stage>`` (or its :data:`PARTS_FOLDER`): where a stage keeps the finished parts of an
+    interrupted run (a :class:`Resumable`'s ``base``), outside its DVC outputs, which DVC deletes before it
+    runs the stage."""
+    return Path("data") / PARTIAL_DIR / PARTS_FOLDER.get(stage, stage)
 
 
 def discard_parts(base: str | Path) -> None:

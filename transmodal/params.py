@@ -231,6 +231,7 @@ class DetectConfig(RuntimeMixin):
     minimum_matching_threshold: float = 0.8
     minimum_consecutive_frames: int = 1
     stitch_tracks: bool = True
+    stitch_max_scale: float | None = 2.0
 
     def __post_init__(self):
         s = "detect"
@@ -253,6 +254,8 @@ class DetectConfig(RuntimeMixin):
         _check_float(s, "minimum_matching_threshold", self.minimum_matching_threshold, 0.0, 1.0)
         _check_int(s, "minimum_consecutive_frames", self.minimum_consecutive_frames, 1)
         _check_bool(s, "stitch_tracks", self.stitch_tracks)
+        if self.stitch_max_scale is not None:  # None: no height gate
+            _check_float(s, "stitch_max_scale", self.stitch_max_scale, 1.0, math.inf)
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,7 @@ class ModelFolder:
         recorded = dict(self.config["pipeline"][stage])
         if stage == "detect":  # a folder from before the low boxes: trained on tracks of its high boxes only
             recorded.setdefault("low_score_threshold", recorded["score_threshold"])
+            recorded.setdefault("stitch_max_scale", None)  # from before the height gate: stitched without it
         self._note_source(stage, recorded, checkpoint)
         recorded.update(
             source="model",

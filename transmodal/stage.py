@@ -19,7 +19,6 @@ PIPELINE_FOLDERS = (
     "metrics/",
 )  # where the stages' outputs live (a missing one: dvc repro)
 CONSTRAINTS = Path("constraints.txt")
-PARTS_FOLDER = {"ablate_features": "ablation_features"}  # data/.partial/<this>, when not the stage's name
 # The packages whose version can change an output's bytes: the decoder, the models, the array and file formats.
 # (trackers and supervision: ByteTrack's tracks; scipy: the synthetic set and the bootstrap intervals)
 OUTPUT_PACKAGES = (
@@ -166,7 +165,7 @@ def kept_parts(name: str) -> Path | None:
     from transmodal.io import stage_parts
 
     stage, _, variant = name.partition("@")
-    folder = stage_parts(PARTS_FOLDER.get(stage, stage)) / variant
+    folder = stage_parts(stage) / variant
     if not folder.is_dir():
         return None
     finished = any(path.is_file() and not path.name.startswith(".") for path in folder.rglob("*"))

@@ -36,7 +36,7 @@ from transmodal.params import variant_params, varies_backbone_keep
 ABLATION_FEATURES = Path("data/ablation_features")
 """ablate_features@<variant> writes ``<variant>/`` here: the variant's own cache, or :data:`SHARED_FILE`."""
 SHARED_FILE = "shared.json"  # a variant without a cache of its own: it trains on data/features
-ABLATION_PARTIAL = stage_parts("ablation_features")
+ABLATION_PARTIAL = stage_parts("ablate_features")
 """Where ablate_features@<variant> keeps ``<variant>/``'s finished shards while it runs: outside its DVC
 output (``ABLATION_FEATURES / variant``), which DVC deletes before it runs the stage again."""
 

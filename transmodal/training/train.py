@@ -47,6 +47,7 @@ PIPELINE_KEYS: dict[str, tuple[str, ...]] = {
         "minimum_matching_threshold",
         "minimum_consecutive_frames",
         "stitch_tracks",
+        "stitch_max_scale",
         "precision",
     ),
     "pose": ("source", "checkpoint", "revision", "dataset_index", "precision"),
@@ -376,8 +377,8 @@ def _resume_key(
     world,
 ) -> dict:
     """What an epoch's training state depends on: the params, the code of the head and its training, the
-    feature cache's files, the device (on CUDA the GPU and its libraries, on the CPU the processor), torch's version and the number
-    of processes (each has its own random generator)."""
+    feature cache's files, the device (on CUDA the GPU and its libraries, on the CPU the processor's model and
+    vector unit), torch's version and the number of processes (each has its own random generator)."""
     here = Path(__file__).parent
     code = [here / "train.py", here / "data.py", here.parent / "features" / "cache.py"]
     code.append(here.parent / "distributed.py")  # sums each epoch's loss and accuracy over the processes

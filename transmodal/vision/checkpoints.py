@@ -145,16 +145,26 @@ def accelerator(device: torch.device) -> list:
     return []
 
 
-def cpu_model() -> str:
-    """The processor's model name (Linux: ``/proc/cpuinfo``; elsewhere what :mod:`platform` says)."""
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The processor's model name from ``cpuinfo`` (the text of Linux's ``/proc/cpuinfo``, read when None):
+    its ``model name`` (x86); on ARM, which has none, the machine with each distinct ``CPU implementer`` and
+    ``CPU part`` pair (a big.LITTLE chip has two parts); elsewhere what :mod:`platform` says."""
     import platform
 
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, list[str]] = {}
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), []).append(value.strip())
+    if fields.get("model name"):
+        return fields["model name"][0]
+    cores = sorted(set(zip(fields.get("CPU implementer", []), fields.get("CPU part", []), strict=False)))
+    if cores:
+        return " ".join([platform.machine(), *(f"implementer {i} part {p}" for i, p in cores)])
     return platform.processor() or platform.machine()
 
 

@@ -278,14 +278,17 @@ def _model_tracks(
     return tracked, counts["boxes"]
 
 
+STITCH_KEYS = ("stitch_tracks", "stitch_max_scale")  # detect params applied to the merged units
+
+
 def _resume_key(cfg: DetectConfig, detector, store, videos: dict, per_unit: int) -> dict:
     """What a unit of detected rows depends on (see :func:`~transmodal.vision.batches.unit_key`), with the
-    tracker's packages. Not ``stitch_tracks`` (applied after the units are merged), ``source`` or
-    ``device`` (the device the model resolved to is in the key)."""
+    tracker's packages. Not :data:`STITCH_KEYS` (applied after the units are merged), ``source`` or ``device``
+    (the device the model resolved to is in the key)."""
     from importlib.metadata import version
 
     here = Path(__file__).parent
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("stitch_tracks", "source", "device")}
+    params = {k: v for k, v in asdict(cfg).items() if k not in STITCH_KEYS + ("source", "device")}
     code = [here / "detect.py", here / "track.py", here / "quality.py"]  # track_video uses quality.box_iou
     return unit_key(
         params, detector, store, video_units(list(videos), per_unit), code,
@@ -338,6 +341,8 @@ def run_detect(
     videos = stored_videos(store)
     stitch = cfg.stitch_tracks  # see transmodal.vision.track.stitch_tracks
     metrics: dict = {"source": cfg.source, "stitch_tracks": stitch}
+    if stitch:
+        metrics["stitch_max_scale"] = cfg.stitch_max_scale
     if cfg.source == "model":
         if detector is None:
             detector = PersonDetector.from_config(cfg)
@@ -380,7 +385,8 @@ def run_detect(
             detected = detected.take(np.isin(detected.frame_idx, video.frame_idx))
             detections += len(detected)
         finalize.append(VideoDetections(video_id, detected, video.frame_idx, video.width, video.height))
-    tracks, fallback_videos = finalize_tracks(finalize, stitch=stitch)
+    finalized = finalize_tracks(finalize, stitch=stitch, max_scale=cfg.stitch_max_scale)
+    tracks, fallback_videos = finalized.tracks, finalized.fallback
 
     primary = tracks[tracks["is_primary"]]
     status = store.videos["status"]
@@ -398,6 +404,13 @@ def run_detect(
         seconds=round(seconds, 3),
         frames_per_second=round(len(primary) / seconds, 2) if seconds > 0 else None,
     )
+    if stitch:
+        joined = primary.loc[~primary["fallback"]].groupby("video_id", sort=False)["track_id"].nunique() - 1
+        metrics.update(
+            stitched_tracks=int(joined.sum()),
+            stitch_refused_tracks=int(sum(finalized.stitch_refused.values())),
+            stitch_refused_examples=list(finalized.stitch_refused)[:20],
+        )
     if annotations is not None:  # flat keys: `dvc metrics diff` shows recall, precision, ... directly
         metrics.update(detection_quality(tracks, annotations, store.frames))
     return tracks, metrics

@@ -13,8 +13,10 @@ every kept frame (``fallback=True``, track_id -1, score 0).
 Optional stitching (``stitch=True``): a person who leaves the view and comes back (KTH's locomotion videos
 cross the frame several times) gets a new ByteTrack id at every entry, and the rule above keeps one crossing
 only. Stitching then adds to the primary track, best value first, every other track whose time span (first
-to last kept frame) overlaps none of the spans already chosen; the stitched rows keep their own track_id and
-gaps are filled across all of them.
+to last kept frame) overlaps none of the spans already chosen and whose median box height is within a factor
+``max_scale`` of the primary track's (a bystander much nearer or farther than the actor, or a small false
+detection, is not the actor coming back; None: no such gate); the stitched rows keep their own track_id and gaps are filled across
+all of them.
 """
 
 from __future__ import annotations
@@ -194,42 +196,52 @@ class DetectedRows:
 @dataclass
 class TrackStats:
     """Per track of one video, ascending track_id: ids, value = frames covered x mean score, first and last
-    frame."""
+    frame, median box height."""
 
     ids: np.ndarray
     value: np.ndarray
     first: np.ndarray
     last: np.ndarray
+    height: np.ndarray
 
 
 def track_stats(
-    video: np.ndarray, frame_idx: np.ndarray, track_id: np.ndarray, score: np.ndarray
+    video: np.ndarray, frame_idx: np.ndarray, track_id: np.ndarray, score: np.ndarray, height: np.ndarray
 ) -> list[TrackStats]:
     """:class:`TrackStats` of videos 0..max(video) (``video`` (K,) int: the video of each row; a video without
-    rows gets empty stats), from one groupby over all rows. The mean is pandas' (compensated summation, in
-    the score's dtype), so values and their ties are exactly those the rule has always compared."""
-    table = pd.DataFrame({"video": video, "track_id": track_id, "frame_idx": frame_idx, "score": score})
+    rows gets empty stats; ``height`` (K,) the rows' box heights), from one groupby over all rows. The mean is
+    pandas' (compensated summation, in the score's dtype), so values and their ties are exactly those the rule
+    has always compared."""
+    table = pd.DataFrame(
+        {"video": video, "track_id": track_id, "frame_idx": frame_idx, "score": score, "height": height}
+    )
     stats = table.groupby(["video", "track_id"], sort=True).agg(
-        first=("frame_idx", "min"), last=("frame_idx", "max"), size=("score", "size"), mean=("score", "mean")
+        first=("frame_idx", "min"),
+        last=("frame_idx", "max"),
+        size=("score", "size"),
+        mean=("score", "mean"),
+        height=("height", "median"),
     )
     value = (stats["size"] * stats["mean"]).to_numpy()
     of_video = stats.index.get_level_values("video").to_numpy()
     ids = stats.index.get_level_values("track_id").to_numpy(np.int64)
     first, last = stats["first"].to_numpy(np.int64), stats["last"].to_numpy(np.int64)
+    height = stats["height"].to_numpy(np.float64)
     n_videos = int(of_video.max()) + 1 if len(of_video) else 0
     bounds = np.searchsorted(of_video, np.arange(n_videos + 1))
     return [
-        TrackStats(ids[a:b], value[a:b], first[a:b], last[a:b])
+        TrackStats(ids[a:b], value[a:b], first[a:b], last[a:b], height[a:b])
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
 
 
 def _stats_of(tracks: pd.DataFrame) -> TrackStats:
-    """:class:`TrackStats` of one video's detected rows (frame_idx optional, track_id, score)."""
+    """:class:`TrackStats` of one video's detected rows (frame_idx and y1, y2 optional, track_id, score)."""
     n = len(tracks)
     frame_idx = tracks["frame_idx"].to_numpy(np.int64) if "frame_idx" in tracks else np.zeros(n, np.int64)
+    height = (tracks["y2"] - tracks["y1"]).to_numpy(np.float64) if "y1" in tracks else np.zeros(n)
     video = np.zeros(n, np.int64)
-    return track_stats(video, frame_idx, tracks["track_id"].to_numpy(), tracks["score"].to_numpy())[0]
+    return track_stats(video, frame_idx, tracks["track_id"].to_numpy(), tracks["score"].to_numpy(), height)[0]
 
 
 def _pick_primary(stats: TrackStats) -> int:
@@ -271,23 +283,37 @@ def fill_track(
     return filled, is_filled
 
 
-def _stitch_chain(stats: TrackStats, primary_id: int) -> list[int]:
+def _stitch_chain(stats: TrackStats, primary_id: int, max_scale: float | None) -> tuple[list[int], int]:
+    """The chain of :func:`stitch_tracks` and how many tracks of disjoint span its height gate refused."""
     at = int(np.searchsorted(stats.ids, primary_id))
     chain, spans = [primary_id], [(stats.first[at], stats.last[at])]
+    if max_scale is None:  # no gate
+        low, high = -np.inf, np.inf
+    else:
+        low, high = stats.height[at] / max_scale, stats.height[at] * max_scale
+    refused = 0
     for k in np.lexsort((stats.ids, -stats.value)):  # best value first, ties to the lower track_id
         first, last = stats.first[k], stats.last[k]
-        if stats.ids[k] != primary_id and all(last < a or first > b for a, b in spans):
+        if stats.ids[k] == primary_id or not all(last < a or first > b for a, b in spans):
+            continue
+        if low <= stats.height[k] <= high:
             chain.append(int(stats.ids[k]))
             spans.append((first, last))
-    return chain
+        else:
+            refused += 1
+    return chain, refused
 
 
-def stitch_tracks(tracks: pd.DataFrame, primary_id: int) -> list[int]:
-    """The primary track followed by the tracks stitched to it (disjoint time spans, best value first).
+def stitch_tracks(
+    tracks: pd.DataFrame, primary_id: int, max_scale: float | None = DetectConfig.stitch_max_scale
+) -> list[int]:
+    """The primary track followed by the tracks stitched to it: best value first, each with a time span
+    disjoint from those before it and a median box height within ``max_scale`` of the primary's, either way
+    (None: any height).
 
-    ``tracks`` holds one video's detected rows (frame_idx, track_id, score).
+    ``tracks`` holds one video's detected rows (frame_idx, track_id, y1, y2, score).
     """
-    return _stitch_chain(_stats_of(tracks), primary_id)
+    return _stitch_chain(_stats_of(tracks), primary_id, max_scale)[0]
 
 
 def _finalize_video(
@@ -297,24 +323,30 @@ def _finalize_video(
     width: int,
     height: int,
     stitch: bool,
-) -> tuple[dict[str, np.ndarray], bool]:
+    max_scale: float | None,
+) -> tuple[dict[str, np.ndarray], bool, int]:
     """One video's table columns (all but video_id) in table order, from its kept and clamped rows and their
-    track statistics; and whether the full-frame fallback was used."""
+    track statistics; whether the full-frame fallback was used; how many tracks stitching refused for their
+    height."""
     n = len(kept_frame_idx)
     if len(rows) == 0:
         full_frame = np.array([0.0, 0.0, float(width), float(height)])
-        return {
-            "frame_idx": kept_frame_idx,
-            "track_id": np.full(n, FALLBACK_TRACK_ID, np.int64),
-            "boxes": np.broadcast_to(full_frame, (n, 4)),
-            "score": np.zeros(n),
-            "is_primary": np.ones(n, bool),
-            "interpolated": np.zeros(n, bool),
-            "fallback": np.ones(n, bool),
-        }, True
+        return (
+            {
+                "frame_idx": kept_frame_idx,
+                "track_id": np.full(n, FALLBACK_TRACK_ID, np.int64),
+                "boxes": np.broadcast_to(full_frame, (n, 4)),
+                "score": np.zeros(n),
+                "is_primary": np.ones(n, bool),
+                "interpolated": np.zeros(n, bool),
+                "fallback": np.ones(n, bool),
+            },
+            True,
+            0,
+        )
 
     primary_id = _pick_primary(stats)
-    chain = _stitch_chain(stats, primary_id) if stitch else [primary_id]
+    chain, refused = _stitch_chain(stats, primary_id, max_scale) if stitch else ([primary_id], 0)
     in_chain = np.isin(rows.track_id, chain)
     others = rows.take(~in_chain)
     # A track has at most one box per frame; keep the best-scoring one should a detector repeat a box.
@@ -337,7 +369,7 @@ def _finalize_video(
         "fallback": np.zeros(n + k, bool),
     }
     order = np.lexsort((columns["track_id"], columns["frame_idx"]))  # stable: by frame, then track
-    return {name: values[order] for name, values in columns.items()}, False
+    return {name: values[order] for name, values in columns.items()}, False, refused
 
 
 def _tracks_table(video_ids: Sequence[str], parts: Sequence[dict[str, np.ndarray]]) -> pd.DataFrame:
@@ -369,10 +401,24 @@ class VideoDetections:
     height: int
 
 
+@dataclass
+class Finalized:
+    """What :func:`finalize_tracks` returns: the tracks table, the ids of the videos that used the full-frame
+    fallback, and per video the number of tracks of disjoint span that stitching refused for their height
+    (videos with none left out)."""
+
+    tracks: pd.DataFrame
+    fallback: list[str]
+    stitch_refused: dict[str, int]
+
+
 def finalize_tracks(
-    videos: Sequence[VideoDetections], stitch: bool = False
-) -> tuple[pd.DataFrame, list[str]]:
-    """The tracks table of ``videos`` (in that order) and the ids of those that used the full-frame fallback.
+    videos: Sequence[VideoDetections],
+    stitch: bool = False,
+    max_scale: float | None = DetectConfig.stitch_max_scale,
+) -> Finalized:
+    """The tracks table of ``videos`` (in that order), with the videos that used the full-frame fallback and
+    those where stitching refused a track.
 
     Per video as :func:`finalize_video_tracks`, with numpy; the per-track statistics of the primary rule
     come from one groupby over all videos.
@@ -394,16 +440,19 @@ def finalize_tracks(
             np.concatenate([rows.frame_idx for rows in with_rows]),
             np.concatenate([rows.track_id for rows in with_rows]),
             np.concatenate([rows.score for rows in with_rows]),
+            np.concatenate([rows.boxes[:, 3] - rows.boxes[:, 1] for rows in with_rows]),
         )
-    parts, fallback = [], []
+    parts, fallback, refused = [], [], {}
     for i, (video, rows, kept) in enumerate(zip(videos, kept_rows, kept_frames, strict=True)):
-        columns, used_fallback = _finalize_video(
-            rows, stats[i] if len(rows) else None, kept, video.width, video.height, stitch
+        columns, used_fallback, n_refused = _finalize_video(
+            rows, stats[i] if len(rows) else None, kept, video.width, video.height, stitch, max_scale
         )
         parts.append(columns)
         if used_fallback:
             fallback.append(video.video_id)
-    return _tracks_table([video.video_id for video in videos], parts), fallback
+        if n_refused:
+            refused[video.video_id] = n_refused
+    return Finalized(_tracks_table([video.video_id for video in videos], parts), fallback, refused)
 
 
 def finalize_video_tracks(
@@ -413,14 +462,16 @@ def finalize_video_tracks(
     width: int,
     height: int,
     stitch: bool = False,
+    max_scale: float | None = DetectConfig.stitch_max_scale,
 ) -> tuple[pd.DataFrame, bool]:
     """One video's rows of the tracks table, from its detected rows.
 
     ``tracks`` (frame_idx, track_id, x1, y1, x2, y2, score) may have several tracks; ``kept_frame_idx`` (T,)
     are the video's kept frames and (width, height) its size in pixels. Boxes are clamped to the frame. The
-    primary track (stitched when ``stitch``) gets one row per kept frame (gaps filled); other tracks keep
-    their detected rows only. Returns the table rows and whether the full-frame fallback was used.
+    primary track (stitched when ``stitch``, with :func:`stitch_tracks`' ``max_scale``) gets one row per kept
+    frame (gaps filled); other tracks keep their detected rows only. Returns the table rows and whether the
+    full-frame fallback was used.
     """
     video = VideoDetections(video_id, DetectedRows.from_table(tracks), kept_frame_idx, width, height)
-    table, fallback = finalize_tracks([video], stitch=stitch)
-    return table, bool(fallback)
+    finalized = finalize_tracks([video], stitch=stitch, max_scale=max_scale)
+    return finalized.tracks, bool(finalized.fallback)
