@@ -30,6 +30,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/frames.py
 	$(BIN)/python benchmarks/head.py --quick
+	$(BIN)/python benchmarks/stitching.py
 
 bench-real: setup
 	$(BIN)/python benchmarks/real_size.py

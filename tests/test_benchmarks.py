@@ -100,3 +100,21 @@ def test_train_state_benchmark_saves_and_restores_the_paper_size_state(tmp_path)
     assert earlier["bytes"] - this["bytes"] > 3.9 * report["parameters"]
     assert this["median_s"] > 0 and report["step_s"] > 0 and report["restore_s"] > 0
     assert "of a UCF101 epoch" in done.stdout
+
+
+def test_stitching_benchmark_scores_each_gate_on_the_same_tracks(tmp_path):
+    out = tmp_path / "stitching.json"
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "stitching.py"), "--videos", "4"]
+    command += ["--frames", "120", "--scales", "none", "2.0", "1.3", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["videos"] == 4 and report["frames"] == 120
+    rows = {row["stitching"]: row for row in report["results"]}
+    assert list(rows) == ["off", "on, max_scale None", "on, max_scale 2.0", "on, max_scale 1.3"]
+    assert rows["off"]["tracks_joined"] == rows["off"]["tracks_refused"] == 0
+    assert rows["on, max_scale None"]["tracks_refused"] == 0
+    assert rows["on, max_scale None"]["tracks_joined"] > 0  # the walkers come back under new ids
+    for row in rows.values():
+        assert 0.0 <= row["primary_coverage"] <= 1.0
+    assert "| on, max_scale 2.0 |" in done.stdout
