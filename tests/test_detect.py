@@ -21,8 +21,10 @@ from transmodal.vision.quality import box_iou, detection_quality
 from transmodal.vision.track import (
     TRACK_COLUMNS,
     TRACK_DTYPES,
+    best_chain,
     fill_track,
     finalize_video_tracks,
+    select_primary,
     stitch_tracks,
     track_video,
 )
@@ -427,6 +429,38 @@ def test_stitching_joins_the_crossings_of_one_person():
     )
     np.testing.assert_allclose(primary.loc[16, "x1"], 12 + (120 - 12) * (16 - 12) / 8)
     assert set(stitched.loc[~stitched["is_primary"], "track_id"]) == {2}
+
+
+def test_with_stitching_the_primary_track_is_the_person_seen_most_across_crossings():
+    """The actor crosses twice (tracks 0 and 2, 16 kept frames each at 0.9); a bystander (track 1, 26 frames
+    at 0.8, 1.6x smaller) is in view longer than either crossing and overlaps both. The single-track rule
+    takes the bystander; with stitching the primary track is the chain of the two crossings (28.8 against
+    20.8), and the bystander is left outside it."""
+
+    def track(track_id, frames, height, score):
+        frames = np.asarray(frames)
+        boxes = {"x1": 10.0 + frames, "y1": 10.0, "x2": 40.0 + frames, "y2": 10.0 + height}
+        return pd.DataFrame({"frame_idx": frames, "track_id": track_id, **boxes, "score": score})
+
+    detected = pd.concat(
+        [
+            track(0, range(0, 32, 2), 80.0, 0.9),
+            track(1, range(10, 62, 2), 50.0, 0.8),
+            track(2, range(40, 72, 2), 80.0, 0.9),
+        ],
+        ignore_index=True,
+    )
+    assert select_primary(detected) == 1
+    assert best_chain(detected) == [0, 2]  # from track 2 the same chain, [2, 0]: ties to the lower id
+    kept = np.arange(0, 72, 2)
+    plain, _ = finalize_video_tracks("v", detected, kept, WIDTH, HEIGHT)
+    stitched, _ = finalize_video_tracks("v", detected, kept, WIDTH, HEIGHT, stitch=True)
+    assert set(plain.loc[plain["is_primary"], "track_id"]) == {1}
+    assert set(stitched.loc[stitched["is_primary"], "track_id"]) == {0, 2}
+    assert (stitched.loc[~stitched["is_primary"], "track_id"] == 1).all()
+    # with one crossing only, the bystander outweighs it: the chain rule is the single-track rule then
+    alone = detected[detected["track_id"] != 2]
+    assert best_chain(alone) == [1] and select_primary(alone) == 1
 
 
 def test_stitching_refuses_a_track_of_another_height():

@@ -12,15 +12,18 @@ every kept frame (``fallback=True``, track_id -1, score 0).
 
 Optional stitching (``stitch=True``): a person who leaves the view and comes back (KTH's locomotion videos
 cross the frame several times) gets a new ByteTrack id at every entry, and the rule above keeps one crossing
-only. Stitching then adds to the primary track, best value first, every other track whose time span (first
-to last kept frame) overlaps none of the spans already chosen and whose median box height is within a factor
-``max_scale`` of the primary track's (a bystander much nearer or farther than the actor, or a small false
-detection, is not the actor coming back; None: no such gate); the stitched rows keep their own track_id and gaps are filled across
-all of them.
+only. Stitching then adds to a track, best value first, every other track whose time span (first to last
+kept frame) overlaps none of the spans already chosen and whose median box height is within a factor
+``max_scale`` of the first track's (a bystander much nearer or farther than the actor, or a small false
+detection, is not the actor coming back; None: no such gate). The rule above then applies to these chains,
+not to single tracks: the primary track is the chain whose tracks sum the most value, so that an actor seen
+in three crossings outweighs a bystander seen longer than any one of them. The stitched rows keep their own
+track_id and gaps are filled across all of them.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -283,25 +286,52 @@ def fill_track(
     return filled, is_filled
 
 
-def _stitch_chain(stats: TrackStats, primary_id: int, max_scale: float | None) -> tuple[list[int], int]:
-    """The chain of :func:`stitch_tracks` and how many tracks of disjoint span its height gate refused."""
+def _stitch_chain(
+    stats: TrackStats, primary_id: int, max_scale: float | None, order: np.ndarray | None = None
+) -> tuple[list[int], int]:
+    """The chain of :func:`stitch_tracks` and how many tracks of disjoint span its height gate refused
+    (``order``: the tracks best value first, ties to the lower track_id, when already sorted)."""
     at = int(np.searchsorted(stats.ids, primary_id))
-    chain, spans = [primary_id], [(stats.first[at], stats.last[at])]
+    chain = [primary_id]
+    starts, ends = [int(stats.first[at])], [int(stats.last[at])]  # the chosen spans, disjoint, by start
     if max_scale is None:  # no gate
         low, high = -np.inf, np.inf
     else:
         low, high = stats.height[at] / max_scale, stats.height[at] * max_scale
     refused = 0
-    for k in np.lexsort((stats.ids, -stats.value)):  # best value first, ties to the lower track_id
-        first, last = stats.first[k], stats.last[k]
-        if stats.ids[k] == primary_id or not all(last < a or first > b for a, b in spans):
+    for k in np.lexsort((stats.ids, -stats.value)) if order is None else order:
+        first, last = int(stats.first[k]), int(stats.last[k])
+        place = bisect.bisect_left(
+            starts, first
+        )  # disjoint: ends before the next span, starts after the last
+        disjoint = (place == len(starts) or last < starts[place]) and (place == 0 or first > ends[place - 1])
+        if stats.ids[k] == primary_id or not disjoint:
             continue
         if low <= stats.height[k] <= high:
             chain.append(int(stats.ids[k]))
-            spans.append((first, last))
+            starts.insert(place, first)
+            ends.insert(place, last)
         else:
             refused += 1
     return chain, refused
+
+
+def _best_chain(stats: TrackStats, max_scale: float | None) -> tuple[list[int], int]:
+    """With stitching, the person rather than the track: the chain (:func:`_stitch_chain`) of largest total
+    value over every track taken as its first, ties to the lower first track_id; and its refused count."""
+    order = np.lexsort((stats.ids, -stats.value))
+    chains = [_stitch_chain(stats, int(first), max_scale, order) for first in stats.ids]
+    totals = np.array([stats.value[np.searchsorted(stats.ids, chain)].sum() for chain, _ in chains])
+    # compare with a tolerance, as the primary rule does: sums in another order differ in the last bits
+    best = np.flatnonzero(np.isclose(totals, np.nanmax(totals), rtol=1e-9, atol=0.0))
+    return chains[int(best[0])]  # ids ascend: the first of the best is the lower track_id
+
+
+def best_chain(tracks: pd.DataFrame, max_scale: float | None = DetectConfig.stitch_max_scale) -> list[int]:
+    """The tracks the primary track is made of when stitching: of the chains :func:`stitch_tracks` makes
+    from each track, the one whose tracks sum the most value (frames covered x mean score), first track
+    first. ``tracks`` holds one video's detected rows (frame_idx, track_id, y1, y2, score)."""
+    return _best_chain(_stats_of(tracks), max_scale)[0]
 
 
 def stitch_tracks(
@@ -345,8 +375,7 @@ def _finalize_video(
             0,
         )
 
-    primary_id = _pick_primary(stats)
-    chain, refused = _stitch_chain(stats, primary_id, max_scale) if stitch else ([primary_id], 0)
+    chain, refused = _best_chain(stats, max_scale) if stitch else ([_pick_primary(stats)], 0)
     in_chain = np.isin(rows.track_id, chain)
     others = rows.take(~in_chain)
     # A track has at most one box per frame; keep the best-scoring one should a detector repeat a box.
