@@ -416,7 +416,7 @@ def test_stitching_joins_the_crossings_of_one_person():
         ],
         ignore_index=True,
     )
-    assert stitch_tracks(detected, primary_id=1) == [1, 0]
+    assert stitch_tracks(detected, first_id=1) == [1, 0]
     plain, _ = finalize_video_tracks("v", detected, kept, WIDTH, HEIGHT)
     stitched, _ = finalize_video_tracks("v", detected, kept, WIDTH, HEIGHT, stitch=True)
     assert set(plain.loc[plain["is_primary"], "track_id"]) == {1}
@@ -481,16 +481,32 @@ def test_stitching_refuses_a_track_of_another_height():
         ],
         ignore_index=True,
     )
-    assert stitch_tracks(detected, primary_id=0) == [0, 2]
-    assert stitch_tracks(detected, primary_id=0, max_scale=3.0) == [0, 1, 2]
-    assert stitch_tracks(detected, primary_id=0, max_scale=1.2) == [0]
-    assert stitch_tracks(detected, primary_id=0, max_scale=None) == [0, 1, 2]  # null: no gate
+    assert stitch_tracks(detected, first_id=0) == [0, 2]
+    # at 3.0 the 20 px track joins; then 80 px is 4x the chain's shortest: the gate holds between any two
+    assert stitch_tracks(detected, first_id=0, max_scale=3.0) == [0, 1]
+    assert stitch_tracks(detected, first_id=0, max_scale=4.0) == [0, 1, 2]
+    assert stitch_tracks(detected, first_id=0, max_scale=1.2) == [0]
+    assert stitch_tracks(detected, first_id=0, max_scale=None) == [0, 1, 2]  # null: no gate
     # the same gate seen from the small track: the primary is 3x larger
-    assert stitch_tracks(detected, primary_id=1, max_scale=2.0) == [1]
+    assert stitch_tracks(detected, first_id=1, max_scale=2.0) == [1]
     kept = np.arange(0, 40, 2)
     table, _ = finalize_video_tracks("v", detected, kept, WIDTH, HEIGHT, stitch=True)
     primary = table[table["is_primary"]].set_index("frame_idx")
     assert set(primary["track_id"]) == {0, 2} and (table.loc[~table["is_primary"], "track_id"] == 1).all()
+    # no chain bridges a bystander through a track of middling height: the actor's crossings (60 px), a
+    # bystander 0.42x (25 px) and a late 35 px track, which is within 2x of both; whichever track a chain
+    # starts from, 25 px against 60 px stays out
+    bridged = pd.concat(
+        [
+            track(0, range(0, 22, 2), 60.0),
+            track(1, range(40, 62, 2), 60.0),
+            track(2, range(24, 36, 2), 25.0),
+            track(3, range(70, 76, 2), 35.0),
+        ],
+        ignore_index=True,
+    )
+    assert best_chain(bridged) == [0, 1, 3]
+    assert 2 not in stitch_tracks(bridged, first_id=3)  # 25 px is within 2x of 35 px, not of the 60 px joined
     with pytest.raises(ParamError, match=r"detect\.stitch_max_scale.*is 0\.5"):
         DetectConfig(stitch_max_scale=0.5)
     assert DetectConfig(stitch_max_scale=None).stitch_max_scale is None

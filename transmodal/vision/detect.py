@@ -339,7 +339,7 @@ def run_detect(
             "params.yaml: detect.source is 'annotations' but the dataset has no annotations.parquet"
         )
     videos = stored_videos(store)
-    stitch = cfg.stitch_tracks  # see transmodal.vision.track.stitch_tracks
+    stitch = cfg.stitch_tracks  # see transmodal.vision.track.best_chain
     metrics: dict = {"source": cfg.source, "stitch_tracks": stitch}
     if stitch:
         metrics["stitch_max_scale"] = cfg.stitch_max_scale

@@ -14,8 +14,8 @@ Optional stitching (``stitch=True``): a person who leaves the view and comes bac
 cross the frame several times) gets a new ByteTrack id at every entry, and the rule above keeps one crossing
 only. Stitching then adds to a track, best value first, every other track whose time span (first to last
 kept frame) overlaps none of the spans already chosen and whose median box height is within a factor
-``max_scale`` of the first track's (a bystander much nearer or farther than the actor, or a small false
-detection, is not the actor coming back; None: no such gate). The rule above then applies to these chains,
+``max_scale`` of every track already in it (a bystander much nearer or farther than the actor, or a small
+false detection, is not the actor coming back; None: no such gate). The rule above then applies to these chains,
 not to single tracks: the primary track is the chain whose tracks sum the most value, so that an actor seen
 in three crossings outweighs a bystander seen longer than any one of them. The stitched rows keep their own
 track_id and gaps are filled across all of them.
@@ -254,7 +254,8 @@ def _pick_primary(stats: TrackStats) -> int:
 
 
 def select_primary(tracks: pd.DataFrame) -> int | None:
-    """The primary track of one video: max (frames covered) x (mean score), ties to the lower track_id.
+    """The primary track of one video without stitching (with it, :func:`best_chain`): max (frames covered)
+    x (mean score), ties to the lower track_id.
 
     ``tracks`` holds one video's detected rows (track_id, score); None when it has none. Frames covered x
     mean score is the sum of the track's scores; it favours a person seen long and confidently over a
@@ -287,30 +288,31 @@ def fill_track(
 
 
 def _stitch_chain(
-    stats: TrackStats, primary_id: int, max_scale: float | None, order: np.ndarray | None = None
+    stats: TrackStats, first_id: int, max_scale: float | None, order: np.ndarray | None = None
 ) -> tuple[list[int], int]:
-    """The chain of :func:`stitch_tracks` and how many tracks of disjoint span its height gate refused
-    (``order``: the tracks best value first, ties to the lower track_id, when already sorted)."""
-    at = int(np.searchsorted(stats.ids, primary_id))
-    chain = [primary_id]
+    """The chain of :func:`stitch_tracks` from track ``first_id`` and how many tracks of disjoint span its
+    height gate refused (``order``: the tracks best value first, ties to the lower track_id, when already
+    sorted). The gate holds between every two tracks of the chain: a track joins only if its median height is
+    within ``max_scale`` of the chain's tallest and of its shortest, so that a track of middling height
+    cannot bridge two that differ by more."""
+    at = int(np.searchsorted(stats.ids, first_id))
+    chain = [first_id]
     starts, ends = [int(stats.first[at])], [int(stats.last[at])]  # the chosen spans, disjoint, by start
-    if max_scale is None:  # no gate
-        low, high = -np.inf, np.inf
-    else:
-        low, high = stats.height[at] / max_scale, stats.height[at] * max_scale
+    shortest = tallest = stats.height[at]
     refused = 0
     for k in np.lexsort((stats.ids, -stats.value)) if order is None else order:
         first, last = int(stats.first[k]), int(stats.last[k])
-        place = bisect.bisect_left(
-            starts, first
-        )  # disjoint: ends before the next span, starts after the last
+        # disjoint: ends before the next span by start, starts after the one before it ends
+        place = bisect.bisect_left(starts, first)
         disjoint = (place == len(starts) or last < starts[place]) and (place == 0 or first > ends[place - 1])
-        if stats.ids[k] == primary_id or not disjoint:
+        if stats.ids[k] == first_id or not disjoint:
             continue
-        if low <= stats.height[k] <= high:
+        height = stats.height[k]
+        if max_scale is None or tallest / max_scale <= height <= shortest * max_scale:
             chain.append(int(stats.ids[k]))
             starts.insert(place, first)
             ends.insert(place, last)
+            shortest, tallest = min(shortest, height), max(tallest, height)
         else:
             refused += 1
     return chain, refused
@@ -335,15 +337,15 @@ def best_chain(tracks: pd.DataFrame, max_scale: float | None = DetectConfig.stit
 
 
 def stitch_tracks(
-    tracks: pd.DataFrame, primary_id: int, max_scale: float | None = DetectConfig.stitch_max_scale
+    tracks: pd.DataFrame, first_id: int, max_scale: float | None = DetectConfig.stitch_max_scale
 ) -> list[int]:
-    """The primary track followed by the tracks stitched to it: best value first, each with a time span
-    disjoint from those before it and a median box height within ``max_scale`` of the primary's, either way
-    (None: any height).
+    """The chain that starts at track ``first_id``: it, then the tracks stitched to it, best value first,
+    each with a time span disjoint from those before it and a median box height within ``max_scale`` of
+    every one of theirs, either way (None: any height). :func:`best_chain` picks the primary one.
 
     ``tracks`` holds one video's detected rows (frame_idx, track_id, y1, y2, score).
     """
-    return _stitch_chain(_stats_of(tracks), primary_id, max_scale)[0]
+    return _stitch_chain(_stats_of(tracks), first_id, max_scale)[0]
 
 
 def _finalize_video(
@@ -497,7 +499,7 @@ def finalize_video_tracks(
 
     ``tracks`` (frame_idx, track_id, x1, y1, x2, y2, score) may have several tracks; ``kept_frame_idx`` (T,)
     are the video's kept frames and (width, height) its size in pixels. Boxes are clamped to the frame. The
-    primary track (stitched when ``stitch``, with :func:`stitch_tracks`' ``max_scale``) gets one row per kept
+    primary track (when ``stitch``, the chain of :func:`best_chain` with its ``max_scale``) gets one row per kept
     frame (gaps filled); other tracks keep their detected rows only. Returns the table rows and whether the
     full-frame fallback was used.
     """
