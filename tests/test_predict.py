@@ -461,6 +461,9 @@ def test_each_window_says_in_how_many_of_its_frames_the_person_was_detected():
     assert [w["detected_share"] for w in summary["windows"]] == [0.75, 0.5]
     assert summary["detected_share"] == 0.6
     assert detection_notes(prediction, 0) == []  # 60 %: not low
+    joined, refused = detection_notes(prediction, 0, joined=2, refused=1, max_scale=1.5)
+    assert joined.startswith("2 track(s) at other times joined to the primary one")
+    assert refused.startswith("1 track(s) at other times not joined") and "more than 1.5x" in refused
     prediction.tracks.loc[prediction.tracks["frame_idx"] >= 12, "interpolated"] = True
     low, others = detection_notes(prediction, 2)
     assert low.startswith("the person was detected in 30% of the kept frames")
@@ -475,6 +478,25 @@ def test_each_window_says_in_how_many_of_its_frames_the_person_was_detected():
     assert (held == grey).all(axis=-1).any() and not (held == orange).all(axis=-1).any()
     joint = np.array([255, 80, 80])  # the joints' dots (BGR)
     assert (detected == joint).all(axis=-1).any() and not (held == joint).all(axis=-1).any()
+
+
+def test_predict_says_what_stitching_joined_and_left_out(model_dir, camera_video, monkeypatch):
+    """The detect stage's counts of stitched and refused tracks reach predict's notes, summed over segments,
+    with the model folder's detect.stitch_max_scale."""
+    import transmodal.vision.detect as detect
+    from transmodal.predict import predict_video
+
+    real = detect.run_detect
+
+    def counted(*args, **kwargs):
+        tracks, metrics = real(*args, **kwargs)
+        return tracks, {**metrics, "stitched_tracks": 1, "stitch_refused_tracks": 2}
+
+    monkeypatch.setattr(detect, "run_detect", counted)
+    prediction, _ = predict_video(camera_video, model_dir, device="cpu", progress=False)
+    assert any(note.startswith("1 track(s) at other times joined") for note in prediction.notes)
+    refused = [note for note in prediction.notes if note.startswith("2 track(s) at other times not joined")]
+    assert len(refused) == 1 and "more than 2x (detect.stitch_max_scale)" in refused[0]
 
 
 def test_an_annotated_video_that_came_out_incomplete_is_not_kept(

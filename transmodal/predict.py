@@ -671,6 +671,8 @@ class _Chain:
             "tracks": tracks,
             "keypoints": keypoints,
             "fallback": detect_metrics["videos_fallback"] > 0,
+            "joined": detect_metrics.get("stitched_tracks", 0),
+            "refused": detect_metrics.get("stitch_refused_tracks", 0),
         }
 
 
@@ -831,13 +833,19 @@ def predict_video(
         part["tracks"].loc[~part["tracks"]["is_primary"].astype(bool), "track_id"].nunique()
         for part in results
     )
-    notes.extend(detection_notes(prediction, others))
+    joined = sum(part["joined"] for part in results)
+    refused = sum(part["refused"] for part in results)
+    notes.extend(detection_notes(prediction, others, joined, refused, chain.detect_cfg.stitch_max_scale))
     return prediction, chain.model
 
 
-def detection_notes(prediction: Prediction, others: int) -> list[str]:
+def detection_notes(
+    prediction: Prediction, others: int, joined: int = 0, refused: int = 0, max_scale: float | None = None
+) -> list[str]:
     """What the tracking leaves unsaid: a person detected in few of the kept frames (the others cropped on
-    a held or interpolated box), and ``others`` tracks (the most in one segment) beside the primary one."""
+    a held or interpolated box); ``joined`` tracks at other times stitched to the primary one and ``refused``
+    ones left out for their height (``detect.stitch_max_scale``: ``max_scale``), over all segments; and
+    ``others`` tracks (the most in one segment) beside the primary one."""
     notes = []
     detected = float(np.isin(prediction.frame_idx, prediction.detected_frames()).mean())
     if detected < LOW_DETECTED_SHARE and detected > 0.0:  # none: the fallback box's note says so
@@ -845,6 +853,16 @@ def detection_notes(prediction: Prediction, others: int) -> list[str]:
             f"the person was detected in {detected:.0%} of the kept frames; the others are cropped on the box "
             "held or interpolated from the frames around (each window's detected_share in --json; --out "
             "draws those boxes grey)"
+        )
+    if joined:
+        notes.append(
+            f"{joined} track(s) at other times joined to the primary one (a person who leaves the view and "
+            "comes back gets a new track; detect.stitch_tracks)"
+        )
+    if refused:
+        notes.append(
+            f"{refused} track(s) at other times not joined to the primary one: their height differs from its "
+            f"by more than {max_scale:g}x (detect.stitch_max_scale)"
         )
     if others:
         notes.append(
