@@ -1,12 +1,15 @@
 """Which tracks stitching joins: primary coverage and identity switches per ``detect.stitch_max_scale``.
 
-    python benchmarks/stitching.py [--videos N] [--scales none 2.0 1.5 1.3] [--json PATH]
+    python benchmarks/stitching.py [--videos N] [--frames T] [--scales none 2.0 1.5 1.3]
+                                   [--actions locomotion|in_place] [--bystanders K] [--json PATH]
 
 Videos: the synthetic renderer's locomotion actions (walking, jogging, running), its four scenarios in turn
 (d2: a diagonal path that grows or shrinks the walker), each with one bystander (``extra_people=1``: 0.5-0.7x
 the actor's height, walking through, never longer in view than the actor), ``--frames`` frames (160) at 25 fps
 kept at stride 2, subjects 1..N. The walker leaves the frame and comes back (a pause of 3-15 frames), and
-ByteTrack gives each return a new id: what stitching is for.
+ByteTrack gives each return a new id: what stitching is for. ``--actions in_place`` (boxing, handclapping,
+handwaving) with ``--bystanders 3`` is the crowd case instead: an actor in view throughout while bystanders
+walk through one after another, where a chain of their time-disjoint tracks must not win over the actor.
 
 Detections: every ground-truth box of every person in view, the actor scored 0.9 and the bystander 0.8, so
 that what is measured is the tracker and the stitching rule, not a detector. One fresh ByteTrack per video
@@ -44,23 +47,28 @@ from transmodal.vision.track import (  # noqa: E402
     track_video,  # noqa: E402
 )
 
-ACTIONS = ("walking", "jogging", "running")
+ACTIONS = {
+    "locomotion": ("walking", "jogging", "running"),
+    "in_place": ("boxing", "handclapping", "handwaving"),
+}
 SCENARIOS = ("d1", "d2", "d3", "d4")
 STRIDE = 2
 FPS = 25.0
 
 
-def videos(count: int, frames: int) -> list[tuple[str, pd.DataFrame]]:
-    """(video id, ground-truth rows) of ``count`` two-person locomotion videos."""
+def videos(
+    count: int, frames: int, actions: str = "locomotion", bystanders: int = 1
+) -> list[tuple[str, pd.DataFrame]]:
+    """(video id, ground-truth rows) of ``count`` videos of an actor and ``bystanders`` others."""
     made = []
     for i in range(count):
         spec = VideoSpec(
             subject=i + 1,
-            action=ACTIONS[i % len(ACTIONS)],
+            action=ACTIONS[actions][i % len(ACTIONS[actions])],
             scenario=SCENARIOS[i % len(SCENARIOS)],
             num_frames=frames,
             seed=0,
-            extra_people=1,
+            extra_people=bystanders,
         )
         _, rows = render_video(spec)
         made.append((f"{spec.action}_{spec.scenario}_{i + 1:02d}", rows))
@@ -82,13 +90,15 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=48)
     parser.add_argument("--frames", type=int, default=160)
     parser.add_argument("--scales", nargs="+", default=["none", "2.0", "1.5", "1.3"])
+    parser.add_argument("--actions", choices=sorted(ACTIONS), default="locomotion")
+    parser.add_argument("--bystanders", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     scales = [None if s == "none" else float(s) for s in args.scales]
 
     cfg = DetectConfig(source="model")
     kept = np.arange(0, args.frames, STRIDE)
-    made = videos(args.videos, args.frames)
+    made = videos(args.videos, args.frames, args.actions, args.bystanders)
     inputs = [VideoDetections(name, detected(rows, kept, cfg), kept, WIDTH, HEIGHT) for name, rows in made]
     truth = pd.concat([rows.assign(video_id=name) for name, rows in made], ignore_index=True)
     frames = pd.DataFrame(
@@ -114,7 +124,8 @@ def main() -> None:
         )
     tracks = sum(len(set(v.rows.track_id)) for v in inputs)
     print(
-        f"{len(made)} two-person locomotion videos, {len(kept)} kept frames each, {tracks} ByteTrack tracks "
+        f"{len(made)} {args.actions.replace('_', '-')} videos with {args.bystanders} bystander(s), {len(kept)} "
+        f"kept frames each, {tracks} ByteTrack tracks "
         "on ground-truth boxes\n"
     )
     print("| stitching | primary coverage | identity switches (videos) | tracks joined | tracks refused |")
@@ -126,7 +137,16 @@ def main() -> None:
         )
     if args.json:
         args.json.write_text(
-            json.dumps({"videos": len(made), "frames": args.frames, "results": results}, indent=2)
+            json.dumps(
+                {
+                    "videos": len(made),
+                    "frames": args.frames,
+                    "actions": args.actions,
+                    "bystanders": args.bystanders,
+                    "results": results,
+                },
+                indent=2,
+            )
         )
 
 

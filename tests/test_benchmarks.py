@@ -118,3 +118,19 @@ def test_stitching_benchmark_scores_each_gate_on_the_same_tracks(tmp_path):
     for row in rows.values():
         assert 0.0 <= row["primary_coverage"] <= 1.0
     assert "| on, max_scale 2.0 |" in done.stdout
+    # the crowd case: an actor in view throughout, bystanders walking through; no chain of theirs wins
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "stitching.py"),
+        "--videos",
+        "3",
+        "--frames",
+        "96",
+    ]
+    command += ["--actions", "in_place", "--bystanders", "3", "--scales", "none", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert (report["actions"], report["bystanders"]) == ("in_place", 3)
+    assert [row["primary_coverage"] for row in report["results"]] == [1.0, 1.0]
+    assert [row["identity_switches"] for row in report["results"]] == [0, 0]
