@@ -773,7 +773,7 @@ def test_the_memory_for_frames_heeds_a_container_s_and_an_address_space_limit(tm
 
     import psutil
 
-    from transmodal import predict
+    from transmodal import memory
 
     v2 = tmp_path / "v2"
     (v2 / "job" / "step").mkdir(parents=True)
@@ -783,20 +783,20 @@ def test_the_memory_for_frames_heeds_a_container_s_and_an_address_space_limit(tm
     # 500 of the job's 900 are file cache the kernel drops at the limit: usage near the limit is no shortage
     (v2 / "job" / "memory.stat").write_text("anon 300\nfile 600\ninactive_file 500\nactive_file 100\n")
     (tmp_path / "self-v2").write_text("0::/job/step\n")
-    assert predict._cgroup_room(v2, tmp_path / "self-v2") == 600  # the job's, above the unlimited step
+    assert memory._cgroup_room(v2, tmp_path / "self-v2") == 600  # the job's, above the unlimited step
     v1 = tmp_path / "v1" / "memory" / "a"
     v1.mkdir(parents=True)
     (v1 / "memory.limit_in_bytes").write_text("2000\n")
     (v1 / "memory.usage_in_bytes").write_text("500\n")
     (tmp_path / "self-v1").write_text("7:cpu:/a\n1:name=systemd:/a\nnot a cgroup line\n5:memory:/a\n")
-    assert predict._cgroup_room(tmp_path / "v1", tmp_path / "self-v1") == 1500
+    assert memory._cgroup_room(tmp_path / "v1", tmp_path / "self-v1") == 1500
     (tmp_path / "self-none").write_text("0::/\n")
-    assert predict._cgroup_room(tmp_path / "empty", tmp_path / "self-none") is None
+    assert memory._cgroup_room(tmp_path / "empty", tmp_path / "self-none") is None
 
     mapped = psutil.Process().memory_info().vms
-    monkeypatch.setattr(predict, "_cgroup_room", lambda: None)
+    monkeypatch.setattr(memory, "_cgroup_room", lambda: None)
     monkeypatch.setattr(resource, "getrlimit", lambda _: (mapped + 2**20, resource.RLIM_INFINITY))
-    assert predict.available_memory() <= 2**20
+    assert memory.available_memory() <= 2**20
 
 
 def test_predict_runs_under_an_address_space_limit(model_dir, tmp_path):
