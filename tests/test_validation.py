@@ -331,6 +331,7 @@ def project(tmp_path) -> Path:
         "data/tracks.parquet",
         "data/keypoints.parquet",
         "models/tiny/backbone/config.json",
+        "models/pretrain/skipped.json",
         "data/clips.parquet",
         "metrics/features.json",
     )

@@ -323,6 +323,56 @@ class BackboneConfig(RuntimeMixin):
         return kept_count(self.keep, patches_per_group)
 
 
+PRETRAINED_BACKBONE = "models/pretrain/backbone"
+"""What the pretrain stage writes: ``backbone.checkpoint`` set to it runs the stage (else it is skipped)."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Masked-autoencoder pretraining of the backbone on the training split's person crops (stage pretrain),
+    run only when ``backbone.checkpoint`` is :data:`PRETRAINED_BACKBONE`."""
+
+    init: str = "models/tiny/backbone"  # the VideoMAE the encoder starts from (architecture and weights)
+    clips_per_video: int = 16
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.1  # share of the steps with a linear warm-up; a cosine decay to 0 after it
+    mask_ratio: float = 0.9  # share of each frame's patches masked, the same ones in every frame (tubes)
+    norm_pix_loss: bool = False  # the loss on each patch's standardised pixels (VideoMAE's) or the pixels
+    decoder_layers: int = 1
+    seed: int = 0
+    threads: int = 2  # CPU threads: torch splits sums by thread, so another count gives other weights
+    device: str = "auto"
+
+    def __post_init__(self):
+        s = "pretrain"
+        _check_str(s, "init", self.init)
+        _check_int(s, "clips_per_video", self.clips_per_video, 1, 1024)
+        _check_int(s, "epochs", self.epochs, 1)
+        _check_int(s, "batch_size", self.batch_size, 1)
+        _check_float(s, "lr", self.lr, 0.0, 1.0, low_open=True)
+        _check_float(s, "weight_decay", self.weight_decay, 0.0, 10.0)
+        _check_float(s, "warmup", self.warmup, 0.0, 0.99)
+        _check_float(s, "mask_ratio", self.mask_ratio, 0.0, 0.99, low_open=True)
+        _check_bool(s, "norm_pix_loss", self.norm_pix_loss)
+        _check_int(s, "decoder_layers", self.decoder_layers, 1, 48)
+        _check_int(s, "seed", self.seed, 0)
+        _check_int(s, "threads", self.threads, 1, 1024)
+        _check_choice(s, "device", self.device, DEVICES)
+
+    def masked_count(self, patches_per_group: int) -> int:
+        """Patches masked in each frame group: ``round(mask_ratio * P)``, at least 1 and at most P - 1."""
+        count = round(self.mask_ratio * patches_per_group)
+        if not 1 <= count < patches_per_group:
+            raise ParamError(
+                f"params.yaml: pretrain.mask_ratio {self.mask_ratio} masks {count} of the {patches_per_group} "
+                "patches of a frame group; it must mask at least one and leave at least one"
+            )
+        return count
+
+
 KEEP_BY = ("box", "joints")
 TOKEN_STORES = ("tokens", "recompute")  # backbone.store: the token grids cached | encoded again when read
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")  # ablation.variants names: DVC stage names, folder names
@@ -550,6 +600,7 @@ SECTIONS: dict[str, type] = {
     "pose": PoseConfig,
     "clips": ClipsConfig,
     "backbone": BackboneConfig,
+    "pretrain": PretrainConfig,
     "model": ModelConfig,
     "selector": SelectorConfig,
     "train": TrainConfig,
@@ -644,6 +695,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "frames": ("data", "frames", "clips"),
     "detect": ("data", "detect", "compute"),
     "pose": ("data", "pose", "compute"),
+    "pretrain": ("pretrain", "clips", "backbone"),
     "features": ("clips", "backbone", "compute"),
     "train": ("model", "selector", "train", "frames", "clips", "detect", "pose", "compute"),
     "evaluate": ("eval",),
@@ -674,17 +726,20 @@ CHECKPOINT_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "detect.checkpoint": (("rt_detr", "rt_detr_v2"), "RT-DETR, e.g. PekingU/rtdetr_r50vd_coco_o365"),
     "pose.checkpoint": (("vitpose",), "ViTPose++, e.g. usyd-community/vitpose-plus-base"),
     "backbone.checkpoint": (("videomae",), "VideoMAE, e.g. MCG-NJU/videomae-base-finetuned-kinetics"),
+    "pretrain.init": (("videomae",), "VideoMAE, e.g. models/tiny/backbone or MCG-NJU/videomae-base"),
 }
 
 # VideoMAEConfig's defaults, for a config.json that leaves a key out.
 VIDEOMAE_DEFAULTS = {"image_size": 224, "patch_size": 16, "num_frames": 16, "tubelet_size": 2}
 
 
-def check_clip_length(clip_length: int, num_frames: int, checkpoint: str) -> None:
+def check_clip_length(
+    clip_length: int, num_frames: int, checkpoint: str, param: str = "backbone.checkpoint"
+) -> None:
     """The clip length must be the checkpoint's ``num_frames`` (its temporal position embedding is fixed)."""
     if clip_length != num_frames:
         raise ParamError(
-            f"params.yaml: clips.length is {clip_length}, but backbone.checkpoint {checkpoint!r} takes clips "
+            f"params.yaml: clips.length is {clip_length}, but {param} {checkpoint!r} takes clips "
             f"of num_frames={num_frames}; set clips.length to {num_frames}"
         )
 
@@ -815,13 +870,15 @@ def _check_variant(params: dict, name: str, overrides: Any) -> None:
         raise ParamError(f"params.yaml: ablation.variants.{name}: {detail}") from None
 
 
-def _check_backbone(params: dict) -> None:
-    """The backbone checkpoint is a VideoMAE whose clip length is ``clips.length`` (when it is local)."""
-    checkpoint = section(params, "backbone").checkpoint
-    config = check_checkpoint_type("backbone.checkpoint", checkpoint)
+def _check_backbone(params: dict, param: str = "backbone.checkpoint") -> None:
+    """The backbone checkpoint (or pretraining's start, ``param`` pretrain.init) is a VideoMAE whose clip
+    length is ``clips.length`` (when it is local)."""
+    name, _, key = param.partition(".")
+    checkpoint = getattr(section(params, name), key)
+    config = check_checkpoint_type(param, checkpoint)
     num_frames = _videomae_value(config, "num_frames") if config is not None else None
     if num_frames is not None:
-        check_clip_length(section(params, "clips").length, num_frames, checkpoint)
+        check_clip_length(section(params, "clips").length, num_frames, checkpoint, param)
 
 
 def validate_stage(stage: str, params: dict) -> None:
@@ -840,6 +897,8 @@ def validate_stage(stage: str, params: dict) -> None:
         check_checkpoint_type("detect.checkpoint", section(params, "detect").checkpoint)
     elif base == "pose" and section(params, "pose").source == "model":
         check_checkpoint_type("pose.checkpoint", section(params, "pose").checkpoint)
+    elif base == "pretrain" and section(params, "backbone").checkpoint == PRETRAINED_BACKBONE:
+        _check_backbone(params, "pretrain.init")
     elif base == "features":
         _check_backbone(params)
     elif base == "train":

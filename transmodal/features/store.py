@@ -217,6 +217,28 @@ def _frame_lookup(
     return out
 
 
+def _clip_frames(clips: pd.DataFrame) -> np.ndarray:
+    """(N, T) int64: the clips' original frame numbers."""
+    return (
+        np.stack(clips["frame_idx"].to_numpy()).astype(np.int64) if len(clips) else np.zeros((0, 0), np.int64)
+    )
+
+
+def crop_boxes(
+    clips: pd.DataFrame, videos: pd.DataFrame, tracks: pd.DataFrame, margin: float
+) -> tuple[np.ndarray, int]:
+    """Each clip's square crop box around its primary-track boxes (N, 4) int64, and the number of clips
+    without any primary-track box (whole-frame crop); frame sizes come from ``videos``, no pixels."""
+    n = len(clips)
+    video_ids = clips["video_id"].to_numpy()
+    sizes = videos.set_index("video_id")[["width", "height"]].astype(np.int64).loc[video_ids].to_numpy()
+    sizes = sizes.reshape(n, 2)
+    primary = tracks[tracks["is_primary"].astype(bool)]
+    clip_boxes = _frame_lookup(primary, BOX_COLUMNS, video_ids, _clip_frames(clips))
+    without_track = int((~np.isfinite(clip_boxes).all(axis=-1).any(axis=1)).sum())
+    return square_crop_boxes(clip_boxes, sizes[:, 0], sizes[:, 1], margin), without_track
+
+
 def plan_clips(
     clips: pd.DataFrame, videos: pd.DataFrame, tracks: pd.DataFrame, keypoints: pd.DataFrame, margin: float
 ) -> tuple[pd.DataFrame, int]:
@@ -234,13 +256,9 @@ def plan_clips(
         return pd.concat([part for part, _ in parts]), sum(count for _, count in parts)
     n = len(clips)
     video_ids = clips["video_id"].to_numpy()
-    frame_idx = np.stack(clips["frame_idx"].to_numpy()).astype(np.int64) if n else np.zeros((0, 0), np.int64)
+    frame_idx = _clip_frames(clips)
     t = frame_idx.shape[1]
-    sizes = videos.set_index("video_id")[["width", "height"]].astype(np.int64).loc[video_ids].to_numpy()
-    sizes = sizes.reshape(n, 2)
-    clip_boxes = _frame_lookup(tracks[tracks["is_primary"].astype(bool)], BOX_COLUMNS, video_ids, frame_idx)
-    without_track = int((~np.isfinite(clip_boxes).all(axis=-1).any(axis=1)).sum())
-    boxes = square_crop_boxes(clip_boxes, sizes[:, 0], sizes[:, 1], margin)  # (N, 4) int64
+    boxes, without_track = crop_boxes(clips, videos, tracks, margin)
     pose_columns = joint_columns("x") + joint_columns("y") + joint_columns("score")
     joints = _frame_lookup(keypoints, pose_columns, video_ids, frame_idx).reshape(n, t, 3, NUM_JOINTS)
     xy, score, mask = align_poses(joints[:, :, :2].transpose(0, 1, 3, 2), joints[:, :, 2], boxes)

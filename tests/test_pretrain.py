@@ -1,0 +1,142 @@
+"""Masked-autoencoder pretraining of the backbone (stage pretrain, docs/decisions.md 38)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO_ROOT
+from transmodal.params import (
+    PRETRAINED_BACKBONE,
+    BackboneConfig,
+    ClipsConfig,
+    ParamError,
+    PretrainConfig,
+    load_params,
+)
+from transmodal.pretrain import learning_rate, pretrain, training_clips, tube_masks
+
+
+def test_tube_masks_hide_the_same_patches_in_every_frame_group():
+    masks = tube_masks(5, groups=8, patches=16, masked=14, generator=torch.Generator().manual_seed(0))
+    assert masks.shape == (5, 8 * 16) and masks.dtype == torch.bool
+    grid = masks.view(5, 8, 16)  # time-major, as VideoMAE's tokens
+    assert (grid.sum(dim=2) == 14).all()  # the same count in every group, so batches stay rectangular
+    assert (grid == grid[:, :1]).all()  # tubes: group g hides the patches group 0 hides
+    assert len({tuple(clip[0].tolist()) for clip in grid}) > 1  # each clip draws its own
+    again = tube_masks(5, groups=8, patches=16, masked=14, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(masks, again)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    cfg = PretrainConfig(lr=1e-3, warmup=0.1)
+    rates = [learning_rate(step, 100, cfg) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)  # 10 warm-up steps
+    assert all(a < b for a, b in zip(rates[:10], rates[1:10], strict=False))
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False)) and rates[-1] < 1e-6
+    assert learning_rate(0, 10, PretrainConfig(lr=1e-3, warmup=0.0)) == pytest.approx(1e-3)
+
+
+def _crops(count: int = 6, seed: int = 0) -> np.ndarray:
+    """(count, 16, 64, 64, 3) uint8: a bright square moving over noise, the tiny backbone's clip shape."""
+    rng = np.random.default_rng(seed)
+    crops = rng.integers(0, 60, size=(count, 16, 64, 64, 3), dtype=np.uint8)
+    for clip in range(count):
+        for t in range(16):
+            x = (clip * 7 + t * 2) % 48
+            crops[clip, t, 20:36, x : x + 16] = 230
+    return crops
+
+
+def test_pretraining_is_deterministic_and_writes_a_backbone_the_features_stage_loads(
+    tiny_checkpoints, tmp_path
+):
+    from transmodal.features.backbone import FrozenBackbone
+
+    cfg = PretrainConfig(init=tiny_checkpoints["backbone"], epochs=2, batch_size=4, threads=1)
+    crops = _crops()
+    first = pretrain(crops, cfg, tmp_path / "a", device=torch.device("cpu"))
+    second = pretrain(crops, cfg, tmp_path / "b", device=torch.device("cpu"))
+    weights = (tmp_path / "a/model.safetensors").read_bytes()
+    assert weights == (tmp_path / "b/model.safetensors").read_bytes()
+    pd.testing.assert_frame_equal(first.curve, second.curve)
+    assert list(first.curve["step"]) == [0, 1, 2, 3] and list(first.curve["epoch"]) == [0, 0, 1, 1]
+    assert first.summary["masked_patches_per_group"] == 14 and first.summary["steps"] == 4
+    # another seed: other masks and another decoder, so other weights
+    pretrain(crops, PretrainConfig(**{**cfg.__dict__, "seed": 1}), tmp_path / "c", device=torch.device("cpu"))
+    assert (tmp_path / "c/model.safetensors").read_bytes() != weights
+    # the features stage loads it as any VideoMAE, with the init's pixel normalisation, and its tokens are
+    # not those of the init (the encoder was trained)
+    trained = FrozenBackbone(BackboneConfig(checkpoint=str(tmp_path / "a"), device="cpu"), 16)
+    init = FrozenBackbone(BackboneConfig(checkpoint=tiny_checkpoints["backbone"], device="cpu"), 16)
+    assert trained.normalizer == init.normalizer
+    tokens = trained.encode(crops[:2])
+    assert tokens.shape == (2, 8, 16, 64) and not torch.equal(tokens, init.encode(crops[:2]))
+
+
+def test_a_mask_ratio_that_hides_every_patch_or_none_is_refused(tiny_checkpoints, tmp_path):
+    for ratio in (0.98, 0.02):  # 16 patches a group: 16 masked, 0 masked
+        cfg = PretrainConfig(init=tiny_checkpoints["backbone"], mask_ratio=ratio, epochs=1)
+        with pytest.raises(ParamError, match=r"pretrain\.mask_ratio"):
+            pretrain(_crops(2), cfg, tmp_path / "out", device=torch.device("cpu"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_clips_come_from_the_training_split_only(dataset):
+    store, _ = dataset
+    index = pd.DataFrame(
+        {
+            "video_id": store.video_ids,
+            "label": "a",
+            "label_idx": 0,
+            "split": ["train", "test"] * (len(store.video_ids) // 2) + ["train"] * (len(store.video_ids) % 2),
+            "sequences": [[]] * len(store.video_ids),
+        }
+    )
+    frames = store.frames
+    tracks = frames[["video_id", "frame_idx"]].assign(x1=1.0, y1=2.0, x2=11.0, y2=30.0, is_primary=True)
+    table, without_track = training_clips(index, store, tracks, ClipsConfig(), per_video=3)
+    train = set(index.loc[index["split"] == "train", "video_id"])
+    assert set(table["video_id"]) == train  # every training video, no other
+    assert table.groupby("video_id").size().max() == 3  # up to per_video clips (a short video holds fewer)
+    # each crop holds the primary track's box with its margin, as the features stage crops
+    assert without_track == 0
+    assert (table["crop_x1"] <= 1).all() and (table["crop_y1"] <= 2).all()
+    assert (table["crop_x2"] >= 11).all() and (table["crop_y2"] >= 30).all()
+
+
+def _stage(tmp_path: Path, params: dict) -> subprocess.CompletedProcess:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    script = REPO_ROOT / "stages/pretrain.py"
+    return subprocess.run([sys.executable, script], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+def test_the_stage_notes_why_it_is_skipped_with_another_backbone(tmp_path):
+    result = _stage(tmp_path, load_params(REPO_ROOT / "params.yaml"))  # the demo's random backbone
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in (tmp_path / "models/pretrain").iterdir()] == ["skipped.json"]
+    note = json.loads((tmp_path / "models/pretrain/skipped.json").read_text())["skipped"]
+    assert "backbone.checkpoint is 'models/tiny/backbone'" in note and PRETRAINED_BACKBONE in note
+    assert json.loads((tmp_path / "metrics/pretrain.json").read_text()) == {"skipped": note}
+    assert (tmp_path / "metrics/pretrain_curve.csv").read_text() == "step,epoch,loss,lr\n"
+
+
+def test_a_pretrain_init_that_is_no_videomae_fails_before_any_work(tiny_checkpoints, tmp_path):
+    params = load_params(REPO_ROOT / "params.yaml")
+    params["backbone"]["checkpoint"] = PRETRAINED_BACKBONE
+    params["pretrain"]["init"] = tiny_checkpoints["pose"]
+    result = _stage(tmp_path, params)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("pretrain: error: params.yaml: pretrain.init is ") and "vitpose" in lines[0]
+    assert not (tmp_path / "models").exists()
