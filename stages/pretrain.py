@@ -1,9 +1,9 @@
 """Stage pretrain: masked-autoencoder pretraining of the backbone on the training split -> models/pretrain/.
 
 It runs when ``backbone.checkpoint`` is ``models/pretrain/backbone`` (what it writes); with any other backbone
-(the paper's VideoMAE, the demo's random one) it writes only a note saying why it did nothing, so the
-features stage's input is the same whatever the backbone."""
+(the paper's VideoMAE, the demo's random one) it writes only a note saying why it did nothing."""
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +11,7 @@ import pandas as pd
 from transmodal.data.frames import FrameStore
 from transmodal.io import atomic_dir, write_json, write_text
 from transmodal.params import PRETRAINED_BACKBONE, section
-from transmodal.pretrain import CURVE_COLUMNS, init_image_size, pretrain, read_crops, training_clips
+from transmodal.pretrain import CURVE_COLUMNS, check_init, pretrain, read_crops, training_clips
 from transmodal.stage import StageInputError, run_stage
 
 OUT = Path("models/pretrain")
@@ -22,7 +22,7 @@ CURVE = Path("metrics/pretrain_curve.csv")
 def main(params: dict) -> None:
     cfg = section(params, "pretrain")
     backbone = section(params, "backbone")
-    if backbone.checkpoint != PRETRAINED_BACKBONE:
+    if not is_pretrained(backbone.checkpoint):
         reason = f"backbone.checkpoint is {backbone.checkpoint!r}, not {PRETRAINED_BACKBONE!r}"
         with atomic_dir(OUT) as tmp:
             write_json({"skipped": reason}, tmp / "skipped.json")
@@ -31,6 +31,7 @@ def main(params: dict) -> None:
         print(f"pretrain: skipped: {reason}")
         return
     clips = section(params, "clips")
+    image_size = check_init(cfg)  # before any crop is read
     store = FrameStore("data/frames")
     index = pd.read_parquet("data/index.parquet")
     table, without_track = training_clips(
@@ -38,7 +39,7 @@ def main(params: dict) -> None:
     )
     if table.empty:
         raise StageInputError("pretrain: the training split has no clip (data/index.parquet, data/frames)")
-    crops = read_crops(store, table, init_image_size(cfg), clips.length)
+    crops = read_crops(store, table, image_size, clips.length)
     with atomic_dir(OUT) as tmp:
         result = pretrain(crops, cfg, tmp / "backbone")
     summary = result.summary | {
@@ -51,6 +52,11 @@ def main(params: dict) -> None:
         f"pretrain: {summary['clips']} clips of {summary['videos']} training videos, {summary['steps']} steps; "
         f"loss {summary['first_epoch_loss']:.4f} in the first epoch, {summary['last_epoch_loss']:.4f} in the last"
     )
+
+
+def is_pretrained(checkpoint: str) -> bool:
+    """Whether ``backbone.checkpoint`` names what this stage writes (``./models/pretrain/backbone/`` does)."""
+    return os.path.abspath(checkpoint) == os.path.abspath(PRETRAINED_BACKBONE)
 
 
 if __name__ == "__main__":

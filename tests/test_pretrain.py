@@ -140,3 +140,39 @@ def test_a_pretrain_init_that_is_no_videomae_fails_before_any_work(tiny_checkpoi
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("pretrain: error: params.yaml: pretrain.init is ") and "vitpose" in lines[0]
     assert not (tmp_path / "models").exists()
+
+
+def test_a_pretraining_checkpoint_s_encoder_is_loaded_and_its_decoder_drawn_anew(tiny_checkpoints, tmp_path):
+    """A VideoMAEForPreTraining checkpoint with a decoder of its own width (MCG-NJU/videomae-base's is 384
+    wide on a 768-wide encoder) starts the same way: its encoder weights exactly, a new decoder."""
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEModel
+
+    from transmodal.pretrain import _load
+
+    config = VideoMAEConfig.from_pretrained(tiny_checkpoints["backbone"])
+    config.decoder_hidden_size, config.decoder_num_attention_heads = 32, 2
+    config.decoder_intermediate_size, config.decoder_num_hidden_layers = 64, 2
+    torch.manual_seed(5)
+    VideoMAEForPreTraining(config).save_pretrained(tmp_path / "mae")
+    processor = tmp_path / "mae/preprocessor_config.json"
+    processor.write_bytes((Path(tiny_checkpoints["backbone"]) / "preprocessor_config.json").read_bytes())
+    cfg = PretrainConfig(init=str(tmp_path / "mae"), epochs=1, batch_size=4, threads=1)
+    model = _load(VideoMAEForPreTraining, str(tmp_path / "mae"), cfg)
+    encoder = VideoMAEModel.from_pretrained(tmp_path / "mae").state_dict()
+    loaded = model.videomae.state_dict()
+    assert set(loaded) == set(encoder) and all(torch.equal(loaded[k], encoder[k]) for k in encoder)
+    assert model.decoder.head.in_features == config.hidden_size  # as wide as the encoder, not 32
+    assert torch.isfinite(model.mask_token).all() and model.mask_token.abs().max() < 1
+    pretrain(_crops(4), cfg, tmp_path / "out", device=torch.device("cpu"))  # and it trains
+    assert (tmp_path / "out/model.safetensors").is_file()
+
+
+def test_a_bad_mask_ratio_is_refused_before_any_crop_is_read(tiny_checkpoints, tmp_path):
+    params = load_params(REPO_ROOT / "params.yaml")
+    params["backbone"]["checkpoint"] = "./" + PRETRAINED_BACKBONE + "/"  # the same folder, written otherwise
+    params["pretrain"]["init"] = tiny_checkpoints["backbone"]
+    params["pretrain"]["mask_ratio"] = 0.98  # all 16 patches of a frame group
+    result = _stage(tmp_path, params)  # no data/ here: reading a crop would fail otherwise
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "pretrain.mask_ratio 0.98 masks 16 of the 16 patches" in lines[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from transmodal.stage import StageInputError
 from transmodal.vision.checkpoints import first_line, load_processor, pick_device, resolve_checkpoint
 
 INIT_PARAM = "pretrain.init"
+NEW_WEIGHTS = ("decoder.", "encoder_to_decoder.", "mask_token")  # drawn anew, whatever pretrain.init holds
 CURVE_COLUMNS = ("step", "epoch", "loss", "lr")
 MEMORY_SHARE = 0.5  # of the memory available when the stage starts, at most, for the crops
 
@@ -54,8 +56,8 @@ def tube_masks(
 
 
 def learning_rate(step: int, steps: int, cfg: PretrainConfig) -> float:
-    """``pretrain.lr`` times a linear warm-up over the first ``pretrain.warmup`` of the steps, then a cosine
-    decay to 0 at the last step."""
+    """``pretrain.lr`` times a linear warm-up over the first ``pretrain.warmup`` of the steps (none when that
+    rounds to no step), then a cosine decay towards 0 (the last step's rate is that of ``steps - 1``)."""
     warm = int(cfg.warmup * steps)
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -102,9 +104,16 @@ def read_crops(store: FrameStore, table: pd.DataFrame, size: int, length: int) -
     return crops
 
 
-def init_image_size(cfg: PretrainConfig) -> int:
-    """The frame size ``pretrain.init`` takes (its config.json's ``image_size``)."""
-    return int(_init_config(resolve_checkpoint(cfg.init, INIT_PARAM), cfg).image_size)
+def check_init(cfg: PretrainConfig) -> int:
+    """Check ``pretrain.init`` before any crop is read (its patch grid against ``pretrain.mask_ratio``, its
+    processor's resizing) and return the frame size it takes (its config.json's ``image_size``)."""
+    from transmodal.features.backbone import check_resample
+
+    folder = resolve_checkpoint(cfg.init, INIT_PARAM)
+    config = _init_config(folder, cfg)
+    cfg.masked_count((config.image_size // config.patch_size) ** 2)
+    check_resample(load_processor(processor_class(), folder, INIT_PARAM), cfg.init)
+    return int(config.image_size)
 
 
 @dataclass
@@ -140,7 +149,8 @@ def pretrain(
         groups = config.num_frames // config.tubelet_size
         patches = (config.image_size // config.patch_size) ** 2
         masked = cfg.masked_count(patches)
-        curve = _train(model, crops, normalizer, cfg, (groups, patches, masked), device)
+        with _deterministic(device):
+            curve = _train(model, crops, normalizer, cfg, (groups, patches, masked), device)
     finally:
         torch.set_num_threads(threads)
     with atomic_dir(out) as tmp:
@@ -184,18 +194,66 @@ def _load(model_cls, folder: str, cfg: PretrainConfig):
     """The init checkpoint's encoder under a new decoder as wide as it (``pretrain.decoder_layers``)."""
     from safetensors import SafetensorError
 
+    config = _init_config(folder, cfg)
     try:
-        config = _init_config(folder, cfg)
-        with _quiet_loading():  # the decoder is new: transformers lists each of its weights as missing
-            model = model_cls.from_pretrained(folder, config=config, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, SafetensorError) as err:
+        # the decoder is new: transformers lists each of its weights as missing, and a pretraining
+        # checkpoint's own decoder (MCG-NJU/videomae-base's is 384 wide) as mismatched; both are drawn anew
+        with _quiet_loading():
+            model, info = model_cls.from_pretrained(
+                folder,
+                config=config,
+                dtype=torch.float32,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+            )
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
         raise CheckpointError(
             f"params.yaml: {INIT_PARAM} is {cfg.init!r}: cannot load as {model_cls.__name__} ({first_line(err)})"
         ) from None
+    mismatched = [
+        entry[0] if isinstance(entry, tuple) else entry for entry in info.get("mismatched_keys", [])
+    ]
+    unloaded = sorted(
+        key for key in [*info.get("missing_keys", []), *mismatched] if not key.startswith(NEW_WEIGHTS)
+    )
+    if unloaded:  # an encoder weight not in the checkpoint would start random, in silence
+        raise CheckpointError(
+            f"params.yaml: {INIT_PARAM} is {cfg.init!r}: {len(unloaded)} encoder weight(s) not in it or of "
+            f"another shape ({', '.join(unloaded[:3])}{', ...' if len(unloaded) > 3 else ''}); expected a "
+            "VideoMAE of the architecture its config.json names"
+        )
     # transformers leaves the mask token as allocated (it is not a layer its initialisation visits)
     with torch.no_grad():
         torch.nn.init.trunc_normal_(model.mask_token, std=0.02)  # as VideoMAE initialises it
     return model
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device):
+    """On CUDA, deterministic kernels while the block runs: cuBLAS with a fixed workspace, cuDNN without
+    autotuning, and the math attention kernel (the fused ones' backward adds with atomics, so two runs wrote
+    different weights; decision 37). On the CPU nothing changes: its kernels give the same bytes run to run
+    at a fixed thread count."""
+    if device.type != "cuda":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS's first use
+    found = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(found[0], warn_only=found[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = found[2], found[3]
 
 
 @contextlib.contextmanager
