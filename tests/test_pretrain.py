@@ -64,7 +64,16 @@ def test_pretraining_is_deterministic_and_writes_a_backbone_the_features_stage_l
 
     cfg = PretrainConfig(init=tiny_checkpoints["backbone"], epochs=2, batch_size=4, threads=1)
     crops = _crops()
-    first = pretrain(crops, cfg, tmp_path / "a", device=torch.device("cpu"))
+    found = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(False)
+    try:
+        first = pretrain(crops, cfg, tmp_path / "a", device=torch.device("cpu"))
+        # the thread count and the deterministic-kernel flag it set are handed back as it found them
+        assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (2, False)
+    finally:
+        torch.set_num_threads(found[0])
+        torch.use_deterministic_algorithms(found[1])
     second = pretrain(crops, cfg, tmp_path / "b", device=torch.device("cpu"))
     weights = (tmp_path / "a/model.safetensors").read_bytes()
     assert weights == (tmp_path / "b/model.safetensors").read_bytes()
@@ -122,7 +131,9 @@ def _stage(tmp_path: Path, params: dict) -> subprocess.CompletedProcess:
 
 
 def test_the_stage_notes_why_it_is_skipped_with_another_backbone(tmp_path):
-    result = _stage(tmp_path, load_params(REPO_ROOT / "params.yaml"))  # the demo's random backbone
+    params = load_params(REPO_ROOT / "params.yaml")
+    params["backbone"]["checkpoint"] = "models/tiny/backbone"  # the random one, as with a preset's real one
+    result = _stage(tmp_path, params)
     assert result.returncode == 0, result.stderr
     assert [p.name for p in (tmp_path / "models/pretrain").iterdir()] == ["skipped.json"]
     note = json.loads((tmp_path / "models/pretrain/skipped.json").read_text())["skipped"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from transmodal.data.frames import FrameStore
+from transmodal.determinism import deterministic_attention, leaves_torch_settings_as_found, seed_everything
 from transmodal.features.backbone import processor_class
 from transmodal.features.clips import make_clips
 from transmodal.features.crops import CROP_COLUMNS, PixelNormalizer
@@ -124,6 +124,7 @@ class Pretrained:
     curve: pd.DataFrame
 
 
+@leaves_torch_settings_as_found
 def pretrain(
     crops: np.ndarray, cfg: PretrainConfig, out: Path, device: torch.device | None = None
 ) -> Pretrained:
@@ -135,24 +136,20 @@ def pretrain(
     folder = resolve_checkpoint(cfg.init, INIT_PARAM)
     processor = load_processor(processor_class(), folder, INIT_PARAM)
     normalizer = PixelNormalizer.from_processor(processor)
-    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    try:
-        torch.manual_seed(cfg.seed)  # the decoder's initial weights
-        model = _load(VideoMAEForPreTraining, folder, cfg).to(device).train()
-        config = model.config
-        if tuple(crops.shape[1:]) != (config.num_frames, config.image_size, config.image_size, 3):
-            raise StageInputError(
-                f"pretrain: crops of shape {tuple(crops.shape[1:])}; {cfg.init!r} takes "
-                f"({config.num_frames}, {config.image_size}, {config.image_size}, 3)"
-            )
-        groups = config.num_frames // config.tubelet_size
-        patches = (config.image_size // config.patch_size) ** 2
-        masked = cfg.masked_count(patches)
-        with _deterministic(device):
-            curve = _train(model, crops, normalizer, cfg, (groups, patches, masked), device)
-    finally:
-        torch.set_num_threads(threads)
+    seed_everything(cfg.seed)  # the decoder's initial weights, then the masks and batches
+    model = _load(VideoMAEForPreTraining, folder, cfg).to(device).train()
+    config = model.config
+    if tuple(crops.shape[1:]) != (config.num_frames, config.image_size, config.image_size, 3):
+        raise StageInputError(
+            f"pretrain: crops of shape {tuple(crops.shape[1:])}; {cfg.init!r} takes "
+            f"({config.num_frames}, {config.image_size}, {config.image_size}, 3)"
+        )
+    groups = config.num_frames // config.tubelet_size
+    patches = (config.image_size // config.patch_size) ** 2
+    masked = cfg.masked_count(patches)
+    with deterministic_attention(device):
+        curve = _train(model, crops, normalizer, cfg, (groups, patches, masked), device)
     with atomic_dir(out) as tmp:
         model.videomae.eval().to("cpu").save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -226,34 +223,6 @@ def _load(model_cls, folder: str, cfg: PretrainConfig):
     with torch.no_grad():
         torch.nn.init.trunc_normal_(model.mask_token, std=0.02)  # as VideoMAE initialises it
     return model
-
-
-@contextlib.contextmanager
-def _deterministic(device: torch.device):
-    """On CUDA, deterministic kernels while the block runs: cuBLAS with a fixed workspace, cuDNN without
-    autotuning, and the math attention kernel (the fused ones' backward adds with atomics, so two runs wrote
-    different weights; decision 37). On the CPU nothing changes: its kernels give the same bytes run to run
-    at a fixed thread count."""
-    if device.type != "cuda":
-        yield
-        return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS's first use
-    found = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-    )
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    finally:
-        torch.use_deterministic_algorithms(found[0], warn_only=found[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = found[2], found[3]
 
 
 @contextlib.contextmanager

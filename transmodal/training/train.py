@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import math
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,10 +14,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from transmodal import distributed
+from transmodal.determinism import deterministic_attention, leaves_torch_settings_as_found, seed_everything
 from transmodal.features.cache import FeatureStore
 from transmodal.io import Resumable, atomic_dir, file_signature, folder_signature, source_digest
 from transmodal.model import TransModal, parameter_counts
@@ -63,52 +61,6 @@ def pipeline_record(params: dict) -> dict[str, dict]:
         values = dataclasses.asdict(section(params, name))
         record[name] = {key: values[key] for key in keys}
     return record
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch and numpy and ask torch for deterministic kernels (on CUDA, cuBLAS needs a fixed workspace
-    for that, set before its first use; docs/decisions.md "What reproduces bit for bit")."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
-def leaves_torch_settings_as_found(function):
-    """Restore the process's CPU thread count and deterministic-kernel flags after ``function``: training
-    sets them (``train.threads``, :func:`seed_everything`), and a caller (a notebook, the ablation's later
-    evaluations, a recomputed backbone) would otherwise run on one thread and deterministic cuDNN."""
-
-    @functools.wraps(function)
-    def restoring(*args, **kwargs):
-        threads = torch.get_num_threads()
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-        cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-        try:
-            return function(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
-
-    return restoring
-
-
-def deterministic_attention(device: torch.device) -> contextlib.AbstractContextManager:
-    """The attention kernels a training step may use on ``device``.
-
-    On CUDA, the fused kernels' backward (flash, memory-efficient, cuDNN) accumulates the query gradient with
-    atomics, and under ``warn_only=True`` torch keeps that algorithm, only warning: two runs wrote different
-    weights. The math kernel (matmul and softmax, deterministic under the fixed cuBLAS workspace) is used
-    there instead; the head's attention matrices are small (RGB tokens x 16 pose tokens), so it costs little.
-    On the CPU nothing changes (its kernels already give identical bytes run to run).
-    """
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return sdpa_kernel(SDPBackend.MATH)
 
 
 def model_size(store: FeatureStore) -> dict[str, int]:
