@@ -33,15 +33,21 @@ def dvc(project: Path, *args: str) -> str:
     return result.stdout + result.stderr
 
 
+# The demo pretrains its backbone for minutes; a test project pretrains it for a few steps (same code path).
+SMALL_PRETRAIN = {"epochs": 1, "clips_per_video": 2}
+
+
 def make_project(root: Path, overrides: dict, variants: dict | None = None) -> Path:
     """Copy dvc.yaml, stages/ and transmodal/ into ``root`` with params.yaml updated section by section by
-    ``overrides`` (``variants`` replaces ``ablation.variants``); git init, dvc init, commit."""
+    ``overrides`` (``variants`` replaces ``ablation.variants``; :data:`SMALL_PRETRAIN` first); git init, dvc
+    init, commit."""
     root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO_ROOT / name, root / name)
     for name in ("stages", "transmodal"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["pretrain"].update(SMALL_PRETRAIN)
     for section, values in overrides.items():
         params[section].update(values)
     if variants is not None:

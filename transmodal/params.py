@@ -334,7 +334,7 @@ class PretrainConfig:
 
     init: str = "models/tiny/backbone"  # the VideoMAE the encoder starts from (architecture and weights)
     clips_per_video: int = 16
-    epochs: int = 10
+    epochs: int = 300
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
