@@ -1,7 +1,8 @@
 """Stage pretrain: masked-autoencoder pretraining of the backbone on the training split -> models/pretrain/.
 
-It runs when ``backbone.checkpoint`` is ``models/pretrain/backbone`` (what it writes); with any other backbone
-(the paper's VideoMAE, the demo's random one) it writes only a note saying why it did nothing."""
+It runs when ``backbone.checkpoint`` is ``models/pretrain/backbone`` (what it writes; the demo's default); with
+any other backbone (the paper's VideoMAE, the random ``models/tiny/backbone``) it writes only a note saying why
+it did nothing."""
 
 import os
 from pathlib import Path

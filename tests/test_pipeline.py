@@ -73,9 +73,18 @@ def test_repro_produces_every_output_and_a_second_repro_does_nothing(project):
     assert summary["videos"] == (index["split"] == "train").sum() and summary["epochs"] == 1
     curve = pd.read_csv(project / "metrics/pretrain_curve.csv")
     assert len(curve) == summary["steps"] > 0 and curve["loss"].notna().all()
-    backbone = json.loads((project / "data/features/backbone.json").read_text())
-    assert backbone["checkpoint"] == "models/pretrain/backbone"
     assert (project / "models/pretrain/backbone/model.safetensors").exists()
+    # and the features stage encoded with it: the lock records the pretrain stage's output as its input
+    import yaml
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    written = {out["path"]: out["md5"] for out in lock["pretrain"]["outs"]}
+    read = {dep["path"]: dep["md5"] for dep in lock["features"]["deps"]}
+    assert read["models/pretrain"] == written["models/pretrain"]
+    assert (
+        json.loads((project / "data/features/backbone.json").read_text())["checkpoint"]
+        == "models/pretrain/backbone"
+    )
     assert "metrics/pretrain_curve.csv" in dvc(project, "plots", "show", "--json")
     evaluation = json.loads((project / "metrics/eval.json").read_text())
     assert {"clip_accuracy", "sequence_accuracy", "video_accuracy"} <= set(evaluation)

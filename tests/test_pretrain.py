@@ -64,16 +64,23 @@ def test_pretraining_is_deterministic_and_writes_a_backbone_the_features_stage_l
 
     cfg = PretrainConfig(init=tiny_checkpoints["backbone"], epochs=2, batch_size=4, threads=1)
     crops = _crops()
-    found = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    found = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(False)
     try:
         first = pretrain(crops, cfg, tmp_path / "a", device=torch.device("cpu"))
         # the thread count and the deterministic-kernel flag it set are handed back as it found them
         assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (2, False)
+        with pytest.raises(ParamError):  # and so they are when it fails
+            pretrain(crops, PretrainConfig(**{**cfg.__dict__, "mask_ratio": 0.98}), tmp_path / "x")
+        assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (2, False)
     finally:
         torch.set_num_threads(found[0])
-        torch.use_deterministic_algorithms(found[1])
+        torch.use_deterministic_algorithms(found[1], warn_only=found[2])
     second = pretrain(crops, cfg, tmp_path / "b", device=torch.device("cpu"))
     weights = (tmp_path / "a/model.safetensors").read_bytes()
     assert weights == (tmp_path / "b/model.safetensors").read_bytes()
