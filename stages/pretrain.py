@@ -4,14 +4,13 @@ It runs when ``backbone.checkpoint`` is ``models/pretrain/backbone`` (what it wr
 any other backbone (the paper's VideoMAE, the random ``models/tiny/backbone``) it writes only a note saying why
 it did nothing."""
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from transmodal.data.frames import FrameStore
 from transmodal.io import atomic_dir, write_json, write_text
-from transmodal.params import PRETRAINED_BACKBONE, section
+from transmodal.params import PRETRAINED_BACKBONE, is_pretrained, section
 from transmodal.pretrain import CURVE_COLUMNS, check_init, pretrain, read_crops, training_clips
 from transmodal.stage import StageInputError, run_stage
 
@@ -53,11 +52,6 @@ def main(params: dict) -> None:
         f"pretrain: {summary['clips']} clips of {summary['videos']} training videos, {summary['steps']} steps; "
         f"loss {summary['first_epoch_loss']:.4f} in the first epoch, {summary['last_epoch_loss']:.4f} in the last"
     )
-
-
-def is_pretrained(checkpoint: str) -> bool:
-    """Whether ``backbone.checkpoint`` names what this stage writes (``./models/pretrain/backbone/`` does)."""
-    return os.path.abspath(checkpoint) == os.path.abspath(PRETRAINED_BACKBONE)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,13 @@ from tests.conftest import REPO_ROOT
 from transmodal.params import (
     PRETRAINED_BACKBONE,
     BackboneConfig,
+    CheckpointError,
     ClipsConfig,
     ParamError,
     PretrainConfig,
+    is_pretrained,
     load_params,
+    validate_stage,
 )
 from transmodal.pretrain import learning_rate, pretrain, training_clips, tube_masks
 
@@ -147,6 +150,21 @@ def test_the_stage_notes_why_it_is_skipped_with_another_backbone(tmp_path):
     assert "backbone.checkpoint is 'models/tiny/backbone'" in note and PRETRAINED_BACKBONE in note
     assert json.loads((tmp_path / "metrics/pretrain.json").read_text()) == {"skipped": note}
     assert (tmp_path / "metrics/pretrain_curve.csv").read_text() == "step,epoch,loss,lr\n"
+
+
+@pytest.mark.parametrize("written", [PRETRAINED_BACKBONE, "./" + PRETRAINED_BACKBONE + "/"])
+def test_pretrain_s_params_are_checked_whenever_the_stage_runs(tiny_checkpoints, written):
+    """However ``backbone.checkpoint`` spells the stage's folder, the stage runs and so its init is checked
+    when the stage starts; with another backbone the stage is skipped and its init is not read."""
+    params = load_params(REPO_ROOT / "params.yaml")
+    params["pretrain"]["init"] = tiny_checkpoints["pose"]
+    params["backbone"]["checkpoint"] = written
+    assert is_pretrained(written)
+    with pytest.raises(CheckpointError, match=r"pretrain\.init is .*a vitpose checkpoint"):
+        validate_stage("pretrain", params)
+    params["backbone"]["checkpoint"] = tiny_checkpoints["backbone"]
+    assert not is_pretrained(tiny_checkpoints["backbone"])
+    validate_stage("pretrain", params)
 
 
 def test_a_pretrain_init_that_is_no_videomae_fails_before_any_work(tiny_checkpoints, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,6 +326,12 @@ class BackboneConfig(RuntimeMixin):
 
 PRETRAINED_BACKBONE = "models/pretrain/backbone"
 """What the pretrain stage writes: ``backbone.checkpoint`` set to it runs the stage (else it is skipped)."""
+
+
+def is_pretrained(checkpoint: str) -> bool:
+    """Whether ``backbone.checkpoint`` names what the pretrain stage writes (``./models/pretrain/backbone/``
+    does): the stage runs, and its params are checked, exactly when this holds."""
+    return os.path.abspath(checkpoint) == os.path.abspath(PRETRAINED_BACKBONE)
 
 
 @dataclass(frozen=True)
@@ -897,7 +904,7 @@ def validate_stage(stage: str, params: dict) -> None:
         check_checkpoint_type("detect.checkpoint", section(params, "detect").checkpoint)
     elif base == "pose" and section(params, "pose").source == "model":
         check_checkpoint_type("pose.checkpoint", section(params, "pose").checkpoint)
-    elif base == "pretrain" and section(params, "backbone").checkpoint == PRETRAINED_BACKBONE:
+    elif base == "pretrain" and is_pretrained(section(params, "backbone").checkpoint):
         _check_backbone(params, "pretrain.init")
     elif base == "features":
         _check_backbone(params)
