@@ -1,6 +1,7 @@
 """Stage evaluate: test-split top-1 and per-class report per clip, sequence and video; the confusion matrix
 at the paper's unit (sequence) as a DVC plot and a PNG; the training curves as a PNG; paper Figures 3 and 4
-for ``eval.explain_clips`` test clips (metrics/explain/)."""
+for ``eval.explain_clips`` test clips (metrics/explain/), with the maps' heat on the person over every test
+clip and what the frozen tokens say of the person (linear probes, ``person_in_tokens``)."""
 
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from transmodal.data.frames import FrameStore
-from transmodal.explain import explain_test_clips, heat_over_test_clips
+from transmodal.explain import PersonTokens, explain_test_clips, heat_over_test_clips
 from transmodal.features.cache import FeatureStore
 from transmodal.io import write_json, write_text
 from transmodal.params import section
@@ -26,9 +27,8 @@ def main(params: dict) -> None:
         Path("models/transmodal"), store, "test", cfg.batch_size, cfg.device
     )
     frames = FrameStore("data/frames")
-    coverage = split_coverage(
-        pd.read_parquet("data/index.parquet"), frames.videos, predictions["video"]["video_id"]
-    )
+    index = pd.read_parquet("data/index.parquet")
+    coverage = split_coverage(index, frames.videos, predictions["video"]["video_id"])
     metrics.update(coverage)
     if coverage["test_videos_not_scored"]:
         print(
@@ -48,7 +48,11 @@ def main(params: dict) -> None:
     model, config = load_checkpoint(Path("models/transmodal"), pick_device(cfg.device))
     tracks = pd.read_parquet("data/tracks.parquet")
     with trained_threads(config["train"].get("threads")):  # the head's logits, as evaluate_model's
-        metrics["heat_on_test_clips"] = heat_over_test_clips(model, store, tracks, cfg.batch_size)
+        person_tokens = PersonTokens(dict(zip(index["video_id"], index["group"], strict=True)))
+        metrics["heat_on_test_clips"] = heat_over_test_clips(
+            model, store, tracks, cfg.batch_size, person_tokens
+        )
+        metrics["person_in_tokens"] = person_tokens.summary()
         metrics["explained_clips"] = explain_test_clips(
             model,
             store,

@@ -97,3 +97,27 @@ def test_the_readme_quotes_the_committed_ablation_table_and_evaluation():
     scored = re.search(r"`evaluate` \(seed 0's `full` head\) scores (\d+\.\d) %", text)
     assert scored[1] == _pct(evaluation["sequence_accuracy"])
     assert checked >= 10, checked  # the patterns still find the README's figures
+
+
+def test_the_readme_quotes_the_committed_heat_and_probes():
+    """The README's account of Figure 4 on the demo quotes `metrics/eval.json`: every 0.xxx figure in it is one
+    of the committed heat masses, box shares or probe scores, every percentage a share of clips above their
+    box's share, and each probe's score is quoted."""
+    import json
+
+    evaluation = json.loads((REPO / "metrics/eval.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("`explain` draws the paper's Figure 4")
+    text = " ".join(readme[start : readme.index("\n## ", start)].split())
+    heat, probes = evaluation["heat_on_test_clips"], evaluation["person_in_tokens"]
+    committed = {f"{v:.3f}" for m in heat.values() for v in (m["mass_in_box"], m["box_share"])}
+    committed |= {f"{v:.3f}" for k, v in probes.items() if isinstance(v, float)}
+    quoted = re.findall(r"(?<![\d.])(0\.\d{3})(?!\d)", text)
+    assert quoted and set(quoted) <= committed, sorted(set(quoted) - committed)
+    probe_scores = ("on_box_balanced_accuracy", "class_from_person_tokens", "class_from_background_tokens")
+    assert {f"{probes[k]:.3f}" for k in probe_scores} <= set(quoted)
+    shares = {f"{100 * m['clips_above_share']:.0f}" for m in heat.values()}
+    percentages = re.findall(r"(\d+) %", text)
+    assert percentages and set(percentages) <= shares, (percentages, shares)
+    clips = re.search(r"over the (\d+) test clips", text)
+    assert int(clips[1]) == heat["selector token scores"]["clips"]

@@ -1255,10 +1255,12 @@ def test_the_heat_of_a_map_is_what_lies_above_its_baseline():
     assert heat_in_box(values, boxes) == pytest.approx((0.25, 0.25))
 
 
-def test_the_heat_over_the_test_clips_is_the_mean_over_those_with_a_box(monkeypatch):
-    """evaluate's summary of every test clip: one whose selector heat lies all on the person (the upper-left
-    quarter of its crop) and one with a fifth of its heat there give a mean mass of 0.6 against a share of
-    0.25, one clip in two above its share; a training clip and a test clip without a box are left out."""
+def _test_split(monkeypatch, kept=None):
+    """Four clips (videos a, b, c and a training clip of a) and tracks with the primary box over the upper-left
+    quarter of the crop, from 0.1 to 0.6 of its side, in videos a and b (c has none). A clip's tokens hold
+    its row number at [0, 0, 0] and each token's patch and frame group at [..., 1] and [..., 2]; its
+    selector map is all on the box, except clip 1's (a fifth there). ``kept`` (clips, G, K): the patches a
+    cache made with ``backbone.keep`` < 1 holds, per clip."""
     from types import SimpleNamespace
 
     import pandas as pd
@@ -1277,34 +1279,53 @@ def test_the_heat_over_the_test_clips_is_the_mean_over_those_with_a_box(monkeypa
             for row in tokens[:, 0, 0, 0].tolist()
         ]
 
+    def tokens(rows):
+        patches = np.tile(np.arange(16), (len(rows), 8, 1)) if kept is None else np.asarray(kept)[rows]
+        grid = torch.zeros(len(rows), 8, patches.shape[-1], 32)
+        grid[..., 1] = torch.as_tensor(patches, dtype=torch.float32)
+        grid[..., 2] = torch.arange(8.0)[:, None]
+        grid[:, 0, 0, 0] = torch.as_tensor(rows, dtype=torch.float32)
+        return grid
+
     monkeypatch.setattr(explain, "explain_clips", explained)
     clips = pd.DataFrame(
         {
             "video_id": ["a", "b", "c", "a"],
             "split": ["test", "test", "test", "train"],
+            "label_idx": [2, 3, 4, 2],
             "frame_idx": [np.arange(16)] * 4,
             **dict(zip(explain.CROP_COLUMNS, [0.0, 0.0, 100.0, 100.0], strict=True)),
         }
     )
     store = SimpleNamespace(
         clips=clips,
-        full_patches_per_group=None,
+        full_patches_per_group=16,
         pose=lambda rows: (
             np.zeros((len(rows), 16, 17, 2), np.float32),
             np.ones((len(rows), 16, 17), np.float32),
             np.ones((len(rows), 16, 17), bool),
         ),
-        tokens=lambda rows: torch.stack([torch.full((8, 16, 32), float(row)) for row in rows]),
-        kept_patches=lambda rows: None,
+        tokens=tokens,
+        kept_patches=lambda rows: None if kept is None else np.asarray(kept)[rows],
     )
     tracks = pd.DataFrame(
         {
             "video_id": ["a"] * 16 + ["b"] * 16,  # video c has no box
             "frame_idx": list(range(16)) * 2,
             "is_primary": True,
-            **dict(zip(("x1", "y1", "x2", "y2"), [0.0, 0.0, 50.0, 50.0], strict=True)),
+            **dict(zip(("x1", "y1", "x2", "y2"), [10.0, 10.0, 60.0, 60.0], strict=True)),
         }
     )
+    return store, tracks
+
+
+def test_the_heat_over_the_test_clips_is_the_mean_over_those_with_a_box(monkeypatch):
+    """evaluate's summary of every test clip: one whose selector heat lies all on the person (the upper-left
+    quarter of its crop) and one with a fifth of its heat there give a mean mass of 0.6 against a share of
+    0.25, one clip in two above its share; a training clip and a test clip without a box are left out."""
+    from transmodal import explain
+
+    store, tracks = _test_split(monkeypatch)
     summary = explain.heat_over_test_clips(_head(), store, tracks, batch_size=2)
     assert summary == {
         "selector token scores": {
@@ -1315,6 +1336,184 @@ def test_the_heat_over_the_test_clips_is_the_mean_over_those_with_a_box(monkeypa
             "baseline": "each group's least score",
         }
     }
+
+
+def test_patches_on_and_clear_of_a_box():
+    """A box from 0.1 to 0.6 of the crop holds the centres of patches 0, 1, 4, 5, grazes 2, 6, 8, 9, 10 and
+    leaves 3, 7, 11-15 clear; a box on patch edges grazes none; a group without a box has neither."""
+    from transmodal.explain import patches_clear_of_box, patches_in_box
+
+    boxes = np.asarray([[0.1, 0.1, 0.6, 0.6], [0.0, 0.0, 0.5, 0.5], [np.nan] * 4])
+    on, clear = patches_in_box(boxes, 16), patches_clear_of_box(boxes, 16)
+    assert np.flatnonzero(on[0]).tolist() == [0, 1, 4, 5]
+    assert np.flatnonzero(clear[0]).tolist() == [3, 7, 11, 12, 13, 14, 15]
+    assert np.flatnonzero(on[1]).tolist() == [0, 1, 4, 5] and (clear[1] == ~on[1]).all()
+    assert not on[2].any() and not clear[2].any()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_probes_get_each_test_clip_s_tokens_on_and_clear_of_the_box(monkeypatch, keep):
+    """The same pass hands the probes each test clip with a box, from its groups with a box only: up to
+    eight of its tokens on the box and eight clear of it (none the box grazes), and the mean token on and
+    clear of it, with its label and recording; with half the patches kept (every other one, a different half
+    in each group and clip), among those kept."""
+    from transmodal import explain
+
+    kept = None
+    if keep:
+        kept = [[sorted((g + row + 2 * k) % 16 for k in range(8)) for g in range(8)] for row in range(4)]
+    store, tracks = _test_split(monkeypatch, kept)
+    tracks = tracks[(tracks["video_id"] != "b") | (tracks["frame_idx"] >= 4)]  # b: no box in groups 0, 1
+    collector = explain.PersonTokens({"a": "recording 1", "b": "recording 2", "c": "recording 2"})
+    explain.heat_over_test_clips(_head(), store, tracks, batch_size=3, person_tokens=collector)
+    assert [(label, group) for _, _, label, group in collector.means] == [
+        (2, "recording 1"),
+        (3, "recording 2"),
+    ]
+    on_box, clear = {0, 1, 4, 5}, {3, 7, 11, 12, 13, 14, 15}
+    for row, first_group, (tokens, on, _), (on_mean, clear_mean, *_) in zip(
+        (0, 1), (0, 2), collector.samples, collector.means, strict=True
+    ):
+        held = [set(range(16)) if kept is None else set(kept[row][g]) for g in range(first_group, 8)]
+        on_tokens = [(g, p) for g, patches in enumerate(held, first_group) for p in sorted(patches & on_box)]
+        clear_tokens = [
+            (g, p) for g, patches in enumerate(held, first_group) for p in sorted(patches & clear)
+        ]
+        assert on.sum() == 8 and (~on).sum() == min(8, len(clear_tokens))
+        pairs = {(int(g), int(p)) for p, g in tokens[:, 1:3]}
+        picked_on = {(int(g), int(p)) for p, g in tokens[on, 1:3]}
+        assert picked_on <= set(on_tokens) and pairs - picked_on <= set(clear_tokens)
+        assert on_mean[1:3] == pytest.approx(np.mean([(p, g) for g, p in on_tokens], axis=0))
+        assert clear_mean[1:3] == pytest.approx(np.mean([(p, g) for g, p in clear_tokens], axis=0))
+
+
+def test_the_probes_read_what_the_tokens_hold():
+    """Tokens that differ on the box and hold the class only there: the box probe is right nearly always and
+    the class is read from the person's tokens. The background is the recording's (two videos each) and so
+    is the class, so a probe fitted on one video of a recording and scored on the other reads the class
+    from the background as well (folded by video it does); folded by recording, it cannot (below the
+    commonest class's share, 0.3). Tokens that say nothing give a box probe near 0.5."""
+    from transmodal.explain import PersonTokens
+
+    rng = np.random.default_rng(0)
+    classes, scenes = rng.normal(size=(4, 16)), 1.5 * rng.normal(size=(10, 16))
+    recordings = {f"v{video}": f"r{video // 2}" for video in range(20)}  # two videos each, one class
+    on_box = np.zeros((8, 16), bool)
+    on_box[:, :4] = True
+    clear = np.zeros((8, 16), bool)
+    clear[:, 8:] = True  # patches 4-7: grazed
+    person, blank, by_video = PersonTokens(recordings), PersonTokens(recordings), PersonTokens()
+    for clip in range(80):
+        video = clip // 4
+        label = (video // 2) % 4
+        tokens = rng.normal(size=(8, 16, 16))
+        blank.add(tokens.copy(), on_box, clear, label, f"v{video}", clip)
+        tokens[on_box] += 2.0 + classes[label]
+        tokens[~on_box] += scenes[video // 2]
+        person.add(tokens, on_box, clear, label, f"v{video}", clip)
+        by_video.add(tokens, on_box, clear, label, f"v{video}", clip)
+    told = person.summary()
+    assert (
+        told["clips"] == 80 and told["recordings"] == 10 and told["tokens"] == 80 * 16 and told["folds"] == 5
+    )
+    assert told["clips_without_tokens_on_and_clear_of_box"] == 0 and "skipped" not in told
+    assert told["on_box_balanced_accuracy"] > 0.95
+    assert told["class_from_person_tokens"] > 0.9 and told["class_from_background_tokens"] < 0.45
+    assert by_video.summary()["class_from_background_tokens"] > 0.9
+    assert told["class_majority_share"] == pytest.approx(0.3)  # classes 0 and 1 have three recordings
+    assert 0.35 < blank.summary()["on_box_balanced_accuracy"] < 0.65
+
+
+def test_the_probes_say_what_they_could_not_fit():
+    """One recording cannot be folded; two recordings of one class each leave each fold's fitted clips of
+    one class, so only the box probe is scored; a clip with no token clear of its box is counted and left out."""
+    from transmodal.explain import PersonTokens
+
+    rng = np.random.default_rng(1)
+    on_box = np.zeros((8, 16), bool)
+    on_box[:, :4] = True
+    alone, two = PersonTokens(), PersonTokens()
+    alone.add(rng.normal(size=(8, 16, 16)), on_box, ~on_box, 0, "v", 0)
+    assert alone.summary() == {
+        "clips": 1,
+        "clips_without_tokens_on_and_clear_of_box": 0,
+        "recordings": 1,
+        "skipped": ["the clips probed come from 1 recording; folds need 2"],
+    }
+    for clip in range(4):
+        two.add(rng.normal(size=(8, 16, 16)), on_box, ~on_box, clip % 2, f"v{clip % 2}", clip)
+    two.add(rng.normal(size=(8, 16, 16)), on_box, np.zeros_like(on_box), 0, "v0", 9)
+    told = two.summary()
+    assert told["clips"] == 4 and told["clips_without_tokens_on_and_clear_of_box"] == 1 and told["folds"] == 2
+    assert told["on_box_balanced_accuracy"] is not None
+    assert told["class_from_person_tokens"] is None and told["class_from_background_tokens"] is None
+    assert [line.split(":")[0] for line in told["skipped"]] == [
+        "class_from_person_tokens",
+        "class_from_background_tokens",
+    ]
+
+
+def _clips_with_the_class_on(where: str, count: int, gen: torch.Generator, classes: torch.Tensor):
+    """Token grids (count, 8, 16, 32) of noise with a class vector added on a box one patch wide and three tall
+    that sits anywhere in the 4 x 4 grid (``where`` "person") or on every patch off it ("background");
+    random pose; the boxes in the crop's unit square (x1, y1, x2, y2 per group)."""
+    labels = torch.randint(0, len(classes), (count,), generator=gen)
+    tokens = torch.randn(count, 8, 16, 32, generator=gen)
+    boxes = np.zeros((count, 8, 4))
+    for i in range(count):
+        x, y = int(torch.randint(0, 4, (1,), generator=gen)), int(torch.randint(0, 2, (1,), generator=gen))
+        person = torch.zeros(4, 4, dtype=torch.bool)
+        person[y : y + 3, x] = True
+        tokens[i][:, person.flatten() if where == "person" else ~person.flatten()] += classes[labels[i]]
+        boxes[i] = [x / 4, y / 4, (x + 1) / 4, (y + 3) / 4]
+    return tokens, torch.rand(count, 16, 17, 2, generator=gen), labels, boxes
+
+
+@pytest.mark.parametrize("where", ["person", "background"])
+def test_a_trained_head_s_maps_sit_where_the_class_is(where):
+    """The maps follow the evidence: a head trained on clips whose class lies only on the person's patches
+    puts the selector's heat and the pose tokens' attention on the person's box in every held-out clip,
+    above the box's share (3 of 16 patches); trained with the class only off the box, it puts them below
+    it in every clip. Read with x for y (the box turned on its side, as a grid drawn in the wrong order
+    would place it), the same maps fail both."""
+    from transmodal.explain import explain_clips, heat_in_box
+    from transmodal.model import TransModal
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    classes = torch.randn(4, 32, generator=gen)
+    model = TransModal(
+        ModelConfig(token_norm="batch"),
+        SelectorConfig(top_k_frames=4, top_k_tokens=4),
+        dim=32, num_classes=4, num_frames=16, tubelet_size=2, patches_per_group=16,
+    )  # fmt: skip
+    optimiser = torch.optim.AdamW(model.parameters(), 1e-3)
+    tokens, pose, labels, _ = _clips_with_the_class_on(where, 256, gen, classes)
+    model.train()
+    for _ in range(150):
+        batch = torch.randint(0, 256, (32,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(tokens[batch], pose[batch]).logits, labels[batch])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    tokens, pose, labels, boxes = _clips_with_the_class_on(where, 32, gen, classes)
+    explained = explain_clips(model, tokens, pose)
+    assert np.mean([e.probabilities.argmax() == int(y) for e, y in zip(explained, labels, strict=True)]) > 0.9
+
+    def masses(name: str, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [heat_in_box(e.heat(2 / 16)[name][0], b) for e, b in zip(explained, boxes, strict=True)]
+        return tuple(np.asarray(pairs).T)
+
+    for name in ("selector token scores", "pose queries over RGB"):
+        mass, share = masses(name, boxes)
+        sideways, _ = masses(name, boxes[..., [1, 0, 3, 2]])
+        assert share == pytest.approx(3 / 16)
+        if where == "person":
+            assert mass.mean() > 0.4 and (mass > share).all(), (name, mass)
+            assert sideways.mean() < 0.3 and not (sideways > share).all(), (name, sideways)
+        else:
+            assert mass.mean() < 0.15 and (mass < share).all(), (name, mass)
+            assert not (sideways < share).all(), (name, sideways)
 
 
 def test_box_share_of_frame():

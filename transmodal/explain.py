@@ -15,11 +15,14 @@ With ``selector.position: before_fusion`` the fusion sees only the kept tokens, 
 NaN elsewhere. Without a pose stream (``model.use_pose: false``) they are absent; without a selector so are
 the scores. :func:`heat_in_box` measures how much of a map lies on the person: the mass of its heat (the map
 above its baseline, :meth:`ClipExplanation.heat`) inside a box against the box's share of the grid; :func:`box_share_of_frame` gives the share the same box has of the
-whole frame, the mass a map spread evenly over the frame would put on the person.
+whole frame, the mass a map spread evenly over the frame would put on the person. :class:`PersonTokens` asks
+what the maps can find at all: whether the frozen tokens tell the person's patches from the background's,
+and whether the class can be read from either.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -201,6 +204,35 @@ def patch_centres(P: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
+def patches_in_box(boxes: np.ndarray, P: int) -> np.ndarray:
+    """(G, P) True for the patches whose centre lies in the group's box (``boxes`` (G, 4) x1, y1, x2, y2 in the
+    crop's unit square; a NaN box holds no patch)."""
+    centres = patch_centres(P)
+    boxes = np.asarray(boxes, np.float64)[:, None, :]  # (G, 1, 4)
+    return (
+        (centres[None, :, 0] >= boxes[..., 0])
+        & (centres[None, :, 0] <= boxes[..., 2])
+        & (centres[None, :, 1] >= boxes[..., 1])
+        & (centres[None, :, 1] <= boxes[..., 3])
+    )
+
+
+def patches_clear_of_box(boxes: np.ndarray, P: int) -> np.ndarray:
+    """(G, P) True for the patches whose square does not meet the group's box (``boxes`` as
+    :func:`patches_in_box`; a NaN box is clear of nothing)."""
+    side = int(round(P**0.5))
+    low = patch_centres(P) - 0.5 / side  # (P, 2) each patch's upper-left corner
+    high = low + 1.0 / side
+    boxes = np.asarray(boxes, np.float64)[:, None, :]  # (G, 1, 4)
+    meets = (
+        (low[None, :, 0] < boxes[..., 2])
+        & (high[None, :, 0] > boxes[..., 0])
+        & (low[None, :, 1] < boxes[..., 3])
+        & (high[None, :, 1] > boxes[..., 1])
+    )
+    return ~meets & np.isfinite(boxes).all(axis=-1)
+
+
 def heat_in_box(heat: np.ndarray, boxes: np.ndarray) -> tuple[float, float]:
     """(mass of ``heat`` on the patches whose centre lies in the box, the share of such patches).
 
@@ -213,14 +245,7 @@ def heat_in_box(heat: np.ndarray, boxes: np.ndarray) -> tuple[float, float]:
     """
     heat = np.asarray(heat, np.float64)
     valid = np.isfinite(heat)
-    centres = patch_centres(heat.shape[1])
-    boxes = np.asarray(boxes, np.float64)[:, None, :]  # (G, 1, 4)
-    inside = (
-        (centres[None, :, 0] >= boxes[..., 0])
-        & (centres[None, :, 0] <= boxes[..., 2])
-        & (centres[None, :, 1] >= boxes[..., 1])
-        & (centres[None, :, 1] <= boxes[..., 3])
-    )  # (G, P)
+    inside = patches_in_box(boxes, heat.shape[1])
     values = np.where(valid, np.clip(heat, 0, None), 0.0)
     total = values.sum()
     mass = float(values[inside].sum() / total) if total > 0 else float("nan")
@@ -266,11 +291,115 @@ def box_share_of_frame(
     return float(np.mean(shares)) if shares else float("nan")
 
 
-def heat_over_test_clips(model: TransModal, store, tracks, batch_size: int) -> dict[str, dict]:
+class PersonTokens:
+    """What the frozen tokens themselves say about the person, from a sample of each test clip's tokens: can a
+    linear probe tell a token on the primary track's box from one clear of it, and read the class from the
+    person's tokens and from the background's? A map can sit on the person only where the tokens differ
+    there, so this is what :func:`heat_over_test_clips`'s masses are read against.
+
+    Per clip, from the frame groups with a box: up to :attr:`PER_SIDE` tokens on the box (patch centre
+    inside, as :func:`heat_in_box` counts) and as many clear of it (the patch does not meet the box; the
+    patches it only grazes are in neither), drawn with the clip's row as the seed, and the mean token on and
+    clear of the box. Probes are logistic regressions on standardised tokens, scored out of fold over
+    :attr:`FOLDS` folds that keep each recording's clips together (``groups``); the box probe's score is
+    balanced accuracy (0.5 for tokens that say nothing of the box, however few lie on it), the class
+    probes' plain accuracy, beside the commonest class's share."""
+
+    PER_SIDE = 8
+    FOLDS = 5
+
+    def __init__(self, groups: Mapping[str, object] | None = None):
+        """``groups``: video_id -> the recording it comes from (``data/index.parquet``'s ``group``: KTH's
+        subject, UCF101's ``gXX``, HMDB51's source video), so that no fold is scored on a recording it was
+        fitted on; None: each video is its own."""
+        self.groups = groups
+        self.samples: list[tuple[np.ndarray, np.ndarray, object]] = []  # (tokens (n, D), on box (n,), group)
+        self.means: list[
+            tuple[np.ndarray, np.ndarray, int, object]
+        ] = []  # (on (D,), clear (D,), label, group)
+        self.without_both = 0  # clips with a box but no token on it, or none clear of it
+
+    def add(
+        self, tokens: np.ndarray, on_box: np.ndarray, clear: np.ndarray, label: int, video_id: str, seed: int
+    ) -> None:
+        """One clip: its tokens (G, K, D) in the frame groups with a box, and which of them lie on the box and
+        which clear of it (G, K)."""
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        on_rows, clear_rows = np.flatnonzero(on_box.reshape(-1)), np.flatnonzero(clear.reshape(-1))
+        if not (len(on_rows) and len(clear_rows)):
+            self.without_both += 1
+            return
+        rng = np.random.default_rng(seed)
+        on_pick, clear_pick = (
+            rng.choice(r, min(self.PER_SIDE, len(r)), replace=False) for r in (on_rows, clear_rows)
+        )
+        group = video_id if self.groups is None else self.groups[video_id]
+        chosen = np.concatenate([on_pick, clear_pick])
+        self.samples.append((flat[chosen].astype(np.float32), np.arange(len(chosen)) < len(on_pick), group))
+        means = (flat[on_rows].mean(0, dtype=np.float64), flat[clear_rows].mean(0, dtype=np.float64))
+        self.means.append((*means, int(label), group))
+
+    def summary(self) -> dict:
+        """``clips`` probed, ``clips_without_tokens_on_and_clear_of_box`` (left out), ``recordings`` (groups),
+        ``tokens`` and ``tokens_on_box`` sampled, ``folds``, ``on_box_balanced_accuracy``,
+        ``class_from_person_tokens``, ``class_from_background_tokens`` (None where a probe could not be
+        fitted: ``skipped`` says why) and ``class_majority_share``."""
+        from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+        groups = {group for *_, group in self.means}
+        out = {
+            "clips": len(self.means),
+            "clips_without_tokens_on_and_clear_of_box": self.without_both,
+            "recordings": len(groups),
+        }
+        if len(groups) < 2:
+            return out | {"skipped": [f"the clips probed come from {len(groups)} recording; folds need 2"]}
+        folds = min(self.FOLDS, len(groups))
+        x = np.concatenate([tokens for tokens, _, _ in self.samples])
+        on_box = np.concatenate([where for _, where, _ in self.samples])
+        token_groups = np.asarray([str(g) for tokens, _, g in self.samples for _ in range(len(tokens))])
+        on, clear, labels, clip_groups = (list(column) for column in zip(*self.means, strict=True))
+        labels, clip_groups = np.asarray(labels), np.asarray([str(g) for g in clip_groups])
+        out |= {"tokens": int(len(x)), "tokens_on_box": int(on_box.sum()), "folds": folds}
+        skipped = []
+        probes = {
+            "on_box_balanced_accuracy": (x, on_box, token_groups, balanced_accuracy_score),
+            "class_from_person_tokens": (np.stack(on), labels, clip_groups, accuracy_score),
+            "class_from_background_tokens": (np.stack(clear), labels, clip_groups, accuracy_score),
+        }
+        for name, (features, target, by, score) in probes.items():
+            predicted = _out_of_fold(features, target, by, folds)
+            if predicted is None:
+                skipped.append(f"{name}: the clips fitted in some fold are all of one class")
+            out[name] = None if predicted is None else float(score(target, predicted))
+        out["class_majority_share"] = float(np.unique(labels, return_counts=True)[1].max() / len(labels))
+        return out | ({"skipped": skipped} if skipped else {})
+
+
+def _out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int) -> np.ndarray | None:
+    """Each sample's prediction by a standardised logistic regression fitted on the other folds (grouped by
+    ``groups``); None when the samples fitted in some fold are all of one class."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    splits = list(GroupKFold(n_splits=folds).split(x, y, groups))
+    if any(np.unique(y[fitted]).size < 2 for fitted, _ in splits):
+        return None
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return cross_val_predict(probe, x, y, cv=splits)
+
+
+def heat_over_test_clips(
+    model: TransModal, store, tracks, batch_size: int, person_tokens: PersonTokens | None = None
+) -> dict[str, dict]:
     """Per map, over every test clip with a box in some group: the mean of :func:`heat_in_box`'s mass (the
     heat above the map's ``baseline``, :meth:`ClipExplanation.heat`) and of the box's share of the crop,
     and the share of clips whose mass exceeds their box's share (``clips_above_share``; half for maps that
-    prefer the person no more than the background). Six drawn clips say little; this is the whole split."""
+    prefer the person no more than the background). Six drawn clips say little; this is the whole split.
+    ``person_tokens``: also hand each clip's tokens to it, read once for both (a cache that re-encodes its
+    tokens when read, ``backbone.store``, runs the backbone again at each read)."""
     from transmodal.training.data import pose_input
 
     clips = store.clips
@@ -286,9 +415,10 @@ def heat_over_test_clips(model: TransModal, store, tracks, batch_size: int) -> d
         rows = test[start : start + batch_size].tolist()
         xy, score, mask = store.pose(rows)
         pose = pose_input(xy, score, mask, model.model_cfg.pose_scores).to(device)
-        tokens = store.tokens(rows).float().to(device)
-        explained = explain_clips(model, tokens, pose, store.kept_patches(rows), store.full_patches_per_group)
-        for where, explanation in zip(rows, explained, strict=True):
+        tokens = store.tokens(rows).float()
+        kept = store.kept_patches(rows)
+        explained = explain_clips(model, tokens.to(device), pose, kept, store.full_patches_per_group)
+        for b, (where, explanation) in enumerate(zip(rows, explained, strict=True)):
             row = clips.iloc[where]
             crop = np.asarray([row[c] for c in CROP_COLUMNS], np.float64)
             boxes = boxes_in_crop(
@@ -298,6 +428,15 @@ def heat_over_test_clips(model: TransModal, store, tracks, batch_size: int) -> d
             usable = np.isfinite(boxes).all(axis=1)
             if not usable.any():
                 continue
+            if person_tokens is not None:
+                P = store.full_patches_per_group
+                on_box, clear = patches_in_box(boxes, P), patches_clear_of_box(boxes, P)  # (G, P)
+                if kept is not None:  # the tokens are the kept patches (G, K)
+                    on_box, clear = (np.take_along_axis(m, kept[b], axis=1) for m in (on_box, clear))
+                person_tokens.add(
+                    tokens[b].numpy()[usable], on_box[usable], clear[usable], int(row["label_idx"]),
+                    row["video_id"], where,
+                )  # fmt: skip
             for name, (values, baseline) in explanation.heat(uniform).items():
                 mass, share = heat_in_box(values[usable], boxes[usable])
                 baselines[name] = baseline
