@@ -99,25 +99,79 @@ def test_the_readme_quotes_the_committed_ablation_table_and_evaluation():
     assert checked >= 10, checked  # the patterns still find the README's figures
 
 
-def test_the_readme_quotes_the_committed_heat_and_probes():
-    """The README's account of Figure 4 on the demo quotes `metrics/eval.json`: every 0.xxx figure in it is one
-    of the committed heat masses, box shares or probe scores, every percentage a share of clips above their
-    box's share, and each probe's score is quoted."""
+def _quoted(pattern: str, text: str) -> tuple[str, ...]:
+    found = re.search(pattern, text)
+    assert found, f"the text no longer says: {pattern}"
+    return found.groups()
+
+
+def test_the_docs_quote_the_committed_heat_and_probes():
+    """The README's account of Figure 4 on the demo and decision 28 quote `metrics/eval.json`, each figure
+    where it belongs: the selector's, RGB-over-pose and pose-over-RGB heat with their box shares and shares
+    of clips above, and each probe's score (the person's and the background's the right way round)."""
     import json
 
     evaluation = json.loads((REPO / "metrics/eval.json").read_text())
+    heat, probes = evaluation["heat_on_test_clips"], evaluation["person_in_tokens"]
+    selector, rgb, pose = (
+        heat[name]
+        for name in (
+            "selector token scores",
+            "RGB queries over pose (own-frame share)",
+            "pose queries over RGB",
+        )
+    )
+
+    def f3(value: float) -> str:
+        return f"{value:.3f}"
+
+    def pct(value: float) -> str:
+        return f"{100 * value:.0f}"
+
     readme = (REPO / "README.md").read_text()
     start = readme.index("`explain` draws the paper's Figure 4")
     text = " ".join(readme[start : readme.index("\n## ", start)].split())
-    heat, probes = evaluation["heat_on_test_clips"], evaluation["person_in_tokens"]
-    committed = {f"{v:.3f}" for m in heat.values() for v in (m["mass_in_box"], m["box_share"])}
-    committed |= {f"{v:.3f}" for k, v in probes.items() if isinstance(v, float)}
-    quoted = re.findall(r"(?<![\d.])(0\.\d{3})(?!\d)", text)
-    assert quoted and set(quoted) <= committed, sorted(set(quoted) - committed)
-    probe_scores = ("on_box_balanced_accuracy", "class_from_person_tokens", "class_from_background_tokens")
-    assert {f"{probes[k]:.3f}" for k in probe_scores} <= set(quoted)
-    shares = {f"{100 * m['clips_above_share']:.0f}" for m in heat.values()}
-    percentages = re.findall(r"(\d+) %", text)
-    assert percentages and set(percentages) <= shares, (percentages, shares)
-    clips = re.search(r"over the (\d+) test clips", text)
-    assert int(clips[1]) == heat["selector token scores"]["clips"]
+    assert _quoted(
+        r"over the (\d+) test clips (0\.\d+) of their heat lies in the box against a share of (0\.\d+) "
+        r"\(above it in (\d+) % of clips\), while RGB queries over pose put (0\.\d+) there and the pose "
+        r"tokens' attention over RGB (0\.\d+) against a share of (0\.\d+) \(above it in (\d+) % and (\d+) %",
+        text,
+    ) == (
+        str(selector["clips"]), f3(selector["mass_in_box"]), f3(selector["box_share"]),
+        pct(selector["clips_above_share"]), f3(rgb["mass_in_box"]), f3(pose["mass_in_box"]),
+        f3(pose["box_share"]), pct(rgb["clips_above_share"]), pct(pose["clips_above_share"]),
+    )  # fmt: skip
+    assert f3(rgb["box_share"]) == f3(pose["box_share"])  # one share quoted for both
+    assert _quoted(r"balanced accuracy (0\.\d+), chance 0\.5", text) == (
+        f3(probes["on_box_balanced_accuracy"]),
+    )
+    assert _quoted(
+        r"person's tokens \((0\.\d+)\), can also be read from the background's \((0\.\d+); the commonest "
+        r"class is (0\.\d+)",
+        text,
+    ) == tuple(
+        f3(probes[k])
+        for k in ("class_from_person_tokens", "class_from_background_tokens", "class_majority_share")
+    )
+
+    decisions = " ".join((REPO / "docs/decisions.md").read_text().split())
+    assert _quoted(
+        r"Over the (\d+) test clips: the selector's heat puts (0\.\d+) of its mass in the box against a share "
+        r"of (0\.\d+), above the share in (\d+) % of clips; RGB queries over pose (0\.\d+) against (0\.\d+) "
+        r"\((\d+) % above\); pose queries over RGB (0\.\d+) against (0\.\d+) \((\d+) % above",
+        decisions,
+    ) == (
+        str(selector["clips"]), f3(selector["mass_in_box"]), f3(selector["box_share"]),
+        pct(selector["clips_above_share"]), f3(rgb["mass_in_box"]), f3(rgb["box_share"]),
+        pct(rgb["clips_above_share"]), f3(pose["mass_in_box"]), f3(pose["box_share"]),
+        pct(pose["clips_above_share"]),
+    )  # fmt: skip
+    assert _quoted(
+        r"On the demo \((\d+) clips, (\d+) test subjects\): (0\.\d+) for the box .{0,200}? the class from the "
+        r"person's tokens (0\.\d+) and from the background's (0\.\d+) \(commonest class (0\.\d+)\)",
+        decisions,
+    ) == (
+        str(probes["clips"]), str(probes["groups"]), f3(probes["on_box_balanced_accuracy"]),
+        f3(probes["class_from_person_tokens"]), f3(probes["class_from_background_tokens"]),
+        f3(probes["class_majority_share"]),
+    )  # fmt: skip

@@ -1413,12 +1413,11 @@ def test_the_probes_read_what_the_tokens_hold():
         person.add(tokens, on_box, clear, label, f"v{video}", clip)
         by_video.add(tokens, on_box, clear, label, f"v{video}", clip)
     told = person.summary()
-    assert (
-        told["clips"] == 80 and told["recordings"] == 10 and told["tokens"] == 80 * 16 and told["folds"] == 5
-    )
+    assert told["clips"] == 80 and told["groups"] == 10 and told["tokens"] == 80 * 16 and told["folds"] == 5
     assert told["clips_without_tokens_on_and_clear_of_box"] == 0 and "skipped" not in told
     assert told["on_box_balanced_accuracy"] > 0.95
-    assert told["class_from_person_tokens"] > 0.9 and told["class_from_background_tokens"] < 0.45
+    assert told["class_from_person_tokens"] > 0.9
+    assert told["class_from_background_tokens"] < told["class_majority_share"]
     assert by_video.summary()["class_from_background_tokens"] > 0.9
     assert told["class_majority_share"] == pytest.approx(0.3)  # classes 0 and 1 have three recordings
     assert 0.35 < blank.summary()["on_box_balanced_accuracy"] < 0.65
@@ -1437,8 +1436,8 @@ def test_the_probes_say_what_they_could_not_fit():
     assert alone.summary() == {
         "clips": 1,
         "clips_without_tokens_on_and_clear_of_box": 0,
-        "recordings": 1,
-        "skipped": ["the clips probed come from 1 recording; folds need 2"],
+        "groups": 1,
+        "skipped": ["the clips probed come from 1 group(s); folds need 2"],
     }
     for clip in range(4):
         two.add(rng.normal(size=(8, 16, 16)), on_box, ~on_box, clip % 2, f"v{clip % 2}", clip)
@@ -1455,8 +1454,10 @@ def test_the_probes_say_what_they_could_not_fit():
 
 def _clips_with_the_class_on(where: str, count: int, gen: torch.Generator, classes: torch.Tensor):
     """Token grids (count, 8, 16, 32) of noise with a class vector added on a box one patch wide and three tall
-    that sits anywhere in the 4 x 4 grid (``where`` "person") or on every patch off it ("background");
-    random pose; the boxes in the crop's unit square (x1, y1, x2, y2 per group)."""
+    that sits anywhere in the 4 x 4 grid (``where`` "person"), on every patch off it ("background") or on
+    both, at half strength off it ("both"); random pose; the boxes in the crop's unit square (x1, y1, x2,
+    y2 per group)."""
+    strength = {"person": (1.0, 0.0), "background": (0.0, 1.0), "both": (1.0, 0.5)}[where]
     labels = torch.randint(0, len(classes), (count,), generator=gen)
     tokens = torch.randn(count, 8, 16, 32, generator=gen)
     boxes = np.zeros((count, 8, 4))
@@ -1464,18 +1465,21 @@ def _clips_with_the_class_on(where: str, count: int, gen: torch.Generator, class
         x, y = int(torch.randint(0, 4, (1,), generator=gen)), int(torch.randint(0, 2, (1,), generator=gen))
         person = torch.zeros(4, 4, dtype=torch.bool)
         person[y : y + 3, x] = True
-        tokens[i][:, person.flatten() if where == "person" else ~person.flatten()] += classes[labels[i]]
+        tokens[i][:, person.flatten()] += strength[0] * classes[labels[i]]
+        tokens[i][:, ~person.flatten()] += strength[1] * classes[labels[i]]
         boxes[i] = [x / 4, y / 4, (x + 1) / 4, (y + 3) / 4]
     return tokens, torch.rand(count, 16, 17, 2, generator=gen), labels, boxes
 
 
-@pytest.mark.parametrize("where", ["person", "background"])
+@pytest.mark.parametrize("where", ["person", "background", "both"])
 def test_a_trained_head_s_maps_sit_where_the_class_is(where):
     """The maps follow the evidence: a head trained on clips whose class lies only on the person's patches
     puts the selector's heat and the pose tokens' attention on the person's box in every held-out clip,
     above the box's share (3 of 16 patches); trained with the class only off the box, it puts them below
     it in every clip. Read with x for y (the box turned on its side, as a grid drawn in the wrong order
-    would place it), the same maps fail both."""
+    would place it), the same maps fail both. With the class on the person and at half strength on the
+    background too (the demo's case in kind, decision 28), the selector's heat stays on the person in every
+    clip while the pose tokens' attention keeps little of its lean to it."""
     from transmodal.explain import explain_clips, heat_in_box
     from transmodal.model import TransModal
 
@@ -1511,6 +1515,10 @@ def test_a_trained_head_s_maps_sit_where_the_class_is(where):
         if where == "person":
             assert mass.mean() > 0.4 and (mass > share).all(), (name, mass)
             assert sideways.mean() < 0.3 and not (sideways > share).all(), (name, sideways)
+        elif where == "both" and name == "selector token scores":
+            assert mass.mean() > 0.3 and (mass > share).all(), (name, mass)
+        elif where == "both":
+            assert mass.mean() < 0.25, (name, mass)
         else:
             assert mass.mean() < 0.15 and (mass < share).all(), (name, mass)
             assert not (sideways < share).all(), (name, sideways)

@@ -301,7 +301,7 @@ class PersonTokens:
     inside, as :func:`heat_in_box` counts) and as many clear of it (the patch does not meet the box; the
     patches it only grazes are in neither), drawn with the clip's row as the seed, and the mean token on and
     clear of the box. Probes are logistic regressions on standardised tokens, scored out of fold over
-    :attr:`FOLDS` folds that keep each recording's clips together (``groups``); the box probe's score is
+    :attr:`FOLDS` folds that keep each group's clips together (``groups``); the box probe's score is
     balanced accuracy (0.5 for tokens that say nothing of the box, however few lie on it), the class
     probes' plain accuracy, beside the commonest class's share."""
 
@@ -309,14 +309,13 @@ class PersonTokens:
     FOLDS = 5
 
     def __init__(self, groups: Mapping[str, object] | None = None):
-        """``groups``: video_id -> the recording it comes from (``data/index.parquet``'s ``group``: KTH's
-        subject, UCF101's ``gXX``, HMDB51's source video), so that no fold is scored on a recording it was
-        fitted on; None: each video is its own."""
+        """``groups``: video_id -> its group (``data/index.parquet``'s ``group``, clips that must not straddle
+        a split: KTH's subject, UCF101's ``gXX``, HMDB51's source video), so that no fold is scored on a group
+        it was fitted on; None: each video is its own."""
         self.groups = groups
-        self.samples: list[tuple[np.ndarray, np.ndarray, object]] = []  # (tokens (n, D), on box (n,), group)
-        self.means: list[
-            tuple[np.ndarray, np.ndarray, int, object]
-        ] = []  # (on (D,), clear (D,), label, group)
+        # per clip: (tokens (n, D), on box (n,), group) and (mean on (D,), mean clear (D,), label, group)
+        self.samples: list[tuple[np.ndarray, np.ndarray, object]] = []
+        self.means: list[tuple[np.ndarray, np.ndarray, int, object]] = []
         self.without_both = 0  # clips with a box but no token on it, or none clear of it
 
     def add(
@@ -340,7 +339,7 @@ class PersonTokens:
         self.means.append((*means, int(label), group))
 
     def summary(self) -> dict:
-        """``clips`` probed, ``clips_without_tokens_on_and_clear_of_box`` (left out), ``recordings`` (groups),
+        """``clips`` probed, ``clips_without_tokens_on_and_clear_of_box`` (left out), ``groups``,
         ``tokens`` and ``tokens_on_box`` sampled, ``folds``, ``on_box_balanced_accuracy``,
         ``class_from_person_tokens``, ``class_from_background_tokens`` (None where a probe could not be
         fitted: ``skipped`` says why) and ``class_majority_share``."""
@@ -350,10 +349,10 @@ class PersonTokens:
         out = {
             "clips": len(self.means),
             "clips_without_tokens_on_and_clear_of_box": self.without_both,
-            "recordings": len(groups),
+            "groups": len(groups),
         }
         if len(groups) < 2:
-            return out | {"skipped": [f"the clips probed come from {len(groups)} recording; folds need 2"]}
+            return out | {"skipped": [f"the clips probed come from {len(groups)} group(s); folds need 2"]}
         folds = min(self.FOLDS, len(groups))
         x = np.concatenate([tokens for tokens, _, _ in self.samples])
         on_box = np.concatenate([where for _, where, _ in self.samples])
